@@ -1,0 +1,70 @@
+//! The one progress reporter: indicatif bars on a terminal, plain log lines otherwise.
+
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use std::io::IsTerminal;
+use std::time::Duration;
+
+/// A progress display for one step of work.
+pub struct Progress {
+    bar: ProgressBar,
+}
+
+impl Progress {
+    fn target() -> ProgressDrawTarget {
+        if std::io::stderr().is_terminal() {
+            ProgressDrawTarget::stderr_with_hz(5)
+        } else {
+            ProgressDrawTarget::hidden()
+        }
+    }
+
+    /// A spinner with a message, for work of unknown size.
+    pub fn spinner(msg: impl Into<String>) -> Self {
+        let msg = msg.into();
+        eprintln!("{msg}...");
+        let bar = ProgressBar::with_draw_target(None, Self::target());
+        bar.set_style(
+            ProgressStyle::with_template("{spinner} {msg} [{elapsed}]")
+                .unwrap_or_else(|_| ProgressStyle::default_spinner()),
+        );
+        bar.set_message(msg);
+        bar.enable_steady_tick(Duration::from_millis(200));
+        Progress { bar }
+    }
+
+    /// A bar counting items towards a known or growing total.
+    pub fn counter(msg: impl Into<String>) -> Self {
+        let msg = msg.into();
+        eprintln!("{msg}...");
+        let bar = ProgressBar::with_draw_target(Some(0), Self::target());
+        bar.set_style(
+            ProgressStyle::with_template("{msg} [{bar:30}] {pos}/{len} {wide_msg}")
+                .unwrap_or_else(|_| ProgressStyle::default_bar()),
+        );
+        bar.set_message(msg);
+        Progress { bar }
+    }
+
+    pub fn set(&self, done: u64, total: u64) {
+        self.bar.set_length(total);
+        self.bar.set_position(done);
+    }
+
+    pub fn set_message(&self, msg: impl Into<String>) {
+        self.bar.set_message(msg.into());
+    }
+
+    /// Finish, leaving one summary line on stderr.
+    pub fn finish(self, summary: impl AsRef<str>) {
+        self.bar.finish_and_clear();
+        eprintln!("{}", summary.as_ref());
+    }
+}
+
+impl Drop for Progress {
+    fn drop(&mut self) {
+        if !self.bar.is_finished() {
+            self.bar.abandon();
+        }
+    }
+}

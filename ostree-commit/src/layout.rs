@@ -1,0 +1,394 @@
+//! Conversion of a plain root filesystem to the layout OSTree deploys, and the checks that
+//! refuse a tree that could not boot.
+//!
+//! The layout follows what libostree and ostree-prepare-root expect: a read-only /usr with
+//! the kernel in /usr/lib/modules/$kver, configuration defaults in /usr/etc, and an empty
+//! /var that systemd-tmpfiles seeds on the device from /usr/share/factory/var.
+
+use anyhow::{Context, Result};
+use std::fmt::Write as _;
+use std::fs;
+use std::os::unix::fs::symlink;
+use std::path::{Path, PathBuf};
+
+/// Where the content of /var is kept in the commit, to be copied into /var on the device.
+pub const FACTORY_VAR: &str = "usr/share/factory/var";
+/// The tmpfiles.d file that seeds /var.
+pub const TMPFILES_CONF: &str = "usr/lib/tmpfiles.d/osbuild-var.conf";
+/// Package state lives in /usr so that it always matches the deployed tree.
+pub const DPKG_STATE: &str = "usr/lib/sysimage/dpkg";
+
+/// Directories in / that become links into /var: (link, target in var).
+const VAR_LINKS: &[(&str, &str)] = &[
+    ("home", "home"),
+    ("root", "roothome"),
+    ("opt", "opt"),
+    ("srv", "srv"),
+    ("mnt", "mnt"),
+    ("usr/local", "usrlocal"),
+];
+
+/// Directories that `ostree admin os-init` already creates in the stateroot's /var: tmpfiles
+/// `C` skips an existing directory, so their children get rules of their own.
+const VAR_PRECREATED: &[&str] = &["lib", "log"];
+/// Entries of /var that must never be seeded from the image.
+const VAR_SKIP: &[&str] = &["tmp", "run", "lock"];
+
+/// Why a tree cannot be committed as a bootable OSTree system.
+#[derive(Debug, thiserror::Error)]
+pub enum TreeError {
+    #[error("tree {0} does not exist")]
+    Missing(PathBuf),
+    #[error("{0} is not a directory")]
+    NotADirectory(PathBuf),
+    #[error("tree {tree} has no kernel: expected usr/lib/modules/<kver>/vmlinuz (run `osbuild bootstrap` or convert the tree to the OSTree layout)")]
+    NoKernel { tree: PathBuf },
+    #[error("tree {tree} has no initramfs: expected {expected}")]
+    NoInitramfs { tree: PathBuf, expected: String },
+    #[error("tree {tree} has no os-release: expected usr/lib/os-release")]
+    NoOsRelease { tree: PathBuf },
+    #[error("tree {tree} has a top-level /etc: OSTree trees keep it in /usr/etc (the tree was not converted to the OSTree layout)")]
+    EtcNotInUsr { tree: PathBuf },
+}
+
+/// What validation learned about a bootable tree.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TreeInfo {
+    /// The kernel version: the name of the directory under /usr/lib/modules.
+    pub kver: String,
+}
+
+/// Check that `tree` is an OSTree-ready bootable tree.
+pub fn validate(tree: &Path) -> Result<TreeInfo, TreeError> {
+    if !tree.exists() {
+        return Err(TreeError::Missing(tree.to_path_buf()));
+    }
+    if !tree.is_dir() {
+        return Err(TreeError::NotADirectory(tree.to_path_buf()));
+    }
+    if tree.join("etc").is_dir() && !tree.join("etc").is_symlink() {
+        return Err(TreeError::EtcNotInUsr {
+            tree: tree.to_path_buf(),
+        });
+    }
+    let kver = find_kernels(tree)
+        .into_iter()
+        .find(|k| tree.join("usr/lib/modules").join(k).join("vmlinuz").is_file())
+        .ok_or_else(|| TreeError::NoKernel {
+            tree: tree.to_path_buf(),
+        })?;
+    let initramfs = format!("usr/lib/modules/{kver}/initramfs.img");
+    if !tree.join(&initramfs).is_file() {
+        return Err(TreeError::NoInitramfs {
+            tree: tree.to_path_buf(),
+            expected: initramfs,
+        });
+    }
+    let has_os_release = ["usr/lib/os-release", "usr/etc/os-release"]
+        .iter()
+        .any(|p| tree.join(p).exists());
+    if !has_os_release {
+        return Err(TreeError::NoOsRelease {
+            tree: tree.to_path_buf(),
+        });
+    }
+    Ok(TreeInfo { kver })
+}
+
+/// Kernel versions present in the tree, sorted.
+fn find_kernels(tree: &Path) -> Vec<String> {
+    let mut kvers: Vec<String> = fs::read_dir(tree.join("usr/lib/modules"))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter(|e| e.path().is_dir())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    kvers.sort();
+    kvers
+}
+
+/// Convert a plain (Debian-style, merged-/usr) root filesystem in place to the OSTree
+/// layout, then validate it.
+pub fn convert(root: &Path) -> Result<TreeInfo> {
+    move_kernels(root).context("moving the kernel into /usr/lib/modules")?;
+    move_etc(root).context("moving /etc to /usr/etc")?;
+    let rules = move_var(root).context("moving /var into the factory copy")?;
+    let link_rules = link_into_var(root).context("linking state directories into /var")?;
+    write_tmpfiles(root, &rules, &link_rules)?;
+    setup_toplevel(root).context("creating the OSTree top-level directories")?;
+    Ok(validate(root)?)
+}
+
+fn move_kernels(root: &Path) -> Result<()> {
+    for kver in find_kernels(root) {
+        let moddir = root.join("usr/lib/modules").join(&kver);
+        let vmlinuz = root.join(format!("boot/vmlinuz-{kver}"));
+        if vmlinuz.is_file() && !moddir.join("vmlinuz").exists() {
+            fs::rename(&vmlinuz, moddir.join("vmlinuz"))?;
+        }
+        // A distro initramfs is only used if the tree brings no ostree-capable one.
+        let initrd = root.join(format!("boot/initrd.img-{kver}"));
+        if initrd.is_file() && !moddir.join("initramfs.img").exists() {
+            fs::rename(&initrd, moddir.join("initramfs.img"))?;
+        }
+    }
+    // Debian's convenience links and the rest of /boot (System.map, config) are not used:
+    // ostree populates /boot on the device.
+    for link in ["vmlinuz", "vmlinuz.old", "initrd.img", "initrd.img.old"] {
+        let p = root.join(link);
+        if p.is_symlink() {
+            fs::remove_file(&p)?;
+        }
+    }
+    empty_dir(&root.join("boot"))
+}
+
+fn move_etc(root: &Path) -> Result<()> {
+    let etc = root.join("etc");
+    let usr_etc = root.join("usr/etc");
+    if etc.is_dir() && !etc.is_symlink() {
+        if usr_etc.exists() {
+            anyhow::bail!("both /etc and /usr/etc exist in {}", root.display());
+        }
+        fs::rename(&etc, &usr_etc)?;
+    }
+    Ok(())
+}
+
+/// Move everything under /var to the factory copy and return the tmpfiles rules that seed it.
+fn move_var(root: &Path) -> Result<Vec<String>> {
+    let var = root.join("var");
+    let factory = root.join(FACTORY_VAR);
+    fs::create_dir_all(&factory)?;
+    let mut rules = Vec::new();
+    if !var.is_dir() {
+        fs::create_dir_all(&var)?;
+        return Ok(rules);
+    }
+    // dpkg's database must describe the /usr it lives beside, not a /var that survives upgrades.
+    let dpkg = var.join("lib/dpkg");
+    if dpkg.is_dir() && !dpkg.is_symlink() {
+        let dest = root.join(DPKG_STATE);
+        fs::create_dir_all(dest.parent().context("no parent")?)?;
+        fs::rename(&dpkg, &dest)?;
+        rules.push(format!("L /var/lib/dpkg - - - - /{DPKG_STATE}"));
+    }
+    for entry in sorted_entries(&var)? {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if VAR_SKIP.contains(&name.as_str()) {
+            continue;
+        }
+        if VAR_PRECREATED.contains(&name.as_str()) && entry.path().is_dir() {
+            fs::create_dir_all(factory.join(&name))?;
+            for child in sorted_entries(&entry.path())? {
+                let cname = child.file_name().to_string_lossy().into_owned();
+                let rel = format!("{name}/{cname}");
+                rules.push(seed_rule(&child.path(), &rel)?);
+                fs::rename(child.path(), factory.join(&rel))?;
+            }
+            continue;
+        }
+        rules.push(seed_rule(&entry.path(), &name)?);
+        fs::rename(entry.path(), factory.join(&name))?;
+    }
+    empty_dir(&var)?;
+    Ok(rules)
+}
+
+/// A tmpfiles rule that recreates `path` (relative to /var) on the device.
+fn seed_rule(path: &Path, rel: &str) -> Result<String> {
+    if path.is_symlink() {
+        let target = fs::read_link(path)?;
+        Ok(format!("L /var/{rel} - - - - {}", target.display()))
+    } else {
+        Ok(format!("C /var/{rel} - - - - /{FACTORY_VAR}/{rel}"))
+    }
+}
+
+fn link_into_var(root: &Path) -> Result<Vec<String>> {
+    let factory = root.join(FACTORY_VAR);
+    let mut rules = Vec::new();
+    for (link, target) in VAR_LINKS {
+        let path = root.join(link);
+        let seed = factory.join(target);
+        if path.is_dir() && !path.is_symlink() {
+            fs::rename(&path, &seed)?;
+        } else {
+            if path.is_symlink() {
+                fs::remove_file(&path)?;
+            }
+            fs::create_dir_all(&seed)?;
+        }
+        // Relative links, so they resolve inside the deployment wherever it is mounted.
+        let depth = link.matches('/').count();
+        let target_path = format!("{}var/{target}", "../".repeat(depth));
+        symlink(&target_path, &path)?;
+        rules.push(format!("C /var/{target} - - - - /{FACTORY_VAR}/{target}"));
+    }
+    Ok(rules)
+}
+
+fn write_tmpfiles(root: &Path, rules: &[String], link_rules: &[String]) -> Result<()> {
+    let mut text = String::from(
+        "# Generated by osbuild: seeds /var on the device from the image's factory copy.\n",
+    );
+    for rule in rules.iter().chain(link_rules) {
+        let _ = writeln!(text, "{rule}");
+    }
+    let path = root.join(TMPFILES_CONF);
+    fs::create_dir_all(path.parent().context("no parent")?)?;
+    fs::write(&path, text).with_context(|| format!("writing {}", path.display()))
+}
+
+fn setup_toplevel(root: &Path) -> Result<()> {
+    for dir in ["sysroot", "dev", "proc", "sys", "run", "boot"] {
+        let p = root.join(dir);
+        if p.is_symlink() || (p.exists() && !p.is_dir()) {
+            fs::remove_file(&p)?;
+        }
+        fs::create_dir_all(&p)?;
+        empty_dir(&p)?;
+    }
+    for (link, target) in [("tmp", "sysroot/tmp"), ("ostree", "sysroot/ostree")] {
+        let p = root.join(link);
+        if p.is_symlink() || p.is_file() {
+            fs::remove_file(&p)?;
+        } else if p.is_dir() {
+            fs::remove_dir_all(&p)?;
+        }
+        symlink(target, &p)?;
+    }
+    Ok(())
+}
+
+fn sorted_entries(dir: &Path) -> Result<Vec<fs::DirEntry>> {
+    let mut entries = fs::read_dir(dir)
+        .with_context(|| format!("reading {}", dir.display()))?
+        .collect::<std::io::Result<Vec<_>>>()?;
+    entries.sort_by_key(|e| e.file_name());
+    Ok(entries)
+}
+
+fn empty_dir(dir: &Path) -> Result<()> {
+    if !dir.is_dir() {
+        return Ok(());
+    }
+    for entry in fs::read_dir(dir)? {
+        let path = entry?.path();
+        osbuild_core::fsutil::remove_all(&path)?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A tiny Debian-shaped tree: enough for the conversion, not for booting.
+    fn debian_like(root: &Path) {
+        for d in [
+            "usr/lib/modules/6.1.0-test",
+            "etc/systemd",
+            "var/lib/dpkg/info",
+            "var/lib/apt",
+            "var/log/apt",
+            "var/cache/apt",
+            "var/tmp",
+            "boot",
+            "home",
+            "root",
+            "usr/local/bin",
+            "dev",
+            "tmp",
+        ] {
+            fs::create_dir_all(root.join(d)).unwrap();
+        }
+        fs::write(root.join("boot/vmlinuz-6.1.0-test"), "kernel").unwrap();
+        fs::write(root.join("boot/System.map-6.1.0-test"), "map").unwrap();
+        fs::write(
+            root.join("usr/lib/modules/6.1.0-test/initramfs.img"),
+            "initramfs",
+        )
+        .unwrap();
+        fs::write(root.join("usr/lib/os-release"), "ID=debian\n").unwrap();
+        fs::write(root.join("etc/hostname"), "box\n").unwrap();
+        fs::write(root.join("var/lib/dpkg/status"), "Package: x\n").unwrap();
+        fs::write(root.join("var/log/apt/history.log"), "log").unwrap();
+        fs::write(root.join("root/.bashrc"), "# rc").unwrap();
+        symlink("/run", root.join("var/run")).unwrap();
+        symlink("boot/vmlinuz-6.1.0-test", root.join("vmlinuz")).unwrap();
+    }
+
+    #[test]
+    fn converts_a_debian_tree() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        debian_like(root);
+        let info = convert(root).unwrap();
+        assert_eq!(info.kver, "6.1.0-test");
+        assert_eq!(
+            fs::read_to_string(root.join("usr/lib/modules/6.1.0-test/vmlinuz")).unwrap(),
+            "kernel"
+        );
+        assert_eq!(fs::read_dir(root.join("boot")).unwrap().count(), 0);
+        assert!(!root.join("vmlinuz").exists() && !root.join("vmlinuz").is_symlink());
+        assert_eq!(fs::read_to_string(root.join("usr/etc/hostname")).unwrap(), "box\n");
+        assert!(!root.join("etc").exists());
+        assert_eq!(fs::read_dir(root.join("var")).unwrap().count(), 0);
+        assert!(root.join(DPKG_STATE).join("status").is_file());
+        assert_eq!(fs::read_link(root.join("home")).unwrap(), Path::new("var/home"));
+        assert_eq!(fs::read_link(root.join("root")).unwrap(), Path::new("var/roothome"));
+        assert_eq!(
+            fs::read_link(root.join("usr/local")).unwrap(),
+            Path::new("../var/usrlocal")
+        );
+        assert!(root.join(FACTORY_VAR).join("roothome/.bashrc").is_file());
+        assert!(root.join(FACTORY_VAR).join("usrlocal/bin").is_dir());
+        assert_eq!(fs::read_link(root.join("tmp")).unwrap(), Path::new("sysroot/tmp"));
+        assert_eq!(fs::read_link(root.join("ostree")).unwrap(), Path::new("sysroot/ostree"));
+        for d in ["sysroot", "dev", "proc", "sys", "run"] {
+            assert!(root.join(d).is_dir(), "{d}");
+        }
+        let rules = fs::read_to_string(root.join(TMPFILES_CONF)).unwrap();
+        assert!(rules.contains("L /var/lib/dpkg - - - - /usr/lib/sysimage/dpkg"), "{rules}");
+        assert!(rules.contains("C /var/log/apt - - - - /usr/share/factory/var/log/apt"), "{rules}");
+        assert!(rules.contains("C /var/lib/apt - - - - /usr/share/factory/var/lib/apt"), "{rules}");
+        assert!(rules.contains("C /var/cache - - - - /usr/share/factory/var/cache"), "{rules}");
+        assert!(rules.contains("C /var/roothome - - - - /usr/share/factory/var/roothome"), "{rules}");
+        // os-init makes these; a C rule for them would be skipped on the device.
+        assert!(!rules.contains("C /var/lib "), "{rules}");
+        assert!(!rules.contains("/var/tmp"), "{rules}");
+        assert!(!rules.contains("/var/run"), "{rules}");
+    }
+
+    #[test]
+    fn conversion_is_idempotent() {
+        let dir = tempfile::tempdir().unwrap();
+        debian_like(dir.path());
+        convert(dir.path()).unwrap();
+        convert(dir.path()).unwrap();
+        assert!(dir.path().join(FACTORY_VAR).join("roothome/.bashrc").is_file());
+    }
+
+    #[test]
+    fn refuses_unbootable_trees() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        assert!(matches!(validate(&root.join("nope")), Err(TreeError::Missing(_))));
+        fs::create_dir_all(root.join("usr/lib/modules/6.1.0")).unwrap();
+        let err = validate(root).unwrap_err();
+        assert!(matches!(err, TreeError::NoKernel { .. }), "{err}");
+        assert!(err.to_string().contains("vmlinuz"));
+        fs::write(root.join("usr/lib/modules/6.1.0/vmlinuz"), "k").unwrap();
+        let err = validate(root).unwrap_err();
+        assert!(err.to_string().contains("usr/lib/modules/6.1.0/initramfs.img"), "{err}");
+        fs::write(root.join("usr/lib/modules/6.1.0/initramfs.img"), "i").unwrap();
+        assert!(matches!(validate(root), Err(TreeError::NoOsRelease { .. })));
+        fs::write(root.join("usr/lib/os-release"), "ID=x").unwrap();
+        fs::create_dir(root.join("etc")).unwrap();
+        assert!(matches!(validate(root), Err(TreeError::EtcNotInUsr { .. })));
+        fs::remove_dir(root.join("etc")).unwrap();
+        assert_eq!(validate(root).unwrap().kver, "6.1.0");
+    }
+}
