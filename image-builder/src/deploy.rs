@@ -1,0 +1,129 @@
+//! A physical sysroot in a directory, set up and deployed through libostree's Sysroot API:
+//! what `ostree admin init-fs`, `os-init` and `deploy` do, without the CLI.
+
+use crate::disk::Bootloader;
+use crate::ImageSpec;
+use anyhow::{Context, Result};
+use osbuild_core::glib;
+use osbuild_core::{gio, ostree};
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+
+/// A sysroot being built for an image.
+pub struct Sysroot {
+    path: PathBuf,
+    inner: ostree::Sysroot,
+}
+
+/// The deployment written into the sysroot.
+#[derive(Debug, Clone)]
+pub struct Deployed {
+    pub checksum: String,
+    pub osname: String,
+}
+
+impl Sysroot {
+    /// Create the physical root's directories and an initialized sysroot at `path`, with
+    /// the boot loader configuration libostree will maintain.
+    pub fn create(path: &Path, bootloader: Bootloader) -> Result<Self> {
+        fs::create_dir_all(path).with_context(|| format!("creating {}", path.display()))?;
+        // The mount points of the physical root, as `ostree admin init-fs` makes them.
+        for (dir, mode) in [
+            ("boot", 0o755),
+            ("dev", 0o755),
+            ("home", 0o755),
+            ("proc", 0o755),
+            ("run", 0o755),
+            ("sys", 0o755),
+            ("tmp", 0o1777),
+            ("root", 0o700),
+        ] {
+            let p = path.join(dir);
+            fs::create_dir_all(&p)?;
+            fs::set_permissions(&p, fs::Permissions::from_mode(mode))?;
+        }
+        let inner = ostree::Sysroot::new(Some(&gio::File::for_path(path)));
+        inner
+            .ensure_initialized(gio::Cancellable::NONE)
+            .context("initializing the sysroot")?;
+        bootloader.prepare_sysroot(path)?;
+        let repo = ostree::Repo::new_for_path(path.join("ostree/repo"));
+        repo.open(gio::Cancellable::NONE)
+            .context("opening the sysroot repository")?;
+        let config = repo.copy_config();
+        config.set_string("sysroot", "bootloader", bootloader.ostree_name());
+        // /boot lives on the root filesystem, so boot entries must name /boot/ostree/….
+        config.set_boolean("sysroot", "bootprefix", true);
+        repo.write_config(&config)
+            .context("writing the sysroot repository config")?;
+        inner.load(gio::Cancellable::NONE).context("loading the sysroot")?;
+        Ok(Sysroot {
+            path: path.to_path_buf(),
+            inner,
+        })
+    }
+
+    /// Add the device's remote, pull the ref and deploy it as the default deployment.
+    pub fn deploy_from_remote(&self, spec: &ImageSpec) -> Result<Deployed> {
+        let cancellable = gio::Cancellable::NONE;
+        self.inner
+            .init_osname(&spec.os, cancellable)
+            .with_context(|| format!("creating the stateroot {}", spec.os))?;
+        let repo = self.inner.repo();
+        let remote_url = spec.remote_url.as_deref().unwrap_or(&spec.url);
+        let opts = glib::VariantDict::new(None);
+        // Commits are not signed yet; signature policy comes with GPG signing.
+        opts.insert("gpg-verify", false);
+        repo.remote_add(&spec.remote_name, Some(remote_url), Some(&opts.end()), cancellable)
+            .with_context(|| format!("adding remote {} ({remote_url})", spec.remote_name))?;
+
+        let checksum = crate::pull::pull(&repo, &spec.remote_name, &spec.branch, &spec.url)?;
+        self.deploy(&spec.os, &format!("{}:{}", spec.remote_name, spec.branch), &checksum, &spec.kernel_args())
+    }
+
+    /// Deploy `checksum` (already in the sysroot repo) with `refspec` as its origin.
+    pub fn deploy(&self, os: &str, refspec: &str, checksum: &str, kargs: &[String]) -> Result<Deployed> {
+        let cancellable = gio::Cancellable::NONE;
+        let origin = self.inner.origin_new_from_refspec(refspec);
+        let kargs: Vec<&str> = kargs.iter().map(String::as_str).collect();
+        let opts = ostree::SysrootDeployTreeOpts {
+            override_kernel_argv: Some(&kargs),
+            ..Default::default()
+        };
+        let deployment = self
+            .inner
+            .deploy_tree_with_options(Some(os), checksum, Some(&origin), None, Some(&opts), cancellable)
+            .with_context(|| format!("deploying {checksum}"))?;
+        self.inner
+            .simple_write_deployment(
+                Some(os),
+                &deployment,
+                None,
+                ostree::SysrootSimpleWriteDeploymentFlags::NONE,
+                cancellable,
+            )
+            .context("writing the deployment and boot loader configuration")?;
+        self.inner.load(cancellable).context("reloading the sysroot")?;
+        Ok(Deployed {
+            checksum: checksum.to_string(),
+            osname: os.to_string(),
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Clear the immutable flag libostree sets on deployment directories, so the sysroot
+    /// can be removed once the image is written.
+    pub fn release(&self) -> Result<()> {
+        let _ = self.inner.load(gio::Cancellable::NONE);
+        for d in self.inner.deployments() {
+            self.inner
+                .deployment_set_mutable(&d, true, gio::Cancellable::NONE)
+                .with_context(|| format!("making deployment {} removable", d.csum()))?;
+        }
+        Ok(())
+    }
+}
