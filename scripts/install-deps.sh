@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# Installs everything osbuild needs to build, run and test on Debian 12, as root.
+# Idempotent: packages already installed are left alone.
+set -euo pipefail
+
+PACKAGES=(
+  # build: libostree and gpgme headers for the Rust bindings
+  build-essential pkg-config libostree-dev libgpgme-dev libglib2.0-dev
+  # the pipeline's external tools
+  ostree mmdebstrap e2fsprogs dosfstools mtools syslinux syslinux-common extlinux
+  util-linux kmod
+  # booting images in tests and in the quick start
+  qemu-system-x86 qemu-utils ovmf
+  # interop tests
+  openssh-server openssh-client
+)
+
+missing=()
+for p in "${PACKAGES[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if ((${#missing[@]})); then
+  echo "Installing: ${missing[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+if ! command -v cargo >/dev/null 2>&1; then
+  if [ -x "$HOME/.cargo/bin/cargo" ]; then
+    export PATH="$HOME/.cargo/bin:$PATH"
+  else
+    echo "cargo is missing: install Rust (e.g. apt-get install cargo, or rustup)" >&2
+    exit 1
+  fi
+fi

@@ -1,0 +1,175 @@
+//! Bad input through the real `osbuild` binary: a one-line error that names the thing,
+//! a non-zero exit, and nothing left behind.
+
+use std::fs;
+use std::net::TcpListener;
+use std::path::Path;
+use std::process::{Child, Command, Output};
+use std::time::{Duration, Instant};
+
+const OSBUILD: &str = env!("CARGO_BIN_EXE_osbuild");
+
+fn osbuild(args: &[&str]) -> Output {
+    Command::new(OSBUILD).args(args).output().expect("running osbuild")
+}
+
+/// Assert failure with a single error line containing every `needle`.
+fn assert_fails_naming(out: &Output, needles: &[&str]) {
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "expected failure, got success: {stderr}");
+    let errors: Vec<&str> = stderr.lines().filter(|l| l.starts_with("error:")).collect();
+    assert_eq!(errors.len(), 1, "expected one error line: {stderr}");
+    for n in needles {
+        assert!(errors[0].contains(n), "error should name {n:?}: {}", errors[0]);
+    }
+}
+
+/// A tree in the OSTree layout with a stand-in kernel: enough to commit and deploy.
+fn tiny_tree(root: &Path) {
+    fs::create_dir_all(root.join("usr/lib/modules/6.1.0-test")).unwrap();
+    fs::create_dir_all(root.join("usr/etc")).unwrap();
+    fs::write(root.join("usr/lib/modules/6.1.0-test/vmlinuz"), "kernel").unwrap();
+    fs::write(root.join("usr/lib/modules/6.1.0-test/initramfs.img"), "initramfs").unwrap();
+    fs::write(root.join("usr/lib/os-release"), "ID=test\n").unwrap();
+}
+
+fn entries(dir: &Path) -> Vec<String> {
+    let mut v: Vec<String> = fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    v.sort();
+    v
+}
+
+struct Serve(Child);
+
+impl Serve {
+    fn start(repo: &Path) -> (Self, u16) {
+        let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let child = Command::new(OSBUILD)
+            .args(["serve", "--repo"])
+            .arg(repo)
+            .args(["--http", &format!("127.0.0.1:{port}")])
+            .spawn()
+            .unwrap();
+        let serve = Serve(child);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(Instant::now() < deadline, "osbuild serve did not start");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        (serve, port)
+    }
+}
+
+impl Drop for Serve {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+fn commit_of_missing_tree() {
+    let dir = tempfile::tempdir().unwrap();
+    let repo = dir.path().join("repo");
+    let tree = dir.path().join("no-such-tree");
+    let out = osbuild(&["commit", "--repo", repo.to_str().unwrap(), "--branch", "b", "--tree", tree.to_str().unwrap()]);
+    assert_fails_naming(&out, &["no-such-tree"]);
+    assert!(entries(dir.path()).is_empty(), "{:?}", entries(dir.path()));
+}
+
+#[test]
+fn commit_of_tree_not_ostree_ready() {
+    let dir = tempfile::tempdir().unwrap();
+    let tree = dir.path().join("plain");
+    fs::create_dir_all(tree.join("etc")).unwrap();
+    fs::create_dir_all(tree.join("usr/lib/modules/6.1.0/")).unwrap();
+    fs::write(tree.join("usr/lib/modules/6.1.0/vmlinuz"), "k").unwrap();
+    let repo = dir.path().join("repo");
+    let out = osbuild(&["commit", "--repo", repo.to_str().unwrap(), "--branch", "b", "--tree", tree.to_str().unwrap()]);
+    assert_fails_naming(&out, &["plain", "/usr/etc"]);
+    fs::remove_dir(tree.join("etc")).unwrap();
+    let out = osbuild(&["commit", "--repo", repo.to_str().unwrap(), "--branch", "b", "--tree", tree.to_str().unwrap()]);
+    assert_fails_naming(&out, &["initramfs"]);
+    assert_eq!(entries(dir.path()), ["plain"]);
+}
+
+#[test]
+fn commit_prints_checksum_and_ostree_accepts_repo() {
+    let dir = tempfile::tempdir().unwrap();
+    let tree = dir.path().join("tree");
+    tiny_tree(&tree);
+    let repo = dir.path().join("repo");
+    let out = osbuild(&["commit", "--repo", repo.to_str().unwrap(), "--branch", "test/b", "--tree", tree.to_str().unwrap(), "--version", "1.0"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let checksum = stdout.lines().last().unwrap().trim().to_string();
+    assert_eq!(checksum.len(), 64, "{stdout}");
+    let r = format!("--repo={}", repo.display());
+    for args in [vec!["fsck", &r], vec!["log", &r, "test/b"], vec!["ls", &r, "test/b", "/usr/lib"]] {
+        let o = Command::new("ostree").args(&args).output().unwrap();
+        assert!(o.status.success(), "ostree {args:?}: {}", String::from_utf8_lossy(&o.stderr));
+    }
+    let log = Command::new("ostree").args(["log", &r, "test/b"]).output().unwrap();
+    let log = String::from_utf8_lossy(&log.stdout);
+    assert!(log.contains(&checksum) && log.contains("Version: 1.0"), "{log}");
+    let summary = Command::new("ostree").args(["summary", "--view", &r]).output().unwrap();
+    assert!(String::from_utf8_lossy(&summary.stdout).contains("test/b"));
+}
+
+#[test]
+fn make_image_from_unreachable_url() {
+    let dir = tempfile::tempdir().unwrap();
+    // A port that nothing listens on.
+    let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let url = format!("http://127.0.0.1:{port}/repo/");
+    let output = dir.path().join("disk.img");
+    let out = osbuild(&["make-image", "--url", &url, "--branch", "b", "--output", output.to_str().unwrap(), "--size", "512M"]);
+    assert_fails_naming(&out, &[&url]);
+    assert!(entries(dir.path()).is_empty(), "{:?}", entries(dir.path()));
+}
+
+#[test]
+fn make_image_of_unknown_branch() {
+    let dir = tempfile::tempdir().unwrap();
+    let tree = dir.path().join("tree");
+    tiny_tree(&tree);
+    let repo = dir.path().join("repo");
+    let out = osbuild(&["commit", "--repo", repo.to_str().unwrap(), "--branch", "real", "--tree", tree.to_str().unwrap()]);
+    assert!(out.status.success());
+    let (_serve, port) = Serve::start(&repo);
+    let work = dir.path().join("out");
+    fs::create_dir(&work).unwrap();
+    let output = work.join("disk.img");
+    let url = format!("http://127.0.0.1:{port}/repo/");
+    let out = osbuild(&["make-image", "--url", &url, "--branch", "no-such-branch", "--output", output.to_str().unwrap(), "--size", "512M"]);
+    assert_fails_naming(&out, &["no-such-branch"]);
+    assert!(entries(&work).is_empty(), "{:?}", entries(&work));
+}
+
+#[test]
+fn make_image_into_missing_directory() {
+    let out = osbuild(&["make-image", "--url", "http://127.0.0.1:1/repo/", "--branch", "b", "--output", "/nonexistent-dir/disk.img"]);
+    assert_fails_naming(&out, &["/nonexistent-dir"]);
+}
+
+#[test]
+fn serve_on_port_in_use() {
+    let dir = tempfile::tempdir().unwrap();
+    let tree = dir.path().join("tree");
+    tiny_tree(&tree);
+    let repo = dir.path().join("repo");
+    assert!(osbuild(&["commit", "--repo", repo.to_str().unwrap(), "--branch", "b", "--tree", tree.to_str().unwrap()]).status.success());
+    let taken = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap().to_string();
+    let out = osbuild(&["serve", "--repo", repo.to_str().unwrap(), "--http", &addr]);
+    assert_fails_naming(&out, &[&addr, "in use"]);
+}
+
+#[test]
+fn serve_of_missing_repo() {
+    let out = osbuild(&["serve", "--repo", "/nonexistent-repo", "--http", "127.0.0.1:0"]);
+    assert_fails_naming(&out, &["/nonexistent-repo"]);
+}
