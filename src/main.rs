@@ -6,7 +6,11 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 
 #[derive(Parser)]
-#[command(name = "osbuild", version, about = "Build, ship and upgrade immutable OSTree-based Debian systems")]
+#[command(
+    name = "osbuild",
+    version,
+    about = "Build, ship and upgrade immutable OSTree-based Debian systems"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,

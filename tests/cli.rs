@@ -10,17 +10,27 @@ use std::time::{Duration, Instant};
 const OSBUILD: &str = env!("CARGO_BIN_EXE_osbuild");
 
 fn osbuild(args: &[&str]) -> Output {
-    Command::new(OSBUILD).args(args).output().expect("running osbuild")
+    Command::new(OSBUILD)
+        .args(args)
+        .output()
+        .expect("running osbuild")
 }
 
 /// Assert failure with a single error line containing every `needle`.
 fn assert_fails_naming(out: &Output, needles: &[&str]) {
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success(), "expected failure, got success: {stderr}");
+    assert!(
+        !out.status.success(),
+        "expected failure, got success: {stderr}"
+    );
     let errors: Vec<&str> = stderr.lines().filter(|l| l.starts_with("error:")).collect();
     assert_eq!(errors.len(), 1, "expected one error line: {stderr}");
     for n in needles {
-        assert!(errors[0].contains(n), "error should name {n:?}: {}", errors[0]);
+        assert!(
+            errors[0].contains(n),
+            "error should name {n:?}: {}",
+            errors[0]
+        );
     }
 }
 
@@ -29,7 +39,11 @@ fn tiny_tree(root: &Path) {
     fs::create_dir_all(root.join("usr/lib/modules/6.1.0-test")).unwrap();
     fs::create_dir_all(root.join("usr/etc")).unwrap();
     fs::write(root.join("usr/lib/modules/6.1.0-test/vmlinuz"), "kernel").unwrap();
-    fs::write(root.join("usr/lib/modules/6.1.0-test/initramfs.img"), "initramfs").unwrap();
+    fs::write(
+        root.join("usr/lib/modules/6.1.0-test/initramfs.img"),
+        "initramfs",
+    )
+    .unwrap();
     fs::write(root.join("usr/lib/os-release"), "ID=test\n").unwrap();
 }
 
@@ -46,7 +60,11 @@ struct Serve(Child);
 
 impl Serve {
     fn start(repo: &Path) -> (Self, u16) {
-        let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let port = TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
         let child = Command::new(OSBUILD)
             .args(["serve", "--repo"])
             .arg(repo)
@@ -75,7 +93,15 @@ fn commit_of_missing_tree() {
     let dir = tempfile::tempdir().unwrap();
     let repo = dir.path().join("repo");
     let tree = dir.path().join("no-such-tree");
-    let out = osbuild(&["commit", "--repo", repo.to_str().unwrap(), "--branch", "b", "--tree", tree.to_str().unwrap()]);
+    let out = osbuild(&[
+        "commit",
+        "--repo",
+        repo.to_str().unwrap(),
+        "--branch",
+        "b",
+        "--tree",
+        tree.to_str().unwrap(),
+    ]);
     assert_fails_naming(&out, &["no-such-tree"]);
     assert!(entries(dir.path()).is_empty(), "{:?}", entries(dir.path()));
 }
@@ -88,10 +114,26 @@ fn commit_of_tree_not_ostree_ready() {
     fs::create_dir_all(tree.join("usr/lib/modules/6.1.0/")).unwrap();
     fs::write(tree.join("usr/lib/modules/6.1.0/vmlinuz"), "k").unwrap();
     let repo = dir.path().join("repo");
-    let out = osbuild(&["commit", "--repo", repo.to_str().unwrap(), "--branch", "b", "--tree", tree.to_str().unwrap()]);
+    let out = osbuild(&[
+        "commit",
+        "--repo",
+        repo.to_str().unwrap(),
+        "--branch",
+        "b",
+        "--tree",
+        tree.to_str().unwrap(),
+    ]);
     assert_fails_naming(&out, &["plain", "/usr/etc"]);
     fs::remove_dir(tree.join("etc")).unwrap();
-    let out = osbuild(&["commit", "--repo", repo.to_str().unwrap(), "--branch", "b", "--tree", tree.to_str().unwrap()]);
+    let out = osbuild(&[
+        "commit",
+        "--repo",
+        repo.to_str().unwrap(),
+        "--branch",
+        "b",
+        "--tree",
+        tree.to_str().unwrap(),
+    ]);
     assert_fails_naming(&out, &["initramfs"]);
     assert_eq!(entries(dir.path()), ["plain"]);
 }
@@ -102,20 +144,51 @@ fn commit_prints_checksum_and_ostree_accepts_repo() {
     let tree = dir.path().join("tree");
     tiny_tree(&tree);
     let repo = dir.path().join("repo");
-    let out = osbuild(&["commit", "--repo", repo.to_str().unwrap(), "--branch", "test/b", "--tree", tree.to_str().unwrap(), "--version", "1.0"]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = osbuild(&[
+        "commit",
+        "--repo",
+        repo.to_str().unwrap(),
+        "--branch",
+        "test/b",
+        "--tree",
+        tree.to_str().unwrap(),
+        "--version",
+        "1.0",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let stdout = String::from_utf8_lossy(&out.stdout);
     let checksum = stdout.lines().last().unwrap().trim().to_string();
     assert_eq!(checksum.len(), 64, "{stdout}");
     let r = format!("--repo={}", repo.display());
-    for args in [vec!["fsck", &r], vec!["log", &r, "test/b"], vec!["ls", &r, "test/b", "/usr/lib"]] {
+    for args in [
+        vec!["fsck", &r],
+        vec!["log", &r, "test/b"],
+        vec!["ls", &r, "test/b", "/usr/lib"],
+    ] {
         let o = Command::new("ostree").args(&args).output().unwrap();
-        assert!(o.status.success(), "ostree {args:?}: {}", String::from_utf8_lossy(&o.stderr));
+        assert!(
+            o.status.success(),
+            "ostree {args:?}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
     }
-    let log = Command::new("ostree").args(["log", &r, "test/b"]).output().unwrap();
+    let log = Command::new("ostree")
+        .args(["log", &r, "test/b"])
+        .output()
+        .unwrap();
     let log = String::from_utf8_lossy(&log.stdout);
-    assert!(log.contains(&checksum) && log.contains("Version: 1.0"), "{log}");
-    let summary = Command::new("ostree").args(["summary", "--view", &r]).output().unwrap();
+    assert!(
+        log.contains(&checksum) && log.contains("Version: 1.0"),
+        "{log}"
+    );
+    let summary = Command::new("ostree")
+        .args(["summary", "--view", &r])
+        .output()
+        .unwrap();
     assert!(String::from_utf8_lossy(&summary.stdout).contains("test/b"));
 }
 
@@ -123,10 +196,24 @@ fn commit_prints_checksum_and_ostree_accepts_repo() {
 fn make_image_from_unreachable_url() {
     let dir = tempfile::tempdir().unwrap();
     // A port that nothing listens on.
-    let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let port = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
     let url = format!("http://127.0.0.1:{port}/repo/");
     let output = dir.path().join("disk.img");
-    let out = osbuild(&["make-image", "--url", &url, "--branch", "b", "--output", output.to_str().unwrap(), "--size", "512M"]);
+    let out = osbuild(&[
+        "make-image",
+        "--url",
+        &url,
+        "--branch",
+        "b",
+        "--output",
+        output.to_str().unwrap(),
+        "--size",
+        "512M",
+    ]);
     assert_fails_naming(&out, &[&url]);
     assert!(entries(dir.path()).is_empty(), "{:?}", entries(dir.path()));
 }
@@ -137,21 +224,47 @@ fn make_image_of_unknown_branch() {
     let tree = dir.path().join("tree");
     tiny_tree(&tree);
     let repo = dir.path().join("repo");
-    let out = osbuild(&["commit", "--repo", repo.to_str().unwrap(), "--branch", "real", "--tree", tree.to_str().unwrap()]);
+    let out = osbuild(&[
+        "commit",
+        "--repo",
+        repo.to_str().unwrap(),
+        "--branch",
+        "real",
+        "--tree",
+        tree.to_str().unwrap(),
+    ]);
     assert!(out.status.success());
     let (_serve, port) = Serve::start(&repo);
     let work = dir.path().join("out");
     fs::create_dir(&work).unwrap();
     let output = work.join("disk.img");
     let url = format!("http://127.0.0.1:{port}/repo/");
-    let out = osbuild(&["make-image", "--url", &url, "--branch", "no-such-branch", "--output", output.to_str().unwrap(), "--size", "512M"]);
+    let out = osbuild(&[
+        "make-image",
+        "--url",
+        &url,
+        "--branch",
+        "no-such-branch",
+        "--output",
+        output.to_str().unwrap(),
+        "--size",
+        "512M",
+    ]);
     assert_fails_naming(&out, &["no-such-branch"]);
     assert!(entries(&work).is_empty(), "{:?}", entries(&work));
 }
 
 #[test]
 fn make_image_into_missing_directory() {
-    let out = osbuild(&["make-image", "--url", "http://127.0.0.1:1/repo/", "--branch", "b", "--output", "/nonexistent-dir/disk.img"]);
+    let out = osbuild(&[
+        "make-image",
+        "--url",
+        "http://127.0.0.1:1/repo/",
+        "--branch",
+        "b",
+        "--output",
+        "/nonexistent-dir/disk.img",
+    ]);
     assert_fails_naming(&out, &["/nonexistent-dir"]);
 }
 
@@ -161,7 +274,17 @@ fn serve_on_port_in_use() {
     let tree = dir.path().join("tree");
     tiny_tree(&tree);
     let repo = dir.path().join("repo");
-    assert!(osbuild(&["commit", "--repo", repo.to_str().unwrap(), "--branch", "b", "--tree", tree.to_str().unwrap()]).status.success());
+    assert!(osbuild(&[
+        "commit",
+        "--repo",
+        repo.to_str().unwrap(),
+        "--branch",
+        "b",
+        "--tree",
+        tree.to_str().unwrap()
+    ])
+    .status
+    .success());
     let taken = TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = taken.local_addr().unwrap().to_string();
     let out = osbuild(&["serve", "--repo", repo.to_str().unwrap(), "--http", &addr]);
@@ -170,6 +293,12 @@ fn serve_on_port_in_use() {
 
 #[test]
 fn serve_of_missing_repo() {
-    let out = osbuild(&["serve", "--repo", "/nonexistent-repo", "--http", "127.0.0.1:0"]);
+    let out = osbuild(&[
+        "serve",
+        "--repo",
+        "/nonexistent-repo",
+        "--http",
+        "127.0.0.1:0",
+    ]);
     assert_fails_naming(&out, &["/nonexistent-repo"]);
 }

@@ -1,0 +1,105 @@
+//! Slow fixtures (a bootstrapped rootfs) built once and cached under target/, keyed by a
+//! hash of their inputs, so a changed input rebuilds and an unchanged one is reused.
+
+use anyhow::{Context, Result};
+use sha2::{Digest, Sha256};
+use std::fs;
+use std::path::{Path, PathBuf};
+
+/// The inputs that determine a fixture's content.
+#[derive(Default)]
+pub struct Key {
+    hasher: Sha256,
+}
+
+impl Key {
+    pub fn new(name: &str) -> Self {
+        let mut k = Key::default();
+        k.hasher.update(name.as_bytes());
+        k
+    }
+
+    /// Mix in a string input (arguments, versions).
+    pub fn text(mut self, s: &str) -> Self {
+        self.hasher.update((s.len() as u64).to_le_bytes());
+        self.hasher.update(s.as_bytes());
+        self
+    }
+
+    /// Mix in a file's or a directory tree's paths, modes, link targets and contents.
+    pub fn path(mut self, path: &Path) -> Result<Self> {
+        let mut entries = Vec::new();
+        collect(path, path, &mut entries)?;
+        entries.sort();
+        for (rel, data) in entries {
+            self.hasher.update(rel.as_bytes());
+            self.hasher.update((data.len() as u64).to_le_bytes());
+            self.hasher.update(&data);
+        }
+        Ok(self)
+    }
+
+    fn hex(self) -> String {
+        self.hasher
+            .finalize()
+            .iter()
+            .take(8)
+            .map(|b| format!("{b:02x}"))
+            .collect()
+    }
+}
+
+fn collect(base: &Path, path: &Path, out: &mut Vec<(String, Vec<u8>)>) -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let meta = fs::symlink_metadata(path).with_context(|| format!("reading {}", path.display()))?;
+    let rel = path
+        .strip_prefix(base)
+        .unwrap_or(path)
+        .display()
+        .to_string();
+    let tag = format!("{rel}:{:o}", meta.permissions().mode());
+    if meta.file_type().is_symlink() {
+        out.push((
+            tag,
+            fs::read_link(path)?.into_os_string().into_encoded_bytes(),
+        ));
+    } else if meta.is_dir() {
+        out.push((tag, Vec::new()));
+        for e in fs::read_dir(path)? {
+            collect(base, &e?.path(), out)?;
+        }
+    } else {
+        out.push((tag, fs::read(path)?));
+    }
+    Ok(())
+}
+
+/// Return `<cache>/<name>-<key>`, building it with `build` if it is not there yet. `build`
+/// gets a path that does not exist and must create it atomically (or fail leaving
+/// nothing). Older versions of the same fixture are removed to bound disk use.
+pub fn cached(
+    cache: &Path,
+    name: &str,
+    key: Key,
+    build: impl FnOnce(&Path) -> Result<()>,
+) -> Result<PathBuf> {
+    fs::create_dir_all(cache).with_context(|| format!("creating {}", cache.display()))?;
+    let dest = cache.join(format!("{name}-{}", key.hex()));
+    if dest.exists() {
+        eprintln!("fixture: reusing {}", dest.display());
+        return Ok(dest);
+    }
+    for e in fs::read_dir(cache)? {
+        let e = e?;
+        let fname = e.file_name().to_string_lossy().into_owned();
+        if fname.starts_with(&format!("{name}-")) {
+            let _ = fs::remove_dir_all(e.path()).or_else(|_| fs::remove_file(e.path()));
+        }
+    }
+    eprintln!("fixture: building {}", dest.display());
+    build(&dest).with_context(|| format!("building fixture {name}"))?;
+    if !dest.exists() {
+        anyhow::bail!("building fixture {name} did not create {}", dest.display());
+    }
+    Ok(dest)
+}

@@ -1,0 +1,715 @@
+//! Boots a disk image under qemu (TCG only) and drives its serial console.
+//!
+//! A [`Vm`] owns the qemu process, a reader thread that logs the serial
+//! console to a file, and a temporary directory (console socket, UEFI
+//! variables). Dropping it kills qemu, so a failing test never leaves one
+//! behind; qemu is also killed by the kernel if the test process dies.
+//!
+//! ```no_run
+//! # fn main() -> anyhow::Result<()> {
+//! use std::time::Duration;
+//! use osbuild_testing::vm::{free_port, Vm, VmConfig};
+//!
+//! let ssh = free_port();
+//! let config = VmConfig::new("target/disk.qcow2")
+//!     .uefi(true)
+//!     .forward(ssh, 22)
+//!     .log("target/boot1.log");
+//! let mut vm = Vm::boot(config.clone())?;
+//! vm.wait_for("login:", Duration::from_secs(600))?;
+//! vm.send_line("root")?;
+//! # Ok(()) }
+//! ```
+
+mod console;
+mod pdeathsig;
+
+use std::ffi::OsString;
+use std::fmt;
+use std::fs::{self, File, OpenOptions};
+use std::io::{Read, Write};
+use std::net::{Ipv4Addr, TcpListener};
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::{Arc, MutexGuard};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, bail, Context, Result};
+
+use console::Shared;
+
+/// The qemu binary; a fixed path so a stray one in `$PATH` cannot change behaviour.
+pub const QEMU: &str = "/usr/bin/qemu-system-x86_64";
+/// Read-only OVMF firmware code (Debian package `ovmf`), 4 MiB flash layout.
+pub const OVMF_CODE: &str = "/usr/share/OVMF/OVMF_CODE_4M.fd";
+/// Template for the UEFI variable store; each VM writes to its own copy.
+pub const OVMF_VARS: &str = "/usr/share/OVMF/OVMF_VARS_4M.fd";
+
+/// How many lines of serial output error messages quote.
+const TAIL_LINES: usize = 40;
+/// How long qemu may take to create the console socket (slow under load).
+const SOCKET_TIMEOUT: Duration = Duration::from_secs(60);
+/// A write that blocks this long means the guest stopped reading its console.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
+/// Longest wait for buffered console output once qemu has exited.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long `wait_for` waits for the rest of a matched line at most...
+const LINE_GRACE: Duration = Duration::from_millis(500);
+/// ...or until output pauses this long (a prompt is never terminated).
+const LINE_QUIET: Duration = Duration::from_millis(100);
+/// How often to check a process whose exit is not signalled otherwise.
+const POLL: Duration = Duration::from_millis(50);
+/// Unix socket paths longer than this do not fit `sockaddr_un`.
+const MAX_SOCKET_PATH: usize = 107;
+
+/// Disk image format, as passed to qemu's `-drive format=`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum ImageFormat {
+    #[default]
+    Raw,
+    Qcow2,
+}
+
+impl ImageFormat {
+    /// Guesses from the extension: `.qcow2` is qcow2, anything else raw.
+    pub fn from_path(path: &Path) -> Self {
+        match path.extension() {
+            Some(ext) if ext == "qcow2" => Self::Qcow2,
+            _ => Self::Raw,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Raw => "raw",
+            Self::Qcow2 => "qcow2",
+        }
+    }
+}
+
+impl fmt::Display for ImageFormat {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// What to boot and how. Build with [`VmConfig::new`] and the chained setters.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VmConfig {
+    /// Disk image; qemu writes to it (no snapshot), so a reboot keeps changes.
+    pub image: PathBuf,
+    pub format: ImageFormat,
+    /// Boot with OVMF instead of SeaBIOS.
+    pub uefi: bool,
+    pub memory_mib: u32,
+    pub cpus: u32,
+    /// `(host_port, guest_port)` TCP forwards, bound to 127.0.0.1 on the host.
+    pub forwards: Vec<(u16, u16)>,
+    /// Raw serial output is appended here (parent directories are created).
+    /// Empty means `<image>.serial.log`.
+    pub log: PathBuf,
+}
+
+impl Default for VmConfig {
+    fn default() -> Self {
+        Self {
+            image: PathBuf::new(),
+            format: ImageFormat::Raw,
+            uefi: false,
+            memory_mib: 1024,
+            cpus: 2,
+            forwards: Vec::new(),
+            log: PathBuf::new(),
+        }
+    }
+}
+
+impl VmConfig {
+    /// Defaults for `image`: format from its extension, log next to it.
+    pub fn new(image: impl Into<PathBuf>) -> Self {
+        let image = image.into();
+        Self {
+            format: ImageFormat::from_path(&image),
+            log: default_log(&image),
+            image,
+            ..Self::default()
+        }
+    }
+
+    pub fn format(mut self, format: ImageFormat) -> Self {
+        self.format = format;
+        self
+    }
+
+    pub fn uefi(mut self, uefi: bool) -> Self {
+        self.uefi = uefi;
+        self
+    }
+
+    pub fn memory_mib(mut self, memory_mib: u32) -> Self {
+        self.memory_mib = memory_mib;
+        self
+    }
+
+    pub fn cpus(mut self, cpus: u32) -> Self {
+        self.cpus = cpus;
+        self
+    }
+
+    /// Adds a forward from 127.0.0.1:`host_port` to the guest's `guest_port`.
+    pub fn forward(mut self, host_port: u16, guest_port: u16) -> Self {
+        self.forwards.push((host_port, guest_port));
+        self
+    }
+
+    pub fn log(mut self, log: impl Into<PathBuf>) -> Self {
+        self.log = log.into();
+        self
+    }
+
+    /// The serial log path, applying the default for an empty `log`.
+    pub fn log_path(&self) -> PathBuf {
+        if self.log.as_os_str().is_empty() {
+            default_log(&self.image)
+        } else {
+            self.log.clone()
+        }
+    }
+}
+
+fn default_log(image: &Path) -> PathBuf {
+    let mut log = image.as_os_str().to_owned();
+    log.push(".serial.log");
+    PathBuf::from(log)
+}
+
+/// A running qemu guest. Dropping it kills qemu and removes its temp files.
+///
+/// The `Vm` must stay on (and be dropped by) the thread that booted it: the
+/// kernel's parent-death signal fires when the *spawning thread* exits, so a
+/// `Vm` booted on a short-lived thread gets its qemu killed with that thread.
+pub struct Vm {
+    config: VmConfig,
+    log: PathBuf,
+    child: Child,
+    shared: Arc<Shared>,
+    /// Write half of the console socket; also used to stop the reader.
+    console: UnixStream,
+    reader: Option<JoinHandle<()>>,
+    /// Byte offset into the cleaned output where the next `wait_for` starts.
+    cursor: usize,
+    /// qemu's stdout and stderr, quoted when it fails.
+    qemu_output: PathBuf,
+    /// Holds the console socket and UEFI vars; removed after qemu is dead.
+    _runtime_dir: tempfile::TempDir,
+}
+
+impl fmt::Debug for Vm {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Vm")
+            .field("pid", &self.child.id())
+            .field("image", &self.config.image)
+            .field("log", &self.log)
+            .field("cursor", &self.cursor)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Vm {
+    /// Starts qemu and connects to its serial console before the guest runs.
+    ///
+    /// qemu waits for the console connection (`server=on,wait=on`), so no
+    /// firmware or boot output is ever lost.
+    pub fn boot(config: VmConfig) -> Result<Vm> {
+        if !Path::new(QEMU).exists() {
+            bail!("{QEMU} not found: install the `qemu-system-x86` package");
+        }
+        fs::metadata(&config.image)
+            .with_context(|| format!("checking disk image {}", config.image.display()))?;
+
+        let runtime_dir = tempfile::Builder::new()
+            .prefix("osbuild-vm-")
+            .tempdir()
+            .context("creating the VM's runtime directory")?;
+        let socket = runtime_dir.path().join("serial.sock");
+        if socket.as_os_str().len() > MAX_SOCKET_PATH {
+            bail!(
+                "console socket path {} is too long for a unix socket: set TMPDIR to a shorter directory",
+                socket.display()
+            );
+        }
+        let vars = if config.uefi {
+            Some(copy_ovmf_vars(runtime_dir.path())?)
+        } else {
+            None
+        };
+
+        let log_path = config.log_path();
+        let mut log = open_log(&log_path)?;
+        let args = qemu_args(&config, &socket, vars.as_deref());
+        writeln!(
+            log,
+            "\n===== osbuild-testing: starting {QEMU} {} =====",
+            display_args(&args)
+        )
+        .with_context(|| format!("writing serial log {}", log_path.display()))?;
+
+        let qemu_output = runtime_dir.path().join("qemu-output.log");
+        let stdout = File::create(&qemu_output)
+            .with_context(|| format!("creating {}", qemu_output.display()))?;
+        let stderr = stdout
+            .try_clone()
+            .with_context(|| format!("duplicating {}", qemu_output.display()))?;
+        let mut cmd = Command::new(QEMU);
+        cmd.args(&args)
+            .stdin(Stdio::null())
+            .stdout(stdout)
+            .stderr(stderr);
+        pdeathsig::kill_child_with_parent(&mut cmd);
+        let mut child = cmd.spawn().with_context(|| format!("starting {QEMU}"))?;
+        let (console, shared, reader) = match attach_console(&mut child, &socket, &qemu_output, log)
+        {
+            Ok(attached) => attached,
+            Err(e) => {
+                // Never leave qemu running (it would wait forever for us).
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(e);
+            }
+        };
+
+        Ok(Vm {
+            config,
+            log: log_path,
+            child,
+            shared,
+            console,
+            reader: Some(reader),
+            cursor: 0,
+            qemu_output,
+            _runtime_dir: runtime_dir,
+        })
+    }
+
+    /// The configuration this VM was booted with, e.g. to boot it again.
+    pub fn config(&self) -> &VmConfig {
+        &self.config
+    }
+
+    /// The serial log file.
+    pub fn log_path(&self) -> &Path {
+        &self.log
+    }
+
+    /// qemu's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// All serial output so far, with terminal escape sequences, `\r` and other
+    /// control characters removed (the log file keeps the raw bytes).
+    pub fn output(&self) -> String {
+        String::from_utf8_lossy(&self.shared.lock().text).into_owned()
+    }
+
+    /// Moves the cursor to the end of the output received so far, so that the
+    /// next [`wait_for`](Self::wait_for) only sees output that arrives later
+    /// (e.g. the answer to a command about to be sent).
+    pub fn mark(&mut self) {
+        self.cursor = self.shared.lock().text.len();
+    }
+
+    /// Waits until `needle` appears in the serial output after the cursor and
+    /// returns the whole line containing it (trailing whitespace trimmed).
+    ///
+    /// The cursor starts at the beginning of the output and moves past the
+    /// returned line, so successive calls match successive events. A line
+    /// without its `\n` yet (a `login: ` prompt) gets up to 0.5 s to complete,
+    /// less if output pauses for 100 ms; the cursor then moves to the end of
+    /// the output received so far. Matching is on the cleaned text of [`output`]
+    /// (no colour codes, no `\r`), and `needle` should not contain `\n`.
+    ///
+    /// Fails on timeout or when qemu exits first, quoting the last lines of
+    /// serial output and the log path.
+    ///
+    /// [`output`]: Self::output
+    pub fn wait_for(&mut self, needle: &str, timeout: Duration) -> Result<String> {
+        let deadline = Instant::now() + timeout;
+        let shared = Arc::clone(&self.shared);
+        let mut state = shared.lock();
+        let mut from = self.cursor;
+        loop {
+            if let Some(found) = console::find_line(&state.text, from, needle.as_bytes()) {
+                let found = if found.terminated {
+                    found
+                } else {
+                    rest_of_line(&shared, state, found, needle)
+                };
+                self.cursor = found.next_cursor;
+                return Ok(found.line);
+            }
+            // A match can straddle what has arrived and what is still to come.
+            from = state
+                .text
+                .len()
+                .saturating_sub(needle.len().saturating_sub(1))
+                .max(self.cursor);
+            if state.closed {
+                let text = state.text.clone();
+                let read_error = state.read_error.clone();
+                drop(state);
+                let why = match read_error {
+                    Some(e) => format!("the serial console failed ({e})"),
+                    None => format!("qemu exited ({})", self.exit_status_description()),
+                };
+                return Err(self.error_with_output(
+                    &format!("{why} before {needle:?} appeared on the serial console"),
+                    &text,
+                    true,
+                ));
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                let text = state.text.clone();
+                drop(state);
+                return Err(self.error_with_output(
+                    &format!(
+                        "timed out after {timeout:?} waiting for {needle:?} on the serial console"
+                    ),
+                    &text,
+                    false,
+                ));
+            }
+            state = shared.wait(state, deadline - now);
+        }
+    }
+
+    /// Writes `text` to the serial console as typed, without a line ending.
+    ///
+    /// All of it is sent at once. Linux buffers that fine, but firmware may
+    /// not: SeaBIOS's serial console (and iPXE on top of it) keeps only 15
+    /// keys, so there send short pieces and wait for each one's echo.
+    pub fn send(&mut self, text: &str) -> Result<()> {
+        self.console
+            .write_all(text.as_bytes())
+            .and_then(|()| self.console.flush())
+            .with_context(|| format!("writing {text:?} to the serial console"))
+    }
+
+    /// Types `text` followed by Enter (`\r`, what a terminal sends; the guest's
+    /// tty turns it into `\n`).
+    pub fn send_line(&mut self, text: &str) -> Result<()> {
+        self.send(&format!("{text}\r"))
+    }
+
+    /// Waits for qemu to exit, i.e. for the guest to power off or reboot
+    /// (`-no-reboot` turns a reboot into an exit), and for the rest of its
+    /// console output. Boot a new `Vm` on the same image to continue.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Result<ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self
+                .child
+                .try_wait()
+                .context("checking whether qemu exited")?
+            {
+                self.drain_console();
+                return Ok(status);
+            }
+            if Instant::now() >= deadline {
+                let text = self.shared.lock().text.clone();
+                return Err(self.error_with_output(
+                    &format!("timed out after {timeout:?} waiting for qemu to exit"),
+                    &text,
+                    false,
+                ));
+            }
+            std::thread::sleep(POLL);
+        }
+    }
+
+    /// Waits (briefly) until the reader has seen EOF, so all output is in.
+    fn drain_console(&self) {
+        let deadline = Instant::now() + DRAIN_TIMEOUT;
+        let mut state = self.shared.lock();
+        while !state.closed {
+            let now = Instant::now();
+            if now >= deadline {
+                return;
+            }
+            state = self.shared.wait(state, deadline - now);
+        }
+    }
+
+    /// qemu's exit status once its console closed, which precedes the exit.
+    fn exit_status_description(&mut self) -> String {
+        let deadline = Instant::now() + DRAIN_TIMEOUT;
+        loop {
+            match self.child.try_wait() {
+                Ok(Some(status)) => return status.to_string(),
+                Ok(None) if Instant::now() < deadline => std::thread::sleep(POLL),
+                Ok(None) => return "closed its console but is still running".into(),
+                Err(e) => return format!("status unknown: {e}"),
+            }
+        }
+    }
+
+    fn error_with_output(&self, what: &str, text: &[u8], with_qemu_output: bool) -> anyhow::Error {
+        let mut msg = format!(
+            "{what} (qemu pid {}, image {})\n--- last {TAIL_LINES} lines of serial output ---\n{}\n--- full serial log: {} ---",
+            self.child.id(),
+            self.config.image.display(),
+            console::tail(text, TAIL_LINES),
+            self.log.display(),
+        );
+        if let Some(e) = &self.shared.lock().log_error {
+            msg.push_str(&format!("\n(writing the serial log failed: {e})"));
+        }
+        if with_qemu_output {
+            let qemu = read_tail(&self.qemu_output);
+            if !qemu.is_empty() {
+                msg.push_str(&format!("\n--- qemu stderr ---\n{qemu}"));
+            }
+        }
+        anyhow!(msg)
+    }
+}
+
+impl Drop for Vm {
+    fn drop(&mut self) {
+        // Errors are ignored: the process may already be gone, and a
+        // destructor has no one to report to.
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        // qemu's death closes the socket, but shut it down too in case the
+        // reader is stuck for any other reason; then the log is complete.
+        let _ = self.console.shutdown(std::net::Shutdown::Both);
+        if let Some(reader) = self.reader.take() {
+            let _ = reader.join();
+        }
+    }
+}
+
+/// Gives an unterminated matched line a moment to complete, since it may
+/// have been read in pieces; returns once it is, once output pauses (a
+/// prompt) or after [`LINE_GRACE`].
+fn rest_of_line(
+    shared: &Shared,
+    mut state: MutexGuard<'_, console::State>,
+    mut found: console::Found,
+    needle: &str,
+) -> console::Found {
+    let grace_end = Instant::now() + LINE_GRACE;
+    loop {
+        let now = Instant::now();
+        if found.terminated || state.closed || now >= grace_end {
+            return found;
+        }
+        let len = state.text.len();
+        state = shared.wait(state, LINE_QUIET.min(grace_end - now));
+        if state.text.len() == len {
+            return found;
+        }
+        // Searching from the match position finds the same match again.
+        if let Some(again) = console::find_line(&state.text, found.pos, needle.as_bytes()) {
+            found = again;
+        }
+    }
+}
+
+/// Connects to the console and starts the reader; returns the write half.
+fn attach_console(
+    child: &mut Child,
+    socket: &Path,
+    qemu_output: &Path,
+    log: File,
+) -> Result<(UnixStream, Arc<Shared>, JoinHandle<()>)> {
+    let stream = connect_console(child, socket, qemu_output)?;
+    let console = stream
+        .try_clone()
+        .context("duplicating the serial console socket")?;
+    console
+        .set_write_timeout(Some(WRITE_TIMEOUT))
+        .context("setting the serial console write timeout")?;
+    let shared = Arc::new(Shared::default());
+    let reader = console::spawn_reader(stream, log, Arc::clone(&shared))?;
+    Ok((console, shared, reader))
+}
+
+/// Connects to qemu's console socket, which appears once qemu has parsed its
+/// arguments; qemu then waits for this connection before starting the guest.
+fn connect_console(child: &mut Child, socket: &Path, qemu_output: &Path) -> Result<UnixStream> {
+    let deadline = Instant::now() + SOCKET_TIMEOUT;
+    loop {
+        if let Some(status) = child
+            .try_wait()
+            .context("checking whether qemu is running")?
+        {
+            bail!(
+                "qemu exited ({status}) before opening its serial console\n--- qemu stderr ---\n{}",
+                read_tail(qemu_output)
+            );
+        }
+        match UnixStream::connect(socket) {
+            Ok(stream) => return Ok(stream),
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused
+                ) && Instant::now() < deadline =>
+            {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            Err(e) => {
+                return Err(e).with_context(|| {
+                    format!(
+                        "connecting to qemu's serial console {}\n--- qemu stderr ---\n{}",
+                        socket.display(),
+                        read_tail(qemu_output)
+                    )
+                })
+            }
+        }
+    }
+}
+
+/// Copies the OVMF variable store template to a private, writable file.
+fn copy_ovmf_vars(dir: &Path) -> Result<PathBuf> {
+    for firmware in [OVMF_CODE, OVMF_VARS] {
+        if !Path::new(firmware).exists() {
+            bail!("UEFI firmware {firmware} not found: install the `ovmf` package");
+        }
+    }
+    let vars = dir.join("OVMF_VARS.fd");
+    fs::copy(OVMF_VARS, &vars)
+        .with_context(|| format!("copying {OVMF_VARS} to {}", vars.display()))?;
+    // The template may be read-only; qemu opens unit 1 read-write.
+    fs::set_permissions(&vars, fs::Permissions::from_mode(0o600))
+        .with_context(|| format!("making {} writable", vars.display()))?;
+    Ok(vars)
+}
+
+fn open_log(path: &Path) -> Result<File> {
+    if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+        fs::create_dir_all(parent).with_context(|| {
+            format!("creating directory {} for the serial log", parent.display())
+        })?;
+    }
+    // Appending keeps the output of earlier boots of the same test (e.g.
+    // before a reboot) in one file.
+    OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .with_context(|| format!("opening serial log {}", path.display()))
+}
+
+/// The last lines of a small diagnostic file, or a note why it is unreadable.
+fn read_tail(path: &Path) -> String {
+    let mut bytes = Vec::new();
+    match File::open(path).and_then(|mut f| f.read_to_end(&mut bytes)) {
+        Ok(_) => console::tail(&bytes, 20),
+        Err(e) => format!("(cannot read {}: {e})", path.display()),
+    }
+}
+
+/// The qemu arguments (without the program name) for `config`.
+fn qemu_args(config: &VmConfig, socket: &Path, uefi_vars: Option<&Path>) -> Vec<OsString> {
+    let mut args: Vec<OsString> = [
+        "-machine",
+        "q35",
+        // TCG only: KVM guests hang on the machines these tests run on.
+        "-accel",
+        "tcg",
+        "-m",
+        &config.memory_mib.to_string(),
+        "-smp",
+        &config.cpus.to_string(),
+        // Also makes SeaBIOS print to the serial console; implies -display none.
+        "-nographic",
+        "-monitor",
+        "none",
+        // A reboot exits qemu; tests boot a fresh Vm on the same image.
+        "-no-reboot",
+    ]
+    .into_iter()
+    .map(OsString::from)
+    .collect();
+    if let Some(vars) = uefi_vars {
+        args.push("-drive".into());
+        args.push(opt(
+            "if=pflash,format=raw,unit=0,readonly=on,file=",
+            Path::new(OVMF_CODE),
+            "",
+        ));
+        args.push("-drive".into());
+        args.push(opt("if=pflash,format=raw,unit=1,file=", vars, ""));
+    }
+    args.push("-drive".into());
+    args.push(opt(
+        "file=",
+        &config.image,
+        &format!(",format={},if=virtio", config.format),
+    ));
+    let mut nic = String::from("user,model=virtio-net-pci");
+    for (host, guest) in &config.forwards {
+        nic.push_str(&format!(",hostfwd=tcp:127.0.0.1:{host}-:{guest}"));
+    }
+    args.push("-nic".into());
+    args.push(nic.into());
+    // wait=on: qemu starts the guest only once we are connected.
+    args.push("-chardev".into());
+    args.push(opt("socket,id=ser0,server=on,wait=on,path=", socket, ""));
+    args.push("-serial".into());
+    args.push("chardev:ser0".into());
+    args
+}
+
+/// `prefix` + `path` + `suffix`, with `path` escaped for qemu's `key=value,...`
+/// option syntax (`,` becomes `,,`) and kept byte-exact (it need not be UTF-8).
+fn opt(prefix: &str, path: &Path, suffix: &str) -> OsString {
+    let mut out = prefix.as_bytes().to_vec();
+    for &b in path.as_os_str().as_bytes() {
+        out.push(b);
+        if b == b',' {
+            out.push(b',');
+        }
+    }
+    out.extend_from_slice(suffix.as_bytes());
+    OsString::from_vec(out)
+}
+
+fn display_args(args: &[OsString]) -> String {
+    args.iter()
+        .map(|a| a.to_string_lossy().into_owned())
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// A TCP port on 127.0.0.1 that was free a moment ago, for host forwards.
+///
+/// Another process may grab it before qemu binds it; that is unlikely enough
+/// for tests. Panics if no port can be bound, as a test cannot go on then.
+pub fn free_port() -> u16 {
+    match try_free_port() {
+        Ok(port) => port,
+        Err(e) => panic!("{e:#}"),
+    }
+}
+
+/// [`free_port`] for callers that want to handle the error.
+pub fn try_free_port() -> Result<u16> {
+    let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
+        .context("binding 127.0.0.1:0 to find a free TCP port")?;
+    Ok(listener
+        .local_addr()
+        .context("reading the address of the bound port")?
+        .port())
+}
+
+#[cfg(test)]
+mod tests;
