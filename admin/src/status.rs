@@ -47,15 +47,12 @@ pub fn status(path: &Path) -> Result<Status> {
         .into_iter()
         .map(|d| {
             let checksum = d.csum().to_string();
-            let version = repo
-                .load_commit(&checksum)
-                .ok()
-                .and_then(|(commit, _)| {
-                    glib::VariantDict::new(Some(&commit.child_value(0)))
-                        .lookup::<String>("version")
-                        .ok()
-                        .flatten()
-                });
+            let version = repo.load_commit(&checksum).ok().and_then(|(commit, _)| {
+                glib::VariantDict::new(Some(&commit.child_value(0)))
+                    .lookup::<String>("version")
+                    .ok()
+                    .flatten()
+            });
             let refspec = d
                 .origin()
                 .and_then(|o| o.string("origin", "refspec").ok())

@@ -49,7 +49,11 @@ impl Staging {
     /// Atomically move the finished result into place.
     pub fn commit(mut self) -> Result<PathBuf> {
         std::fs::rename(&self.temp, &self.dest).with_context(|| {
-            format!("moving {} into place at {}", self.temp.display(), self.dest.display())
+            format!(
+                "moving {} into place at {}",
+                self.temp.display(),
+                self.dest.display()
+            )
         })?;
         self.done = true;
         Ok(self.dest.clone())
@@ -109,7 +113,9 @@ mod tests {
 
     #[test]
     fn missing_parent_is_named() {
-        let err = Staging::new(Path::new("/nonexistent-dir/out.img")).err().unwrap();
+        let err = Staging::new(Path::new("/nonexistent-dir/out.img"))
+            .err()
+            .unwrap();
         assert!(err.to_string().contains("/nonexistent-dir"), "{err}");
     }
 }

@@ -33,7 +33,8 @@ pub fn open_archive(path: &Path) -> Result<ostree::Repo> {
 
 /// Create a new archive-mode repository at `path`, which must not exist yet.
 pub fn create_archive(path: &Path) -> Result<ostree::Repo> {
-    std::fs::create_dir(path).with_context(|| format!("creating repository directory {}", path.display()))?;
+    std::fs::create_dir(path)
+        .with_context(|| format!("creating repository directory {}", path.display()))?;
     let repo = ostree::Repo::new_for_path(path);
     repo.create(ostree::RepoMode::Archive, gio::Cancellable::NONE)
         .with_context(|| format!("creating archive repository {}", path.display()))?;

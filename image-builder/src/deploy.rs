@@ -57,7 +57,9 @@ impl Sysroot {
         config.set_boolean("sysroot", "bootprefix", true);
         repo.write_config(&config)
             .context("writing the sysroot repository config")?;
-        inner.load(gio::Cancellable::NONE).context("loading the sysroot")?;
+        inner
+            .load(gio::Cancellable::NONE)
+            .context("loading the sysroot")?;
         Ok(Sysroot {
             path: path.to_path_buf(),
             inner,
@@ -75,15 +77,31 @@ impl Sysroot {
         let opts = glib::VariantDict::new(None);
         // Commits are not signed yet; signature policy comes with GPG signing.
         opts.insert("gpg-verify", false);
-        repo.remote_add(&spec.remote_name, Some(remote_url), Some(&opts.end()), cancellable)
-            .with_context(|| format!("adding remote {} ({remote_url})", spec.remote_name))?;
+        repo.remote_add(
+            &spec.remote_name,
+            Some(remote_url),
+            Some(&opts.end()),
+            cancellable,
+        )
+        .with_context(|| format!("adding remote {} ({remote_url})", spec.remote_name))?;
 
         let checksum = crate::pull::pull(&repo, &spec.remote_name, &spec.branch, &spec.url)?;
-        self.deploy(&spec.os, &format!("{}:{}", spec.remote_name, spec.branch), &checksum, &spec.kernel_args())
+        self.deploy(
+            &spec.os,
+            &format!("{}:{}", spec.remote_name, spec.branch),
+            &checksum,
+            &spec.kernel_args(),
+        )
     }
 
     /// Deploy `checksum` (already in the sysroot repo) with `refspec` as its origin.
-    pub fn deploy(&self, os: &str, refspec: &str, checksum: &str, kargs: &[String]) -> Result<Deployed> {
+    pub fn deploy(
+        &self,
+        os: &str,
+        refspec: &str,
+        checksum: &str,
+        kargs: &[String],
+    ) -> Result<Deployed> {
         let cancellable = gio::Cancellable::NONE;
         let origin = self.inner.origin_new_from_refspec(refspec);
         let kargs: Vec<&str> = kargs.iter().map(String::as_str).collect();
@@ -93,7 +111,14 @@ impl Sysroot {
         };
         let deployment = self
             .inner
-            .deploy_tree_with_options(Some(os), checksum, Some(&origin), None, Some(&opts), cancellable)
+            .deploy_tree_with_options(
+                Some(os),
+                checksum,
+                Some(&origin),
+                None,
+                Some(&opts),
+                cancellable,
+            )
             .with_context(|| format!("deploying {checksum}"))?;
         self.inner
             .simple_write_deployment(
@@ -104,7 +129,9 @@ impl Sysroot {
                 cancellable,
             )
             .context("writing the deployment and boot loader configuration")?;
-        self.inner.load(cancellable).context("reloading the sysroot")?;
+        self.inner
+            .load(cancellable)
+            .context("reloading the sysroot")?;
         Ok(Deployed {
             checksum: checksum.to_string(),
             osname: os.to_string(),

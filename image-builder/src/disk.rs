@@ -59,7 +59,9 @@ pub struct Disk {
 impl Disk {
     pub fn new(size: u64, bootloader: Bootloader) -> Result<Self> {
         if size < 256 << 20 {
-            anyhow::bail!("--size {size} bytes is too small for a bootable image; use at least 256M");
+            anyhow::bail!(
+                "--size {size} bytes is too small for a bootable image; use at least 256M"
+            );
         }
         Ok(Disk {
             size: size / SECTOR * SECTOR,
@@ -122,7 +124,8 @@ impl Disk {
             let n = code.len().min(440);
             mbr.header.bootstrap_code[..n].copy_from_slice(&code[..n]);
         }
-        mbr.write_into(&mut f).context("writing the partition table")?;
+        mbr.write_into(&mut f)
+            .context("writing the partition table")?;
         f.seek(SeekFrom::Start(0))?;
         f.flush()?;
         Ok(())
@@ -183,7 +186,8 @@ impl LoopMount {
 
     fn unmount(mut self) -> Result<()> {
         self.mounted = false;
-        cmd::run(Command::new("umount").arg(self.dir.path())).context("unmounting the root partition")?;
+        cmd::run(Command::new("umount").arg(self.dir.path()))
+            .context("unmounting the root partition")?;
         Ok(())
     }
 }

@@ -5,7 +5,10 @@ use anyhow::Result;
 /// Parse a size with an optional binary suffix (K, M, G, T; an optional `iB` or `B`).
 pub fn parse_size(s: &str) -> Result<u64> {
     let t = s.trim();
-    let t = t.strip_suffix("iB").or_else(|| t.strip_suffix('B')).unwrap_or(t);
+    let t = t
+        .strip_suffix("iB")
+        .or_else(|| t.strip_suffix('B'))
+        .unwrap_or(t);
     let (num, shift) = match t.char_indices().last() {
         Some((i, c)) if c.is_ascii_alphabetic() => {
             let shift = match c.to_ascii_uppercase() {
@@ -19,10 +22,11 @@ pub fn parse_size(s: &str) -> Result<u64> {
         }
         _ => (t, 0),
     };
-    let n: u64 = num
-        .trim()
-        .parse()
-        .map_err(|_| anyhow::anyhow!("invalid size {s:?}: expected a number with an optional K, M, G or T suffix"))?;
+    let n: u64 = num.trim().parse().map_err(|_| {
+        anyhow::anyhow!(
+            "invalid size {s:?}: expected a number with an optional K, M, G or T suffix"
+        )
+    })?;
     n.checked_mul(1u64 << shift)
         .ok_or_else(|| anyhow::anyhow!("size {s:?} is too large"))
 }

@@ -8,7 +8,11 @@ use std::process::Command;
 
 fn run(cmd: &mut Command) -> String {
     let out = cmd.output().expect("spawn");
-    assert!(out.status.success(), "{cmd:?}: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{cmd:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
@@ -17,7 +21,11 @@ fn commit_tiny(dir: &Path) -> (String, String) {
     fs::create_dir_all(tree.join("usr/lib/modules/6.1.0-test")).unwrap();
     fs::create_dir_all(tree.join("usr/etc")).unwrap();
     fs::write(tree.join("usr/lib/modules/6.1.0-test/vmlinuz"), "kernel").unwrap();
-    fs::write(tree.join("usr/lib/modules/6.1.0-test/initramfs.img"), "initramfs").unwrap();
+    fs::write(
+        tree.join("usr/lib/modules/6.1.0-test/initramfs.img"),
+        "initramfs",
+    )
+    .unwrap();
     fs::write(tree.join("usr/lib/os-release"), "ID=test\n").unwrap();
     let repo = dir.join("repo");
     let r = format!("--repo={}", repo.display());
@@ -25,7 +33,10 @@ fn commit_tiny(dir: &Path) -> (String, String) {
     let csum = run(Command::new("ostree")
         .args(["commit", &r, "--branch=test/x86_64"])
         .arg(format!("--tree=dir={}", tree.display())));
-    (format!("file://{}", repo.display()), csum.trim().to_string())
+    (
+        format!("file://{}", repo.display()),
+        csum.trim().to_string(),
+    )
 }
 
 #[test]
@@ -40,7 +51,10 @@ fn image_holds_a_bootable_deployment() {
     assert_eq!(image.checksum, csum);
     assert_eq!(fs::metadata(&output).unwrap().len(), 512 << 20);
     // Only the image is left: the sysroot work directory is gone.
-    let mut left: Vec<_> = fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
+    let mut left: Vec<_> = fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
     left.sort();
     assert_eq!(left, ["disk.img", "repo", "tree"]);
 
@@ -48,7 +62,10 @@ fn image_holds_a_bootable_deployment() {
     let disk = fs::read(&output).unwrap();
     assert_eq!(&disk[510..512], &[0x55, 0xaa]);
     let mbr_code = fs::read("/usr/lib/syslinux/mbr/mbr.bin").unwrap();
-    assert_eq!(&disk[..mbr_code.len().min(440)], &mbr_code[..mbr_code.len().min(440)]);
+    assert_eq!(
+        &disk[..mbr_code.len().min(440)],
+        &mbr_code[..mbr_code.len().min(440)]
+    );
     let entry = &disk[446..462];
     assert_eq!(entry[0], 0x80, "partition 1 is active");
     assert_eq!(entry[4], 0x83, "partition 1 is Linux");
@@ -72,17 +89,26 @@ fn image_holds_a_bootable_deployment() {
         assert!(cfg.contains("root=LABEL=osbuild-root"), "{cfg}");
         assert!(cfg.contains("console=ttyS0,115200"), "{cfg}");
         let repo_cfg = fs::read_to_string(root.join("ostree/repo/config")).unwrap();
-        assert!(repo_cfg.contains("url=http://10.0.2.2:8080/repo/"), "{repo_cfg}");
+        assert!(
+            repo_cfg.contains("url=http://10.0.2.2:8080/repo/"),
+            "{repo_cfg}"
+        );
         let status = osbuild_admin_status(root);
         assert!(status.contains(&csum), "{status}");
     });
     run(Command::new("umount").arg(mnt.path()));
     check.unwrap();
-    let label = run(Command::new("blkid").args(["-o", "value", "-s", "LABEL", "--probe", "--offset", "1048576"]).arg(&output));
+    let label = run(Command::new("blkid")
+        .args([
+            "-o", "value", "-s", "LABEL", "--probe", "--offset", "1048576",
+        ])
+        .arg(&output));
     assert_eq!(label.trim(), "osbuild-root");
 }
 
 /// The deployment as libostree sees it, via `ostree admin status` on the mounted sysroot.
 fn osbuild_admin_status(root: &Path) -> String {
-    run(Command::new("ostree").args(["admin", "status"]).arg(format!("--sysroot={}", root.display())))
+    run(Command::new("ostree")
+        .args(["admin", "status"])
+        .arg(format!("--sysroot={}", root.display())))
 }

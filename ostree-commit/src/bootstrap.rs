@@ -103,7 +103,10 @@ pub fn bootstrap(spec: &Bootstrap, output: &Path) -> Result<TreeInfo> {
     let dir = staging.path();
     fs::create_dir(dir).with_context(|| format!("creating {}", dir.display()))?;
 
-    let progress = Progress::spinner(format!("Bootstrapping Debian {} with mmdebstrap", spec.suite));
+    let progress = Progress::spinner(format!(
+        "Bootstrapping Debian {} with mmdebstrap",
+        spec.suite
+    ));
     cmd::run(&mut spec.mmdebstrap(dir)).context("bootstrapping with mmdebstrap")?;
     progress.finish("Bootstrapped the base system");
 
@@ -122,10 +125,16 @@ fn configure(spec: &Bootstrap, dir: &Path) -> Result<()> {
     fs::write(etc.join("hostname"), format!("{}\n", spec.hostname))?;
     fs::write(
         etc.join("hosts"),
-        format!("127.0.0.1\tlocalhost\n127.0.1.1\t{}\n::1\tlocalhost ip6-localhost ip6-loopback\n", spec.hostname),
+        format!(
+            "127.0.0.1\tlocalhost\n127.0.1.1\t{}\n::1\tlocalhost ip6-localhost ip6-loopback\n",
+            spec.hostname
+        ),
     )?;
     // ostree-prepare-root mounts / and /sysroot; nothing else needs mounting.
-    fs::write(etc.join("fstab"), "# The root filesystem is mounted by ostree-prepare-root.\n")?;
+    fs::write(
+        etc.join("fstab"),
+        "# The root filesystem is mounted by ostree-prepare-root.\n",
+    )?;
     // An empty machine-id makes systemd generate one on each device's first boot.
     fs::write(etc.join("machine-id"), "")?;
     let network = etc.join("systemd/network");

@@ -149,7 +149,10 @@ mod tests {
         );
         let (commit_v, _) = repo.load_commit(&second.checksum).unwrap();
         let meta = glib::VariantDict::new(Some(&commit_v.child_value(0)));
-        assert_eq!(meta.lookup::<String>("version").unwrap().as_deref(), Some("1"));
+        assert_eq!(
+            meta.lookup::<String>("version").unwrap().as_deref(),
+            Some("1")
+        );
         assert!(repo_path.join("summary").is_file());
     }
 

@@ -73,7 +73,12 @@ pub fn validate(tree: &Path) -> Result<TreeInfo, TreeError> {
     }
     let kver = find_kernels(tree)
         .into_iter()
-        .find(|k| tree.join("usr/lib/modules").join(k).join("vmlinuz").is_file())
+        .find(|k| {
+            tree.join("usr/lib/modules")
+                .join(k)
+                .join("vmlinuz")
+                .is_file()
+        })
         .ok_or_else(|| TreeError::NoKernel {
             tree: tree.to_path_buf(),
         })?;
@@ -347,12 +352,21 @@ mod tests {
         );
         assert_eq!(fs::read_dir(root.join("boot")).unwrap().count(), 0);
         assert!(!root.join("vmlinuz").exists() && !root.join("vmlinuz").is_symlink());
-        assert_eq!(fs::read_to_string(root.join("usr/etc/hostname")).unwrap(), "box\n");
+        assert_eq!(
+            fs::read_to_string(root.join("usr/etc/hostname")).unwrap(),
+            "box\n"
+        );
         assert!(!root.join("etc").exists());
         assert_eq!(fs::read_dir(root.join("var")).unwrap().count(), 0);
         assert!(root.join(DPKG_STATE).join("status").is_file());
-        assert_eq!(fs::read_link(root.join("home")).unwrap(), Path::new("var/home"));
-        assert_eq!(fs::read_link(root.join("root")).unwrap(), Path::new("var/roothome"));
+        assert_eq!(
+            fs::read_link(root.join("home")).unwrap(),
+            Path::new("var/home")
+        );
+        assert_eq!(
+            fs::read_link(root.join("root")).unwrap(),
+            Path::new("var/roothome")
+        );
         assert_eq!(
             fs::read_link(root.join("usr/local")).unwrap(),
             Path::new("../var/usrlocal")
@@ -360,17 +374,38 @@ mod tests {
         assert!(root.join(FACTORY_VAR).join("roothome/.bashrc").is_file());
         assert!(root.join(FACTORY_VAR).join("usrlocal/bin").is_dir());
         assert!(root.join(FACTORY_VAR).join("opt/vendor").is_dir());
-        assert_eq!(fs::read_link(root.join("tmp")).unwrap(), Path::new("sysroot/tmp"));
-        assert_eq!(fs::read_link(root.join("ostree")).unwrap(), Path::new("sysroot/ostree"));
+        assert_eq!(
+            fs::read_link(root.join("tmp")).unwrap(),
+            Path::new("sysroot/tmp")
+        );
+        assert_eq!(
+            fs::read_link(root.join("ostree")).unwrap(),
+            Path::new("sysroot/ostree")
+        );
         for d in ["sysroot", "dev", "proc", "sys", "run"] {
             assert!(root.join(d).is_dir(), "{d}");
         }
         let rules = fs::read_to_string(root.join(TMPFILES_CONF)).unwrap();
-        assert!(rules.contains("L /var/lib/dpkg - - - - /usr/lib/sysimage/dpkg"), "{rules}");
-        assert!(rules.contains("C /var/log/apt - - - - /usr/share/factory/var/log/apt"), "{rules}");
-        assert!(rules.contains("C /var/lib/apt - - - - /usr/share/factory/var/lib/apt"), "{rules}");
-        assert!(rules.contains("C /var/cache - - - - /usr/share/factory/var/cache"), "{rules}");
-        assert!(rules.contains("C /var/roothome - - - - /usr/share/factory/var/roothome"), "{rules}");
+        assert!(
+            rules.contains("L /var/lib/dpkg - - - - /usr/lib/sysimage/dpkg"),
+            "{rules}"
+        );
+        assert!(
+            rules.contains("C /var/log/apt - - - - /usr/share/factory/var/log/apt"),
+            "{rules}"
+        );
+        assert!(
+            rules.contains("C /var/lib/apt - - - - /usr/share/factory/var/lib/apt"),
+            "{rules}"
+        );
+        assert!(
+            rules.contains("C /var/cache - - - - /usr/share/factory/var/cache"),
+            "{rules}"
+        );
+        assert!(
+            rules.contains("C /var/roothome - - - - /usr/share/factory/var/roothome"),
+            "{rules}"
+        );
         // os-init makes these; a C rule for them would be skipped on the device.
         assert!(!rules.contains("C /var/lib "), "{rules}");
         assert!(!rules.contains("/var/tmp"), "{rules}");
@@ -384,21 +419,32 @@ mod tests {
         debian_like(dir.path());
         convert(dir.path()).unwrap();
         convert(dir.path()).unwrap();
-        assert!(dir.path().join(FACTORY_VAR).join("roothome/.bashrc").is_file());
+        assert!(dir
+            .path()
+            .join(FACTORY_VAR)
+            .join("roothome/.bashrc")
+            .is_file());
     }
 
     #[test]
     fn refuses_unbootable_trees() {
         let dir = tempfile::tempdir().unwrap();
         let root = dir.path();
-        assert!(matches!(validate(&root.join("nope")), Err(TreeError::Missing(_))));
+        assert!(matches!(
+            validate(&root.join("nope")),
+            Err(TreeError::Missing(_))
+        ));
         fs::create_dir_all(root.join("usr/lib/modules/6.1.0")).unwrap();
         let err = validate(root).unwrap_err();
         assert!(matches!(err, TreeError::NoKernel { .. }), "{err}");
         assert!(err.to_string().contains("vmlinuz"));
         fs::write(root.join("usr/lib/modules/6.1.0/vmlinuz"), "k").unwrap();
         let err = validate(root).unwrap_err();
-        assert!(err.to_string().contains("usr/lib/modules/6.1.0/initramfs.img"), "{err}");
+        assert!(
+            err.to_string()
+                .contains("usr/lib/modules/6.1.0/initramfs.img"),
+            "{err}"
+        );
         fs::write(root.join("usr/lib/modules/6.1.0/initramfs.img"), "i").unwrap();
         assert!(matches!(validate(root), Err(TreeError::NoOsRelease { .. })));
         fs::write(root.join("usr/lib/os-release"), "ID=x").unwrap();
