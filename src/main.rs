@@ -2,7 +2,6 @@
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
-use std::net::SocketAddr;
 use std::path::PathBuf;
 
 #[derive(Parser)]
@@ -75,12 +74,12 @@ struct CommitArgs {
 
 #[derive(clap::Args)]
 struct ServeArgs {
-    /// Archive repository to serve.
-    #[arg(long)]
-    repo: PathBuf,
-    /// HTTP listen address.
-    #[arg(long, default_value = "127.0.0.1:8080")]
-    http: SocketAddr,
+    /// TOML file of serve settings, keyed by the flag names (`tls-cert = "…"`); flags
+    /// given here override it.
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    #[command(flatten)]
+    settings: ostree_serve::ServeConfig,
 }
 
 #[derive(clap::Args)]
@@ -159,8 +158,9 @@ fn run(cli: Cli) -> Result<()> {
             println!("{}", commit.checksum);
         }
         Command::Serve(a) => {
+            let cfg = ostree_serve::ServeConfig::load(a.config.as_deref(), a.settings)?;
             let rt = tokio::runtime::Runtime::new().context("starting the async runtime")?;
-            rt.block_on(ostree_serve::serve(&a.repo, a.http))?;
+            rt.block_on(ostree_serve::serve_config(&cfg))?;
         }
         Command::MakeImage(a) => {
             let mut spec = image_builder::ImageSpec::new(&a.url, &a.branch);

@@ -1,6 +1,17 @@
-//! The server side: an archive repository served over HTTP at `/repo/`, the URL layout
+//! The server side: an archive repository served over HTTP(S) at `/repo/`, the URL layout
 //! that clients configure with `ostree remote add NAME http://HOST:PORT/repo/`.
+//!
+//! [`router`] is the bare file server (shared with the SSH push tunnel); [`Server`] puts
+//! the listener, limits, timeouts, TLS, basic auth and the access log around it, as set by
+//! a [`ServeConfig`].
 
+mod access_log;
+pub mod auth;
+pub mod config;
 pub mod http;
+mod server;
+pub mod tls;
 
-pub use http::{bind, router, serve, Server};
+pub use config::ServeConfig;
+pub use http::router;
+pub use server::{bind, serve, serve_config, Server};

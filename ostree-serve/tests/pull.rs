@@ -4,7 +4,10 @@ use std::path::Path;
 use std::process::Command;
 
 fn ostree(args: &[&str]) -> String {
-    let out = Command::new("ostree").args(args).output().expect("running ostree");
+    let out = Command::new("ostree")
+        .args(args)
+        .output()
+        .expect("running ostree");
     assert!(
         out.status.success(),
         "ostree {args:?} failed: {}",
@@ -30,9 +33,10 @@ fn make_repo(dir: &Path) -> String {
 async fn ostree_pull_from_served_repo() {
     let dir = tempfile::tempdir().unwrap();
     let csum = make_repo(dir.path());
-    let server = ostree_serve::Server::new(&dir.path().join("repo"), "127.0.0.1:0".parse().unwrap())
-        .await
-        .unwrap();
+    let server =
+        ostree_serve::Server::new(&dir.path().join("repo"), "127.0.0.1:0".parse().unwrap())
+            .await
+            .unwrap();
     let addr = server.local_addr().unwrap();
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
     let handle = tokio::spawn(server.run(async {
@@ -55,7 +59,10 @@ async fn ostree_pull_from_served_repo() {
 
     // Traversal out of the repo is refused.
     let resp = raw_get(addr, "/repo/../../etc/passwd").await;
-    assert!(resp.starts_with("HTTP/1.1 400") || resp.starts_with("HTTP/1.1 404"), "{resp}");
+    assert!(
+        resp.starts_with("HTTP/1.1 400") || resp.starts_with("HTTP/1.1 404"),
+        "{resp}"
+    );
     let _ = tx.send(());
     handle.await.unwrap().unwrap();
 }
@@ -71,7 +78,10 @@ async fn port_in_use_is_a_clear_error() {
         .err()
         .expect("binding a taken port must fail");
     let msg = format!("{err:#}");
-    assert!(msg.contains(&addr.to_string()) && msg.contains("already in use"), "{msg}");
+    assert!(
+        msg.contains(&addr.to_string()) && msg.contains("already in use"),
+        "{msg}"
+    );
 }
 
 async fn raw_get(addr: std::net::SocketAddr, path: &str) -> String {

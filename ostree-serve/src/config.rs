@@ -1,0 +1,242 @@
+//! `osbuild serve` settings: one struct that is both the TOML config file and the CLI flags,
+//! so the file's keys, the flags and their documentation cannot drift apart. Every field is
+//! optional so that a flag given on the command line can be told apart from one left out,
+//! and overrides the config file only when given.
+
+use anyhow::{Context, Result};
+use serde::Deserialize;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// The defaults, named once for the code and the help text.
+pub const DEFAULT_HTTP: &str = "127.0.0.1:8080";
+pub const DEFAULT_MAX_CONNECTIONS: usize = 1024;
+pub const DEFAULT_HEADER_TIMEOUT: u64 = 15;
+pub const DEFAULT_SEND_TIMEOUT: u64 = 60;
+
+/// How `osbuild serve` serves a repository. In a config file (TOML) the keys are the flag
+/// names without the leading dashes, e.g. `tls-cert = "/etc/osbuild/cert.pem"`; relative
+/// paths there are relative to the file. Flags override the file.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, clap::Args)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct ServeConfig {
+    /// Archive repository to serve (required, here or in the config file).
+    #[arg(long, value_name = "DIR")]
+    pub repo: Option<PathBuf>,
+
+    /// Listen address; HTTPS when --tls-cert is given [default: 127.0.0.1:8080].
+    #[arg(long, value_name = "ADDR:PORT")]
+    pub http: Option<SocketAddr>,
+
+    /// PEM certificate chain for HTTPS (needs --tls-key). Clients trust it with
+    /// `ostree remote add --set=tls-ca-path=CA.pem`.
+    #[arg(long, value_name = "FILE", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+
+    /// PEM private key (PKCS#8, PKCS#1 or SEC1) matching --tls-cert.
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+
+    /// Require HTTP basic auth against this htpasswd file (bcrypt `htpasswd -B`, `{SHA}` or
+    /// `$apr1$` entries). Clients put the credentials in the remote URL:
+    /// `https://USER:PASSWORD@HOST:PORT/repo/`.
+    #[arg(long, value_name = "FILE")]
+    pub htpasswd: Option<PathBuf>,
+
+    /// Most connections served at once; further clients wait in the listen queue
+    /// [default: 1024].
+    #[arg(long, value_name = "N")]
+    pub max_connections: Option<usize>,
+
+    /// Seconds a client has to send a request's headers, and the longest an idle
+    /// kept-alive connection stays open [default: 15].
+    #[arg(long, value_name = "SECONDS")]
+    pub header_timeout: Option<u64>,
+
+    /// Seconds a connection may go without a byte received or sent while a request is
+    /// answered, so slow or stalled clients cannot hold it [default: 60].
+    #[arg(long, value_name = "SECONDS")]
+    pub send_timeout: Option<u64>,
+
+    /// Write one access log line per request to standard output [default: on].
+    #[arg(long, value_name = "on|off", hide_possible_values = true,
+          value_parser = clap::builder::BoolishValueParser::new())]
+    pub access_log: Option<bool>,
+}
+
+impl ServeConfig {
+    /// Read a TOML config file; relative paths in it are made relative to its directory.
+    pub fn from_file(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("reading serve config {}", path.display()))?;
+        let mut cfg: ServeConfig = toml::from_str(&text)
+            .with_context(|| format!("parsing serve config {}", path.display()))?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        for p in [
+            &mut cfg.repo,
+            &mut cfg.tls_cert,
+            &mut cfg.tls_key,
+            &mut cfg.htpasswd,
+        ]
+        .into_iter()
+        .flatten()
+        {
+            if p.is_relative() {
+                *p = base.join(&*p);
+            }
+        }
+        Ok(cfg)
+    }
+
+    /// The config file (if any) with the command-line flags laid over it.
+    pub fn load(file: Option<&Path>, flags: ServeConfig) -> Result<Self> {
+        let base = match file {
+            Some(f) => Self::from_file(f)?,
+            None => ServeConfig::default(),
+        };
+        Ok(base.overridden_by(flags))
+    }
+
+    /// `self` with every field that `other` sets replaced.
+    pub fn overridden_by(self, other: ServeConfig) -> Self {
+        ServeConfig {
+            repo: other.repo.or(self.repo),
+            http: other.http.or(self.http),
+            tls_cert: other.tls_cert.or(self.tls_cert),
+            tls_key: other.tls_key.or(self.tls_key),
+            htpasswd: other.htpasswd.or(self.htpasswd),
+            max_connections: other.max_connections.or(self.max_connections),
+            header_timeout: other.header_timeout.or(self.header_timeout),
+            send_timeout: other.send_timeout.or(self.send_timeout),
+            access_log: other.access_log.or(self.access_log),
+        }
+    }
+
+    pub fn repo(&self) -> Result<&Path> {
+        self.repo
+            .as_deref()
+            .context("no repository to serve: pass --repo DIR or set `repo` in the config file")
+    }
+
+    pub fn http(&self) -> SocketAddr {
+        self.http
+            .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 8080)))
+    }
+
+    pub fn max_connections(&self) -> usize {
+        self.max_connections
+            .unwrap_or(DEFAULT_MAX_CONNECTIONS)
+            .max(1)
+    }
+
+    pub fn header_timeout(&self) -> Duration {
+        Duration::from_secs(self.header_timeout.unwrap_or(DEFAULT_HEADER_TIMEOUT).max(1))
+    }
+
+    pub fn send_timeout(&self) -> Duration {
+        Duration::from_secs(self.send_timeout.unwrap_or(DEFAULT_SEND_TIMEOUT).max(1))
+    }
+
+    pub fn access_log(&self) -> bool {
+        self.access_log.unwrap_or(true)
+    }
+
+    /// The certificate and key, which only make sense together.
+    pub fn tls(&self) -> Result<Option<(&Path, &Path)>> {
+        match (&self.tls_cert, &self.tls_key) {
+            (Some(c), Some(k)) => Ok(Some((c, k))),
+            (None, None) => Ok(None),
+            (Some(c), None) => anyhow::bail!(
+                "TLS certificate {} given without a key: set --tls-key too",
+                c.display()
+            ),
+            (None, Some(k)) => anyhow::bail!(
+                "TLS key {} given without a certificate: set --tls-cert too",
+                k.display()
+            ),
+        }
+    }
+
+    /// The URL clients use, for the start-up message.
+    pub fn url(&self, addr: SocketAddr) -> String {
+        let scheme = if self.tls_cert.is_some() {
+            "https"
+        } else {
+            "http"
+        };
+        format!("{scheme}://{addr}/repo/")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        serve: ServeConfig,
+    }
+
+    #[test]
+    fn default_http_matches_the_constant() {
+        assert_eq!(
+            ServeConfig::default().http(),
+            DEFAULT_HTTP.parse::<SocketAddr>().unwrap()
+        );
+    }
+
+    #[test]
+    fn flags_override_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("serve.toml");
+        std::fs::write(
+            &file,
+            "repo = \"repo\"\nhttp = \"0.0.0.0:9000\"\nhtpasswd = \"/etc/htpasswd\"\n\
+             max-connections = 10\nheader-timeout = 5\naccess-log = false\n",
+        )
+        .unwrap();
+        let cli = Cli::parse_from(["x", "--http", "127.0.0.1:1234", "--access-log", "on"]);
+        let cfg = ServeConfig::load(Some(&file), cli.serve).unwrap();
+        assert_eq!(cfg.repo().unwrap(), dir.path().join("repo"));
+        assert_eq!(cfg.http(), "127.0.0.1:1234".parse().unwrap());
+        assert_eq!(cfg.htpasswd.as_deref(), Some(Path::new("/etc/htpasswd")));
+        assert_eq!(cfg.max_connections(), 10);
+        assert_eq!(cfg.header_timeout(), Duration::from_secs(5));
+        assert_eq!(
+            cfg.send_timeout(),
+            Duration::from_secs(DEFAULT_SEND_TIMEOUT)
+        );
+        assert!(cfg.access_log());
+    }
+
+    #[test]
+    fn unknown_keys_are_refused_naming_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("serve.toml");
+        std::fs::write(&file, "tls-certificate = \"x\"\n").unwrap();
+        let err = format!("{:#}", ServeConfig::from_file(&file).unwrap_err());
+        assert!(
+            err.contains(&file.display().to_string()) && err.contains("tls-certificate"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn tls_needs_both_files() {
+        assert!(Cli::try_parse_from(["x", "--tls-cert", "c.pem"]).is_err());
+        let cfg = ServeConfig {
+            tls_key: Some("k.pem".into()),
+            ..Default::default()
+        };
+        assert!(format!("{:#}", cfg.tls().unwrap_err()).contains("k.pem"));
+    }
+
+    #[test]
+    fn missing_repo_is_explained() {
+        let err = ServeConfig::default().repo().unwrap_err().to_string();
+        assert!(err.contains("--repo"), "{err}");
+    }
+}
