@@ -13,6 +13,8 @@ PACKAGES=(
   qemu-system-x86 qemu-utils ovmf
   # interop tests
   openssh-server openssh-client
+  # the push interop test and bench/push.sh: the real ostree-push 1.2 from PyPI in a venv
+  python3-venv python3-pip python3-gi gir1.2-ostree-1.0 python3-cairo
 )
 
 missing=()
