@@ -9,6 +9,7 @@ mod access_log;
 pub mod auth;
 pub mod config;
 pub mod http;
+pub mod receive;
 mod server;
 pub mod tls;
 
