@@ -94,10 +94,24 @@ impl Htpasswd {
         let Some((user, password)) = parse_basic(authorization) else {
             return false;
         };
-        match self.users.get(&user) {
-            Some(hash) => hash_matches(hash, password.as_bytes()),
-            None => false,
+        if self.verify_pair(&user, password.as_bytes()) {
+            return true;
         }
+        // libostree (2022.7) sends the user and password of a remote URL exactly as
+        // written, without undoing percent-encoding: accept the decoded form too, so
+        // `https://device:pass%20word@host/repo/` works for the password "pass word".
+        if user.contains('%') || password.contains('%') {
+            let user = percent_encoding::percent_decode_str(&user).decode_utf8_lossy();
+            let password: Vec<u8> = percent_encoding::percent_decode_str(&password).collect();
+            return self.verify_pair(&user, &password);
+        }
+        false
+    }
+
+    fn verify_pair(&self, user: &str, password: &[u8]) -> bool {
+        self.users
+            .get(user)
+            .is_some_and(|hash| hash_matches(hash, password))
     }
 }
 
@@ -272,6 +286,10 @@ dave:$2y$05$JqgAl4266WHVS/gf1nbmO.aVuIaze6IcRKtWMg.i6RBbgWKGmgZdq
         assert!(!h.check(b"Bearer abc"));
         assert!(!h.check(b"Basic !!!"));
         assert!(!h.check_cached(&header("dave", "secret2")));
+        // Percent-encoded as in a URL, the way libostree passes it on.
+        assert!(h.check(&header("carol", "s%65cret")));
+        assert!(h.check(&header("c%61rol", "secret")));
+        assert!(!h.check(&header("carol", "s%66cret")));
     }
 
     #[test]

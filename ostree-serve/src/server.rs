@@ -29,7 +29,7 @@ use tokio_rustls::TlsAcceptor;
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
 /// Request heads larger than this are refused (431): a repository client sends a few
 /// hundred bytes.
-const MAX_HEAD_BYTES: usize = 64 * 1024;
+const MAX_HEAD_BYTES: usize = 16 * 1024;
 
 /// Bind the listener, with an error that names the address when it is taken.
 pub async fn bind(addr: SocketAddr) -> Result<TcpListener> {
@@ -213,7 +213,7 @@ async fn serve_connection(
     let mut http = hyper::server::conn::http1::Builder::new();
     http.timer(TokioTimer::new())
         .header_read_timeout(shared.header_timeout)
-        .max_buf_size(MAX_HEAD_BYTES);
+        .max_header_size(MAX_HEAD_BYTES);
     let result = match &shared.tls {
         None => {
             watcher
