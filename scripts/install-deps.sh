@@ -15,6 +15,8 @@ PACKAGES=(
   openssh-server openssh-client
   # the push interop test and bench/push.sh: the real ostree-push 1.2 from PyPI in a venv
   python3-venv python3-pip python3-gi gir1.2-ostree-1.0 python3-cairo
+  # ostree-serve's TLS and basic-auth tests (openssl, htpasswd) and bench/serve.sh
+  openssl apache2-utils nginx wrk
 )
 
 missing=()
