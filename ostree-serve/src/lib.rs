@@ -11,6 +11,7 @@ pub mod config;
 pub mod http;
 pub mod receive;
 mod server;
+pub mod ssh;
 pub mod tls;
 
 pub use config::ServeConfig;

@@ -1,6 +1,8 @@
-//! Test support: a qemu VM harness for end-to-end tests of built images.
+//! Test support: the qemu VM harness, cached slow fixtures and the real ostree-push.
 
 pub mod fixture;
+pub mod ostree_push;
+pub mod sshd;
 pub mod vm;
 
 pub use vm::{free_port, try_free_port, ImageFormat, Vm, VmConfig};
