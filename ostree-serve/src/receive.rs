@@ -468,6 +468,37 @@ impl Drop for RepoLock {
     }
 }
 
+/// Refuse a push that names another repository than the served one.
+pub fn check_served(requested: &str, served: &Path) -> Result<()> {
+    let same = match (Path::new(requested).canonicalize(), served.canonicalize()) {
+        (Ok(a), Ok(b)) => a == b,
+        _ => false,
+    };
+    if !same {
+        anyhow::bail!(
+            "repository {requested} is not served here; push to {}",
+            served.display()
+        );
+    }
+    Ok(())
+}
+
+/// Run one receive as a command does (`osbuild receive`, `ostree-receive-1`): check the
+/// repository against `served` when the server restricts it, report to `log`, and return
+/// the protocol's exit status.
+pub fn run(args: &ReceiveArgs, served: Option<&Path>, policy: &Policy, log: &mut dyn Write) -> u32 {
+    let result = (|| {
+        if let Some(served) = served {
+            check_served(&args.repo, served)?;
+        }
+        receive(Path::new(&args.repo), args, policy, log)
+    })();
+    if let Err(e) = &result {
+        let _ = writeln!(log, "error: {e:#}");
+    }
+    exit_status(&result)
+}
+
 /// The exit status for a receive result, and the message to print for an error.
 pub fn exit_status(result: &Result<Vec<RefUpdate>>) -> u32 {
     match result {

@@ -213,21 +213,8 @@ impl Connection {
             }
         }
         let args = ReceiveArgs::parse_command(command).map_err(|e| (EXIT_USAGE, e.to_string()))?;
-        let requested = Path::new(&args.repo);
-        let same = requested
-            .canonicalize()
-            .map(|p| p == self.shared.repo)
-            .unwrap_or(false);
-        if !same {
-            return Err((
-                EXIT_ERROR,
-                format!(
-                    "repository {} is not served here; push to {}",
-                    args.repo,
-                    self.shared.repo.display()
-                ),
-            ));
-        }
+        receive::check_served(&args.repo, &self.shared.repo)
+            .map_err(|e| (EXIT_ERROR, e.to_string()))?;
         // The receiver may only pull from this session's own tunnel.
         let port = args
             .url
@@ -502,12 +489,7 @@ impl russh::server::Handler for Connection {
             let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Vec<u8>>();
             let job = tokio::task::spawn_blocking(move || {
                 let mut out = ChannelWriter(tx);
-                let result = receive::receive(&shared.repo, &args, &shared.policy, &mut out);
-                if let Err(e) = &result {
-                    use std::io::Write;
-                    let _ = writeln!(out, "error: {e:#}");
-                }
-                receive::exit_status(&result)
+                receive::run(&args, Some(&shared.repo), &shared.policy, &mut out)
             });
             while let Some(chunk) = rx.recv().await {
                 let _ = handle.extended_data(channel, 1, chunk).await;
