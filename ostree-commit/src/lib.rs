@@ -4,7 +4,9 @@
 pub mod bootstrap;
 pub mod commit;
 pub mod layout;
+pub mod push;
 
 pub use bootstrap::{bootstrap, Bootstrap};
 pub use commit::{commit, Commit, CommitOptions};
 pub use layout::{convert, validate, TreeError, TreeInfo};
+pub use push::{push, Destination, PushOptions, PushOutcome};

@@ -1,0 +1,106 @@
+//! The terminal during a push: a spinner with what the server has fetched, and the remote
+//! command's output passed through line by line above it.
+//!
+//! This uses indicatif directly rather than `osbuild_core::progress::Progress`, because
+//! remote output must be printed with the bar suspended, which that type does not offer.
+
+use indicatif::{HumanBytes, ProgressBar, ProgressDrawTarget, ProgressStyle};
+use std::io::{IsTerminal, Write};
+use std::sync::Mutex;
+use std::time::Duration;
+
+pub struct Console {
+    bar: ProgressBar,
+    stdout: Mutex<Vec<u8>>,
+    stderr: Mutex<Vec<u8>>,
+}
+
+#[derive(Clone, Copy)]
+pub enum Stream {
+    Stdout,
+    Stderr,
+}
+
+impl Console {
+    pub fn new(msg: &str) -> Self {
+        let target = if std::io::stderr().is_terminal() {
+            ProgressDrawTarget::stderr_with_hz(5)
+        } else {
+            ProgressDrawTarget::hidden()
+        };
+        let bar = ProgressBar::with_draw_target(None, target);
+        bar.set_style(
+            ProgressStyle::with_template("{spinner} {msg} [{elapsed}]")
+                .unwrap_or_else(|_| ProgressStyle::default_spinner()),
+        );
+        bar.set_message(msg.to_string());
+        bar.enable_steady_tick(Duration::from_millis(200));
+        Console {
+            bar,
+            stdout: Mutex::default(),
+            stderr: Mutex::default(),
+        }
+    }
+
+    pub fn set_counts(&self, host: &str, objects: u64, bytes: u64) {
+        self.bar.set_message(format!(
+            "{host} has fetched {objects} objects, {}",
+            HumanBytes(bytes)
+        ));
+    }
+
+    /// Pass remote output through, a whole line at a time so the bar never splits one.
+    pub fn write(&self, stream: Stream, data: &[u8]) {
+        let buf = match stream {
+            Stream::Stdout => &self.stdout,
+            Stream::Stderr => &self.stderr,
+        };
+        let mut buf = buf.lock().unwrap_or_else(|e| e.into_inner());
+        buf.extend_from_slice(data);
+        if let Some(end) = buf.iter().rposition(|&b| b == b'\n') {
+            let lines: Vec<u8> = buf.drain(..=end).collect();
+            self.emit(stream, &lines);
+        }
+    }
+
+    fn emit(&self, stream: Stream, bytes: &[u8]) {
+        // Losing remote output because our own stdout is closed is not worth failing for.
+        self.bar.suspend(|| match stream {
+            Stream::Stdout => {
+                let mut out = std::io::stdout().lock();
+                let _ = out.write_all(bytes).and_then(|_| out.flush());
+            }
+            Stream::Stderr => {
+                let _ = std::io::stderr().lock().write_all(bytes);
+            }
+        });
+    }
+
+    /// Print what is left of unterminated lines, at the end of a remote command.
+    pub fn flush(&self) {
+        for stream in [Stream::Stdout, Stream::Stderr] {
+            let buf = match stream {
+                Stream::Stdout => &self.stdout,
+                Stream::Stderr => &self.stderr,
+            };
+            let rest = std::mem::take(&mut *buf.lock().unwrap_or_else(|e| e.into_inner()));
+            if !rest.is_empty() {
+                self.emit(stream, &rest);
+            }
+        }
+    }
+
+    /// Flush and remove the bar.
+    pub fn finish(&self) {
+        self.flush();
+        self.bar.finish_and_clear();
+    }
+}
+
+impl Drop for Console {
+    fn drop(&mut self) {
+        if !self.bar.is_finished() {
+            self.finish();
+        }
+    }
+}

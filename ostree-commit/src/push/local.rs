@@ -1,0 +1,148 @@
+//! The local repository before a push: the refs must exist, and the summary must list
+//! them as they are, because the receiver learns the refs only from the summary.
+
+use anyhow::{bail, Context, Result};
+use osbuild_core::glib;
+use osbuild_core::{gio, ostree, repo};
+use std::collections::BTreeMap;
+use std::path::Path;
+
+/// Check `refs` exist in the archive repo at `path` (all of its refs when empty), and
+/// regenerate the summary if it is missing or does not match the refs. Returns the refs
+/// with their commits.
+pub fn prepare(path: &Path, refs: &[String]) -> Result<BTreeMap<String, String>> {
+    let repo = repo::open_archive(path)?;
+    let local = local_refs(&repo)?;
+    let missing: Vec<&str> = refs
+        .iter()
+        .filter(|r| !local.contains_key(r.as_str()))
+        .map(String::as_str)
+        .collect();
+    if !missing.is_empty() {
+        bail!(
+            "{} {} not found in {}",
+            if missing.len() == 1 { "ref" } else { "refs" },
+            missing.join(", "),
+            path.display()
+        );
+    }
+    if local.is_empty() {
+        bail!("{} has no refs to push", path.display());
+    }
+
+    let summary = path.join("summary");
+    let fresh = match std::fs::read(&summary) {
+        Ok(data) => summary_refs(data).as_ref() == Some(&local),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => false,
+        Err(e) => return Err(e).with_context(|| format!("reading {}", summary.display())),
+    };
+    if !fresh {
+        tracing::info!("regenerating {}", summary.display());
+        repo.regenerate_summary(None, gio::Cancellable::NONE)
+            .with_context(|| format!("regenerating the summary of {}", path.display()))?;
+    }
+
+    Ok(if refs.is_empty() {
+        local
+    } else {
+        local
+            .into_iter()
+            .filter(|(r, _)| refs.contains(r))
+            .collect()
+    })
+}
+
+/// The repo's own refs (not remotes' or mirrors'), as the summary lists them.
+fn local_refs(repo: &ostree::Repo) -> Result<BTreeMap<String, String>> {
+    let flags = ostree::RepoListRefsExtFlags::EXCLUDE_REMOTES
+        | ostree::RepoListRefsExtFlags::EXCLUDE_MIRRORS;
+    Ok(repo
+        .list_refs_ext(None, flags, gio::Cancellable::NONE)
+        .context("listing the refs")?
+        .into_iter()
+        .collect())
+}
+
+/// The refs a summary file lists, or `None` if it does not parse.
+fn summary_refs(data: Vec<u8>) -> Option<BTreeMap<String, String>> {
+    // (a(s(taya{sv}))a{sv}): per ref its name, then (size, checksum, metadata).
+    let ty = glib::VariantTy::new("(a(s(taya{sv}))a{sv})").ok()?;
+    let summary = glib::Variant::from_data_with_type(data, ty);
+    if !summary.is_normal_form() {
+        return None;
+    }
+    let list = summary.try_child_value(0)?;
+    let mut refs = BTreeMap::new();
+    for entry in list.iter() {
+        let name = entry.try_child_value(0)?.str()?.to_string();
+        let checksum = entry.try_child_value(1)?.try_child_value(1)?;
+        let bytes = checksum.fixed_array::<u8>().ok()?;
+        let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+        refs.insert(name, hex);
+    }
+    Some(refs)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::commit::{commit, CommitOptions};
+    use std::fs;
+
+    fn tree(root: &Path) {
+        fs::create_dir_all(root.join("usr/lib/modules/6.1.0")).unwrap();
+        fs::create_dir_all(root.join("usr/etc")).unwrap();
+        fs::write(root.join("usr/lib/modules/6.1.0/vmlinuz"), "k").unwrap();
+        fs::write(root.join("usr/lib/modules/6.1.0/initramfs.img"), "i").unwrap();
+        fs::write(root.join("usr/lib/os-release"), "ID=test\n").unwrap();
+    }
+
+    #[test]
+    fn missing_refs_are_named_and_stale_summaries_rewritten() {
+        let dir = tempfile::tempdir().unwrap();
+        let t = dir.path().join("tree");
+        tree(&t);
+        let r = dir.path().join("repo");
+        let opts = |b: &str| CommitOptions {
+            branch: b.into(),
+            ..Default::default()
+        };
+        let a = commit(&r, &t, &opts("a")).unwrap();
+
+        let err = prepare(&r, &["a".into(), "x/y".into(), "z".into()])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("refs x/y, z not found in"), "{err}");
+        assert!(err.contains(&r.display().to_string()), "{err}");
+
+        // A ref moved behind the summary's back (as `ostree commit` without
+        // --update-summary does) is noticed by content, not by time.
+        let summary = r.join("summary");
+        fs::write(r.join("refs/heads/b"), format!("{}\n", a.checksum)).unwrap();
+        let before = fs::read(&summary).unwrap();
+        assert_eq!(summary_refs(before.clone()).unwrap().len(), 1);
+        let got = prepare(&r, &["b".into()]).unwrap();
+        assert_eq!(
+            got.into_iter().collect::<Vec<_>>(),
+            vec![("b".to_string(), a.checksum.clone())]
+        );
+        let after = fs::read(&summary).unwrap();
+        assert_eq!(summary_refs(after.clone()).unwrap().len(), 2);
+
+        // Up to date: left alone.
+        let mtime = fs::metadata(&summary).unwrap().modified().unwrap();
+        prepare(&r, &[]).unwrap();
+        assert_eq!(fs::metadata(&summary).unwrap().modified().unwrap(), mtime);
+
+        // Missing or garbage: rewritten.
+        fs::write(&summary, b"garbage").unwrap();
+        prepare(&r, &[]).unwrap();
+        assert_eq!(
+            summary_refs(fs::read(&summary).unwrap()),
+            summary_refs(after)
+        );
+        fs::remove_file(&summary).unwrap();
+        assert_eq!(prepare(&r, &[]).unwrap().len(), 2);
+        assert!(summary.is_file());
+    }
+}
