@@ -302,3 +302,73 @@ fn serve_of_missing_repo() {
     ]);
     assert_fails_naming(&out, &["/nonexistent-repo"]);
 }
+
+#[test]
+fn serve_with_ssh_generates_host_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let tree = dir.path().join("tree");
+    tiny_tree(&tree);
+    let repo = dir.path().join("repo");
+    assert!(osbuild(&[
+        "commit",
+        "--repo",
+        repo.to_str().unwrap(),
+        "--branch",
+        "b",
+        "--tree",
+        tree.to_str().unwrap()
+    ])
+    .status
+    .success());
+    let key = osbuild_testing::sshd::KeyPair::generate(&dir.path().join("id")).unwrap();
+    let ak = dir.path().join("authorized_keys");
+    fs::write(&ak, key.public_line().unwrap()).unwrap();
+    let host_key = dir.path().join("keys/host_ed25519");
+    fs::create_dir(dir.path().join("keys")).unwrap();
+
+    // --ssh without --authorized-keys is a usage error naming the option.
+    let out = osbuild(&[
+        "serve",
+        "--repo",
+        repo.to_str().unwrap(),
+        "--ssh",
+        "127.0.0.1:0",
+    ]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--authorized-keys"));
+
+    let port = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut child = Command::new(OSBUILD)
+        .args([
+            "serve",
+            "--repo",
+            repo.to_str().unwrap(),
+            "--http",
+            "127.0.0.1:0",
+        ])
+        .args([
+            "--ssh",
+            &format!("127.0.0.1:{port}"),
+            "--authorized-keys",
+            ak.to_str().unwrap(),
+        ])
+        .args(["--host-key", host_key.to_str().unwrap()])
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline, "the SSH listener did not start");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    use std::os::unix::fs::PermissionsExt;
+    let mode = fs::metadata(&host_key).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600);
+    let public = osbuild_testing::sshd::public_line_of(&host_key).unwrap();
+    assert!(public.starts_with("ssh-ed25519 "), "{public}");
+}

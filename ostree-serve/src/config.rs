@@ -63,6 +63,33 @@ pub struct ServeConfig {
     #[arg(long, value_name = "on|off", hide_possible_values = true,
           value_parser = clap::builder::BoolishValueParser::new())]
     pub access_log: Option<bool>,
+
+    /// Also accept pushes over SSH on this address (the ostree-push protocol).
+    #[arg(long, value_name = "ADDR:PORT", requires = "authorized_keys")]
+    pub ssh: Option<SocketAddr>,
+
+    /// OpenSSH private host key for --ssh; an ed25519 key is generated if it is missing.
+    #[arg(long, value_name = "FILE")]
+    pub host_key: Option<PathBuf>,
+
+    /// OpenSSH authorized_keys file of the users who may push; `restrict`, `command=`,
+    /// `from=` and `no-port-forwarding` are honoured.
+    #[arg(long, value_name = "FILE")]
+    pub authorized_keys: Option<PathBuf>,
+
+    /// Refuse pushed commits without a valid GPG signature from --trusted-keyring.
+    #[arg(long, value_name = "true|false", num_args = 0..=1, default_missing_value = "true",
+          value_parser = clap::builder::BoolishValueParser::new())]
+    pub require_signature: Option<bool>,
+
+    /// GPG keyring whose keys pushed commits must be signed with.
+    #[arg(long, value_name = "FILE")]
+    pub trusted_keyring: Option<PathBuf>,
+
+    /// Honour a pushing client's --force (non-fast-forward or older commits).
+    #[arg(long, value_name = "true|false", num_args = 0..=1, default_missing_value = "true",
+          value_parser = clap::builder::BoolishValueParser::new())]
+    pub allow_force: Option<bool>,
 }
 
 impl ServeConfig {
@@ -78,6 +105,9 @@ impl ServeConfig {
             &mut cfg.tls_cert,
             &mut cfg.tls_key,
             &mut cfg.htpasswd,
+            &mut cfg.host_key,
+            &mut cfg.authorized_keys,
+            &mut cfg.trusted_keyring,
         ]
         .into_iter()
         .flatten()
@@ -110,7 +140,44 @@ impl ServeConfig {
             header_timeout: other.header_timeout.or(self.header_timeout),
             send_timeout: other.send_timeout.or(self.send_timeout),
             access_log: other.access_log.or(self.access_log),
+            ssh: other.ssh.or(self.ssh),
+            host_key: other.host_key.or(self.host_key),
+            authorized_keys: other.authorized_keys.or(self.authorized_keys),
+            require_signature: other.require_signature.or(self.require_signature),
+            trusted_keyring: other.trusted_keyring.or(self.trusted_keyring),
+            allow_force: other.allow_force.or(self.allow_force),
         }
+    }
+
+    /// The SSH push listener's settings, when --ssh is set.
+    pub fn ssh(&self) -> Result<Option<crate::ssh::SshOptions>> {
+        let Some(listen) = self.ssh else {
+            return Ok(None);
+        };
+        let repo = self.repo()?.to_path_buf();
+        let authorized_keys = self
+            .authorized_keys
+            .clone()
+            .context("--ssh needs --authorized-keys FILE (who may push)")?;
+        let host_key = self
+            .host_key
+            .clone()
+            .context("--ssh needs --host-key FILE (generated if missing)")?;
+        let require_signature = self.require_signature.unwrap_or(false);
+        if require_signature && self.trusted_keyring.is_none() {
+            anyhow::bail!("--require-signature needs --trusted-keyring FILE");
+        }
+        Ok(Some(crate::ssh::SshOptions {
+            listen,
+            host_key,
+            authorized_keys,
+            repo,
+            policy: crate::receive::Policy {
+                require_signature,
+                trusted_keyring: self.trusted_keyring.clone(),
+                allow_force: self.allow_force.unwrap_or(false),
+            },
+        }))
     }
 
     pub fn repo(&self) -> Result<&Path> {

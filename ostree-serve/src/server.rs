@@ -451,7 +451,30 @@ pub async fn serve_config(cfg: &ServeConfig) -> Result<()> {
             ""
         }
     );
-    server.run(shutdown_signal()).await
+    let ssh = match cfg.ssh()? {
+        Some(opts) => {
+            let ssh = crate::ssh::SshServer::bind(&opts).await?;
+            eprintln!("Accepting pushes over SSH on {}", ssh.local_addr()?);
+            Some(ssh)
+        }
+        None => None,
+    };
+    // One signal stops both listeners.
+    let (tx, rx) = tokio::sync::watch::channel(false);
+    let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|stop| *stop).await;
+    };
+    tokio::spawn(async move {
+        shutdown_signal().await;
+        let _ = tx.send(true);
+    });
+    match ssh {
+        Some(ssh) => {
+            let (http, ssh) = tokio::join!(server.run(stopped(rx.clone())), ssh.run(stopped(rx)));
+            http.and(ssh)
+        }
+        None => server.run(stopped(rx)).await,
+    }
 }
 
 async fn shutdown_signal() {
