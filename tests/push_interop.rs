@@ -128,14 +128,23 @@ impl Setup {
 
     /// Run `osbuild` with nothing of the user's SSH setup: no agent, an empty home.
     fn osbuild(&self, args: &[&str]) -> Output {
+        self.osbuild_with_agent(args, None)
+    }
+
+    fn home(&self) -> PathBuf {
         let home = self.dir.path().join("home");
         std::fs::create_dir_all(&home).unwrap();
-        Command::new(OSBUILD)
-            .args(args)
-            .env("HOME", &home)
-            .env_remove("SSH_AUTH_SOCK")
-            .output()
-            .unwrap()
+        home
+    }
+
+    fn osbuild_with_agent(&self, args: &[&str], agent: Option<&Path>) -> Output {
+        let mut cmd = Command::new(OSBUILD);
+        cmd.args(args).env("HOME", self.home());
+        match agent {
+            Some(sock) => cmd.env("SSH_AUTH_SOCK", sock),
+            None => cmd.env_remove("SSH_AUTH_SOCK"),
+        };
+        cmd.output().unwrap()
     }
 
     /// `osbuild push --repo CLIENT DEST [extra…] REF…` with our key and known_hosts.
@@ -423,4 +432,99 @@ fn pushes_to_osbuild_receive_keeping_commit_ids() {
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
     assert_eq!(s.server_rev("os/x86_64"), c2);
     ostree(&["fsck", &repo_arg(&s.server)]);
+}
+
+/// A throwaway ssh-agent, killed on drop.
+struct Agent {
+    child: std::process::Child,
+    sock: PathBuf,
+}
+
+impl Agent {
+    fn start(dir: &Path) -> Self {
+        let sock = dir.join("agent.sock");
+        let child = Command::new("ssh-agent")
+            .arg("-D")
+            .arg("-a")
+            .arg(&sock)
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .expect("starting ssh-agent");
+        let agent = Agent { child, sock };
+        for _ in 0..200 {
+            if agent.sock.exists() {
+                return agent;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(25));
+        }
+        panic!("ssh-agent did not create {}", agent.sock.display());
+    }
+
+    fn add(&self, key: &Path) {
+        let out = Command::new("ssh-add")
+            .arg(key)
+            .env("SSH_AUTH_SOCK", &self.sock)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "ssh-add: {}", text(&out));
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn keys_come_from_the_agent_and_the_home_directory() {
+    let mut s = Setup::new(None);
+    s.start_sshd(Path::new("/usr/bin"));
+    std::fs::write(&s.known_hosts, s.sshd().known_hosts_line().unwrap()).unwrap();
+    s.commit("b", "a", "1");
+    let dest = s.dest();
+    let args = |identity: Option<&Path>| -> Vec<String> {
+        let mut a = vec![
+            "push".to_string(),
+            format!("--repo={}", s.client.display()),
+            format!("--known-hosts={}", s.known_hosts.display()),
+            "--command=true".to_string(),
+        ];
+        if let Some(i) = identity {
+            a.push(format!("--identity={}", i.display()));
+        }
+        a.push(dest.clone());
+        a
+    };
+    let run = |a: &[String], agent: Option<&Path>| {
+        s.osbuild_with_agent(&a.iter().map(String::as_str).collect::<Vec<_>>(), agent)
+    };
+
+    // The agent holds the key; a passphrase-protected copy given with --identity is
+    // skipped, not fatal.
+    let locked = s.dir.path().join("locked");
+    std::fs::copy(&s.key.private, &locked).unwrap();
+    let out = Command::new("ssh-keygen")
+        .args(["-q", "-p", "-N", "secret", "-P", "", "-f"])
+        .arg(&locked)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    let agent = Agent::start(s.dir.path());
+    agent.add(&s.key.private);
+    let out = run(&args(Some(&locked)), Some(&agent.sock));
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    // Without the agent the locked key is named as unusable.
+    let out = run(&args(Some(&locked)), None);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("passphrase-protected"), "{err}");
+
+    // ~/.ssh/id_ed25519 when nothing else is given.
+    let ssh_dir = s.home().join(".ssh");
+    std::fs::create_dir_all(&ssh_dir).unwrap();
+    std::fs::copy(&s.key.private, ssh_dir.join("id_ed25519")).unwrap();
+    let out = run(&args(None), None);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
 }
