@@ -17,6 +17,8 @@ PACKAGES=(
   python3-venv python3-pip python3-gi gir1.2-ostree-1.0 python3-cairo
   # ostree-serve's TLS and basic-auth tests (openssl, htpasswd) and bench/serve.sh
   openssl apache2-utils nginx wrk
+  # compose/ and tests/compose.rs: podman-compose, with runc (crun fails on these machines)
+  podman podman-compose runc slirp4netns uidmap
 )
 
 missing=()
