@@ -59,6 +59,10 @@ pub struct ServeConfig {
     #[arg(long, value_name = "SECONDS")]
     pub send_timeout: Option<u64>,
 
+    /// Threads serving connections, each with its own event loop [default: one per CPU].
+    #[arg(long, value_name = "N")]
+    pub threads: Option<usize>,
+
     /// Write one access log line per request to standard output [default: on].
     #[arg(long, value_name = "on|off", hide_possible_values = true,
           value_parser = clap::builder::BoolishValueParser::new())]
@@ -139,6 +143,7 @@ impl ServeConfig {
             max_connections: other.max_connections.or(self.max_connections),
             header_timeout: other.header_timeout.or(self.header_timeout),
             send_timeout: other.send_timeout.or(self.send_timeout),
+            threads: other.threads.or(self.threads),
             access_log: other.access_log.or(self.access_log),
             ssh: other.ssh.or(self.ssh),
             host_key: other.host_key.or(self.host_key),
@@ -203,6 +208,12 @@ impl ServeConfig {
 
     pub fn send_timeout(&self) -> Duration {
         Duration::from_secs(self.send_timeout.unwrap_or(DEFAULT_SEND_TIMEOUT).max(1))
+    }
+
+    pub fn threads(&self) -> usize {
+        self.threads
+            .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
+            .max(1)
     }
 
     pub fn access_log(&self) -> bool {

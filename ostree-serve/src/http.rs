@@ -8,12 +8,14 @@ use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
+use bytes::Bytes;
 use rustix::fs::{Mode, OFlags, ResolveFlags};
+use std::collections::{HashMap, VecDeque};
 use std::os::fd::OwnedFd;
 use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 /// Files up to this size are read in one go on the request's own thread; larger ones are
 /// streamed from the blocking pool. Repository objects are mostly a few KiB, and handing
@@ -27,6 +29,17 @@ const IMMUTABLE: &str = "public, max-age=31536000, immutable";
 /// Files that move with every commit: clients must revalidate (cheap, with the ETag).
 const REVALIDATE: &str = "no-cache";
 
+/// The hot-file cache: immutable files (objects/, deltas/) up to this size are kept in
+/// memory, up to `HOT_BUDGET` bytes in all. When a fleet pulls the same new commit, the
+/// same small objects are asked for again and again; serving them from memory saves the
+/// open, stat, read and close of each request (measured in bench/serve.sh).
+const HOT_FILE_MAX: u64 = 64 * 1024;
+const HOT_BUDGET: usize = 64 * 1024 * 1024;
+/// Cached files are looked at again after this long, so a pruned or repaired object does
+/// not outlive its file for long.
+const HOT_TTL: Duration = Duration::from_secs(30);
+const HOT_SHARDS: usize = 8;
+
 struct Repo {
     /// Canonical path of the repository, for the fallback resolver.
     root: PathBuf,
@@ -34,6 +47,7 @@ struct Repo {
     dir: OwnedFd,
     /// Whether the kernel has openat2 (Linux 5.6+) and lets us use it.
     beneath: bool,
+    hot: HotCache,
 }
 
 /// The router that serves the repository at `repo` under `/repo/`. Shared by `osbuild
@@ -59,7 +73,12 @@ pub fn router(repo: &Path) -> Result<Router> {
     if !beneath {
         tracing::warn!("openat2 is unavailable: resolving paths with realpath instead");
     }
-    let state = Arc::new(Repo { root, dir, beneath });
+    let state = Arc::new(Repo {
+        root,
+        dir,
+        beneath,
+        hot: HotCache::new(HOT_BUDGET),
+    });
     Ok(Router::new()
         .route("/repo/{*path}", get(serve_file).head(serve_file))
         .with_state(state))
@@ -126,20 +145,25 @@ fn relative_path(url_path: &str) -> Result<String, StatusCode> {
     Ok(path.to_string())
 }
 
-fn cache_control(rel: &str) -> &'static str {
-    if rel.starts_with("objects/") || rel.starts_with("deltas/") {
+/// Whether a path names a content-addressed file that never changes once written.
+fn is_immutable(rel: &str) -> bool {
+    rel.starts_with("objects/") || rel.starts_with("deltas/")
+}
+
+fn cache_control(rel: &str) -> HeaderValue {
+    HeaderValue::from_static(if is_immutable(rel) {
         IMMUTABLE
     } else {
         REVALIDATE
-    }
+    })
 }
 
-fn content_type(rel: &str) -> &'static str {
-    if rel == "config" || rel.starts_with("refs/") {
+fn content_type(rel: &str) -> HeaderValue {
+    HeaderValue::from_static(if rel == "config" || rel.starts_with("refs/") {
         "text/plain; charset=utf-8"
     } else {
         "application/octet-stream"
-    }
+    })
 }
 
 /// What a Range header asks for, against a file of known length.
@@ -202,11 +226,12 @@ fn parse_range(value: &str, len: u64) -> RangeRequest {
     }
 }
 
-/// The validators of one file.
+/// The validators of one file, as header values ready to send.
+#[derive(Clone)]
 struct Validators {
-    etag: String,
+    etag: HeaderValue,
     mtime: SystemTime,
-    last_modified: String,
+    last_modified: HeaderValue,
 }
 
 impl Validators {
@@ -222,9 +247,11 @@ impl Validators {
         );
         let mtime = UNIX_EPOCH + Duration::from_secs(meta.mtime().max(0) as u64);
         Validators {
-            etag,
+            // Hex digits, quotes and a dash: always a valid header value.
+            etag: HeaderValue::from_str(&etag).unwrap_or(HeaderValue::from_static("\"\"")),
             mtime,
-            last_modified: httpdate::fmt_http_date(mtime),
+            last_modified: HeaderValue::from_str(&httpdate::fmt_http_date(mtime))
+                .unwrap_or(HeaderValue::from_static("")),
         }
     }
 
@@ -232,13 +259,11 @@ impl Validators {
     /// If-Modified-Since, as RFC 9110 says.
     fn not_modified(&self, headers: &HeaderMap) -> bool {
         if let Some(inm) = headers.get(header::IF_NONE_MATCH) {
-            let Ok(inm) = inm.to_str() else {
-                return false;
-            };
-            return inm
-                .split(',')
-                .map(str::trim)
-                .any(|tag| tag == "*" || tag.strip_prefix("W/").unwrap_or(tag) == self.etag);
+            let etag = self.etag.as_bytes();
+            return inm.as_bytes().split(|&b| b == b',').any(|tag| {
+                let tag = tag.trim_ascii();
+                tag == b"*" || tag.strip_prefix(b"W/").unwrap_or(tag) == etag
+            });
         }
         headers
             .get(header::IF_MODIFIED_SINCE)
@@ -249,20 +274,108 @@ impl Validators {
 
     /// Whether an If-Range (if any) still matches, so the Range may be honoured.
     fn range_allowed(&self, headers: &HeaderMap) -> bool {
-        match headers.get(header::IF_RANGE).map(|v| v.to_str()) {
+        match headers.get(header::IF_RANGE) {
             None => true,
-            Some(Ok(v)) if v.starts_with('"') => v == self.etag,
-            Some(Ok(v)) => v == self.last_modified,
-            Some(Err(_)) => false,
+            Some(v) if v.as_bytes().starts_with(b"\"") => v == self.etag,
+            Some(v) => v == self.last_modified,
         }
     }
 }
 
+/// A file in memory with its validators.
+struct HotFile {
+    body: Bytes,
+    validators: Validators,
+    loaded: Instant,
+}
+
+/// A bounded map of small immutable files, split in shards so that threads rarely wait
+/// on each other. Eviction is first in, first out: cheap, and a fleet's working set (the
+/// newest commit) is what was loaded last.
+struct HotCache {
+    shards: Vec<Mutex<HotShard>>,
+    shard_budget: usize,
+}
+
+#[derive(Default)]
+struct HotShard {
+    files: HashMap<Box<str>, Arc<HotFile>>,
+    order: VecDeque<Box<str>>,
+    bytes: usize,
+}
+
+impl HotCache {
+    fn new(budget: usize) -> Self {
+        HotCache {
+            shards: (0..HOT_SHARDS).map(|_| Mutex::default()).collect(),
+            shard_budget: budget / HOT_SHARDS,
+        }
+    }
+
+    fn shard(&self, rel: &str) -> std::sync::MutexGuard<'_, HotShard> {
+        // Object names are hex checksums: their last bytes spread evenly.
+        let h = rel
+            .bytes()
+            .rev()
+            .take(8)
+            .fold(0usize, |h, b| h.wrapping_mul(31).wrapping_add(b as usize));
+        // A panic while holding a shard cannot leave it inconsistent in a harmful way.
+        self.shards[h % self.shards.len()]
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn get(&self, rel: &str) -> Option<Arc<HotFile>> {
+        let hot = self.shard(rel).files.get(rel).cloned()?;
+        (hot.loaded.elapsed() < HOT_TTL).then_some(hot)
+    }
+
+    fn insert(&self, rel: &str, hot: Arc<HotFile>) {
+        let size = hot.body.len() + rel.len();
+        let mut shard = self.shard(rel);
+        if let Some(old) = shard.files.insert(rel.into(), hot) {
+            // A reload after the TTL: same key, already in the order queue.
+            shard.bytes -= old.body.len() + rel.len();
+        } else {
+            shard.order.push_back(rel.into());
+        }
+        shard.bytes += size;
+        while shard.bytes > self.shard_budget {
+            let Some(key) = shard.order.pop_front() else {
+                break;
+            };
+            if let Some(old) = shard.files.remove(&key) {
+                shard.bytes -= old.body.len() + key.len();
+            }
+        }
+    }
+}
+
+/// Where the bytes of a response come from.
+enum Content {
+    Memory(Bytes),
+    File(std::fs::File),
+}
+
 async fn serve_file(State(repo): State<Arc<Repo>>, req: Request) -> Response {
-    let rel = match relative_path(req.uri().path()) {
+    // The body is never read (GET and HEAD); the parts are what a response depends on.
+    let (req, _) = req.into_parts();
+    let rel = match relative_path(req.uri.path()) {
         Ok(rel) => rel,
         Err(status) => return status.into_response(),
     };
+    let immutable = is_immutable(&rel);
+    if immutable {
+        if let Some(hot) = repo.hot.get(&rel) {
+            return respond(
+                &req,
+                &rel,
+                &hot.validators,
+                Content::Memory(hot.body.clone()),
+            )
+            .await;
+        }
+    }
     // Opening and stat-ing a file in the page cache take microseconds: done in place, like
     // nginx does, instead of a round trip through the blocking pool.
     let file = match repo.open(&rel) {
@@ -273,62 +386,93 @@ async fn serve_file(State(repo): State<Arc<Repo>>, req: Request) -> Response {
         Ok(m) if m.is_file() => m,
         _ => return StatusCode::NOT_FOUND.into_response(),
     };
-    let v = Validators::of(&meta);
-    let headers = req.headers();
+    let validators = Validators::of(&meta);
+    if immutable && meta.len() <= HOT_FILE_MAX {
+        let mut buf = vec![0u8; meta.len() as usize];
+        if let Err(e) = file.read_exact_at(&mut buf, 0) {
+            tracing::warn!("reading {rel}: {e}");
+            return StatusCode::INTERNAL_SERVER_ERROR.into_response();
+        }
+        let body = Bytes::from(buf);
+        repo.hot.insert(
+            &rel,
+            Arc::new(HotFile {
+                body: body.clone(),
+                validators: validators.clone(),
+                loaded: Instant::now(),
+            }),
+        );
+        return respond(&req, &rel, &validators, Content::Memory(body)).await;
+    }
+    respond(&req, &rel, &validators, Content::File(file)).await
+}
 
-    let mut builder = Response::builder()
-        .header(header::ETAG, &v.etag)
-        .header(header::LAST_MODIFIED, &v.last_modified)
-        .header(header::CACHE_CONTROL, cache_control(&rel));
+/// The response to a GET or HEAD of one file: 304, 416, 206 or 200.
+async fn respond(
+    req: &axum::http::request::Parts,
+    rel: &str,
+    v: &Validators,
+    content: Content,
+) -> Response {
+    let headers = &req.headers;
+    let mut resp = Response::new(Body::empty());
+    let h = resp.headers_mut();
+    h.insert(header::ETAG, v.etag.clone());
+    h.insert(header::LAST_MODIFIED, v.last_modified.clone());
+    h.insert(header::CACHE_CONTROL, cache_control(rel));
     if v.not_modified(headers) {
-        return builder
-            .status(StatusCode::NOT_MODIFIED)
-            .body(Body::empty())
-            .unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response());
+        *resp.status_mut() = StatusCode::NOT_MODIFIED;
+        return resp;
     }
 
-    let len = meta.len();
+    let len = match &content {
+        Content::Memory(b) => b.len() as u64,
+        Content::File(f) => match f.metadata() {
+            Ok(m) => m.len(),
+            Err(_) => return StatusCode::NOT_FOUND.into_response(),
+        },
+    };
     let range = match headers.get(header::RANGE).map(|r| r.to_str()) {
         Some(Ok(r)) if v.range_allowed(headers) => parse_range(r, len),
         _ => RangeRequest::Full,
     };
-    let (status, start, count) = match range {
-        RangeRequest::Full => (StatusCode::OK, 0, len),
+    let (start, count) = match range {
+        RangeRequest::Full => (0, len),
         RangeRequest::Partial(start, end) => {
-            builder = builder.header(header::CONTENT_RANGE, format!("bytes {start}-{end}/{len}"));
-            (StatusCode::PARTIAL_CONTENT, start, end - start + 1)
+            *resp.status_mut() = StatusCode::PARTIAL_CONTENT;
+            if let Ok(cr) = HeaderValue::from_str(&format!("bytes {start}-{end}/{len}")) {
+                resp.headers_mut().insert(header::CONTENT_RANGE, cr);
+            }
+            (start, end - start + 1)
         }
         RangeRequest::Unsatisfiable => {
-            return builder
-                .status(StatusCode::RANGE_NOT_SATISFIABLE)
-                .header(header::CONTENT_RANGE, format!("bytes */{len}"))
-                .body(Body::empty())
-                .unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response());
+            *resp.status_mut() = StatusCode::RANGE_NOT_SATISFIABLE;
+            if let Ok(cr) = HeaderValue::from_str(&format!("bytes */{len}")) {
+                resp.headers_mut().insert(header::CONTENT_RANGE, cr);
+            }
+            return resp;
         }
     };
 
-    let body = if req.method() == Method::HEAD {
-        Body::empty()
-    } else if count <= INLINE_READ_MAX {
-        let mut buf = vec![0u8; count as usize];
-        if let Err(e) = file.read_exact_at(&mut buf, start) {
-            tracing::warn!("reading {rel}: {e}");
-            return StatusCode::INTERNAL_SERVER_ERROR.into_response();
-        }
-        Body::from(buf)
-    } else {
-        stream_body(file, start, count).await
-    };
-    let mut resp = builder
-        .status(status)
-        .header(header::CONTENT_TYPE, content_type(&rel))
-        .header(header::ACCEPT_RANGES, "bytes")
-        .body(body)
-        .unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response());
-    // After building, so the header is exactly the length whether or not a body follows
-    // (HEAD).
-    resp.headers_mut()
-        .insert(header::CONTENT_LENGTH, HeaderValue::from(count));
+    if req.method != Method::HEAD {
+        *resp.body_mut() = match content {
+            Content::Memory(b) => Body::from(b.slice(start as usize..(start + count) as usize)),
+            Content::File(file) if count <= INLINE_READ_MAX => {
+                let mut buf = vec![0u8; count as usize];
+                if let Err(e) = file.read_exact_at(&mut buf, start) {
+                    tracing::warn!("reading {rel}: {e}");
+                    return StatusCode::INTERNAL_SERVER_ERROR.into_response();
+                }
+                Body::from(buf)
+            }
+            Content::File(file) => stream_body(file, start, count).await,
+        };
+    }
+    let h = resp.headers_mut();
+    h.insert(header::CONTENT_TYPE, content_type(rel));
+    h.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
+    // Set last, so it is exactly the length whether or not a body follows (HEAD).
+    h.insert(header::CONTENT_LENGTH, HeaderValue::from(count));
     resp
 }
 
@@ -396,6 +540,7 @@ mod tests {
                 root: root.clone(),
                 dir: dirfd.try_clone().unwrap(),
                 beneath,
+                hot: HotCache::new(1024),
             };
             assert!(repo.open("config").is_ok());
             assert!(
@@ -433,23 +578,25 @@ mod tests {
         let f = dir.path().join("f");
         std::fs::write(&f, "x").unwrap();
         let v = Validators::of(&std::fs::metadata(&f).unwrap());
+        let etag = v.etag.to_str().unwrap().to_string();
+        let modified = v.last_modified.to_str().unwrap().to_string();
         let h = |name: header::HeaderName, value: &str| {
             let mut m = HeaderMap::new();
             m.insert(name, HeaderValue::from_str(value).unwrap());
             m
         };
         assert!(!v.not_modified(&HeaderMap::new()));
-        assert!(v.not_modified(&h(header::IF_NONE_MATCH, &v.etag)));
-        assert!(v.not_modified(&h(header::IF_NONE_MATCH, &format!("\"a\", W/{}", v.etag))));
+        assert!(v.not_modified(&h(header::IF_NONE_MATCH, &etag)));
+        assert!(v.not_modified(&h(header::IF_NONE_MATCH, &format!("\"a\", W/{}", etag))));
         assert!(v.not_modified(&h(header::IF_NONE_MATCH, "*")));
         assert!(!v.not_modified(&h(header::IF_NONE_MATCH, "\"other\"")));
-        assert!(v.not_modified(&h(header::IF_MODIFIED_SINCE, &v.last_modified)));
+        assert!(v.not_modified(&h(header::IF_MODIFIED_SINCE, &modified)));
         assert!(!v.not_modified(&h(
             header::IF_MODIFIED_SINCE,
             "Thu, 01 Jan 1970 00:00:00 GMT"
         )));
-        assert!(v.range_allowed(&h(header::IF_RANGE, &v.etag)));
-        assert!(v.range_allowed(&h(header::IF_RANGE, &v.last_modified)));
+        assert!(v.range_allowed(&h(header::IF_RANGE, &etag)));
+        assert!(v.range_allowed(&h(header::IF_RANGE, &modified)));
         assert!(!v.range_allowed(&h(header::IF_RANGE, "\"stale\"")));
     }
 
@@ -460,5 +607,41 @@ mod tests {
         for p in ["summary", "summary.sig", "config", "refs/heads/x"] {
             assert_eq!(cache_control(p), REVALIDATE, "{p}");
         }
+    }
+
+    fn hot(len: usize) -> Arc<HotFile> {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("f");
+        std::fs::write(&f, "x").unwrap();
+        Arc::new(HotFile {
+            body: Bytes::from(vec![0u8; len]),
+            validators: Validators::of(&std::fs::metadata(&f).unwrap()),
+            loaded: Instant::now(),
+        })
+    }
+
+    #[test]
+    fn hot_cache_stays_within_its_budget() {
+        let cache = HotCache::new(HOT_SHARDS * 1000);
+        for i in 0..100 {
+            cache.insert(&format!("objects/{i:02x}/{i:062x}.filez"), hot(300));
+        }
+        for shard in &cache.shards {
+            let shard = shard.lock().unwrap();
+            assert!(shard.bytes <= 1000, "{}", shard.bytes);
+            assert_eq!(shard.files.len(), shard.order.len());
+        }
+        // The newest entries are kept, the oldest evicted.
+        assert!(cache
+            .get(&format!("objects/63/{:062x}.filez", 99))
+            .is_some());
+        assert!(cache.get(&format!("objects/00/{:062x}.filez", 0)).is_none());
+        // Re-inserting a key does not count it twice.
+        let cache = HotCache::new(HOT_SHARDS * 1000);
+        for _ in 0..10 {
+            cache.insert("objects/aa/bb.filez", hot(100));
+        }
+        let total: usize = cache.shards.iter().map(|s| s.lock().unwrap().bytes).sum();
+        assert_eq!(total, 100 + "objects/aa/bb.filez".len());
     }
 }
