@@ -583,3 +583,48 @@ async fn shutdown_signal() {
     };
     tokio::select! { _ = ctrl_c => {}, _ = term => {} }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    // Virtual time: the runtime jumps the clock forward whenever every task waits.
+
+    #[tokio::test(start_paused = true)]
+    async fn a_client_that_stops_reading_times_out() {
+        let (_client, server) = tokio::io::duplex(64);
+        let mut s = Stall::new(server, Duration::from_secs(10));
+        let start = Instant::now();
+        let err = s.write_all(&[0u8; 1024]).await.unwrap_err();
+        assert_eq!(err.kind(), std::io::ErrorKind::TimedOut);
+        assert!(start.elapsed() >= Duration::from_secs(10));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_silent_client_times_out() {
+        let (_client, server) = tokio::io::duplex(64);
+        let mut s = Stall::new(server, Duration::from_secs(10));
+        let err = s.read(&mut [0u8; 16]).await.unwrap_err();
+        assert_eq!(err.kind(), std::io::ErrorKind::TimedOut);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_slow_but_steady_download_is_not_cut() {
+        let (mut client, server) = tokio::io::duplex(64);
+        let reader = tokio::spawn(async move {
+            let mut got = 0;
+            let mut buf = [0u8; 16];
+            while got < 1024 {
+                tokio::time::sleep(Duration::from_secs(5)).await;
+                got += client.read(&mut buf).await.unwrap();
+            }
+        });
+        let mut s = Stall::new(server, Duration::from_secs(10));
+        let start = Instant::now();
+        s.write_all(&[0u8; 1024]).await.unwrap();
+        // Far longer than the timeout in all, but never 10 s without progress.
+        assert!(start.elapsed() > Duration::from_secs(100));
+        reader.await.unwrap();
+    }
+}

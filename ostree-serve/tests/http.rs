@@ -163,6 +163,32 @@ async fn ranges_are_honoured() {
     let resp = request(server.addr, "GET", "/repo/config", &["Range: bytes=1-4"]).await;
     assert_eq!(resp.status, 206);
     assert_eq!(resp.body, b"core");
+    // And on a small object, the first time from its file, then from memory.
+    let commit = format!("objects/{}/{}.commit", &repo.commit[..2], &repo.commit[2..]);
+    let bytes = std::fs::read(repo.path.join(&commit)).unwrap();
+    for _ in 0..2 {
+        let resp = request(
+            server.addr,
+            "GET",
+            &format!("/repo/{commit}"),
+            &["Range: bytes=2-9"],
+        )
+        .await;
+        assert_eq!(resp.status, 206);
+        assert_eq!(
+            resp.header("content-range"),
+            Some(format!("bytes 2-9/{}", bytes.len()).as_str())
+        );
+        assert_eq!(resp.body, bytes[2..=9]);
+        let resp = request(
+            server.addr,
+            "GET",
+            &format!("/repo/{commit}"),
+            &["Range: bytes=99999-"],
+        )
+        .await;
+        assert_eq!(resp.status, 416);
+    }
 
     for range in [format!("bytes={len}-"), "bytes=-0".to_string()] {
         let resp = request(server.addr, "GET", &url, &[&format!("Range: {range}")]).await;
@@ -210,7 +236,19 @@ async fn validators_and_conditional_requests() {
     let server = Running::plain(&repo.path).await;
     let object = largest_object(&repo.path);
     let size = std::fs::metadata(repo.path.join(&object)).unwrap().len();
-    for path in ["/repo/summary".to_string(), format!("/repo/{object}")] {
+    let commit = format!(
+        "/repo/objects/{}/{}.commit",
+        &repo.commit[..2],
+        &repo.commit[2..]
+    );
+    // A mutable file, a big object, and a small one (served from memory after the first
+    // request, so it is asked for twice).
+    for path in [
+        "/repo/summary".to_string(),
+        format!("/repo/{object}"),
+        commit.clone(),
+        commit,
+    ] {
         let full = get(server.addr, &path).await;
         assert_eq!(full.status, 200);
         let etag = full.header("etag").expect("ETag").to_string();
@@ -257,6 +295,13 @@ async fn validators_and_conditional_requests() {
     assert_eq!(
         resp.header("content-length"),
         Some(size.to_string().as_str())
+    );
+    assert!(resp.body.is_empty());
+    let summary_len = std::fs::metadata(repo.path.join("summary")).unwrap().len();
+    let resp = request(server.addr, "HEAD", "/repo/summary", &[]).await;
+    assert_eq!(
+        resp.header("content-length"),
+        Some(summary_len.to_string().as_str())
     );
     assert!(resp.body.is_empty());
 
