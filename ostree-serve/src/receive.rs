@@ -146,9 +146,10 @@ pub fn receive(
     // completes, and an interrupted one leaves only libostree's staging directory, which
     // the next pull resumes from. Pulling by checksum writes no ref.
     let revs: Vec<String> = wanted.values().map(|(_, r)| r.clone()).collect();
+    // Inside the repo's tmp/, where libostree expires whatever a killed receiver left.
     let remotes = tempfile::Builder::new()
         .prefix("osbuild-receive-")
-        .tempdir()
+        .tempdir_in(repo_path.join("tmp"))
         .context("creating a temporary remote configuration")?;
     let pull_repo = open_with_push_remote(repo_path, remotes.path(), &args.url, policy)?;
     // The ancestry check needs the commit objects between the current head and the pushed

@@ -1,0 +1,338 @@
+//! Faults during a push to `osbuild serve --ssh`: the client killed, the server killed, a
+//! full disk. The server repository must stay consistent (fsck passes, refs unchanged), no
+//! forward may outlive its session, and a retry must finish the job.
+
+use osbuild_testing::{ostree_push, sshd};
+use std::io::{BufRead, BufReader};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+const OSBUILD: &str = env!("CARGO_BIN_EXE_osbuild");
+const BRANCH: &str = "os/x86_64";
+
+fn ostree(args: &[&str]) -> std::process::Output {
+    Command::new("ostree")
+        .args(args)
+        .output()
+        .expect("running ostree")
+}
+
+fn ok(args: &[&str]) -> String {
+    let out = ostree(args);
+    assert!(
+        out.status.success(),
+        "ostree {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+fn repo_arg(p: &Path) -> String {
+    format!("--repo={}", p.display())
+}
+
+/// Deterministic incompressible bytes.
+fn noise(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x >> 24) as u8
+        })
+        .collect()
+}
+
+/// A client repo with one commit of `files` files of 16 KiB: many objects, so a push can be
+/// interrupted in the middle.
+fn client_repo(dir: &Path, files: usize) -> (PathBuf, String) {
+    let repo = dir.join("client");
+    ok(&["init", "--mode=archive", &repo_arg(&repo)]);
+    let tree = dir.join("tree");
+    for i in 0..files {
+        let p = tree.join(format!("usr/share/data/{:02}/{i}", i % 50));
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(p, noise(16 << 10, i as u64 + 7)).unwrap();
+    }
+    let c = ok(&[
+        "commit",
+        &repo_arg(&repo),
+        &format!("--branch={BRANCH}"),
+        &format!("--tree=dir={}", tree.display()),
+    ]);
+    ok(&["summary", "-u", &repo_arg(&repo)]);
+    (repo, c)
+}
+
+struct Server {
+    child: Child,
+    port: u16,
+}
+
+impl Server {
+    fn start(dir: &Path, repo: &Path, port: u16) -> Server {
+        let child = Command::new(OSBUILD)
+            .args([
+                "serve",
+                "--repo",
+                repo.to_str().unwrap(),
+                "--http",
+                "127.0.0.1:0",
+            ])
+            .args(["--ssh", &format!("127.0.0.1:{port}")])
+            .args([
+                "--authorized-keys",
+                dir.join("authorized_keys").to_str().unwrap(),
+            ])
+            .args(["--host-key", dir.join("host_key").to_str().unwrap()])
+            .args(["--access-log", "off"])
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "osbuild serve --ssh did not start"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Server { child, port }
+    }
+
+    fn kill(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+struct Env {
+    dir: tempfile::TempDir,
+    key: sshd::KeyPair,
+    venv: PathBuf,
+}
+
+impl Env {
+    fn new() -> Env {
+        let dir = tempfile::tempdir().unwrap();
+        let key = sshd::KeyPair::generate(&dir.path().join("id_ed25519")).unwrap();
+        std::fs::write(
+            dir.path().join("authorized_keys"),
+            key.public_line().unwrap(),
+        )
+        .unwrap();
+        let venv = ostree_push::venv(Path::new(env!("CARGO_TARGET_TMPDIR"))).unwrap();
+        Env { dir, key, venv }
+    }
+
+    /// Start ostree-push (verbose, so each object request is logged) in its own process
+    /// group, so that killing the group kills its ssh and HTTP helper processes too.
+    fn push(&self, client: &Path, server_repo: &Path, port: u16) -> Child {
+        Command::new(self.venv.join("bin/ostree-push"))
+            .arg("-v")
+            .arg(format!("--repo={}", client.display()))
+            .args(["-i", self.key.private.to_str().unwrap()])
+            .args([
+                "-o",
+                "StrictHostKeyChecking=no",
+                "-o",
+                "UserKnownHostsFile=/dev/null",
+                "-o",
+                "BatchMode=yes",
+            ])
+            .arg(format!(
+                "ssh://root@127.0.0.1:{port}{}",
+                server_repo.display()
+            ))
+            .arg(BRANCH)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .process_group(0)
+            .spawn()
+            .unwrap()
+    }
+}
+
+/// Lines the client wrote, streamed; object requests are counted by the caller.
+fn lines(child: &mut Child) -> mpsc::Receiver<String> {
+    let (tx, rx) = mpsc::channel();
+    for pipe in [
+        Box::new(child.stderr.take().unwrap()) as Box<dyn std::io::Read + Send>,
+        Box::new(child.stdout.take().unwrap()),
+    ] {
+        let tx = tx.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(pipe).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+    }
+    rx
+}
+
+fn kill_group(child: &mut Child) {
+    let _ = Command::new("kill")
+        .args(["-KILL", "--", &format!("-{}", child.id())])
+        .status();
+    let _ = child.wait();
+}
+
+/// Read lines until `objects` object requests were seen (or the push ended); returns the
+/// count and the tunnel port the server allocated.
+fn watch(rx: &mpsc::Receiver<String>, stop_after: Option<usize>) -> (usize, Option<u16>) {
+    let mut n = 0;
+    let mut port = None;
+    while let Ok(line) = rx.recv_timeout(Duration::from_secs(300)) {
+        if let Some(rest) = line.split("to remote port ").nth(1) {
+            port = rest.trim().parse().ok();
+        }
+        if line.contains("GET /objects/") {
+            n += 1;
+            if stop_after.is_some_and(|s| n >= s) {
+                break;
+            }
+        }
+    }
+    (n, port)
+}
+
+fn assert_consistent_and_unmoved(server_repo: &Path) {
+    ok(&["fsck", &repo_arg(server_repo)]);
+    assert_eq!(
+        ok(&["refs", &repo_arg(server_repo)]),
+        "",
+        "no ref may appear after a failed push"
+    );
+}
+
+fn wait_closed(port: u16) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+        assert!(
+            Instant::now() < deadline,
+            "the forward on port {port} outlived its session"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn client_killed_mid_push_then_retry_fetches_only_the_rest() {
+    let env = Env::new();
+    let (client, commit) = client_repo(env.dir.path(), 1500);
+    let server_repo = env.dir.path().join("server");
+    ok(&["init", "--mode=archive", &repo_arg(&server_repo)]);
+    let port = osbuild_testing::vm::free_port();
+    let _server = Server::start(env.dir.path(), &server_repo, port);
+
+    let mut push = env.push(&client, &server_repo, port);
+    let rx = lines(&mut push);
+    let (first, tunnel) = watch(&rx, Some(600));
+    assert!(
+        first >= 600,
+        "the push ended before it could be interrupted"
+    );
+    kill_group(&mut push);
+    // The session's forward goes away with it, and the server settles.
+    wait_closed(tunnel.expect("the client names the tunnel port"));
+    assert_consistent_and_unmoved(&server_repo);
+
+    let mut retry = env.push(&client, &server_repo, port);
+    let rx = lines(&mut retry);
+    let (second, _) = watch(&rx, None);
+    let status = retry.wait().unwrap();
+    assert!(status.success(), "the retry failed");
+    assert_eq!(ok(&["rev-parse", &repo_arg(&server_repo), BRANCH]), commit);
+    ok(&["fsck", &repo_arg(&server_repo)]);
+    let total = 1500;
+    eprintln!(
+        "objects fetched: {first} before the kill, {second} on retry, {total} files in the commit"
+    );
+    assert!(
+        second < total,
+        "the retry fetched {second} objects: it started over"
+    );
+}
+
+#[test]
+fn server_killed_mid_receive_then_retry_completes() {
+    let env = Env::new();
+    let (client, commit) = client_repo(env.dir.path(), 1500);
+    let server_repo = env.dir.path().join("server");
+    ok(&["init", "--mode=archive", &repo_arg(&server_repo)]);
+    let port = osbuild_testing::vm::free_port();
+    let server = Server::start(env.dir.path(), &server_repo, port);
+
+    let mut push = env.push(&client, &server_repo, port);
+    let rx = lines(&mut push);
+    let (first, _) = watch(&rx, Some(600));
+    assert!(first >= 600);
+    server.kill();
+    let status = push.wait().unwrap();
+    assert!(!status.success(), "the push must fail when the server dies");
+    assert_consistent_and_unmoved(&server_repo);
+
+    let _server = Server::start(env.dir.path(), &server_repo, port);
+    let mut retry = env.push(&client, &server_repo, port);
+    let rx = lines(&mut retry);
+    let (second, _) = watch(&rx, None);
+    assert!(retry.wait().unwrap().success());
+    assert_eq!(ok(&["rev-parse", &repo_arg(&server_repo), BRANCH]), commit);
+    ok(&["fsck", &repo_arg(&server_repo)]);
+    eprintln!("objects fetched: {first} before the server died, {second} on retry");
+}
+
+#[test]
+fn full_disk_is_a_clear_error_and_the_repo_stays_consistent() {
+    let env = Env::new();
+    let (client, _) = client_repo(env.dir.path(), 1500);
+    // A small filesystem for the server repo: 24 MiB of 1500 × 16 KiB will not fit.
+    let mnt = env.dir.path().join("small");
+    std::fs::create_dir(&mnt).unwrap();
+    let st = Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=12m", "tmpfs"])
+        .arg(&mnt)
+        .status()
+        .unwrap();
+    assert!(st.success(), "mounting a tmpfs (needs root)");
+    struct Unmount(PathBuf);
+    impl Drop for Unmount {
+        fn drop(&mut self) {
+            let _ = Command::new("umount").arg(&self.0).status();
+        }
+    }
+    let _unmount = Unmount(mnt.clone());
+    let server_repo = mnt.join("repo");
+    ok(&["init", "--mode=archive", &repo_arg(&server_repo)]);
+    let port = osbuild_testing::vm::free_port();
+    let _server = Server::start(env.dir.path(), &server_repo, port);
+    let mut push = env.push(&client, &server_repo, port);
+    let rx = lines(&mut push);
+    let mut output = Vec::new();
+    while let Ok(l) = rx.recv_timeout(Duration::from_secs(300)) {
+        output.push(l);
+    }
+    let status = push.wait().unwrap();
+    let text = output.join("\n");
+    assert!(!status.success(), "{text}");
+    // libostree stops before the disk is full (min-free-space-percent), or the kernel
+    // says so; either way the pusher reads why.
+    assert!(
+        text.contains("min-free-space") || text.contains("No space left on device"),
+        "{text}"
+    );
+    assert_consistent_and_unmoved(&server_repo);
+}
