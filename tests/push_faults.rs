@@ -2,6 +2,7 @@
 //! full disk. The server repository must stay consistent (fsck passes, refs unchanged), no
 //! forward may outlive its session, and a retry must finish the job.
 
+use osbuild_testing::repo::{commit_tree, init_archive, noise, ostree, repo_arg, rev_parse};
 use osbuild_testing::{ostree_push, sshd};
 use std::io::{BufRead, BufReader};
 use std::os::unix::process::CommandExt;
@@ -13,64 +14,23 @@ use std::time::{Duration, Instant};
 const OSBUILD: &str = env!("CARGO_BIN_EXE_osbuild");
 const BRANCH: &str = "os/x86_64";
 
-fn ostree(args: &[&str]) -> std::process::Output {
-    Command::new("ostree")
-        .args(args)
-        .output()
-        .expect("running ostree")
-}
-
-fn ok(args: &[&str]) -> String {
-    let out = ostree(args);
-    assert!(
-        out.status.success(),
-        "ostree {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).trim().to_string()
-}
-
-fn repo_arg(p: &Path) -> String {
-    format!("--repo={}", p.display())
-}
-
-/// Deterministic incompressible bytes.
-fn noise(len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            (x >> 24) as u8
-        })
-        .collect()
-}
-
 /// A client repo with one commit of `files` files of 16 KiB: many objects, so a push can be
 /// interrupted in the middle.
 fn client_repo(dir: &Path, files: usize) -> (PathBuf, String) {
     let repo = dir.join("client");
-    ok(&["init", "--mode=archive", &repo_arg(&repo)]);
+    init_archive(&repo);
     let tree = dir.join("tree");
     for i in 0..files {
         let p = tree.join(format!("usr/share/data/{:02}/{i}", i % 50));
         std::fs::create_dir_all(p.parent().unwrap()).unwrap();
         std::fs::write(p, noise(16 << 10, i as u64 + 7)).unwrap();
     }
-    let c = ok(&[
-        "commit",
-        &repo_arg(&repo),
-        &format!("--branch={BRANCH}"),
-        &format!("--tree=dir={}", tree.display()),
-    ]);
-    ok(&["summary", "-u", &repo_arg(&repo)]);
+    let c = commit_tree(&repo, BRANCH, &tree, None);
     (repo, c)
 }
 
 struct Server {
     child: Child,
-    port: u16,
 }
 
 impl Server {
@@ -101,7 +61,7 @@ impl Server {
             );
             std::thread::sleep(Duration::from_millis(50));
         }
-        Server { child, port }
+        Server { child }
     }
 
     fn kill(mut self) {
@@ -210,9 +170,9 @@ fn watch(rx: &mpsc::Receiver<String>, stop_after: Option<usize>) -> (usize, Opti
 }
 
 fn assert_consistent_and_unmoved(server_repo: &Path) {
-    ok(&["fsck", &repo_arg(server_repo)]);
+    ostree(&["fsck", &repo_arg(server_repo)]);
     assert_eq!(
-        ok(&["refs", &repo_arg(server_repo)]),
+        ostree(&["refs", &repo_arg(server_repo)]),
         "",
         "no ref may appear after a failed push"
     );
@@ -234,7 +194,7 @@ fn client_killed_mid_push_then_retry_fetches_only_the_rest() {
     let env = Env::new();
     let (client, commit) = client_repo(env.dir.path(), 1500);
     let server_repo = env.dir.path().join("server");
-    ok(&["init", "--mode=archive", &repo_arg(&server_repo)]);
+    init_archive(&server_repo);
     let port = osbuild_testing::vm::free_port();
     let _server = Server::start(env.dir.path(), &server_repo, port);
 
@@ -255,8 +215,8 @@ fn client_killed_mid_push_then_retry_fetches_only_the_rest() {
     let (second, _) = watch(&rx, None);
     let status = retry.wait().unwrap();
     assert!(status.success(), "the retry failed");
-    assert_eq!(ok(&["rev-parse", &repo_arg(&server_repo), BRANCH]), commit);
-    ok(&["fsck", &repo_arg(&server_repo)]);
+    assert_eq!(rev_parse(&server_repo, BRANCH), commit);
+    ostree(&["fsck", &repo_arg(&server_repo)]);
     let total = 1500;
     eprintln!(
         "objects fetched: {first} before the kill, {second} on retry, {total} files in the commit"
@@ -272,7 +232,7 @@ fn server_killed_mid_receive_then_retry_completes() {
     let env = Env::new();
     let (client, commit) = client_repo(env.dir.path(), 1500);
     let server_repo = env.dir.path().join("server");
-    ok(&["init", "--mode=archive", &repo_arg(&server_repo)]);
+    init_archive(&server_repo);
     let port = osbuild_testing::vm::free_port();
     let server = Server::start(env.dir.path(), &server_repo, port);
 
@@ -290,8 +250,8 @@ fn server_killed_mid_receive_then_retry_completes() {
     let rx = lines(&mut retry);
     let (second, _) = watch(&rx, None);
     assert!(retry.wait().unwrap().success());
-    assert_eq!(ok(&["rev-parse", &repo_arg(&server_repo), BRANCH]), commit);
-    ok(&["fsck", &repo_arg(&server_repo)]);
+    assert_eq!(rev_parse(&server_repo, BRANCH), commit);
+    ostree(&["fsck", &repo_arg(&server_repo)]);
     eprintln!("objects fetched: {first} before the server died, {second} on retry");
 }
 
@@ -316,7 +276,7 @@ fn full_disk_is_a_clear_error_and_the_repo_stays_consistent() {
     }
     let _unmount = Unmount(mnt.clone());
     let server_repo = mnt.join("repo");
-    ok(&["init", "--mode=archive", &repo_arg(&server_repo)]);
+    init_archive(&server_repo);
     let port = osbuild_testing::vm::free_port();
     let _server = Server::start(env.dir.path(), &server_repo, port);
     let mut push = env.push(&client, &server_repo, port);

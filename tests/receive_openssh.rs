@@ -1,40 +1,15 @@
 //! `osbuild receive` on a server that runs OpenSSH (interop (c)): as sshd's ForceCommand,
 //! and installed as `ostree-receive-1`, with the real ostree-push 1.2.0 client pushing.
 
+use osbuild_testing::repo::{commit_files, init_archive, ostree, repo_arg};
 use osbuild_testing::{ostree_push, sshd};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 const OSBUILD: &str = env!("CARGO_BIN_EXE_osbuild");
 
-fn ostree(args: &[&str]) -> String {
-    let out = Command::new("ostree")
-        .args(args)
-        .output()
-        .expect("running ostree");
-    assert!(
-        out.status.success(),
-        "ostree {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).trim().to_string()
-}
-
-fn repo_arg(p: &Path) -> String {
-    format!("--repo={}", p.display())
-}
-
 fn commit(repo: &Path, branch: &str, content: &str) -> String {
-    let tree = tempfile::tempdir().unwrap();
-    std::fs::write(tree.path().join("data"), content).unwrap();
-    let c = ostree(&[
-        "commit",
-        &repo_arg(repo),
-        &format!("--branch={branch}"),
-        &format!("--tree=dir={}", tree.path().display()),
-    ]);
-    ostree(&["summary", "-u", &repo_arg(repo)]);
-    c
+    commit_files(repo, branch, &[("data", content.as_bytes())], None)
 }
 
 struct Setup {
@@ -49,8 +24,8 @@ impl Setup {
         let dir = tempfile::tempdir().unwrap();
         let client = dir.path().join("client");
         let server = dir.path().join("server");
-        ostree(&["init", "--mode=archive", &repo_arg(&client)]);
-        ostree(&["init", "--mode=archive", &repo_arg(&server)]);
+        init_archive(&client);
+        init_archive(&server);
         let key = sshd::KeyPair::generate(&dir.path().join("id_ed25519")).unwrap();
         Setup {
             dir,
@@ -116,7 +91,7 @@ fn as_force_command() {
 
     // Pushing to another path than the one the ForceCommand serves is refused.
     let other = s.dir.path().join("other");
-    ostree(&["init", "--mode=archive", &repo_arg(&other)]);
+    init_archive(&other);
     let kh = s.dir.path().join("known_hosts");
     let venv = ostree_push::venv(Path::new(env!("CARGO_TARGET_TMPDIR"))).unwrap();
     let out = Command::new(venv.join("bin/ostree-push"))

@@ -1,52 +1,20 @@
 //! Receive semantics against real repositories made with the `ostree` CLI: checksums are
 //! kept, refs only move forward, publication is atomic and serialized per repository.
 
+use osbuild_testing::repo::{commit_files, init_archive, ostree, repo_arg, rev_parse};
 use ostree_serve::receive::{self, Policy, ReceiveArgs};
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::sync::{Arc, Barrier};
 
-fn ostree(args: &[&str]) -> String {
-    let out = Command::new("ostree")
-        .args(args)
-        .output()
-        .expect("running ostree");
-    assert!(
-        out.status.success(),
-        "ostree {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).trim().to_string()
-}
-
-fn repo_arg(p: &Path) -> String {
-    format!("--repo={}", p.display())
-}
-
 fn init(p: &Path) {
-    ostree(&["init", "--mode=archive", &repo_arg(p)]);
+    init_archive(p);
 }
 
-/// Commit a tree holding `files` to `branch`, on top of the branch's head, with a
-/// timestamp that grows with `seq` (ostree's clock has one-second resolution).
+/// Commit `files` to `branch` with a timestamp that grows with `seq` (ostree's clock has
+/// one-second resolution).
 fn commit(repo: &Path, branch: &str, files: &[(&str, &str)], seq: u64) -> String {
-    let tree = tempfile::tempdir().unwrap();
-    for (name, content) in files {
-        let p = tree.path().join(name);
-        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
-        std::fs::write(p, content).unwrap();
-    }
-    let ts = format!("--timestamp=@{}", 1_700_000_000 + seq);
-    let t = format!("--tree=dir={}", tree.path().display());
-    let c = ostree(&[
-        "commit",
-        &repo_arg(repo),
-        &format!("--branch={branch}"),
-        &t,
-        &ts,
-    ]);
-    ostree(&["summary", "-u", &repo_arg(repo)]);
-    c
+    let files: Vec<(&str, &[u8])> = files.iter().map(|(n, c)| (*n, c.as_bytes())).collect();
+    commit_files(repo, branch, &files, Some(1_700_000_000 + seq))
 }
 
 /// Serve `repo` the way the push tunnel does, on loopback; returns its URL.
@@ -72,7 +40,7 @@ fn args(url: &str, refs: &[&str]) -> ReceiveArgs {
 }
 
 fn rev(repo: &Path, r: &str) -> String {
-    ostree(&["rev-parse", &repo_arg(repo), r])
+    rev_parse(repo, r)
 }
 
 struct Fixture {

@@ -1,41 +1,20 @@
 //! The SSH push listener against real clients: the Python ostree-push 1.2.0 client pushes
 //! to it (interop (a)), and OpenSSH's `ssh` is refused everything but the protocol.
 
+use osbuild_testing::repo::{commit_files, init_archive, ostree, repo_arg};
 use osbuild_testing::{ostree_push, sshd};
 use ostree_serve::receive::Policy;
 use ostree_serve::ssh::{SshOptions, SshServer};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-fn ostree(args: &[&str]) -> String {
-    let out = Command::new("ostree")
-        .args(args)
-        .output()
-        .expect("running ostree");
-    assert!(
-        out.status.success(),
-        "ostree {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).trim().to_string()
-}
-
-fn repo_arg(p: &Path) -> String {
-    format!("--repo={}", p.display())
-}
-
 fn commit(repo: &Path, branch: &str, content: &str) -> String {
-    let tree = tempfile::tempdir().unwrap();
-    std::fs::create_dir_all(tree.path().join("usr/share")).unwrap();
-    std::fs::write(tree.path().join("usr/share/data"), content).unwrap();
-    let c = ostree(&[
-        "commit",
-        &repo_arg(repo),
-        &format!("--branch={branch}"),
-        &format!("--tree=dir={}", tree.path().display()),
-    ]);
-    ostree(&["summary", "-u", &repo_arg(repo)]);
-    c
+    commit_files(
+        repo,
+        branch,
+        &[("usr/share/data", content.as_bytes())],
+        None,
+    )
 }
 
 struct Setup {
@@ -53,8 +32,8 @@ impl Setup {
         let dir = tempfile::tempdir().unwrap();
         let client = dir.path().join("client");
         let server = dir.path().join("server");
-        ostree(&["init", "--mode=archive", &repo_arg(&client)]);
-        ostree(&["init", "--mode=archive", &repo_arg(&server)]);
+        init_archive(&client);
+        init_archive(&server);
         let key = sshd::KeyPair::generate(&dir.path().join("id_ed25519")).unwrap();
         let ak = dir.path().join("authorized_keys");
         std::fs::write(

@@ -2,6 +2,7 @@
 
 pub mod fixture;
 pub mod ostree_push;
+pub mod repo;
 pub mod sshd;
 pub mod vm;
 
