@@ -14,6 +14,7 @@ pub const DEFAULT_HTTP: &str = "127.0.0.1:8080";
 pub const DEFAULT_MAX_CONNECTIONS: usize = 1024;
 pub const DEFAULT_HEADER_TIMEOUT: u64 = 15;
 pub const DEFAULT_SEND_TIMEOUT: u64 = 60;
+pub const DEFAULT_CACHE_SIZE_MIB: usize = 64;
 
 /// How `osbuild serve` serves a repository. In a config file (TOML) the keys are the flag
 /// names without the leading dashes, e.g. `tls-cert = "/etc/osbuild/cert.pem"`; relative
@@ -58,6 +59,11 @@ pub struct ServeConfig {
     /// answered, so slow or stalled clients cannot hold it [default: 60].
     #[arg(long, value_name = "SECONDS")]
     pub send_timeout: Option<u64>,
+
+    /// MiB of memory for small immutable files (objects, deltas) asked for often; 0 turns
+    /// the cache off [default: 64].
+    #[arg(long, value_name = "MIB")]
+    pub cache_size: Option<usize>,
 
     /// Threads serving connections, each with its own event loop [default: one per CPU].
     #[arg(long, value_name = "N")]
@@ -143,6 +149,7 @@ impl ServeConfig {
             max_connections: other.max_connections.or(self.max_connections),
             header_timeout: other.header_timeout.or(self.header_timeout),
             send_timeout: other.send_timeout.or(self.send_timeout),
+            cache_size: other.cache_size.or(self.cache_size),
             threads: other.threads.or(self.threads),
             access_log: other.access_log.or(self.access_log),
             ssh: other.ssh.or(self.ssh),
@@ -208,6 +215,13 @@ impl ServeConfig {
 
     pub fn send_timeout(&self) -> Duration {
         Duration::from_secs(self.send_timeout.unwrap_or(DEFAULT_SEND_TIMEOUT).max(1))
+    }
+
+    /// The hot-file cache's budget in bytes.
+    pub fn cache_bytes(&self) -> usize {
+        self.cache_size
+            .unwrap_or(DEFAULT_CACHE_SIZE_MIB)
+            .saturating_mul(1 << 20)
     }
 
     pub fn threads(&self) -> usize {

@@ -29,16 +29,16 @@ const IMMUTABLE: &str = "public, max-age=31536000, immutable";
 /// Files that move with every commit: clients must revalidate (cheap, with the ETag).
 const REVALIDATE: &str = "no-cache";
 
-/// The hot-file cache: immutable files (objects/, deltas/) up to this size are kept in
-/// memory, up to `HOT_BUDGET` bytes in all. When a fleet pulls the same new commit, the
-/// same small objects are asked for again and again; serving them from memory saves the
-/// open, stat, read and close of each request (measured in bench/serve.sh).
+/// The hot-file cache: immutable files (objects/, deltas/) up to this size can be kept in
+/// memory. When a fleet pulls the same new commit, the same small objects are asked for
+/// again and again; serving them from memory saves the open, stat, read and close of each
+/// request (bench/serve.sh measures it: `--cache-size 0` against the default).
 const HOT_FILE_MAX: u64 = 64 * 1024;
-const HOT_BUDGET: usize = 64 * 1024 * 1024;
-/// Cached files are looked at again after this long, so a pruned or repaired object does
-/// not outlive its file for long.
+/// Cached files leave after this long, to make room for what is asked for now and so that
+/// a pruned or repaired object does not outlive its file for long.
 const HOT_TTL: Duration = Duration::from_secs(30);
-const HOT_SHARDS: usize = 8;
+/// Shards of the cache, each with its own lock.
+const MAX_SHARDS: usize = 8;
 
 struct Repo {
     /// Canonical path of the repository, for the fallback resolver.
@@ -50,9 +50,30 @@ struct Repo {
     hot: HotCache,
 }
 
-/// The router that serves the repository at `repo` under `/repo/`. Shared by `osbuild
-/// serve` and the push tunnel. Other methods on `/repo/…` get 405, other paths 404.
+/// How the router serves files.
+#[derive(Debug, Clone)]
+pub struct RouterOptions {
+    /// Memory for the hot-file cache, in bytes; 0 turns it off.
+    pub cache_bytes: usize,
+}
+
+impl Default for RouterOptions {
+    fn default() -> Self {
+        RouterOptions {
+            cache_bytes: crate::config::DEFAULT_CACHE_SIZE_MIB << 20,
+        }
+    }
+}
+
+/// The router that serves the repository at `repo` under `/repo/`, with the default
+/// options. Shared by `osbuild serve` and the push tunnel. Other methods on `/repo/…` get
+/// 405, other paths 404.
 pub fn router(repo: &Path) -> Result<Router> {
+    router_with(repo, &RouterOptions::default())
+}
+
+/// [`router`] with options.
+pub fn router_with(repo: &Path, opts: &RouterOptions) -> Result<Router> {
     let root = repo
         .canonicalize()
         .with_context(|| format!("resolving repository path {}", repo.display()))?;
@@ -77,7 +98,7 @@ pub fn router(repo: &Path) -> Result<Router> {
         root,
         dir,
         beneath,
-        hot: HotCache::new(HOT_BUDGET),
+        hot: HotCache::new(opts.cache_bytes),
     });
     Ok(Router::new()
         .route("/repo/{*path}", get(serve_file).head(serve_file))
@@ -290,8 +311,10 @@ struct HotFile {
 }
 
 /// A bounded map of small immutable files, split in shards so that threads rarely wait
-/// on each other. Eviction is first in, first out: cheap, and a fleet's working set (the
-/// newest commit) is what was loaded last.
+/// on each other. Files are admitted while there is room and leave when their time is
+/// up: when more files are asked for in turn than fit (a pull of a large tree), a fixed
+/// part of them is served from memory, where evicting the oldest to admit the newest
+/// would serve none.
 struct HotCache {
     shards: Vec<Mutex<HotShard>>,
     shard_budget: usize,
@@ -300,15 +323,18 @@ struct HotCache {
 #[derive(Default)]
 struct HotShard {
     files: HashMap<Box<str>, Arc<HotFile>>,
-    order: VecDeque<Box<str>>,
+    /// Keys in the order they were (re)loaded, with that time: the oldest at the front.
+    order: VecDeque<(Box<str>, Instant)>,
     bytes: usize,
 }
 
 impl HotCache {
     fn new(budget: usize) -> Self {
+        // Fewer shards for small budgets, so that each still holds a few files.
+        let shards = (budget / (4 << 20)).clamp(1, MAX_SHARDS);
         HotCache {
-            shards: (0..HOT_SHARDS).map(|_| Mutex::default()).collect(),
-            shard_budget: budget / HOT_SHARDS,
+            shards: (0..shards).map(|_| Mutex::default()).collect(),
+            shard_budget: budget / shards,
         }
     }
 
@@ -326,27 +352,51 @@ impl HotCache {
     }
 
     fn get(&self, rel: &str) -> Option<Arc<HotFile>> {
+        if self.shard_budget == 0 {
+            return None;
+        }
         let hot = self.shard(rel).files.get(rel).cloned()?;
         (hot.loaded.elapsed() < HOT_TTL).then_some(hot)
     }
 
+    /// Keep `hot` if there is room once expired files are dropped.
     fn insert(&self, rel: &str, hot: Arc<HotFile>) {
         let size = hot.body.len() + rel.len();
-        let mut shard = self.shard(rel);
-        if let Some(old) = shard.files.insert(rel.into(), hot) {
-            // A reload after the TTL: same key, already in the order queue.
-            shard.bytes -= old.body.len() + rel.len();
-        } else {
-            shard.order.push_back(rel.into());
+        if size > self.shard_budget {
+            return;
         }
-        shard.bytes += size;
-        while shard.bytes > self.shard_budget {
-            let Some(key) = shard.order.pop_front() else {
+        let now = Instant::now();
+        let mut shard = self.shard(rel);
+        let shard = &mut *shard;
+        // A reload of an expired file replaces it.
+        if let Some(old) = shard.files.remove(rel) {
+            shard.bytes -= old.body.len() + rel.len();
+        }
+        while shard.bytes + size > self.shard_budget {
+            let Some((key, loaded)) = shard.order.front() else {
                 break;
             };
-            if let Some(old) = shard.files.remove(&key) {
-                shard.bytes -= old.body.len() + key.len();
+            let current = shard.files.get(key).is_some_and(|f| f.loaded == *loaded);
+            if current && now.duration_since(*loaded) < HOT_TTL {
+                // Full of files still in their time: this one is not kept.
+                return;
             }
+            if current {
+                if let Some(old) = shard.files.remove(key) {
+                    shard.bytes -= old.body.len() + key.len();
+                }
+            }
+            shard.order.pop_front();
+        }
+        shard.order.push_back((rel.into(), hot.loaded));
+        shard.files.insert(rel.into(), hot);
+        shard.bytes += size;
+        // Queue entries of replaced files are skipped above; bound them all the same.
+        if shard.order.len() > 2 * shard.files.len() + 64 {
+            let files = &shard.files;
+            shard
+                .order
+                .retain(|(k, t)| files.get(k).is_some_and(|f| f.loaded == *t));
         }
     }
 }
@@ -621,27 +671,51 @@ mod tests {
     }
 
     #[test]
-    fn hot_cache_stays_within_its_budget() {
-        let cache = HotCache::new(HOT_SHARDS * 1000);
-        for i in 0..100 {
-            cache.insert(&format!("objects/{i:02x}/{i:062x}.filez"), hot(300));
+    fn hot_cache_admits_while_there_is_room() {
+        let cache = HotCache::new(1000);
+        assert_eq!(cache.shards.len(), 1);
+        let key = |i: usize| format!("objects/{i:02x}/{i:062x}.filez");
+        for i in 0..10 {
+            cache.insert(&key(i), hot(300));
         }
-        for shard in &cache.shards {
-            let shard = shard.lock().unwrap();
+        {
+            let shard = cache.shards[0].lock().unwrap();
             assert!(shard.bytes <= 1000, "{}", shard.bytes);
-            assert_eq!(shard.files.len(), shard.order.len());
+            assert_eq!(shard.files.len(), 2);
         }
-        // The newest entries are kept, the oldest evicted.
-        assert!(cache
-            .get(&format!("objects/63/{:062x}.filez", 99))
-            .is_some());
-        assert!(cache.get(&format!("objects/00/{:062x}.filez", 0)).is_none());
+        // The first files stay (still in their time); later ones were not admitted.
+        assert!(cache.get(&key(0)).is_some());
+        assert!(cache.get(&key(1)).is_some());
+        assert!(cache.get(&key(9)).is_none());
         // Re-inserting a key does not count it twice.
-        let cache = HotCache::new(HOT_SHARDS * 1000);
+        let cache = HotCache::new(1000);
         for _ in 0..10 {
             cache.insert("objects/aa/bb.filez", hot(100));
         }
-        let total: usize = cache.shards.iter().map(|s| s.lock().unwrap().bytes).sum();
-        assert_eq!(total, 100 + "objects/aa/bb.filez".len());
+        let shard = cache.shards[0].lock().unwrap();
+        assert_eq!(shard.bytes, 100 + "objects/aa/bb.filez".len());
+        assert!(shard.order.len() <= 2 * shard.files.len() + 64);
+    }
+
+    #[test]
+    fn expired_files_make_room() {
+        let cache = HotCache::new(1000);
+        let mut old = hot(300);
+        Arc::get_mut(&mut old).unwrap().loaded = Instant::now() - HOT_TTL;
+        cache.insert("objects/aa/old.filez", old.clone());
+        cache.insert("objects/aa/old2.filez", old);
+        assert!(cache.get("objects/aa/old.filez").is_none(), "expired");
+        cache.insert("objects/aa/new.filez", hot(300));
+        cache.insert("objects/aa/new2.filez", hot(300));
+        assert!(cache.get("objects/aa/new.filez").is_some());
+        assert!(cache.get("objects/aa/new2.filez").is_some());
+        assert!(cache.shards[0].lock().unwrap().bytes <= 1000);
+    }
+
+    #[test]
+    fn a_zero_budget_caches_nothing() {
+        let cache = HotCache::new(0);
+        cache.insert("objects/aa/bb.filez", hot(1));
+        assert!(cache.get("objects/aa/bb.filez").is_none());
     }
 }

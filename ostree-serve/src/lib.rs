@@ -15,5 +15,5 @@ pub mod ssh;
 pub mod tls;
 
 pub use config::ServeConfig;
-pub use http::router;
+pub use http::{router, router_with, RouterOptions};
 pub use server::{bind, serve, serve_config, Server};

@@ -4,7 +4,7 @@
 use crate::access_log::AccessLog;
 use crate::auth::Htpasswd;
 use crate::config::ServeConfig;
-use crate::http::router;
+use crate::http::{router_with, RouterOptions};
 use anyhow::{Context, Result};
 use axum::body::Body;
 use axum::http::{header, HeaderValue, Request, Response, StatusCode};
@@ -78,7 +78,12 @@ impl Server {
     pub async fn from_config(cfg: &ServeConfig) -> Result<Self> {
         let repo = cfg.repo()?;
         osbuild_core::repo::open_archive(repo)?;
-        let router = router(repo)?;
+        let router = router_with(
+            repo,
+            &RouterOptions {
+                cache_bytes: cfg.cache_bytes(),
+            },
+        )?;
         let tls = match cfg.tls()? {
             Some((cert, key)) => Some(crate::tls::acceptor(cert, key)?),
             None => None,
