@@ -461,6 +461,44 @@ async fn directories_are_not_listed() {
     server.stop().await;
 }
 
+/// On shutdown, a download in progress finishes, idle connections are closed, and the
+/// port stops accepting.
+#[tokio::test(flavor = "multi_thread")]
+async fn shutdown_lets_requests_in_flight_finish() {
+    let dir = tempfile::tempdir().unwrap();
+    let repo = make_repo(dir.path());
+    let object = largest_object(&repo.path);
+    let content = std::fs::read(repo.path.join(&object)).unwrap();
+    let mut server = Running::plain(&repo.path).await;
+    let addr = server.addr;
+
+    let mut idle = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let mut busy = tokio::net::TcpStream::connect(addr).await.unwrap();
+    busy.write_all(format!("GET /repo/{object} HTTP/1.1\r\nHost: t\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    // Read only the first bytes, so the rest of the body is still to be sent.
+    let mut received = vec![0u8; 64];
+    busy.read_exact(&mut received).await.unwrap();
+
+    let task = server.begin_stop();
+    busy.read_to_end(&mut received).await.unwrap();
+    let resp = parse_response(&received);
+    assert_eq!(resp.status, 200);
+    assert!(
+        resp.body == content,
+        "the whole body arrives after shutdown began"
+    );
+    let mut buf = [0u8; 16];
+    assert_eq!(
+        idle.read(&mut buf).await.unwrap(),
+        0,
+        "idle connections are closed"
+    );
+    task.await.unwrap().unwrap();
+    assert!(tokio::net::TcpStream::connect(addr).await.is_err());
+}
+
 /// Clients that send their headers one byte per second are dropped once the header
 /// timeout passes, so they cannot hold the connection slots: with every slot taken by
 /// such clients, a normal client is still served.

@@ -127,6 +127,14 @@ impl Running {
         Self::start(config(repo)).await
     }
 
+    /// Ask for shutdown and hand back the server's task, to await when the test wants.
+    pub fn begin_stop(&mut self) -> tokio::task::JoinHandle<anyhow::Result<()>> {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
+        self.task.take().expect("the server is running")
+    }
+
     /// Shut down and check that the server ended without error.
     pub async fn stop(mut self) {
         if let Some(tx) = self.stop.take() {
