@@ -74,11 +74,20 @@ fn text(o: &Output) -> String {
 #[test]
 fn as_force_command() {
     let s = Setup::new();
+    // The sshd_config lines the README documents for the pushing user.
     let force = format!(
         "ForceCommand {OSBUILD} receive --repo {}",
         s.server.display()
     );
-    let sshd = sshd::Sshd::start(s.dir.path(), &s.key.public_line().unwrap(), &[&force]).unwrap();
+    let config = [
+        force.as_str(),
+        "AllowTcpForwarding remote",
+        "PermitListen localhost:*",
+        "X11Forwarding no",
+        "AllowAgentForwarding no",
+        "PermitTTY no",
+    ];
+    let sshd = sshd::Sshd::start(s.dir.path(), &s.key.public_line().unwrap(), &config).unwrap();
     let c1 = commit(&s.client, "os/x86_64", "1");
     let out = s.push(&sshd, &["os/x86_64"]);
     assert!(out.status.success(), "{}", text(&out));
