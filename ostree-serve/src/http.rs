@@ -404,7 +404,8 @@ impl HotCache {
 /// Where the bytes of a response come from.
 enum Content {
     Memory(Bytes),
-    File(std::fs::File),
+    /// An open file and its length.
+    File(std::fs::File, u64),
 }
 
 async fn serve_file(State(repo): State<Arc<Repo>>, req: Request) -> Response {
@@ -454,7 +455,7 @@ async fn serve_file(State(repo): State<Arc<Repo>>, req: Request) -> Response {
         );
         return respond(&req, &rel, &validators, Content::Memory(body)).await;
     }
-    respond(&req, &rel, &validators, Content::File(file)).await
+    respond(&req, &rel, &validators, Content::File(file, meta.len())).await
 }
 
 /// The response to a GET or HEAD of one file: 304, 416, 206 or 200.
@@ -477,10 +478,7 @@ async fn respond(
 
     let len = match &content {
         Content::Memory(b) => b.len() as u64,
-        Content::File(f) => match f.metadata() {
-            Ok(m) => m.len(),
-            Err(_) => return StatusCode::NOT_FOUND.into_response(),
-        },
+        Content::File(_, len) => *len,
     };
     let range = match headers.get(header::RANGE).map(|r| r.to_str()) {
         Some(Ok(r)) if v.range_allowed(headers) => parse_range(r, len),
@@ -507,7 +505,7 @@ async fn respond(
     if req.method != Method::HEAD {
         *resp.body_mut() = match content {
             Content::Memory(b) => Body::from(b.slice(start as usize..(start + count) as usize)),
-            Content::File(file) if count <= INLINE_READ_MAX => {
+            Content::File(file, _) if count <= INLINE_READ_MAX => {
                 let mut buf = vec![0u8; count as usize];
                 if let Err(e) = file.read_exact_at(&mut buf, start) {
                     tracing::warn!("reading {rel}: {e}");
@@ -515,7 +513,7 @@ async fn respond(
                 }
                 Body::from(buf)
             }
-            Content::File(file) => stream_body(file, start, count).await,
+            Content::File(file, _) => stream_body(file, start, count).await,
         };
     }
     let h = resp.headers_mut();
