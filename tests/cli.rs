@@ -66,7 +66,7 @@ impl Serve {
             .unwrap()
             .port();
         let child = Command::new(OSBUILD)
-            .args(["serve", "--repo"])
+            .args(["serve", "--access-log", "off", "--repo"])
             .arg(repo)
             .args(["--http", &format!("127.0.0.1:{port}")])
             .spawn()

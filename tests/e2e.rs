@@ -80,7 +80,7 @@ struct Server(Child);
 impl Server {
     fn start(repo: &Path, port: u16) -> Result<Self> {
         let child = Command::new(OSBUILD)
-            .args(["serve", "--repo"])
+            .args(["serve", "--access-log", "off", "--repo"])
             .arg(repo)
             .args(["--http", &format!("127.0.0.1:{port}")])
             .spawn()

@@ -357,7 +357,14 @@ fn pull(
     opts.insert("depth", depth);
     // The pusher's repo need not have deltas; objects are verified one by one.
     opts.insert("disable-static-deltas", true);
-    repo.pull_with_options(PUSH_REMOTE, &opts.end(), None, gio::Cancellable::NONE)?;
+    // libostree runs the pull's I/O on the thread-default main context. Receives run on
+    // several threads at once (one per SSH session), so each needs a context of its own;
+    // sharing the global one lets threads dispatch each other's callbacks.
+    let ctx = glib::MainContext::new();
+    ctx.with_thread_default(|| {
+        repo.pull_with_options(PUSH_REMOTE, &opts.end(), None, gio::Cancellable::NONE)
+    })
+    .map_err(|e| anyhow::anyhow!("no main context for the pull: {e}"))??;
     Ok(())
 }
 

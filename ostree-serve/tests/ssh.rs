@@ -152,7 +152,7 @@ fn python_ostree_push_client_pushes_and_checksums_are_kept() {
 #[test]
 fn everything_but_the_protocol_is_refused() {
     let s = Setup::new("");
-    let target = format!("root@127.0.0.1");
+    let target = "root@127.0.0.1".to_string();
     // A command other than the receiver.
     let out = s.ssh(&[&target, "id"]);
     assert!(!out.status.success(), "{}", text(&out));
