@@ -11,7 +11,7 @@
 
 mod console;
 mod destination;
-pub mod known_hosts;
+mod known_hosts;
 mod local;
 mod ssh;
 mod tunnel;
@@ -194,13 +194,7 @@ async fn run_receive(
 
 /// `PROGRAM [-n] PATH URL [REF…]`, the arguments quoted for the remote shell. The
 /// program is kept as given, so it may carry arguments of its own.
-pub fn remote_command(
-    program: &str,
-    dry_run: bool,
-    path: &str,
-    url: &str,
-    refs: &[String],
-) -> String {
+fn remote_command(program: &str, dry_run: bool, path: &str, url: &str, refs: &[String]) -> String {
     let mut words = vec![program.to_string()];
     if dry_run {
         words.push("-n".into());
