@@ -2,28 +2,12 @@
 //! the real ostree-push 1.2.0 `ostree-receive-1` from PyPI, so the protocol, the tunnel
 //! and the exit statuses are checked against the reference implementation.
 
+use osbuild_testing::repo::{init_archive, ostree, repo_arg};
 use osbuild_testing::{ostree_push, sshd};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 const OSBUILD: &str = env!("CARGO_BIN_EXE_osbuild");
-
-fn ostree(args: &[&str]) -> String {
-    let out = Command::new("ostree")
-        .args(args)
-        .output()
-        .expect("running ostree");
-    assert!(
-        out.status.success(),
-        "ostree {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).trim().to_string()
-}
-
-fn repo_arg(p: &Path) -> String {
-    format!("--repo={}", p.display())
-}
 
 fn text(o: &Output) -> String {
     format!(
@@ -67,8 +51,8 @@ impl Setup {
         let server = dir.path().join("server");
         let tree = dir.path().join("tree");
         std::fs::create_dir_all(tree.join("usr/share/doc")).unwrap();
-        ostree(&["init", "--mode=archive", &repo_arg(&client)]);
-        ostree(&["init", "--mode=archive", &repo_arg(&server)]);
+        init_archive(&client);
+        init_archive(&server);
         let key = sshd::KeyPair::generate(&dir.path().join("id_ed25519")).unwrap();
         let mut setup = Setup {
             known_hosts: dir.path().join("known_hosts"),
