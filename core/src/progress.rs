@@ -54,6 +54,16 @@ impl Progress {
         self.bar.set_message(msg.into());
     }
 
+    /// Run `f` with the display hidden, so that what `f` prints is not broken by it.
+    pub fn suspend<R>(&self, f: impl FnOnce() -> R) -> R {
+        self.bar.suspend(f)
+    }
+
+    /// Remove the display without a summary line.
+    pub fn clear(&self) {
+        self.bar.finish_and_clear();
+    }
+
     /// Finish, leaving one summary line on stderr.
     pub fn finish(self, summary: impl AsRef<str>) {
         self.bar.finish_and_clear();

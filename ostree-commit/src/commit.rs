@@ -77,6 +77,9 @@ fn write(repo: &ostree::Repo, tree: &Path, opts: &CommitOptions, kver: &str) -> 
         // The same keys `ostree commit --bootable` writes, for tools that look for them.
         meta.insert("ostree.bootable", true);
         meta.insert("ostree.linux", kver);
+        // As `ostree commit` does: a client pulling a ref can check that the commit was
+        // made for it, which stops a server from passing off one branch as another.
+        meta.insert("ostree.ref-binding", vec![opts.branch.clone()]);
         let meta = meta.end();
 
         let checksum = repo
@@ -152,6 +155,10 @@ mod tests {
         assert_eq!(
             meta.lookup::<String>("version").unwrap().as_deref(),
             Some("1")
+        );
+        assert_eq!(
+            meta.lookup::<Vec<String>>("ostree.ref-binding").unwrap(),
+            Some(vec!["test/x86_64".to_string()])
         );
         assert!(repo_path.join("summary").is_file());
     }

@@ -1,16 +1,13 @@
 //! The terminal during a push: a spinner with what the server has fetched, and the remote
 //! command's output passed through line by line above it.
-//!
-//! This uses indicatif directly rather than `osbuild_core::progress::Progress`, because
-//! remote output must be printed with the bar suspended, which that type does not offer.
 
-use indicatif::{HumanBytes, ProgressBar, ProgressDrawTarget, ProgressStyle};
-use std::io::{IsTerminal, Write};
+use indicatif::HumanBytes;
+use osbuild_core::progress::Progress;
+use std::io::Write;
 use std::sync::Mutex;
-use std::time::Duration;
 
 pub struct Console {
-    bar: ProgressBar,
+    bar: Progress,
     stdout: Mutex<Vec<u8>>,
     stderr: Mutex<Vec<u8>>,
 }
@@ -23,20 +20,8 @@ pub enum Stream {
 
 impl Console {
     pub fn new(msg: &str) -> Self {
-        let target = if std::io::stderr().is_terminal() {
-            ProgressDrawTarget::stderr_with_hz(5)
-        } else {
-            ProgressDrawTarget::hidden()
-        };
-        let bar = ProgressBar::with_draw_target(None, target);
-        bar.set_style(
-            ProgressStyle::with_template("{spinner} {msg} [{elapsed}]")
-                .unwrap_or_else(|_| ProgressStyle::default_spinner()),
-        );
-        bar.set_message(msg.to_string());
-        bar.enable_steady_tick(Duration::from_millis(200));
         Console {
-            bar,
+            bar: Progress::spinner(msg),
             stdout: Mutex::default(),
             stderr: Mutex::default(),
         }
@@ -93,14 +78,12 @@ impl Console {
     /// Flush and remove the bar.
     pub fn finish(&self) {
         self.flush();
-        self.bar.finish_and_clear();
+        self.bar.clear();
     }
 }
 
 impl Drop for Console {
     fn drop(&mut self) {
-        if !self.bar.is_finished() {
-            self.finish();
-        }
+        self.finish();
     }
 }
