@@ -56,6 +56,28 @@ fn entries(dir: &Path) -> Vec<String> {
     v
 }
 
+/// A repository in `dir` holding a commit of the stand-in tree on branch `b`.
+fn committed_repo(dir: &Path) -> std::path::PathBuf {
+    let tree = dir.join("tree");
+    tiny_tree(&tree);
+    let repo = dir.join("repo");
+    let out = osbuild(&[
+        "commit",
+        "--repo",
+        repo.to_str().unwrap(),
+        "--branch",
+        "b",
+        "--tree",
+        tree.to_str().unwrap(),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    repo
+}
+
 struct Serve(Child);
 
 impl Serve {
@@ -271,20 +293,7 @@ fn make_image_into_missing_directory() {
 #[test]
 fn serve_on_port_in_use() {
     let dir = tempfile::tempdir().unwrap();
-    let tree = dir.path().join("tree");
-    tiny_tree(&tree);
-    let repo = dir.path().join("repo");
-    assert!(osbuild(&[
-        "commit",
-        "--repo",
-        repo.to_str().unwrap(),
-        "--branch",
-        "b",
-        "--tree",
-        tree.to_str().unwrap()
-    ])
-    .status
-    .success());
+    let repo = committed_repo(dir.path());
     let taken = TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = taken.local_addr().unwrap().to_string();
     let out = osbuild(&["serve", "--repo", repo.to_str().unwrap(), "--http", &addr]);
@@ -306,20 +315,7 @@ fn serve_of_missing_repo() {
 #[test]
 fn serve_with_ssh_generates_host_key() {
     let dir = tempfile::tempdir().unwrap();
-    let tree = dir.path().join("tree");
-    tiny_tree(&tree);
-    let repo = dir.path().join("repo");
-    assert!(osbuild(&[
-        "commit",
-        "--repo",
-        repo.to_str().unwrap(),
-        "--branch",
-        "b",
-        "--tree",
-        tree.to_str().unwrap()
-    ])
-    .status
-    .success());
+    let repo = committed_repo(dir.path());
     let key = osbuild_testing::sshd::KeyPair::generate(&dir.path().join("id")).unwrap();
     let ak = dir.path().join("authorized_keys");
     fs::write(&ak, key.public_line().unwrap()).unwrap();

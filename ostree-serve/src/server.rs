@@ -420,6 +420,27 @@ impl<S> Stall<S> {
 
     /// Called when the inner stream is not ready: an error once the stall has lasted
     /// `timeout`, otherwise keep waiting (with the timer registered).
+    /// Note progress after a write, or check the stall timer when the write must wait.
+    fn after_write(
+        &mut self,
+        cx: &mut TaskContext<'_>,
+        r: Poll<std::io::Result<usize>>,
+    ) -> Poll<std::io::Result<usize>> {
+        match r {
+            Poll::Ready(Ok(n)) => {
+                if n > 0 {
+                    self.last_progress = Instant::now();
+                }
+                Poll::Ready(Ok(n))
+            }
+            Poll::Pending => match self.check_stall(cx) {
+                Ok(()) => Poll::Pending,
+                Err(e) => Poll::Ready(Err(e)),
+            },
+            other => other,
+        }
+    }
+
     fn check_stall(&mut self, cx: &mut TaskContext<'_>) -> std::io::Result<()> {
         loop {
             if self.timer.as_mut().poll(cx).is_pending() {
@@ -468,19 +489,8 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Stall<S> {
         data: &[u8],
     ) -> Poll<std::io::Result<usize>> {
         let this = self.get_mut();
-        match Pin::new(&mut this.inner).poll_write(cx, data) {
-            Poll::Ready(Ok(n)) => {
-                if n > 0 {
-                    this.last_progress = Instant::now();
-                }
-                Poll::Ready(Ok(n))
-            }
-            Poll::Pending => match this.check_stall(cx) {
-                Ok(()) => Poll::Pending,
-                Err(e) => Poll::Ready(Err(e)),
-            },
-            other => other,
-        }
+        let r = Pin::new(&mut this.inner).poll_write(cx, data);
+        this.after_write(cx, r)
     }
 
     fn poll_write_vectored(
@@ -489,19 +499,8 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Stall<S> {
         bufs: &[std::io::IoSlice<'_>],
     ) -> Poll<std::io::Result<usize>> {
         let this = self.get_mut();
-        match Pin::new(&mut this.inner).poll_write_vectored(cx, bufs) {
-            Poll::Ready(Ok(n)) => {
-                if n > 0 {
-                    this.last_progress = Instant::now();
-                }
-                Poll::Ready(Ok(n))
-            }
-            Poll::Pending => match this.check_stall(cx) {
-                Ok(()) => Poll::Pending,
-                Err(e) => Poll::Ready(Err(e)),
-            },
-            other => other,
-        }
+        let r = Pin::new(&mut this.inner).poll_write_vectored(cx, bufs);
+        this.after_write(cx, r)
     }
 
     fn is_write_vectored(&self) -> bool {

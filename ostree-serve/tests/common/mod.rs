@@ -30,18 +30,7 @@ pub fn ostree(args: &[&str]) -> String {
     run("ostree", args)
 }
 
-/// Deterministic incompressible bytes, so a file stays large once zlib-compressed.
-pub fn noise(len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            (x >> 24) as u8
-        })
-        .collect()
-}
+pub use osbuild_testing::repo::noise;
 
 pub struct TestRepo {
     pub path: PathBuf,
