@@ -154,9 +154,16 @@ pub fn receive(
     let pull_repo = open_with_push_remote(repo_path, remotes.path(), &args.url, policy)?;
     // The ancestry check needs the commit objects between the current head and the pushed
     // one: only commit objects, not their trees.
-    pull(&pull_repo, &revs, ostree::RepoPullFlags::COMMIT_ONLY, -1)
-        .and_then(|()| pull(&pull_repo, &revs, ostree::RepoPullFlags::NONE, 0))
-        .with_context(|| format!("pulling {} from {}", revs.join(" "), args.url))?;
+    // Signatures are required of the pushed commits, not of every ancestor.
+    pull(
+        &pull_repo,
+        &revs,
+        ostree::RepoPullFlags::COMMIT_ONLY,
+        -1,
+        Some(false),
+    )
+    .and_then(|()| pull(&pull_repo, &revs, ostree::RepoPullFlags::NONE, 0, None))
+    .with_context(|| format!("pulling {} from {}", revs.join(" "), args.url))?;
     if policy.require_signature {
         for rev in &revs {
             verify_signature(&repo, rev, policy.trusted_keyring.as_deref())?;
@@ -345,13 +352,18 @@ fn open_with_push_remote(
     Ok(repo)
 }
 
+/// Pull `revs` through the push remote; `gpg_verify` overrides the remote's setting.
 fn pull(
     repo: &ostree::Repo,
     revs: &[String],
     flags: ostree::RepoPullFlags,
     depth: i32,
+    gpg_verify: Option<bool>,
 ) -> Result<()> {
     let opts = glib::VariantDict::new(None);
+    if let Some(v) = gpg_verify {
+        opts.insert("gpg-verify", v);
+    }
     opts.insert("refs", revs.to_vec());
     opts.insert("flags", flags.bits() as i32);
     opts.insert("depth", depth);

@@ -266,3 +266,93 @@ fn concurrent_pushes_different_refs_both_land_same_ref_one_wins() {
     }
     ostree(&["fsck", &repo_arg(&f.server)]);
 }
+
+/// A throwaway GPG home with one signing key; returns (home, key id, exported keyring).
+fn gpg_key(dir: &Path) -> (PathBuf, String, PathBuf) {
+    let home = dir.join("gnupg");
+    std::fs::create_dir(&home).unwrap();
+    let gpg = |args: &[&str]| {
+        let out = std::process::Command::new("gpg")
+            .arg("--homedir")
+            .arg(&home)
+            .args(["--batch", "--pinentry-mode", "loopback", "--passphrase", ""])
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "gpg {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    gpg(&[
+        "--quick-gen-key",
+        "osbuild test <test@osbuild.invalid>",
+        "rsa2048",
+        "sign",
+        "never",
+    ]);
+    let listing = gpg(&["--with-colons", "--list-keys"]);
+    let keyid = listing
+        .lines()
+        .find(|l| l.starts_with("fpr:"))
+        .and_then(|l| l.split(':').nth(9))
+        .unwrap()
+        .to_string();
+    let keyring = dir.join("trusted.gpg");
+    gpg(&["--output", keyring.to_str().unwrap(), "--export", &keyid]);
+    (home, keyid, keyring)
+}
+
+#[test]
+fn required_signatures_are_checked_and_kept() {
+    let f = fixture();
+    let (home, keyid, keyring) = gpg_key(f.client.parent().unwrap());
+    let (url, _rt) = serve(&f.client);
+    let policy = Policy {
+        require_signature: true,
+        trusted_keyring: Some(keyring),
+        allow_force: false,
+    };
+
+    // Unsigned: refused, nothing published.
+    commit(&f.client, "signed", &[("f", "1")], 1);
+    let err = receive::receive(
+        &f.server,
+        &args(&url, &["signed"]),
+        &policy,
+        &mut Vec::new(),
+    )
+    .unwrap_err();
+    assert!(
+        format!("{err:#}").to_lowercase().contains("signature"),
+        "{err:#}"
+    );
+    assert!(ostree(&["refs", &repo_arg(&f.server)]).is_empty());
+
+    // Signed by the trusted key: accepted, and the signature travels with the commit.
+    let c2 = commit(&f.client, "signed", &[("f", "2")], 2);
+    ostree(&[
+        "gpg-sign",
+        &repo_arg(&f.client),
+        &c2,
+        &keyid,
+        &format!("--gpg-homedir={}", home.display()),
+    ]);
+    receive::receive(
+        &f.server,
+        &args(&url, &["signed"]),
+        &policy,
+        &mut Vec::new(),
+    )
+    .unwrap();
+    assert_eq!(rev(&f.server, "signed"), c2);
+    let meta = f
+        .server
+        .join(format!("objects/{}/{}.commitmeta", &c2[..2], &c2[2..]));
+    assert!(
+        meta.is_file(),
+        "the detached signature is kept on the server"
+    );
+}
