@@ -18,7 +18,7 @@ fi
   --subject "example OS" --version "$(date +%Y%m%d.%H%M)"
 
 PORT=${OSBUILD_PORT:-8080}
-"$OSBUILD" serve --repo "$OUT/repo" --http "127.0.0.1:$PORT" &
+"$OSBUILD" serve --repo "$OUT/repo" --http "127.0.0.1:$PORT" --access-log off &
 SERVER=$!
 trap 'kill $SERVER 2>/dev/null || true' EXIT
 for _ in $(seq 50); do (exec 3<>/dev/tcp/127.0.0.1/$PORT) 2>/dev/null && break; sleep 0.1; done
