@@ -108,10 +108,19 @@ fn field<'a>(line: &'a str, key: &str) -> Option<&'a str> {
         .find_map(|w| w.strip_prefix(key)?.strip_prefix('='))
 }
 
-fn boot(image: &Path, log: &Path) -> Result<(Vm, String)> {
+/// Boot the image and check the report line: the booted commit and the release file.
+fn boot_into(image: &Path, log: &Path, commit: &str, release: &str) -> Result<Vm> {
     let mut vm = Vm::boot(VmConfig::new(image).log(log))?;
     let line = vm.wait_for("OSBUILD-BOOTED", BOOT_TIMEOUT)?;
-    Ok((vm, line))
+    anyhow::ensure!(
+        field(&line, "commit") == Some(commit),
+        "booted {line:?}, expected commit {commit}"
+    );
+    anyhow::ensure!(
+        field(&line, "release") == Some(release),
+        "booted {line:?}, expected release {release}"
+    );
+    Ok(vm)
 }
 
 #[test]
@@ -184,17 +193,9 @@ fn bootstrap_commit_serve_image_boot_upgrade() -> Result<()> {
             .unwrap_or("?")
     );
 
-    let (mut vm, line) = t.time("first boot to marker", || {
-        boot(&image, &work.path().join("boot1.log"))
+    let mut vm = t.time("first boot to marker", || {
+        boot_into(&image, &work.path().join("boot1.log"), &c1, "1")
     })?;
-    anyhow::ensure!(
-        field(&line, "commit") == Some(c1.as_str()),
-        "booted {line:?}, expected commit {c1}"
-    );
-    anyhow::ensure!(
-        field(&line, "release") == Some("1"),
-        "unexpected release in {line:?}"
-    );
 
     // The second commit changes one file and adds another.
     fs::remove_file(&release)?;
@@ -231,17 +232,9 @@ fn bootstrap_commit_serve_image_boot_upgrade() -> Result<()> {
     vm.wait_exit(Duration::from_secs(300))?;
     drop(vm);
 
-    let (mut vm, line) = t.time("boot after upgrade", || {
-        boot(&image, &work.path().join("boot2.log"))
+    let mut vm = t.time("boot after upgrade", || {
+        boot_into(&image, &work.path().join("boot2.log"), &c2, "2")
     })?;
-    anyhow::ensure!(
-        field(&line, "commit") == Some(c2.as_str()),
-        "booted {line:?}, expected the upgrade {c2}"
-    );
-    anyhow::ensure!(
-        field(&line, "release") == Some("2"),
-        "unexpected release in {line:?}"
-    );
     vm.wait_for("root@osbuild:~#", BOOT_TIMEOUT)?;
     vm.send_line("cat /usr/share/osbuild-e2e/added; ostree admin status")?;
     vm.wait_for("e2e-added-file-contents", Duration::from_secs(60))?;
