@@ -34,18 +34,7 @@ fn assert_fails_naming(out: &Output, needles: &[&str]) {
     }
 }
 
-/// A tree in the OSTree layout with a stand-in kernel: enough to commit and deploy.
-fn tiny_tree(root: &Path) {
-    fs::create_dir_all(root.join("usr/lib/modules/6.1.0-test")).unwrap();
-    fs::create_dir_all(root.join("usr/etc")).unwrap();
-    fs::write(root.join("usr/lib/modules/6.1.0-test/vmlinuz"), "kernel").unwrap();
-    fs::write(
-        root.join("usr/lib/modules/6.1.0-test/initramfs.img"),
-        "initramfs",
-    )
-    .unwrap();
-    fs::write(root.join("usr/lib/os-release"), "ID=test\n").unwrap();
-}
+use osbuild_testing::repo::stub_bootable_tree as tiny_tree;
 
 fn entries(dir: &Path) -> Vec<String> {
     let mut v: Vec<String> = fs::read_dir(dir)

@@ -18,15 +18,7 @@ fn run(cmd: &mut Command) -> String {
 
 fn commit_tiny(dir: &Path) -> (String, String) {
     let tree = dir.join("tree");
-    fs::create_dir_all(tree.join("usr/lib/modules/6.1.0-test")).unwrap();
-    fs::create_dir_all(tree.join("usr/etc")).unwrap();
-    fs::write(tree.join("usr/lib/modules/6.1.0-test/vmlinuz"), "kernel").unwrap();
-    fs::write(
-        tree.join("usr/lib/modules/6.1.0-test/initramfs.img"),
-        "initramfs",
-    )
-    .unwrap();
-    fs::write(tree.join("usr/lib/os-release"), "ID=test\n").unwrap();
+    osbuild_testing::repo::stub_bootable_tree(&tree);
     let repo = dir.join("repo");
     let r = format!("--repo={}", repo.display());
     run(Command::new("ostree").args(["init", "--mode=archive", &r]));

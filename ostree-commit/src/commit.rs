@@ -119,13 +119,7 @@ mod tests {
     use super::*;
     use std::fs;
 
-    fn tiny_tree(root: &Path) {
-        fs::create_dir_all(root.join("usr/lib/modules/6.1.0")).unwrap();
-        fs::create_dir_all(root.join("usr/etc")).unwrap();
-        fs::write(root.join("usr/lib/modules/6.1.0/vmlinuz"), "k").unwrap();
-        fs::write(root.join("usr/lib/modules/6.1.0/initramfs.img"), "i").unwrap();
-        fs::write(root.join("usr/lib/os-release"), "ID=test\n").unwrap();
-    }
+    use osbuild_testing::repo::stub_bootable_tree as tiny_tree;
 
     #[test]
     fn commits_create_the_repo_and_chain() {
@@ -140,7 +134,7 @@ mod tests {
         };
         let first = commit(&repo_path, &tree, &opts).unwrap();
         assert_eq!(first.parent, None);
-        assert_eq!(first.kver, "6.1.0");
+        assert_eq!(first.kver, "6.1.0-test");
         fs::write(tree.join("usr/lib/added"), "new").unwrap();
         let second = commit(&repo_path, &tree, &opts).unwrap();
         assert_eq!(second.parent.as_deref(), Some(first.checksum.as_str()));

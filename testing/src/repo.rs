@@ -79,3 +79,14 @@ pub fn noise(len: usize, seed: u64) -> Vec<u8> {
         })
         .collect()
 }
+
+/// A tree in the OSTree layout with a stand-in kernel and initramfs: enough to validate,
+/// commit and deploy, not to boot.
+pub fn stub_bootable_tree(root: &Path) {
+    let moddir = root.join("usr/lib/modules/6.1.0-test");
+    std::fs::create_dir_all(&moddir).expect("mkdir");
+    std::fs::create_dir_all(root.join("usr/etc")).expect("mkdir");
+    std::fs::write(moddir.join("vmlinuz"), "kernel").expect("write");
+    std::fs::write(moddir.join("initramfs.img"), "initramfs").expect("write");
+    std::fs::write(root.join("usr/lib/os-release"), "ID=test\n").expect("write");
+}

@@ -89,13 +89,7 @@ mod tests {
     use crate::commit::{commit, CommitOptions};
     use std::fs;
 
-    fn tree(root: &Path) {
-        fs::create_dir_all(root.join("usr/lib/modules/6.1.0")).unwrap();
-        fs::create_dir_all(root.join("usr/etc")).unwrap();
-        fs::write(root.join("usr/lib/modules/6.1.0/vmlinuz"), "k").unwrap();
-        fs::write(root.join("usr/lib/modules/6.1.0/initramfs.img"), "i").unwrap();
-        fs::write(root.join("usr/lib/os-release"), "ID=test\n").unwrap();
-    }
+    use osbuild_testing::repo::stub_bootable_tree as tree;
 
     #[test]
     fn missing_refs_are_named_and_stale_summaries_rewritten() {
