@@ -39,12 +39,14 @@ impl Bootloader {
                 // reach it through boot/syslinux/syslinux.cfg -> ../loader/syslinux.cfg so the
                 // menu always follows the current boot/loader symlink.
                 let boot = sysroot.join("boot");
-                fs::create_dir_all(boot.join("loader.0"))?;
-                fs::write(boot.join("loader.0/syslinux.cfg"), "")?;
-                symlink("loader.0", boot.join("loader"))?;
-                fs::create_dir_all(boot.join("syslinux"))?;
-                symlink("../loader/syslinux.cfg", boot.join("syslinux/syslinux.cfg"))?;
-                Ok(())
+                (|| {
+                    fs::create_dir_all(boot.join("loader.0"))?;
+                    fs::write(boot.join("loader.0/syslinux.cfg"), "")?;
+                    symlink("loader.0", boot.join("loader"))?;
+                    fs::create_dir_all(boot.join("syslinux"))?;
+                    symlink("../loader/syslinux.cfg", boot.join("syslinux/syslinux.cfg"))
+                })()
+                .with_context(|| format!("preparing {} for syslinux", boot.display()))
             }
         }
     }
@@ -73,10 +75,16 @@ impl Disk {
         (self.size - PART_START) / SECTOR
     }
 
+    /// The size of the image in bytes (a whole number of sectors).
+    pub fn size(&self) -> u64 {
+        self.size
+    }
+
     /// Write a raw disk image to `path` holding the sysroot at `sysroot`.
     pub fn write(&self, sysroot: &Path, path: &Path) -> Result<()> {
         let file = File::create(path).with_context(|| format!("creating {}", path.display()))?;
-        file.set_len(self.size)?;
+        file.set_len(self.size)
+            .with_context(|| format!("sizing {} to {} bytes", path.display(), self.size))?;
         drop(file);
         self.mkfs(sysroot, path)?;
         self.partition_table(path)?;
@@ -106,7 +114,11 @@ impl Disk {
     }
 
     fn partition_table(&self, image: &Path) -> Result<()> {
-        let mut f = fs::OpenOptions::new().read(true).write(true).open(image)?;
+        let mut f = fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(image)
+            .with_context(|| format!("opening {}", image.display()))?;
         let mut mbr = mbrman::MBR::new_from(&mut f, SECTOR as u32, disk_signature())
             .context("creating the partition table")?;
         mbr[1] = mbrman::MBRPartitionEntry {
@@ -126,9 +138,8 @@ impl Disk {
         }
         mbr.write_into(&mut f)
             .context("writing the partition table")?;
-        f.seek(SeekFrom::Start(0))?;
-        f.flush()?;
-        Ok(())
+        f.flush()
+            .with_context(|| format!("writing {}", image.display()))
     }
 
     fn install_extlinux(&self, image: &Path) -> Result<()> {
@@ -142,10 +153,13 @@ impl Disk {
         mount.unmount()?;
         // The partition's boot sector must know where the partition starts; the loop
         // mount of a partition at an offset reports 0.
-        let mut f = fs::OpenOptions::new().write(true).open(image)?;
-        f.seek(SeekFrom::Start(PART_START + 0x1c))?;
-        f.write_all(&((PART_START / SECTOR) as u32).to_le_bytes())?;
-        Ok(())
+        let mut f = fs::OpenOptions::new()
+            .write(true)
+            .open(image)
+            .with_context(|| format!("opening {}", image.display()))?;
+        f.seek(SeekFrom::Start(PART_START + 0x1c))
+            .and_then(|_| f.write_all(&((PART_START / SECTOR) as u32).to_le_bytes()))
+            .with_context(|| format!("patching the boot sector in {}", image.display()))
     }
 }
 
@@ -184,18 +198,42 @@ impl LoopMount {
         self.dir.path().to_path_buf()
     }
 
+    /// Unmount now, reporting failure; the mount stays marked as mounted until umount
+    /// succeeds, so that a failure here is retried on drop.
     fn unmount(mut self) -> Result<()> {
+        umount(self.dir.path()).context("unmounting the root partition")?;
         self.mounted = false;
-        cmd::run(Command::new("umount").arg(self.dir.path()))
-            .context("unmounting the root partition")?;
         Ok(())
     }
 }
 
+/// How often a busy mount is retried before falling back to a lazy unmount.
+const UMOUNT_ATTEMPTS: u32 = 5;
+
+fn umount(dir: &Path) -> Result<(), cmd::CommandError> {
+    cmd::run(Command::new("umount").arg(dir)).map(drop)
+}
+
 impl Drop for LoopMount {
     fn drop(&mut self) {
-        if self.mounted {
-            let _ = cmd::run(Command::new("umount").arg(self.dir.path()));
+        if !self.mounted {
+            return;
+        }
+        // A mount point can be busy for a moment (udev, a scanner): retry, then detach it
+        // lazily so that neither the mount nor its loop device outlives the builder.
+        let dir = self.dir.path();
+        for attempt in 1..=UMOUNT_ATTEMPTS {
+            match umount(dir) {
+                Ok(()) => return,
+                Err(e) => tracing::warn!(
+                    "unmounting {} (attempt {attempt} of {UMOUNT_ATTEMPTS}): {e}",
+                    dir.display()
+                ),
+            }
+            std::thread::sleep(std::time::Duration::from_millis(200 * u64::from(attempt)));
+        }
+        if let Err(e) = cmd::run(Command::new("umount").arg("--lazy").arg(dir)) {
+            tracing::error!("could not unmount {}: {e}", dir.display());
         }
     }
 }

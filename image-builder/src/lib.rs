@@ -66,8 +66,12 @@ impl ImageSpec {
 /// What was built.
 #[derive(Debug, Clone)]
 pub struct Image {
+    /// The deployed commit.
     pub checksum: String,
+    /// The image's size in bytes as written (its apparent size).
     pub size: u64,
+    /// The bytes the sparse image file takes on disk.
+    pub allocated: u64,
 }
 
 /// Build the image at `output`. Nothing is left at `output`, nor beside it, on failure.
@@ -93,11 +97,24 @@ pub fn make_image(spec: &ImageSpec, output: &Path) -> Result<Image> {
         Ok(deployed)
     })();
     // Deployments are immutable (chattr +i); the work directory cannot be removed otherwise.
-    sysroot.release()?;
-    let deployed = result?;
+    // A failure to release must not hide why the build failed.
+    let released = sysroot.release();
+    let deployed = match (result, released) {
+        (Ok(deployed), Ok(())) => deployed,
+        (Ok(_), Err(e)) => return Err(e),
+        (Err(e), Ok(())) => return Err(e),
+        (Err(e), Err(cleanup)) => {
+            tracing::warn!("cleaning up after the failed build: {cleanup:#}");
+            return Err(e);
+        }
+    };
+    // Report what was written, not what was asked for (the size is rounded to sectors).
+    let meta = std::fs::metadata(staging.path())
+        .with_context(|| format!("reading {}", staging.path().display()))?;
     staging.commit()?;
     Ok(Image {
         checksum: deployed.checksum,
-        size: spec.size,
+        size: meta.len(),
+        allocated: std::os::unix::fs::MetadataExt::blocks(&meta) * 512,
     })
 }

@@ -118,9 +118,12 @@ fn find_kernels(tree: &Path) -> Vec<String> {
 pub fn convert(root: &Path) -> Result<TreeInfo> {
     move_kernels(root).context("moving the kernel into /usr/lib/modules")?;
     move_etc(root).context("moving /etc to /usr/etc")?;
-    let rules = move_var(root).context("moving /var into the factory copy")?;
-    let link_rules = link_into_var(root).context("linking state directories into /var")?;
-    write_tmpfiles(root, &rules, &link_rules)?;
+    move_var(root).context("moving /var into the factory copy")?;
+    link_into_var(root).context("linking state directories into /var")?;
+    // The rules are read off the converted tree, not off what this run moved, so converting
+    // an already converted tree writes the same file again.
+    let rules = seed_rules(root).context("listing the factory copy of /var")?;
+    write_tmpfiles(root, &rules)?;
     setup_toplevel(root).context("creating the OSTree top-level directories")?;
     Ok(validate(root)?)
 }
@@ -130,12 +133,12 @@ fn move_kernels(root: &Path) -> Result<()> {
         let moddir = root.join("usr/lib/modules").join(&kver);
         let vmlinuz = root.join(format!("boot/vmlinuz-{kver}"));
         if vmlinuz.is_file() && !moddir.join("vmlinuz").exists() {
-            fs::rename(&vmlinuz, moddir.join("vmlinuz"))?;
+            rename(&vmlinuz, &moddir.join("vmlinuz"))?;
         }
         // A distro initramfs is only used if the tree brings no ostree-capable one.
         let initrd = root.join(format!("boot/initrd.img-{kver}"));
         if initrd.is_file() && !moddir.join("initramfs.img").exists() {
-            fs::rename(&initrd, moddir.join("initramfs.img"))?;
+            rename(&initrd, &moddir.join("initramfs.img"))?;
         }
     }
     // Debian's convenience links and the rest of /boot (System.map, config) are not used:
@@ -143,7 +146,7 @@ fn move_kernels(root: &Path) -> Result<()> {
     for link in ["vmlinuz", "vmlinuz.old", "initrd.img", "initrd.img.old"] {
         let p = root.join(link);
         if p.is_symlink() {
-            fs::remove_file(&p)?;
+            fs::remove_file(&p).with_context(|| format!("removing {}", p.display()))?;
         }
     }
     empty_dir(&root.join("boot"))
@@ -156,64 +159,79 @@ fn move_etc(root: &Path) -> Result<()> {
         if usr_etc.exists() {
             anyhow::bail!("both /etc and /usr/etc exist in {}", root.display());
         }
-        fs::rename(&etc, &usr_etc)?;
+        rename(&etc, &usr_etc)?;
     }
     Ok(())
 }
 
-/// Move everything under /var to the factory copy and return the tmpfiles rules that seed it.
-fn move_var(root: &Path) -> Result<Vec<String>> {
+/// Move everything under /var to the factory copy (dpkg's database to /usr).
+fn move_var(root: &Path) -> Result<()> {
     let var = root.join("var");
     let factory = root.join(FACTORY_VAR);
-    fs::create_dir_all(&factory)?;
-    let mut rules = Vec::new();
+    fs::create_dir_all(&factory).with_context(|| format!("creating {}", factory.display()))?;
     if !var.is_dir() {
-        fs::create_dir_all(&var)?;
-        return Ok(rules);
+        fs::create_dir_all(&var).with_context(|| format!("creating {}", var.display()))?;
+        return Ok(());
     }
     // dpkg's database must describe the /usr it lives beside, not a /var that survives upgrades.
     let dpkg = var.join("lib/dpkg");
     if dpkg.is_dir() && !dpkg.is_symlink() {
         let dest = root.join(DPKG_STATE);
-        fs::create_dir_all(dest.parent().context("no parent")?)?;
-        fs::rename(&dpkg, &dest)?;
-        rules.push(format!("L /var/lib/dpkg - - - - /{DPKG_STATE}"));
+        create_parent(&dest)?;
+        rename(&dpkg, &dest)?;
     }
     for entry in sorted_entries(&var)? {
-        let name = entry.file_name().to_string_lossy().into_owned();
-        if VAR_SKIP.contains(&name.as_str()) {
+        let name = entry.file_name();
+        if VAR_SKIP.iter().any(|s| name == *s) {
             continue;
         }
-        if VAR_PRECREATED.contains(&name.as_str()) && entry.path().is_dir() {
-            fs::create_dir_all(factory.join(&name))?;
+        if VAR_PRECREATED.iter().any(|s| name == *s) && entry.path().is_dir() {
+            let dest = factory.join(&name);
+            fs::create_dir_all(&dest).with_context(|| format!("creating {}", dest.display()))?;
             for child in sorted_entries(&entry.path())? {
-                let cname = child.file_name().to_string_lossy().into_owned();
-                let rel = format!("{name}/{cname}");
-                rules.push(seed_rule(&child.path(), &rel)?);
-                fs::rename(child.path(), factory.join(&rel))?;
+                rename(&child.path(), &dest.join(child.file_name()))?;
             }
             continue;
         }
-        rules.push(seed_rule(&entry.path(), &name)?);
-        fs::rename(entry.path(), factory.join(&name))?;
+        rename(&entry.path(), &factory.join(&name))?;
     }
-    empty_dir(&var)?;
+    empty_dir(&var)
+}
+
+/// The tmpfiles rules that recreate /var on the device from the factory copy: one per entry
+/// (per child for the directories os-init precreates), and the link to dpkg's database.
+fn seed_rules(root: &Path) -> Result<Vec<String>> {
+    let factory = root.join(FACTORY_VAR);
+    let mut rules = Vec::new();
+    if root.join(DPKG_STATE).is_dir() {
+        rules.push(format!("L /var/lib/dpkg - - - - /{DPKG_STATE}"));
+    }
+    for entry in sorted_entries(&factory)? {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if VAR_PRECREATED.contains(&name.as_str()) && entry.path().is_dir() {
+            for child in sorted_entries(&entry.path())? {
+                let rel = format!("{name}/{}", child.file_name().to_string_lossy());
+                rules.push(seed_rule(&child.path(), &rel)?);
+            }
+        } else {
+            rules.push(seed_rule(&entry.path(), &name)?);
+        }
+    }
     Ok(rules)
 }
 
 /// A tmpfiles rule that recreates `path` (relative to /var) on the device.
 fn seed_rule(path: &Path, rel: &str) -> Result<String> {
     if path.is_symlink() {
-        let target = fs::read_link(path)?;
+        let target = fs::read_link(path).with_context(|| format!("reading {}", path.display()))?;
         Ok(format!("L /var/{rel} - - - - {}", target.display()))
     } else {
         Ok(format!("C /var/{rel} - - - - /{FACTORY_VAR}/{rel}"))
     }
 }
 
-fn link_into_var(root: &Path) -> Result<Vec<String>> {
+fn link_into_var(root: &Path) -> Result<()> {
     let factory = root.join(FACTORY_VAR);
-    let mut rules = Vec::new();
     for (link, target) in VAR_LINKS {
         let path = root.join(link);
         let seed = factory.join(target);
@@ -221,40 +239,36 @@ fn link_into_var(root: &Path) -> Result<Vec<String>> {
             if seed.is_dir() {
                 // /var already had this directory (Debian ships /var/opt): merge into it.
                 for child in sorted_entries(&path)? {
-                    fs::rename(child.path(), seed.join(child.file_name()))?;
+                    rename(&child.path(), &seed.join(child.file_name()))?;
                 }
-                fs::remove_dir(&path)?;
+                fs::remove_dir(&path).with_context(|| format!("removing {}", path.display()))?;
             } else {
-                fs::rename(&path, &seed)?;
+                rename(&path, &seed)?;
             }
         } else {
             if path.is_symlink() {
-                fs::remove_file(&path)?;
+                fs::remove_file(&path).with_context(|| format!("removing {}", path.display()))?;
             }
-            fs::create_dir_all(&seed)?;
+            fs::create_dir_all(&seed).with_context(|| format!("creating {}", seed.display()))?;
         }
         // Relative links, so they resolve inside the deployment wherever it is mounted.
         let depth = link.matches('/').count();
         let target_path = format!("{}var/{target}", "../".repeat(depth));
-        symlink(&target_path, &path)?;
-        rules.push(format!("C /var/{target} - - - - /{FACTORY_VAR}/{target}"));
+        symlink(&target_path, &path)
+            .with_context(|| format!("linking {} to {target_path}", path.display()))?;
     }
-    Ok(rules)
+    Ok(())
 }
 
-fn write_tmpfiles(root: &Path, rules: &[String], link_rules: &[String]) -> Result<()> {
+fn write_tmpfiles(root: &Path, rules: &[String]) -> Result<()> {
     let mut text = String::from(
         "# Generated by osbuild: seeds /var on the device from the image's factory copy.\n",
     );
-    let mut seen = std::collections::HashSet::new();
-    for rule in rules.iter().chain(link_rules) {
-        // /var/opt, for one, is both in Debian's /var and the target of /opt.
-        if seen.insert(rule) {
-            let _ = writeln!(text, "{rule}");
-        }
+    for rule in rules {
+        let _ = writeln!(text, "{rule}");
     }
     let path = root.join(TMPFILES_CONF);
-    fs::create_dir_all(path.parent().context("no parent")?)?;
+    create_parent(&path)?;
     fs::write(&path, text).with_context(|| format!("writing {}", path.display()))
 }
 
@@ -262,27 +276,23 @@ fn setup_toplevel(root: &Path) -> Result<()> {
     for dir in ["sysroot", "dev", "proc", "sys", "run", "boot"] {
         let p = root.join(dir);
         if p.is_symlink() || (p.exists() && !p.is_dir()) {
-            fs::remove_file(&p)?;
+            fs::remove_file(&p).with_context(|| format!("removing {}", p.display()))?;
         }
-        fs::create_dir_all(&p)?;
+        fs::create_dir_all(&p).with_context(|| format!("creating {}", p.display()))?;
         empty_dir(&p)?;
     }
     for (link, target) in [("tmp", "sysroot/tmp"), ("ostree", "sysroot/ostree")] {
         let p = root.join(link);
-        if p.is_symlink() || p.is_file() {
-            fs::remove_file(&p)?;
-        } else if p.is_dir() {
-            fs::remove_dir_all(&p)?;
-        }
-        symlink(target, &p)?;
+        osbuild_core::fsutil::remove_all(&p)?;
+        symlink(target, &p).with_context(|| format!("linking {} to {target}", p.display()))?;
     }
     Ok(())
 }
 
 fn sorted_entries(dir: &Path) -> Result<Vec<fs::DirEntry>> {
     let mut entries = fs::read_dir(dir)
-        .with_context(|| format!("reading {}", dir.display()))?
-        .collect::<std::io::Result<Vec<_>>>()?;
+        .and_then(|d| d.collect::<std::io::Result<Vec<_>>>())
+        .with_context(|| format!("reading {}", dir.display()))?;
     entries.sort_by_key(|e| e.file_name());
     Ok(entries)
 }
@@ -291,11 +301,21 @@ fn empty_dir(dir: &Path) -> Result<()> {
     if !dir.is_dir() {
         return Ok(());
     }
-    for entry in fs::read_dir(dir)? {
-        let path = entry?.path();
-        osbuild_core::fsutil::remove_all(&path)?;
+    for entry in sorted_entries(dir)? {
+        osbuild_core::fsutil::remove_all(&entry.path())?;
     }
     Ok(())
+}
+
+fn rename(from: &Path, to: &Path) -> Result<()> {
+    fs::rename(from, to).with_context(|| format!("moving {} to {}", from.display(), to.display()))
+}
+
+fn create_parent(path: &Path) -> Result<()> {
+    let parent = path
+        .parent()
+        .with_context(|| format!("{} has no parent directory", path.display()))?;
+    fs::create_dir_all(parent).with_context(|| format!("creating {}", parent.display()))
 }
 
 #[cfg(test)]
@@ -413,17 +433,47 @@ mod tests {
         assert_eq!(rules.matches("C /var/opt ").count(), 1, "{rules}");
     }
 
+    /// Every entry of a tree: its type, mode, and content or link target.
+    fn snapshot(root: &Path) -> std::collections::BTreeMap<String, String> {
+        use std::os::unix::fs::PermissionsExt;
+        let mut out = std::collections::BTreeMap::new();
+        let mut stack = vec![root.to_path_buf()];
+        while let Some(path) = stack.pop() {
+            let meta = fs::symlink_metadata(&path).unwrap();
+            let rel = path.strip_prefix(root).unwrap().display().to_string();
+            let mode = meta.permissions().mode();
+            let what = if meta.file_type().is_symlink() {
+                format!(
+                    "link {mode:o} -> {}",
+                    fs::read_link(&path).unwrap().display()
+                )
+            } else if meta.is_dir() {
+                stack.extend(fs::read_dir(&path).unwrap().map(|e| e.unwrap().path()));
+                format!("dir {mode:o}")
+            } else {
+                let content = String::from_utf8_lossy(&fs::read(&path).unwrap()).into_owned();
+                format!("file {mode:o} {content:?}")
+            };
+            out.insert(rel, what);
+        }
+        out
+    }
+
     #[test]
     fn conversion_is_idempotent() {
         let dir = tempfile::tempdir().unwrap();
         debian_like(dir.path());
-        convert(dir.path()).unwrap();
-        convert(dir.path()).unwrap();
-        assert!(dir
-            .path()
-            .join(FACTORY_VAR)
-            .join("roothome/.bashrc")
-            .is_file());
+        let first_info = convert(dir.path()).unwrap();
+        let first = snapshot(dir.path());
+        assert!(first.contains_key(TMPFILES_CONF), "{first:#?}");
+        let second_info = convert(dir.path()).unwrap();
+        let second = snapshot(dir.path());
+        assert_eq!(first_info, second_info);
+        // The whole tree, the tmpfiles rules included, is the same after a second run.
+        for (path, first_entry) in &first {
+            assert_eq!(Some(first_entry), second.get(path), "{path} changed");
+        }
+        assert_eq!(first.len(), second.len(), "entries were added");
     }
 
     #[test]
