@@ -1,5 +1,5 @@
 //! The device side: what is deployed, what is booted, what comes next.
 
-pub mod status;
+mod status;
 
 pub use status::{status, Deployment, Status};

@@ -10,25 +10,33 @@ use std::path::Path;
 /// One deployment, in the order the boot loader lists them (first boots by default).
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
 pub struct Deployment {
+    /// The stateroot it belongs to.
     pub osname: String,
+    /// The deployed commit.
     pub checksum: String,
+    /// Tells apart several deployments of the same commit.
     pub serial: i32,
     /// The commit's `version` metadata, if the commit is in the repo and has one.
     pub version: Option<String>,
     /// Where upgrades come from, e.g. `origin:debian/bookworm/x86_64`.
     pub refspec: Option<String>,
+    /// The running system.
     pub booted: bool,
+    /// Written at the next shutdown (`ostree admin deploy --stage`, `upgrade`).
     pub staged: bool,
+    /// Kept when old deployments are pruned.
     pub pinned: bool,
 }
 
 /// The state of a sysroot.
 #[derive(Debug, Clone, Serialize)]
 pub struct Status {
+    /// Every deployment, the default first.
     pub deployments: Vec<Deployment>,
 }
 
 impl Status {
+    /// The running deployment, if the sysroot is the booted one.
     pub fn booted(&self) -> Option<&Deployment> {
         self.deployments.iter().find(|d| d.booted)
     }

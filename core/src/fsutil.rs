@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 
 /// A directory or file next to its final path that is removed on drop unless committed.
 /// Living in the same directory makes the final rename atomic.
+#[derive(Debug)]
 pub struct Staging {
     temp: PathBuf,
     dest: PathBuf,

@@ -5,6 +5,7 @@ use std::io::IsTerminal;
 use std::time::Duration;
 
 /// A progress display for one step of work.
+#[derive(Debug)]
 pub struct Progress {
     bar: ProgressBar,
 }
@@ -45,11 +46,13 @@ impl Progress {
         Progress { bar }
     }
 
+    /// Show `done` of `total`.
     pub fn set(&self, done: u64, total: u64) {
         self.bar.set_length(total);
         self.bar.set_position(done);
     }
 
+    /// Replace the text beside the bar.
     pub fn set_message(&self, msg: impl Into<String>) {
         self.bar.set_message(msg.into());
     }

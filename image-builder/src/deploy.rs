@@ -11,6 +11,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 /// A sysroot being built for an image.
+#[derive(Debug)]
 pub struct Sysroot {
     path: PathBuf,
     inner: ostree::Sysroot,
@@ -19,7 +20,9 @@ pub struct Sysroot {
 /// The deployment written into the sysroot.
 #[derive(Debug, Clone)]
 pub struct Deployed {
+    /// The deployed commit.
     pub checksum: String,
+    /// The stateroot it was deployed into.
     pub osname: String,
 }
 
@@ -138,6 +141,7 @@ impl Sysroot {
         })
     }
 
+    /// Where the sysroot is.
     pub fn path(&self) -> &Path {
         &self.path
     }

@@ -53,12 +53,14 @@ impl Bootloader {
 }
 
 /// The geometry and contents of a disk image.
+#[derive(Debug)]
 pub struct Disk {
     size: u64,
     bootloader: Bootloader,
 }
 
 impl Disk {
+    /// A disk of `size` bytes (rounded down to whole sectors) booting with `bootloader`.
     pub fn new(size: u64, bootloader: Bootloader) -> Result<Self> {
         if size < 256 << 20 {
             anyhow::bail!(
@@ -172,6 +174,7 @@ fn disk_signature() -> [u8; 4] {
 }
 
 /// A loop mount of a partition inside an image file, unmounted on drop.
+#[derive(Debug)]
 struct LoopMount {
     dir: tempfile::TempDir,
     mounted: bool,

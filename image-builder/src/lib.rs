@@ -1,10 +1,10 @@
 //! The image builder: pull a commit from a remote, deploy it into a fresh sysroot through
 //! libostree, and lay that sysroot out on a bootable disk image.
 
-pub mod deploy;
-pub mod disk;
-pub mod pull;
-pub mod size;
+mod deploy;
+mod disk;
+mod pull;
+mod size;
 
 pub use deploy::{Deployed, Sysroot};
 pub use disk::{Bootloader, Disk};
@@ -32,12 +32,14 @@ pub struct ImageSpec {
     pub os: String,
     /// Disk size in bytes.
     pub size: u64,
+    /// The boot loader installed on the disk.
     pub bootloader: Bootloader,
     /// Extra kernel arguments after the built-in root, rw and console ones.
     pub kargs: Vec<String>,
 }
 
 impl ImageSpec {
+    /// The defaults: remote `origin`, stateroot `debian`, 4 GiB, syslinux.
     pub fn new(url: &str, branch: &str) -> Self {
         ImageSpec {
             url: url.to_string(),

@@ -7,7 +7,7 @@ use std::rc::Rc;
 
 /// Pull `branch` of `remote` into `repo`, fetching from `url` instead of the remote's
 /// configured URL (a builder may reach the server at another address than the device).
-pub fn pull(repo: &ostree::Repo, remote: &str, branch: &str, url: &str) -> Result<String> {
+pub(crate) fn pull(repo: &ostree::Repo, remote: &str, branch: &str, url: &str) -> Result<String> {
     let opts = glib::VariantDict::new(None);
     opts.insert("refs", vec![branch.to_string()]);
     opts.insert("override-url", url);

@@ -10,7 +10,7 @@ use std::process::Command;
 
 /// Packages every bootable tree needs: a kernel, an init, udev, the ostree boot integration
 /// (prepare-root, finalize-staged, the dracut module) and dracut to build the initramfs.
-pub const BASE_PACKAGES: &[&str] = &[
+pub(crate) const BASE_PACKAGES: &[&str] = &[
     "systemd-sysv",
     "udev",
     "dbus",

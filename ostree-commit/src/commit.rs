@@ -12,6 +12,7 @@ use std::path::Path;
 pub struct CommitOptions {
     /// The branch (ref) to move to the new commit.
     pub branch: String,
+    /// The commit message's subject line (libostree's default when unset).
     pub subject: Option<String>,
     /// Stored as the commit's `version` metadata, shown by `ostree admin status`.
     pub version: Option<String>,
@@ -20,8 +21,11 @@ pub struct CommitOptions {
 /// The result of a commit.
 #[derive(Debug, Clone)]
 pub struct Commit {
+    /// The new commit's checksum.
     pub checksum: String,
+    /// The commit the branch pointed at before, if any.
     pub parent: Option<String>,
+    /// The kernel version the tree boots.
     pub kver: String,
 }
 

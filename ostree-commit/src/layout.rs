@@ -12,11 +12,11 @@ use std::os::unix::fs::symlink;
 use std::path::{Path, PathBuf};
 
 /// Where the content of /var is kept in the commit, to be copied into /var on the device.
-pub const FACTORY_VAR: &str = "usr/share/factory/var";
+pub(crate) const FACTORY_VAR: &str = "usr/share/factory/var";
 /// The tmpfiles.d file that seeds /var.
-pub const TMPFILES_CONF: &str = "usr/lib/tmpfiles.d/osbuild-var.conf";
+pub(crate) const TMPFILES_CONF: &str = "usr/lib/tmpfiles.d/osbuild-var.conf";
 /// Package state lives in /usr so that it always matches the deployed tree.
-pub const DPKG_STATE: &str = "usr/lib/sysimage/dpkg";
+pub(crate) const DPKG_STATE: &str = "usr/lib/sysimage/dpkg";
 
 /// Directories in / that become links into /var: (link, target in var).
 const VAR_LINKS: &[(&str, &str)] = &[
@@ -37,18 +37,38 @@ const VAR_SKIP: &[&str] = &["tmp", "run", "lock"];
 /// Why a tree cannot be committed as a bootable OSTree system.
 #[derive(Debug, thiserror::Error)]
 pub enum TreeError {
+    /// The path does not exist.
     #[error("tree {0} does not exist")]
     Missing(PathBuf),
+    /// The path is a file or something else that is not a directory.
     #[error("{0} is not a directory")]
     NotADirectory(PathBuf),
+    /// No `usr/lib/modules/<kver>/vmlinuz`.
     #[error("tree {tree} has no kernel: expected usr/lib/modules/<kver>/vmlinuz (run `osbuild bootstrap` or convert the tree to the OSTree layout)")]
-    NoKernel { tree: PathBuf },
+    NoKernel {
+        /// The tree checked.
+        tree: PathBuf,
+    },
+    /// A kernel without its initramfs beside it.
     #[error("tree {tree} has no initramfs: expected {expected}")]
-    NoInitramfs { tree: PathBuf, expected: String },
+    NoInitramfs {
+        /// The tree checked.
+        tree: PathBuf,
+        /// The initramfs path the kernel needs, relative to the tree.
+        expected: String,
+    },
+    /// Neither `usr/lib/os-release` nor `usr/etc/os-release`.
     #[error("tree {tree} has no os-release: expected usr/lib/os-release")]
-    NoOsRelease { tree: PathBuf },
+    NoOsRelease {
+        /// The tree checked.
+        tree: PathBuf,
+    },
+    /// A real `/etc`: the tree was not converted.
     #[error("tree {tree} has a top-level /etc: OSTree trees keep it in /usr/etc (the tree was not converted to the OSTree layout)")]
-    EtcNotInUsr { tree: PathBuf },
+    EtcNotInUsr {
+        /// The tree checked.
+        tree: PathBuf,
+    },
 }
 
 /// What validation learned about a bootable tree.

@@ -1,10 +1,10 @@
 //! The source side of the pipeline: a root filesystem is bootstrapped, converted to the
 //! OSTree layout, validated and committed into an archive repository.
 
-pub mod bootstrap;
-pub mod commit;
-pub mod layout;
-pub mod push;
+mod bootstrap;
+mod commit;
+mod layout;
+mod push;
 
 pub use bootstrap::{bootstrap, Bootstrap};
 pub use commit::{commit, Commit, CommitOptions};

@@ -16,7 +16,7 @@ mod local;
 mod ssh;
 mod tunnel;
 
-pub use destination::{Destination, DEFAULT_PORT};
+pub use destination::Destination;
 
 use anyhow::{bail, Context, Result};
 use std::path::{Path, PathBuf};
@@ -25,7 +25,7 @@ use std::time::Duration;
 
 /// The receive commands tried by default, in order: the versioned entry point first, so
 /// that old and new receivers can coexist on a server.
-pub const DEFAULT_COMMANDS: [&str; 2] = ["ostree-receive-1", "ostree-receive"];
+pub(crate) const DEFAULT_COMMANDS: [&str; 2] = ["ostree-receive-1", "ostree-receive"];
 
 /// The exit status a shell gives for a command it cannot find.
 const COMMAND_NOT_FOUND: u32 = 127;
@@ -35,7 +35,7 @@ const COMMAND_NOT_FOUND: u32 = 127;
 pub struct PushOptions {
     /// Ask the receiver what it would update, without updating (`-n`).
     pub dry_run: bool,
-    /// Remote commands to try in order until one exists; [`DEFAULT_COMMANDS`] when empty.
+    /// Remote commands to try in order until one exists; ostree-receive-1 then ostree-receive when empty.
     /// Each is used verbatim as the start of the remote command line.
     pub commands: Vec<String>,
     /// Private key files offered before ssh-agent's keys and `~/.ssh/id_*`.

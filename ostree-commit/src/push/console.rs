@@ -6,20 +6,20 @@ use osbuild_core::progress::Progress;
 use std::io::Write;
 use std::sync::Mutex;
 
-pub struct Console {
+pub(super) struct Console {
     bar: Progress,
     stdout: Mutex<Vec<u8>>,
     stderr: Mutex<Vec<u8>>,
 }
 
 #[derive(Clone, Copy)]
-pub enum Stream {
+pub(super) enum Stream {
     Stdout,
     Stderr,
 }
 
 impl Console {
-    pub fn new(msg: &str) -> Self {
+    pub(super) fn new(msg: &str) -> Self {
         Console {
             bar: Progress::spinner(msg),
             stdout: Mutex::default(),
@@ -27,7 +27,7 @@ impl Console {
         }
     }
 
-    pub fn set_counts(&self, host: &str, objects: u64, bytes: u64) {
+    pub(super) fn set_counts(&self, host: &str, objects: u64, bytes: u64) {
         self.bar.set_message(format!(
             "{host} has fetched {objects} objects, {}",
             HumanBytes(bytes)
@@ -35,7 +35,7 @@ impl Console {
     }
 
     /// Pass remote output through, a whole line at a time so the bar never splits one.
-    pub fn write(&self, stream: Stream, data: &[u8]) {
+    pub(super) fn write(&self, stream: Stream, data: &[u8]) {
         let buf = match stream {
             Stream::Stdout => &self.stdout,
             Stream::Stderr => &self.stderr,
@@ -62,7 +62,7 @@ impl Console {
     }
 
     /// Print what is left of unterminated lines, at the end of a remote command.
-    pub fn flush(&self) {
+    pub(super) fn flush(&self) {
         for stream in [Stream::Stdout, Stream::Stderr] {
             let buf = match stream {
                 Stream::Stdout => &self.stdout,
@@ -76,7 +76,7 @@ impl Console {
     }
 
     /// Flush and remove the bar.
-    pub fn finish(&self) {
+    pub(super) fn finish(&self) {
         self.flush();
         self.bar.clear();
     }

@@ -6,7 +6,7 @@ use std::fmt;
 use std::str::FromStr;
 
 /// The SSH port used when the destination names none.
-pub const DEFAULT_PORT: u16 = 22;
+pub(super) const DEFAULT_PORT: u16 = 22;
 
 /// A remote repository reached over SSH.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -23,6 +23,7 @@ pub struct Destination {
 }
 
 impl Destination {
+    /// The SSH port: the one given, else 22.
     pub fn port(&self) -> u16 {
         self.port.unwrap_or(DEFAULT_PORT)
     }

@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 
 /// What the known_hosts files say about a host's key.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum HostKeyStatus {
+pub(super) enum HostKeyStatus {
     /// A line for this host holds this key.
     Known,
     /// No line for this host holds a key of this type.
@@ -27,7 +27,7 @@ pub enum HostKeyStatus {
 
 /// The name a host is recorded under: `host`, or `[host]:port` off port 22. Lowercase,
 /// as OpenSSH compares names.
-pub fn host_entry_name(host: &str, port: u16) -> String {
+pub(super) fn host_entry_name(host: &str, port: u16) -> String {
     let host = host.to_ascii_lowercase();
     if port == 22 {
         host
@@ -129,7 +129,7 @@ fn wildcard_match(pattern: &str, name: &str) -> bool {
 /// Check `key` for `host`:`port` against the files in order. Missing files count as
 /// empty. A key known in any file wins; otherwise a different key of the same type for
 /// the host is a change.
-pub fn check(files: &[PathBuf], host: &str, port: u16, key: &PublicKey) -> Result<HostKeyStatus> {
+pub(super) fn check(files: &[PathBuf], host: &str, port: u16, key: &PublicKey) -> Result<HostKeyStatus> {
     let name = host_entry_name(host, port);
     let mut changed = None;
     for path in files {
@@ -168,7 +168,7 @@ pub fn check(files: &[PathBuf], host: &str, port: u16, key: &PublicKey) -> Resul
 }
 
 /// The key types recorded for a host, so that key exchange can ask for one of them.
-pub fn known_algorithms(
+pub(super) fn known_algorithms(
     files: &[PathBuf],
     host: &str,
     port: u16,
@@ -192,7 +192,7 @@ pub fn known_algorithms(
 }
 
 /// Append `host`'s key to `path`, creating the file (and its directory, private) if needed.
-pub fn learn(path: &Path, host: &str, port: u16, key: &PublicKey) -> Result<()> {
+pub(super) fn learn(path: &Path, host: &str, port: u16, key: &PublicKey) -> Result<()> {
     let what = || format!("adding the host key of {host} to {}", path.display());
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         if !dir.exists() {

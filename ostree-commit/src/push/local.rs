@@ -10,7 +10,7 @@ use std::path::Path;
 /// Check `refs` exist in the archive repo at `path` (all of its refs when empty), and
 /// regenerate the summary if it is missing or does not match the refs. Returns the refs
 /// with their commits.
-pub fn prepare(path: &Path, refs: &[String]) -> Result<BTreeMap<String, String>> {
+pub(super) fn prepare(path: &Path, refs: &[String]) -> Result<BTreeMap<String, String>> {
     let repo = repo::open_archive(path)?;
     let local = local_refs(&repo)?;
     let missing: Vec<&str> = refs

@@ -24,7 +24,7 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
 const KEEPALIVE: Duration = Duration::from_secs(15);
 
 /// How the server's host key is checked.
-pub struct HostKeyPolicy {
+pub(super) struct HostKeyPolicy {
     pub host: String,
     pub port: u16,
     /// Files to look the key up in, in order.
@@ -157,7 +157,7 @@ impl client::Handler for Client {
 
 /// How a remote command ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum RemoteExit {
+pub(super) enum RemoteExit {
     Status(u32),
     Signal(String),
     /// The channel closed without either.
@@ -165,21 +165,21 @@ pub enum RemoteExit {
 }
 
 /// A logged-in SSH connection whose forwarded connections are served by the tunnel.
-pub struct Connection {
+pub(super) struct Connection {
     handle: Handle<Client>,
     forward_port: Arc<AtomicU32>,
     host: String,
 }
 
 /// Where the keys to offer come from, in this order.
-pub struct Keys<'a> {
+pub(super) struct Keys<'a> {
     pub identities: &'a [PathBuf],
     /// The directory holding `id_ed25519` etc., usually `~/.ssh`.
     pub ssh_dir: Option<&'a Path>,
 }
 
 /// Connect, verify the host and log in as `user`.
-pub async fn connect(
+pub(super) async fn connect(
     policy: HostKeyPolicy,
     user: &str,
     keys: &Keys<'_>,
@@ -423,7 +423,7 @@ impl Auth<'_> {
 impl Connection {
     /// Ask the server to forward a port of its own to us, as ostree-push does: address
     /// `localhost`, port chosen by the server. Returns that port.
-    pub async fn forward(&self) -> Result<u32> {
+    pub(super) async fn forward(&self) -> Result<u32> {
         let port = self
             .handle
             .tcpip_forward(FORWARD_ADDRESS, 0)
@@ -446,7 +446,7 @@ impl Connection {
     }
 
     /// Run `command` on a new session channel, passing its output to the console.
-    pub async fn run(&self, command: &str, console: &Console) -> Result<RemoteExit> {
+    pub(super) async fn run(&self, command: &str, console: &Console) -> Result<RemoteExit> {
         let what = || format!("running `{command}` on {}", self.host);
         let mut channel = self
             .handle
@@ -475,7 +475,7 @@ impl Connection {
         Ok(exit)
     }
 
-    pub async fn disconnect(self) {
+    pub(super) async fn disconnect(self) {
         // The work is done; a failure to say goodbye changes nothing.
         let _ = self
             .handle

@@ -15,7 +15,7 @@ use tower::ServiceExt;
 
 /// What the receiver has fetched so far.
 #[derive(Debug, Default)]
-pub struct Stats {
+pub(super) struct Stats {
     objects: AtomicU64,
     bytes: AtomicU64,
     requests: AtomicU64,
@@ -23,41 +23,41 @@ pub struct Stats {
 
 impl Stats {
     /// Objects (`/objects/…`) served in full.
-    pub fn objects(&self) -> u64 {
+    pub(super) fn objects(&self) -> u64 {
         self.objects.load(Ordering::Relaxed)
     }
 
     /// Response body bytes sent, of every request.
-    pub fn bytes(&self) -> u64 {
+    pub(super) fn bytes(&self) -> u64 {
         self.bytes.load(Ordering::Relaxed)
     }
 
-    pub fn requests(&self) -> u64 {
+    pub(super) fn requests(&self) -> u64 {
         self.requests.load(Ordering::Relaxed)
     }
 }
 
 /// The repository served into the tunnel.
 #[derive(Clone)]
-pub struct Tunnel {
+pub(super) struct Tunnel {
     router: axum::Router,
     stats: Arc<Stats>,
 }
 
 impl Tunnel {
-    pub fn new(router: axum::Router) -> Self {
+    pub(super) fn new(router: axum::Router) -> Self {
         Tunnel {
             router,
             stats: Arc::default(),
         }
     }
 
-    pub fn stats(&self) -> Arc<Stats> {
+    pub(super) fn stats(&self) -> Arc<Stats> {
         self.stats.clone()
     }
 
     /// Serve HTTP/1.1 on one tunnelled connection until the receiver closes it.
-    pub async fn serve_connection<S>(self, stream: S)
+    pub(super) async fn serve_connection<S>(self, stream: S)
     where
         S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
