@@ -43,8 +43,9 @@ impl Sysroot {
             ("root", 0o700),
         ] {
             let p = path.join(dir);
-            fs::create_dir_all(&p)?;
-            fs::set_permissions(&p, fs::Permissions::from_mode(mode))?;
+            fs::create_dir_all(&p)
+                .and_then(|()| fs::set_permissions(&p, fs::Permissions::from_mode(mode)))
+                .with_context(|| format!("creating {}", p.display()))?;
         }
         let inner = ostree::Sysroot::new(Some(&gio::File::for_path(path)));
         inner

@@ -122,25 +122,25 @@ pub fn bootstrap(spec: &Bootstrap, output: &Path) -> Result<TreeInfo> {
 /// The settings a bootable appliance needs beyond the packages: identity, network, mounts.
 fn configure(spec: &Bootstrap, dir: &Path) -> Result<()> {
     let etc = dir.join("etc");
-    fs::write(etc.join("hostname"), format!("{}\n", spec.hostname))?;
-    fs::write(
-        etc.join("hosts"),
-        format!(
+    write(&etc.join("hostname"), &format!("{}\n", spec.hostname))?;
+    write(
+        &etc.join("hosts"),
+        &format!(
             "127.0.0.1\tlocalhost\n127.0.1.1\t{}\n::1\tlocalhost ip6-localhost ip6-loopback\n",
             spec.hostname
         ),
     )?;
     // ostree-prepare-root mounts / and /sysroot; nothing else needs mounting.
-    fs::write(
-        etc.join("fstab"),
+    write(
+        &etc.join("fstab"),
         "# The root filesystem is mounted by ostree-prepare-root.\n",
     )?;
     // An empty machine-id makes systemd generate one on each device's first boot.
-    fs::write(etc.join("machine-id"), "")?;
+    write(&etc.join("machine-id"), "")?;
     let network = etc.join("systemd/network");
-    fs::create_dir_all(&network)?;
-    fs::write(
-        network.join("80-dhcp.network"),
+    fs::create_dir_all(&network).with_context(|| format!("creating {}", network.display()))?;
+    write(
+        &network.join("80-dhcp.network"),
         "[Match]\nName=en* eth*\n\n[Network]\nDHCP=yes\n",
     )?;
     cmd::run(
@@ -151,6 +151,10 @@ fn configure(spec: &Bootstrap, dir: &Path) -> Result<()> {
     )
     .context("enabling systemd-networkd")?;
     Ok(())
+}
+
+fn write(path: &Path, content: &str) -> Result<()> {
+    fs::write(path, content).with_context(|| format!("writing {}", path.display()))
 }
 
 fn copy_overlay(overlay: &Path, dir: &Path) -> Result<()> {

@@ -129,7 +129,12 @@ fn wildcard_match(pattern: &str, name: &str) -> bool {
 /// Check `key` for `host`:`port` against the files in order. Missing files count as
 /// empty. A key known in any file wins; otherwise a different key of the same type for
 /// the host is a change.
-pub(super) fn check(files: &[PathBuf], host: &str, port: u16, key: &PublicKey) -> Result<HostKeyStatus> {
+pub(super) fn check(
+    files: &[PathBuf],
+    host: &str,
+    port: u16,
+    key: &PublicKey,
+) -> Result<HostKeyStatus> {
     let name = host_entry_name(host, port);
     let mut changed = None;
     for path in files {
