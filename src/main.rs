@@ -95,9 +95,9 @@ struct MakeImageArgs {
     /// Repository URL the builder pulls from, e.g. http://127.0.0.1:8080/repo/.
     #[arg(long)]
     url: String,
-    /// The ref to deploy.
+    /// The ref to deploy [default: the only ref the server lists].
     #[arg(long)]
-    branch: String,
+    branch: Option<String>,
     /// The disk image to write (raw).
     #[arg(long)]
     output: PathBuf,
@@ -285,7 +285,7 @@ fn run(cli: Cli) -> Result<()> {
             rt.block_on(ostree_serve::serve_config(&cfg))?;
         }
         Command::MakeImage(a) => {
-            let mut spec = image_builder::ImageSpec::new(&a.url, &a.branch);
+            let mut spec = image_builder::ImageSpec::new(&a.url, a.branch.as_deref());
             spec.remote_url = a.remote_url;
             spec.remote_name = a.remote_name;
             spec.size = a.size;

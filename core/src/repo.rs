@@ -1,7 +1,8 @@
 //! The one way to open or create an OSTree repository.
 
 use anyhow::{Context, Result};
-use ostree::gio;
+use ostree::{gio, glib};
+use std::collections::BTreeMap;
 use std::path::Path;
 
 /// Open an existing repository, naming the path if it is not one.
@@ -49,6 +50,63 @@ pub fn resolve(repo: &ostree::Repo, refspec: &str) -> Result<Option<String>> {
         .map(|s| s.to_string()))
 }
 
+/// The refs a summary file lists with their commits, or `None` if it does not parse.
+pub fn summary_refs(data: &[u8]) -> Option<BTreeMap<String, String>> {
+    // (a(s(taya{sv}))a{sv}): per ref its name, then (size, checksum, metadata).
+    let ty = glib::VariantTy::new("(a(s(taya{sv}))a{sv})").ok()?;
+    let summary = glib::Variant::from_data_with_type(data.to_vec(), ty);
+    if !summary.is_normal_form() {
+        return None;
+    }
+    let list = summary.try_child_value(0)?;
+    let mut refs = BTreeMap::new();
+    for entry in list.iter() {
+        let name = entry.try_child_value(0)?.str()?.to_string();
+        let checksum = entry.try_child_value(1)?.try_child_value(1)?;
+        let bytes = checksum.fixed_array::<u8>().ok()?;
+        let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+        refs.insert(name, hex);
+    }
+    Some(refs)
+}
+
+/// The refs the repository at `url` lists in its summary, with their commits.
+///
+/// A mirror pull of the commit objects alone into a throwaway repository does it through
+/// libostree, so nothing else is touched. (The `ostree` crate's `remote_fetch_summary`
+/// cannot be used: it panics on a server without `summary.sig`.)
+pub fn remote_refs(url: &str) -> Result<BTreeMap<String, String>> {
+    let dir = tempfile::Builder::new()
+        .prefix("osbuild-refs-")
+        .tempdir()
+        .context("creating a temporary repository")?;
+    let repo = ostree::Repo::new_for_path(dir.path());
+    repo.create(ostree::RepoMode::BareUser, gio::Cancellable::NONE)
+        .context("creating a temporary repository")?;
+    let remote = glib::VariantDict::new(None);
+    remote.insert("gpg-verify", false);
+    repo.remote_add(
+        "server",
+        Some(url),
+        Some(&remote.end()),
+        gio::Cancellable::NONE,
+    )
+    .with_context(|| format!("adding a remote for {url}"))?;
+    let opts = glib::VariantDict::new(None);
+    let flags = ostree::RepoPullFlags::MIRROR | ostree::RepoPullFlags::COMMIT_ONLY;
+    opts.insert("flags", flags.bits() as i32);
+    repo.pull_with_options("server", &opts.end(), None, gio::Cancellable::NONE)
+        .with_context(|| {
+            format!("listing the refs of {url} (its summary lists them: `ostree summary -u`)")
+        })?;
+    let flags = ostree::RepoListRefsExtFlags::EXCLUDE_REMOTES;
+    Ok(repo
+        .list_refs_ext(None, flags, gio::Cancellable::NONE)
+        .with_context(|| format!("listing the refs pulled from {url}"))?
+        .into_iter()
+        .collect())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -60,6 +118,37 @@ mod tests {
         create_archive(&path).unwrap();
         let repo = open_archive(&path).unwrap();
         assert_eq!(resolve(&repo, "nothing").unwrap(), None);
+    }
+
+    #[test]
+    fn remote_refs_reads_the_summary() {
+        use crate::cmd;
+        use std::process::Command;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("repo");
+        let tree = dir.path().join("tree");
+        std::fs::create_dir_all(tree.join("usr")).unwrap();
+        std::fs::write(tree.join("usr/hello"), "hello").unwrap();
+        create_archive(&path).unwrap();
+        let url = format!("file://{}", path.display());
+        let err = format!("{:#}", remote_refs(&url).unwrap_err());
+        assert!(err.contains("ostree summary -u"), "{err}");
+        let repo_arg = format!("--repo={}", path.display());
+        let mut commits = Vec::new();
+        for branch in ["os/a", "os/b"] {
+            let out = cmd::run(Command::new("ostree").args([
+                "commit",
+                &repo_arg,
+                &format!("--branch={branch}"),
+                &format!("--tree=dir={}", tree.display()),
+                &format!("--subject={branch}"),
+            ]))
+            .unwrap();
+            commits.push((branch.to_string(), out.trim().to_string()));
+        }
+        cmd::run(Command::new("ostree").args(["summary", "-u", &repo_arg])).unwrap();
+        let refs = remote_refs(&url).unwrap();
+        assert_eq!(refs.into_iter().collect::<Vec<_>>(), commits);
     }
 
     #[test]

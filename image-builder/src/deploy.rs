@@ -89,10 +89,14 @@ impl Sysroot {
         )
         .with_context(|| format!("adding remote {} ({remote_url})", spec.remote_name))?;
 
-        let checksum = crate::pull::pull(&repo, &spec.remote_name, &spec.branch, &spec.url)?;
+        let branch = match &spec.branch {
+            Some(branch) => branch.clone(),
+            None => crate::pull::only_ref(&spec.url)?,
+        };
+        let checksum = crate::pull::pull(&repo, &spec.remote_name, &branch, &spec.url)?;
         self.deploy(
             &spec.os,
-            &format!("{}:{}", spec.remote_name, spec.branch),
+            &format!("{}:{branch}", spec.remote_name),
             &checksum,
             &spec.kernel_args(),
         )

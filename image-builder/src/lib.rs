@@ -22,8 +22,8 @@ pub const ROOT_LABEL: &str = "osbuild-root";
 pub struct ImageSpec {
     /// Where the builder pulls from.
     pub url: String,
-    /// The ref to deploy.
-    pub branch: String,
+    /// The ref to deploy; when unset, the only ref the server's summary lists.
+    pub branch: Option<String>,
     /// The URL the device pulls upgrades from; `url` when unset.
     pub remote_url: Option<String>,
     /// The remote's name in the device's repo config.
@@ -40,10 +40,10 @@ pub struct ImageSpec {
 
 impl ImageSpec {
     /// The defaults: remote `origin`, stateroot `debian`, 4 GiB, syslinux.
-    pub fn new(url: &str, branch: &str) -> Self {
+    pub fn new(url: &str, branch: Option<&str>) -> Self {
         ImageSpec {
             url: url.to_string(),
-            branch: branch.to_string(),
+            branch: branch.map(str::to_string),
             remote_url: None,
             remote_name: "origin".into(),
             os: "debian".into(),

@@ -36,7 +36,7 @@ fn image_holds_a_bootable_deployment() {
     let dir = tempfile::tempdir().unwrap();
     let (url, csum) = commit_tiny(dir.path());
     let output = dir.path().join("disk.img");
-    let mut spec = image_builder::ImageSpec::new(&url, "test/x86_64");
+    let mut spec = image_builder::ImageSpec::new(&url, Some("test/x86_64"));
     spec.remote_url = Some("http://10.0.2.2:8080/repo/".into());
     spec.size = 512 << 20;
     let image = image_builder::make_image(&spec, &output).unwrap();

@@ -2,7 +2,6 @@
 //! them as they are, because the receiver learns the refs only from the summary.
 
 use anyhow::{bail, Context, Result};
-use osbuild_core::glib;
 use osbuild_core::{gio, ostree, repo};
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -32,7 +31,7 @@ pub(super) fn prepare(path: &Path, refs: &[String]) -> Result<BTreeMap<String, S
 
     let summary = path.join("summary");
     let fresh = match std::fs::read(&summary) {
-        Ok(data) => summary_refs(data).as_ref() == Some(&local),
+        Ok(data) => repo::summary_refs(&data).as_ref() == Some(&local),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => false,
         Err(e) => return Err(e).with_context(|| format!("reading {}", summary.display())),
     };
@@ -61,26 +60,6 @@ fn local_refs(repo: &ostree::Repo) -> Result<BTreeMap<String, String>> {
         .context("listing the refs")?
         .into_iter()
         .collect())
-}
-
-/// The refs a summary file lists, or `None` if it does not parse.
-fn summary_refs(data: Vec<u8>) -> Option<BTreeMap<String, String>> {
-    // (a(s(taya{sv}))a{sv}): per ref its name, then (size, checksum, metadata).
-    let ty = glib::VariantTy::new("(a(s(taya{sv}))a{sv})").ok()?;
-    let summary = glib::Variant::from_data_with_type(data, ty);
-    if !summary.is_normal_form() {
-        return None;
-    }
-    let list = summary.try_child_value(0)?;
-    let mut refs = BTreeMap::new();
-    for entry in list.iter() {
-        let name = entry.try_child_value(0)?.str()?.to_string();
-        let checksum = entry.try_child_value(1)?.try_child_value(1)?;
-        let bytes = checksum.fixed_array::<u8>().ok()?;
-        let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
-        refs.insert(name, hex);
-    }
-    Some(refs)
 }
 
 #[cfg(test)]
@@ -114,14 +93,14 @@ mod tests {
         let summary = r.join("summary");
         fs::write(r.join("refs/heads/b"), format!("{}\n", a.checksum)).unwrap();
         let before = fs::read(&summary).unwrap();
-        assert_eq!(summary_refs(before.clone()).unwrap().len(), 1);
+        assert_eq!(repo::summary_refs(&before).unwrap().len(), 1);
         let got = prepare(&r, &["b".into()]).unwrap();
         assert_eq!(
             got.into_iter().collect::<Vec<_>>(),
             vec![("b".to_string(), a.checksum.clone())]
         );
         let after = fs::read(&summary).unwrap();
-        assert_eq!(summary_refs(after.clone()).unwrap().len(), 2);
+        assert_eq!(repo::summary_refs(&after).unwrap().len(), 2);
 
         // Up to date: left alone.
         let mtime = fs::metadata(&summary).unwrap().modified().unwrap();
@@ -132,8 +111,8 @@ mod tests {
         fs::write(&summary, b"garbage").unwrap();
         prepare(&r, &[]).unwrap();
         assert_eq!(
-            summary_refs(fs::read(&summary).unwrap()),
-            summary_refs(after)
+            repo::summary_refs(&fs::read(&summary).unwrap()),
+            repo::summary_refs(&after)
         );
         fs::remove_file(&summary).unwrap();
         assert_eq!(prepare(&r, &[]).unwrap().len(), 2);
