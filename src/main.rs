@@ -57,9 +57,10 @@ struct BootstrapArgs {
     /// Static hostname.
     #[arg(long, default_value = "osbuild")]
     hostname: String,
-    /// Directory copied over the tree before conversion (with /etc at /etc).
-    #[arg(long)]
-    overlay: Option<PathBuf>,
+    /// Directory copied over the tree before conversion (with /etc at /etc); repeatable,
+    /// applied in order.
+    #[arg(long = "overlay")]
+    overlays: Vec<PathBuf>,
 }
 
 #[derive(clap::Args)]
@@ -260,12 +261,15 @@ fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Bootstrap(a) => {
             let spec = ostree_commit::Bootstrap {
-                suite: a.suite,
-                mirror: a.mirror,
-                kernel: a.kernel,
-                packages: a.packages,
+                base: ostree_commit::Base::Debian(ostree_commit::Debian {
+                    suite: a.suite,
+                    mirror: a.mirror,
+                    kernel: a.kernel,
+                    packages: a.packages,
+                    ..Default::default()
+                }),
                 hostname: a.hostname,
-                overlay: a.overlay,
+                overlays: a.overlays,
             };
             let info = ostree_commit::bootstrap(&spec, &a.output)?;
             eprintln!("Bootstrapped {} (kernel {})", a.output.display(), info.kver);

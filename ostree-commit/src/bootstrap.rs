@@ -2,86 +2,32 @@
 //! ostree-capable initramfs and converted to the OSTree layout.
 
 use crate::layout::{self, TreeInfo};
+use crate::source::Base;
 use anyhow::{Context, Result};
 use osbuild_core::{cmd, fsutil::Staging, progress::Progress};
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-/// Packages every bootable tree needs: a kernel, an init, udev, the ostree boot integration
-/// (prepare-root, finalize-staged, the dracut module) and dracut to build the initramfs.
-pub(crate) const BASE_PACKAGES: &[&str] = &[
-    "systemd-sysv",
-    "udev",
-    "dbus",
-    "ostree",
-    "ostree-boot",
-    "dracut",
-    "e2fsprogs",
-    "kmod",
-    "iproute2",
-];
-
 /// What to bootstrap.
 #[derive(Debug, Clone)]
 pub struct Bootstrap {
-    /// Debian or Ubuntu suite, e.g. `bookworm`.
-    pub suite: String,
-    /// Archive mirror; mmdebstrap's default when unset.
-    pub mirror: Option<String>,
-    /// The kernel package.
-    pub kernel: String,
-    /// Packages beyond the base set.
-    pub packages: Vec<String>,
+    /// Where the root filesystem comes from.
+    pub base: Base,
     /// The static hostname.
     pub hostname: String,
-    /// A directory copied over the tree (with /etc still at /etc) before conversion.
-    pub overlay: Option<PathBuf>,
+    /// Directories copied over the tree in order (with /etc still at /etc) before
+    /// conversion.
+    pub overlays: Vec<PathBuf>,
 }
 
 impl Default for Bootstrap {
     fn default() -> Self {
         Bootstrap {
-            suite: "bookworm".into(),
-            mirror: None,
-            kernel: "linux-image-cloud-amd64".into(),
-            packages: Vec::new(),
+            base: Base::default(),
             hostname: "osbuild".into(),
-            overlay: None,
+            overlays: Vec::new(),
         }
-    }
-}
-
-impl Bootstrap {
-    /// The complete package list given to mmdebstrap.
-    pub fn package_list(&self) -> Vec<String> {
-        let mut pkgs = vec![self.kernel.clone()];
-        pkgs.extend(BASE_PACKAGES.iter().map(|s| s.to_string()));
-        pkgs.extend(self.packages.iter().cloned());
-        pkgs
-    }
-
-    /// The mmdebstrap command that builds the tree into `dir`.
-    fn mmdebstrap(&self, dir: &Path) -> Command {
-        let mut cmd = Command::new("mmdebstrap");
-        cmd.arg("--mode=root")
-            .arg("--variant=minbase")
-            .arg(format!("--include={}", self.package_list().join(",")))
-            // dracut needs /proc, /sys and /dev, which mmdebstrap mounts only while hooks run.
-            // The distro initramfs is host-only at best: rebuild it generic, with the ostree
-            // module that ostree-boot ships.
-            .arg(
-                "--customize-hook=for m in \"$1\"/usr/lib/modules/*; do k=${m##*/}; \
-                 chroot \"$1\" dracut --no-hostonly --force --reproducible -a ostree \
-                 --kver \"$k\" \"/usr/lib/modules/$k/initramfs.img\" || exit 1; \
-                 rm -f \"$1/boot/initrd.img-$k\"; done",
-            )
-            .arg(&self.suite)
-            .arg(dir);
-        if let Some(mirror) = &self.mirror {
-            cmd.arg(mirror);
-        }
-        cmd
     }
 }
 
@@ -94,7 +40,9 @@ pub fn bootstrap(spec: &Bootstrap, output: &Path) -> Result<TreeInfo> {
             output.display()
         );
     }
-    if let Some(overlay) = &spec.overlay {
+    let source = spec.base.source();
+    source.check()?;
+    for overlay in &spec.overlays {
         if !overlay.is_dir() {
             anyhow::bail!("overlay {} is not a directory", overlay.display());
         }
@@ -103,15 +51,13 @@ pub fn bootstrap(spec: &Bootstrap, output: &Path) -> Result<TreeInfo> {
     let dir = staging.path();
     fs::create_dir(dir).with_context(|| format!("creating {}", dir.display()))?;
 
-    let progress = Progress::spinner(format!(
-        "Bootstrapping Debian {} with mmdebstrap",
-        spec.suite
-    ));
-    cmd::run(&mut spec.mmdebstrap(dir)).context("bootstrapping with mmdebstrap")?;
-    progress.finish("Bootstrapped the base system");
+    let what = source.describe();
+    let progress = Progress::spinner(format!("Bootstrapping {what}"));
+    source.build(dir)?;
+    progress.finish(format!("Bootstrapped {what}"));
 
     configure(spec, dir).context("configuring the bootstrapped tree")?;
-    if let Some(overlay) = &spec.overlay {
+    for overlay in &spec.overlays {
         copy_overlay(overlay, dir)?;
     }
     let info = layout::convert(dir).context("converting the tree to the OSTree layout")?;
@@ -143,6 +89,13 @@ fn configure(spec: &Bootstrap, dir: &Path) -> Result<()> {
         &network.join("80-dhcp.network"),
         "[Match]\nName=en* eth*\n\n[Network]\nDHCP=yes\n",
     )?;
+    if !dir
+        .join("usr/lib/systemd/system/systemd-networkd.service")
+        .exists()
+    {
+        // A base without systemd-networkd brings its own network setup.
+        return Ok(());
+    }
     cmd::run(
         // The tree's own systemctl: enabling works offline in a chroot.
         Command::new("chroot")

@@ -5,8 +5,10 @@ mod bootstrap;
 mod commit;
 mod layout;
 mod push;
+mod source;
 
 pub use bootstrap::{bootstrap, Bootstrap};
 pub use commit::{commit, Commit, CommitOptions};
 pub use layout::{convert, validate, TreeError, TreeInfo};
 pub use push::{push, Destination, PushOptions, PushOutcome};
+pub use source::{Base, Debian, Directory, Tarball};
