@@ -60,7 +60,7 @@ pub struct RouterOptions {
 impl Default for RouterOptions {
     fn default() -> Self {
         RouterOptions {
-            cache_bytes: crate::config::DEFAULT_CACHE_SIZE_MIB << 20,
+            cache_bytes: crate::ServeConfig::default().cache_size() << 20,
         }
     }
 }
