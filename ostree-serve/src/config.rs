@@ -33,7 +33,7 @@ trait Setting: Sized {
 
 impl Setting for PathBuf {
     fn value_parser() -> clap::builder::ValueParser {
-        clap::value_parser!(PathBuf).into()
+        clap::value_parser!(PathBuf)
     }
 }
 

@@ -60,6 +60,18 @@ pub struct Server {
     threads: usize,
 }
 
+impl std::fmt::Debug for Server {
+    // The router and the TLS acceptor have no Debug; the address says which server it is.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Server")
+            .field("listener", &self.listener)
+            .field("tls", &self.shared.tls.is_some())
+            .field("max_connections", &self.max_connections)
+            .field("threads", &self.threads)
+            .finish_non_exhaustive()
+    }
+}
+
 impl Server {
     /// Serve `repo` (which must be archive mode) on `addr` with the default settings and
     /// no access log: the form for embedding and tests.

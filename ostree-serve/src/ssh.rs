@@ -32,6 +32,7 @@ pub struct SshOptions {
     pub authorized_keys: PathBuf,
     /// The served repository: the only path pushes may name.
     pub repo: PathBuf,
+    /// What pushes may do.
     pub policy: Policy,
 }
 
@@ -43,7 +44,6 @@ struct Shared {
 }
 
 /// A bound SSH listener.
-#[allow(missing_debug_implementations)] // russh's server config has no Debug
 pub struct SshServer {
     listener: TcpListener,
     config: Arc<russh::server::Config>,
@@ -78,6 +78,16 @@ fn load_or_generate_host_key(path: &Path) -> Result<PrivateKey> {
     }
     russh::keys::load_secret_key(path, None)
         .map_err(|e| anyhow::anyhow!("loading SSH host key {}: {e}", path.display()))
+}
+
+impl std::fmt::Debug for SshServer {
+    // russh's config holds the host key: leave it out.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SshServer")
+            .field("listener", &self.listener)
+            .field("repo", &self.shared.repo)
+            .finish_non_exhaustive()
+    }
 }
 
 impl SshServer {

@@ -302,7 +302,7 @@ mod tests {
         assert!(parse(&["osbuild", "make-image", "--url", "u", "--size", "lots"]).is_err());
         let cli = parse(&["osbuild", "status", "--json"]).unwrap();
         assert!(
-            matches!(cli.verb(), Command::Status(a) if a.json && a.sysroot == PathBuf::from("/"))
+            matches!(cli.verb(), Command::Status(a) if a.json && a.sysroot == std::path::Path::new("/"))
         );
     }
 }
