@@ -29,17 +29,27 @@ trait Setting: Sized {
     fn is_on(value: &Option<Self>) -> bool {
         value.is_some()
     }
+    /// The value as an error message names it (none for a switch).
+    fn shown(&self) -> Option<String> {
+        None
+    }
 }
 
 impl Setting for PathBuf {
     fn value_parser() -> clap::builder::ValueParser {
         clap::value_parser!(PathBuf)
     }
+    fn shown(&self) -> Option<String> {
+        Some(self.display().to_string())
+    }
 }
 
 impl Setting for SocketAddr {
     fn value_parser() -> clap::builder::ValueParser {
         clap::value_parser!(SocketAddr).into()
+    }
+    fn shown(&self) -> Option<String> {
+        Some(self.to_string())
     }
 }
 
@@ -86,10 +96,11 @@ fn available_threads() -> usize {
     std::thread::available_parallelism().map_or(1, |n| n.get())
 }
 
-/// `--flag` and `key` of a field name.
-fn flag_and_key(field: &str) -> String {
+/// `--flag` and `key` of a field name, with the value when there is one to show.
+fn flag_and_key(field: &str, value: Option<String>) -> String {
     let key = field.replace('_', "-");
-    format!("--{key} (`{key}` in the config file)")
+    let value = value.map(|v| format!(" {v}")).unwrap_or_default();
+    format!("--{key}{value} (`{key}` in the config file)")
 }
 
 macro_rules! settings {
@@ -154,10 +165,11 @@ macro_rules! settings {
                 let mut missing = Vec::new();
                 $($($(
                     if Setting::is_on(&self.$field) && !Setting::is_on(&self.$need) {
+                        let value = self.$field.as_ref().and_then(Setting::shown);
                         missing.push(format!(
                             "{} needs {}",
-                            flag_and_key(stringify!($field)),
-                            flag_and_key(stringify!($need))
+                            flag_and_key(stringify!($field), value),
+                            flag_and_key(stringify!($need), None)
                         ));
                     }
                 )+)?)+
@@ -331,7 +343,7 @@ impl ServeConfig {
         if self.repo.is_none() {
             problems.push(format!(
                 "no repository to serve: set {}",
-                flag_and_key("repo")
+                flag_and_key("repo", None)
             ));
         }
         problems.extend(self.missing_needs());
