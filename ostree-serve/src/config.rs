@@ -86,6 +86,8 @@ impl Setting for bool {
 /// A flag's help: its documentation, then its default when it has one.
 fn help_text(doc: &[&str], default: Option<String>) -> String {
     let text = doc.iter().map(|l| l.trim()).collect::<Vec<_>>().join(" ");
+    // As clap shows a one-paragraph doc comment: without the final full stop.
+    let text = text.strip_suffix('.').unwrap_or(&text).to_string();
     match default {
         Some(d) => format!("{text} [default: {d}]"),
         None => text,
