@@ -1,4 +1,4 @@
-//! `osbuild serve` settings, declared once: every row of the [`settings!`] table below names
+//! `osbuild serve` settings, declared once: every row of the `settings!` table below names
 //! a setting's type, value name, whether it is a path (relative to the config file when it
 //! comes from one), its default, what it needs, and its documentation. From that one row
 //! come the config file key (the field in kebab case), the flag (`--` and the key), the

@@ -17,5 +17,5 @@ pub mod ssh;
 mod tls;
 
 pub use config::{ServeConfig, Settings, TlsFiles};
-pub use http::{router, router_with, RouterOptions};
+pub use http::router;
 pub use server::{serve_config, Server};

@@ -146,7 +146,7 @@ fn say(log: &mut dyn Write, args: &ReceiveArgs, msg: &str) {
 }
 
 /// Refuse a push that names another repository than the served one.
-pub fn check_served(requested: &str, served: &Path) -> Result<()> {
+pub(crate) fn check_served(requested: &str, served: &Path) -> Result<()> {
     let same = match (Path::new(requested).canonicalize(), served.canonicalize()) {
         (Ok(a), Ok(b)) => a == b,
         _ => false,
