@@ -228,11 +228,8 @@ impl Connection {
                 .ok()
                 .and_then(|w| w.first().cloned())
                 .unwrap_or_default();
-            let name = Path::new(&first)
-                .file_name()
-                .map(|n| n.to_string_lossy().into_owned())
-                .unwrap_or_default();
-            if name != "osbuild" && !receive::COMMANDS.contains(&name.as_str()) {
+            let is_osbuild = Path::new(&first).file_name() == Some("osbuild".as_ref());
+            if !is_osbuild && !receive::is_receiver(&first) {
                 return Err(Refusal::Exit(
                     ExitStatus::Error,
                     format!("forced command {forced:?} cannot run on this server"),

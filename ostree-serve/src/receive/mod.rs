@@ -160,9 +160,9 @@ pub(crate) fn check_served(requested: &str, served: &Path) -> Result<()> {
     Ok(())
 }
 
-/// Run one receive as a command does (`osbuild receive`, `ostree-receive-1`): check the
-/// repository against `served` when the server restricts it, report to `log`, and return
-/// the protocol's exit status.
+/// Run one receive as a command does (`osbuild receive`, `ostree-receive-1`), its
+/// arguments already parsed: check the repository against `served` when the server
+/// restricts it, report to `log`, and return the protocol's exit status.
 pub fn run(
     args: &ReceiveArgs,
     served: Option<&Path>,
@@ -175,12 +175,9 @@ pub fn run(
     match result {
         Ok(_) => ExitStatus::Ok,
         Err(e) => {
+            // The pusher may have gone away; the status still tells.
             let _ = writeln!(log, "error: {e:#}");
-            if e.downcast_ref::<UsageError>().is_some() {
-                ExitStatus::Usage
-            } else {
-                ExitStatus::Error
-            }
+            ExitStatus::Error
         }
     }
 }
