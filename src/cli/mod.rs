@@ -13,9 +13,9 @@ use std::ffi::OsString;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-pub use push::{CommitPushArgs, PushArgs, PushSshArgs};
-pub use receive::ReceiveArgs;
-pub use serve::ServeArgs;
+use push::{CommitPushArgs, PushArgs};
+use receive::ReceiveArgs;
+use serve::ServeArgs;
 
 /// Build, ship and upgrade immutable OSTree-based Debian systems.
 #[derive(Debug, Parser)]
@@ -27,7 +27,7 @@ pub struct Cli {
 
 /// The verbs.
 #[derive(Debug, Subcommand)]
-pub enum Command {
+pub(crate) enum Command {
     /// Bootstrap a minimal bootable Debian tree, converted to the OSTree layout.
     Bootstrap(BootstrapArgs),
     /// Commit an OSTree-ready tree into an archive repository (created if missing).
@@ -69,7 +69,8 @@ impl Cli {
     }
 
     /// The verb given.
-    pub fn verb(&self) -> &Command {
+    #[cfg(test)]
+    pub(crate) fn verb(&self) -> &Command {
         &self.command
     }
 }
@@ -84,7 +85,7 @@ pub fn usage_error(e: &clap::Error) -> ExitCode {
 
 /// Bootstrap a tree.
 #[derive(Debug, clap::Args)]
-pub struct BootstrapArgs {
+pub(crate) struct BootstrapArgs {
     /// Directory to create; must not exist.
     #[arg(long)]
     output: PathBuf,
@@ -110,7 +111,7 @@ pub struct BootstrapArgs {
 
 /// Commit a tree.
 #[derive(Debug, clap::Args)]
-pub struct CommitArgs {
+pub(crate) struct CommitArgs {
     /// Archive repository; created if it does not exist.
     #[arg(long)]
     repo: PathBuf,
@@ -144,7 +145,7 @@ impl CommitArgs {
 
 /// Make a disk image.
 #[derive(Debug, clap::Args)]
-pub struct MakeImageArgs {
+pub(crate) struct MakeImageArgs {
     /// Repository URL the builder pulls from, e.g. http://127.0.0.1:8080/repo/.
     #[arg(long)]
     url: String,
@@ -173,7 +174,7 @@ pub struct MakeImageArgs {
 
 /// Show deployments.
 #[derive(Debug, clap::Args)]
-pub struct StatusArgs {
+pub(crate) struct StatusArgs {
     /// The sysroot to inspect.
     #[arg(long, default_value = "/")]
     sysroot: PathBuf,

@@ -7,7 +7,7 @@ use std::process::ExitCode;
 
 /// Push refs.
 #[derive(Debug, clap::Args)]
-pub struct PushArgs {
+pub(crate) struct PushArgs {
     /// The local archive repository.
     #[arg(long)]
     repo: PathBuf,
@@ -21,7 +21,7 @@ pub struct PushArgs {
 
 /// Commit, then push the commit's ref.
 #[derive(Debug, clap::Args)]
-pub struct CommitPushArgs {
+pub(crate) struct CommitPushArgs {
     #[command(flatten)]
     commit: CommitArgs,
     /// ssh://[USER@]HOST[:PORT]/PATH or [USER@]HOST:PATH.
@@ -32,7 +32,7 @@ pub struct CommitPushArgs {
 
 /// How a push reaches the server and what it runs there.
 #[derive(Debug, clap::Args)]
-pub struct PushSshArgs {
+pub(crate) struct PushSshArgs {
     /// Only report what the server would update (passes -n to the receiver).
     #[arg(long, short = 'n')]
     dry_run: bool,

@@ -9,7 +9,7 @@ use std::process::ExitCode;
 
 /// Receive a push.
 #[derive(Debug, clap::Args)]
-pub struct ReceiveArgs {
+pub(crate) struct ReceiveArgs {
     /// Only accept pushes to this repository.
     #[arg(long)]
     repo: Option<PathBuf>,

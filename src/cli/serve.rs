@@ -8,7 +8,7 @@ use std::process::ExitCode;
 
 /// Serve a repository.
 #[derive(Debug, clap::Args)]
-pub struct ServeArgs {
+pub(crate) struct ServeArgs {
     /// TOML file of serve settings, keyed by the flag names (`tls-cert = "…"`); flags
     /// given here override it.
     #[arg(long, value_name = "FILE")]
