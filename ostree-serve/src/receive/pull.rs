@@ -232,9 +232,15 @@ mod tests {
 
     #[test]
     fn a_tunnel_that_never_answers_is_an_error_naming_the_url() {
-        // The kernel completes the connection into the listen queue; nobody answers.
+        // Accepts, reads the request, and never answers (until the test ends).
         let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let url = format!("http://{}/summary", silent.local_addr().unwrap());
+        let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
+        let server = std::thread::spawn(move || {
+            let (mut conn, _) = silent.accept().unwrap();
+            let _ = std::io::Read::read(&mut conn, &mut [0u8; 1024]);
+            let _ = done_rx.recv();
+        });
         let err = http_get(
             &url,
             Timeouts {
@@ -245,6 +251,8 @@ mod tests {
         .unwrap_err();
         let msg = format!("{err:#}");
         assert!(msg.contains(&url) && msg.contains("no response"), "{msg}");
+        drop(done_tx);
+        server.join().unwrap();
     }
 
     #[test]
