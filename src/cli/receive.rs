@@ -108,6 +108,23 @@ mod tests {
     }
 
     #[test]
+    fn switches_read_as_in_serve() {
+        for (flag, want) in [
+            ("--allow-force", true),
+            ("--allow-force=true", true),
+            ("--allow-force=false", false),
+            ("--allow-force=off", false),
+        ] {
+            let Command::Serve(serve) = parse(&["osbuild", "serve", flag]).unwrap().command else {
+                panic!("not serve")
+            };
+            let receive = receive(&["osbuild", "receive", flag]);
+            assert_eq!(serve.settings.allow_force, Some(want), "serve {flag}");
+            assert_eq!(receive.allow_force, want, "receive {flag}");
+        }
+    }
+
+    #[test]
     fn argv0_names_are_the_protocol_form() {
         for argv0 in ["ostree-receive-1", "/usr/local/bin/ostree-receive"] {
             let a = receive(&[

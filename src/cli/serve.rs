@@ -18,7 +18,7 @@ pub(crate) struct ServeArgs {
     #[arg(long)]
     print_config: bool,
     #[command(flatten)]
-    settings: ServeConfig,
+    pub(super) settings: ServeConfig,
 }
 
 impl ServeArgs {
