@@ -1,6 +1,10 @@
 //! Bad input through the real `osbuild` binary: a one-line error that names the thing,
 //! a non-zero exit, and nothing left behind.
 
+// Tests look at the exit status and output of the programs they run, which
+// osbuild_core::cmd turns into errors.
+#![allow(clippy::disallowed_methods)]
+
 use std::fs;
 use std::net::TcpListener;
 use std::path::Path;
@@ -356,4 +360,88 @@ fn serve_with_ssh_generates_host_key() {
     assert_eq!(mode, 0o600);
     let public = osbuild_testing::sshd::public_line_of(&host_key).unwrap();
     assert!(public.starts_with("ssh-ed25519 "), "{public}");
+}
+
+#[test]
+fn serve_print_config_merges_file_and_flags_and_reads_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("serve.toml");
+    // The keys --ssh needs are in the file, --ssh itself on the command line.
+    fs::write(
+        &file,
+        "repo = \"repo\"\nauthorized-keys = \"ak\"\nhost-key = \"hk\"\n",
+    )
+    .unwrap();
+    let out = osbuild(&[
+        "serve",
+        "--config",
+        file.to_str().unwrap(),
+        "--ssh",
+        "127.0.0.1:2222",
+        "--access-log=false",
+        "--print-config",
+    ]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let printed = dir.path().join("printed.toml");
+    fs::write(&printed, stdout.as_bytes()).unwrap();
+    let back = ostree_serve::ServeConfig::from_file(&printed).unwrap();
+    assert_eq!(back.repo, Some(dir.path().join("repo")), "{stdout}");
+    assert_eq!(back.authorized_keys, Some(dir.path().join("ak")));
+    assert_eq!(back.ssh, Some("127.0.0.1:2222".parse().unwrap()));
+    assert_eq!(back.access_log, Some(false));
+    // Defaults are spelled out, and the text prints itself again.
+    assert_eq!(back.http, Some("127.0.0.1:8080".parse().unwrap()));
+    let again = osbuild(&[
+        "serve",
+        "--config",
+        printed.to_str().unwrap(),
+        "--print-config",
+    ]);
+    assert!(again.status.success());
+    assert_eq!(String::from_utf8_lossy(&again.stdout), stdout);
+
+    // Without the host key anywhere: one error naming the flag and the key.
+    fs::write(&file, "repo = \"repo\"\nauthorized-keys = \"ak\"\n").unwrap();
+    let out = osbuild(&[
+        "serve",
+        "--config",
+        file.to_str().unwrap(),
+        "--ssh",
+        "127.0.0.1:2222",
+        "--print-config",
+    ]);
+    assert_fails_naming(&out, &["--host-key", "`host-key`"]);
+    assert!(out.stdout.is_empty());
+}
+
+#[test]
+fn installed_as_ostree_receive_keeps_the_protocol_exit_codes() {
+    let dir = tempfile::tempdir().unwrap();
+    for name in ["ostree-receive-1", "ostree-receive"] {
+        let link = dir.path().join(name);
+        std::os::unix::fs::symlink(OSBUILD, &link).unwrap();
+        // Usage errors are status 2, even for what osbuild itself would take as --help.
+        for args in [&[][..], &["--help"][..], &["/srv/repo"][..]] {
+            let out = Command::new(&link).args(args).output().unwrap();
+            assert_eq!(out.status.code(), Some(2), "{name} {args:?}");
+            assert!(
+                String::from_utf8_lossy(&out.stderr).contains("usage: ostree-receive-1"),
+                "{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        // A receive that fails is status 1.
+        let missing = dir.path().join("no-such-repo");
+        let out = Command::new(&link)
+            .args([missing.to_str().unwrap(), "http://127.0.0.1:1/"])
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(1), "{name}");
+        assert!(String::from_utf8_lossy(&out.stderr).contains("no-such-repo"));
+    }
 }

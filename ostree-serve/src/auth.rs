@@ -26,7 +26,7 @@ enum Hash {
 
 /// The users of an htpasswd file and the credentials already verified.
 #[derive(Debug, Clone)]
-pub struct Htpasswd {
+pub(crate) struct Htpasswd {
     users: Arc<HashMap<String, Hash>>,
     verified: Arc<Mutex<HashSet<[u8; 32]>>>,
 }
@@ -34,7 +34,7 @@ pub struct Htpasswd {
 impl Htpasswd {
     /// Load the file, refusing entries whose hash format is unsupported (naming the line),
     /// so a typo does not silently lock everyone out.
-    pub fn load(path: &Path) -> Result<Self> {
+    pub(crate) fn load(path: &Path) -> Result<Self> {
         let text = std::fs::read_to_string(path)
             .with_context(|| format!("reading htpasswd file {}", path.display()))?;
         Self::parse(&text).with_context(|| format!("parsing htpasswd file {}", path.display()))
@@ -63,7 +63,7 @@ impl Htpasswd {
 
     /// Whether an `Authorization` header value carries valid credentials. May take
     /// milliseconds (bcrypt): call it off the async worker threads.
-    pub fn check(&self, authorization: &[u8]) -> bool {
+    pub(crate) fn check(&self, authorization: &[u8]) -> bool {
         let key: [u8; 32] = sha2::Sha256::digest(authorization).into();
         if self.lock().contains(&key) {
             return true;
@@ -80,7 +80,7 @@ impl Htpasswd {
     }
 
     /// Whether the credentials were verified before, without doing the slow check.
-    pub fn check_cached(&self, authorization: &[u8]) -> bool {
+    pub(crate) fn check_cached(&self, authorization: &[u8]) -> bool {
         let key: [u8; 32] = sha2::Sha256::digest(authorization).into();
         self.lock().contains(&key)
     }

@@ -52,15 +52,15 @@ struct Repo {
 
 /// How the router serves files.
 #[derive(Debug, Clone)]
-pub struct RouterOptions {
+pub(crate) struct RouterOptions {
     /// Memory for the hot-file cache, in bytes; 0 turns it off.
-    pub cache_bytes: usize,
+    pub(crate) cache_bytes: usize,
 }
 
 impl Default for RouterOptions {
     fn default() -> Self {
         RouterOptions {
-            cache_bytes: crate::config::DEFAULT_CACHE_SIZE_MIB << 20,
+            cache_bytes: crate::ServeConfig::default().cache_size() << 20,
         }
     }
 }
@@ -73,7 +73,7 @@ pub fn router(repo: &Path) -> Result<Router> {
 }
 
 /// [`router`] with options.
-pub fn router_with(repo: &Path, opts: &RouterOptions) -> Result<Router> {
+pub(crate) fn router_with(repo: &Path, opts: &RouterOptions) -> Result<Router> {
     let root = repo
         .canonicalize()
         .with_context(|| format!("resolving repository path {}", repo.display()))?;

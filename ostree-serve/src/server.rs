@@ -3,7 +3,7 @@
 
 use crate::access_log::AccessLog;
 use crate::auth::Htpasswd;
-use crate::config::ServeConfig;
+use crate::config::{ServeConfig, Settings};
 use crate::http::{router_with, RouterOptions};
 use anyhow::{Context, Result};
 use axum::body::Body;
@@ -32,7 +32,7 @@ const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
 const MAX_HEAD_BYTES: usize = 16 * 1024;
 
 /// Bind the listener, with an error that names the address when it is taken.
-pub async fn bind(addr: SocketAddr) -> Result<TcpListener> {
+async fn bind(addr: SocketAddr) -> Result<TcpListener> {
     TcpListener::bind(addr).await.map_err(|e| {
         if e.kind() == std::io::ErrorKind::AddrInUse {
             anyhow::anyhow!("cannot listen on {addr}: the port is already in use; stop the other server or pick another --http port")
@@ -60,6 +60,18 @@ pub struct Server {
     threads: usize,
 }
 
+impl std::fmt::Debug for Server {
+    // The router and the TLS acceptor have no Debug; the address says which server it is.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Server")
+            .field("listener", &self.listener)
+            .field("tls", &self.shared.tls.is_some())
+            .field("max_connections", &self.max_connections)
+            .field("threads", &self.threads)
+            .finish_non_exhaustive()
+    }
+}
+
 impl Server {
     /// Serve `repo` (which must be archive mode) on `addr` with the default settings and
     /// no access log: the form for embedding and tests.
@@ -73,40 +85,45 @@ impl Server {
         .await
     }
 
-    /// Check everything the settings name (repository, certificate, htpasswd) and bind
-    /// the listener last, so a bad setting never leaves a half-started server.
+    /// Check the settings, then everything they name (repository, certificate,
+    /// htpasswd), and bind the listener last, so a bad setting never leaves a
+    /// half-started server.
     pub async fn from_config(cfg: &ServeConfig) -> Result<Self> {
-        let repo = cfg.repo()?;
-        osbuild_core::repo::open_archive(repo)?;
+        Self::from_settings(&cfg.resolve()?).await
+    }
+
+    /// [`Server::from_config`] for settings already resolved.
+    async fn from_settings(cfg: &Settings) -> Result<Self> {
+        osbuild_core::repo::open_archive(&cfg.repo)?;
         let router = router_with(
-            repo,
+            &cfg.repo,
             &RouterOptions {
-                cache_bytes: cfg.cache_bytes(),
+                cache_bytes: cfg.cache_bytes,
             },
         )?;
-        let tls = match cfg.tls()? {
-            Some((cert, key)) => Some(crate::tls::acceptor(cert, key)?),
+        let tls = match &cfg.tls {
+            Some(files) => Some(crate::tls::acceptor(&files.cert, &files.key)?),
             None => None,
         };
         let auth = cfg.htpasswd.as_deref().map(Htpasswd::load).transpose()?;
-        let max_connections = cfg.max_connections();
-        raise_fd_limit(max_connections);
-        let listener = bind(cfg.http()).await?;
+        raise_fd_limit(cfg.max_connections);
+        let listener = bind(cfg.http).await?;
         Ok(Server {
             listener,
             shared: Arc::new(Shared {
                 router,
                 auth,
-                log: cfg.access_log().then(AccessLog::stdout),
-                header_timeout: cfg.header_timeout(),
-                send_timeout: cfg.send_timeout(),
+                log: cfg.access_log.then(AccessLog::stdout),
+                header_timeout: cfg.header_timeout,
+                send_timeout: cfg.send_timeout,
                 tls,
             }),
-            max_connections,
-            threads: cfg.threads(),
+            max_connections: cfg.max_connections,
+            threads: cfg.threads,
         })
     }
 
+    /// The address the listener is bound to (the port chosen, when asked for port 0).
     pub fn local_addr(&self) -> Result<SocketAddr> {
         self.listener
             .local_addr()
@@ -523,33 +540,24 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Stall<S> {
     }
 }
 
-/// Serve `repo` on `addr` with the default settings until Ctrl-C or SIGTERM.
-pub async fn serve(repo: &Path, addr: SocketAddr) -> Result<()> {
-    serve_config(&ServeConfig {
-        repo: Some(repo.to_path_buf()),
-        http: Some(addr),
-        ..Default::default()
-    })
-    .await
-}
-
 /// `osbuild serve`: serve as configured until Ctrl-C or SIGTERM.
 pub async fn serve_config(cfg: &ServeConfig) -> Result<()> {
-    let server = Server::from_config(cfg).await?;
+    let settings = cfg.resolve()?;
+    let server = Server::from_settings(&settings).await?;
     let addr = server.local_addr()?;
     eprintln!(
         "Serving {} at {}{}",
-        cfg.repo()?.display(),
-        cfg.url(addr),
-        if cfg.htpasswd.is_some() {
+        settings.repo.display(),
+        settings.url(addr),
+        if settings.htpasswd.is_some() {
             " (basic auth)"
         } else {
             ""
         }
     );
-    let ssh = match cfg.ssh()? {
+    let ssh = match &settings.ssh {
         Some(opts) => {
-            let ssh = crate::ssh::SshServer::bind(&opts).await?;
+            let ssh = crate::ssh::SshServer::bind(opts).await?;
             eprintln!("Accepting pushes over SSH on {}", ssh.local_addr()?);
             Some(ssh)
         }

@@ -2,9 +2,9 @@
 //! needs, a loopback remote forward and `ostree-receive-1`/`ostree-receive`, and refuses
 //! and logs everything else.
 
-pub mod authorized_keys;
+mod authorized_keys;
 
-use crate::receive::{self, Policy, ReceiveArgs, EXIT_ERROR, EXIT_USAGE};
+use crate::receive::{self, ExitStatus, Policy, ReceiveArgs, UsageError};
 use anyhow::{Context, Result};
 use authorized_keys::AuthorizedKey;
 use russh::keys::{Algorithm, PrivateKey};
@@ -24,15 +24,19 @@ const ENV_WHITELIST: &[&str] = &["LANG", "LANGUAGE", "TERM"];
 /// How the SSH listener is set up.
 #[derive(Debug, Clone)]
 pub struct SshOptions {
+    /// The address to listen on.
     pub listen: SocketAddr,
     /// OpenSSH private host key; generated (ed25519) if missing.
     pub host_key: PathBuf,
+    /// OpenSSH authorized_keys file of the users who may push.
     pub authorized_keys: PathBuf,
     /// The served repository: the only path pushes may name.
     pub repo: PathBuf,
+    /// What pushes may do.
     pub policy: Policy,
 }
 
+#[derive(Debug)]
 struct Shared {
     repo: PathBuf,
     keys: Vec<AuthorizedKey>,
@@ -47,7 +51,7 @@ pub struct SshServer {
 }
 
 /// Load the host key, generating it in OpenSSH format if the file does not exist.
-pub fn load_or_generate_host_key(path: &Path) -> Result<PrivateKey> {
+fn load_or_generate_host_key(path: &Path) -> Result<PrivateKey> {
     if !path.exists() {
         let key = PrivateKey::random(&mut rand::rng(), Algorithm::Ed25519)
             .map_err(|e| anyhow::anyhow!("generating an ed25519 host key: {e}"))?;
@@ -64,8 +68,9 @@ pub fn load_or_generate_host_key(path: &Path) -> Result<PrivateKey> {
                 .mode(0o600)
                 .open(staging.path())
                 .with_context(|| format!("writing host key {}", path.display()))?;
-            f.write_all(text.as_bytes())?;
-            f.sync_all()?;
+            f.write_all(text.as_bytes())
+                .and_then(|()| f.sync_all())
+                .with_context(|| format!("writing host key {}", path.display()))?;
         }
         staging.commit()?;
         tracing::warn!("generated SSH host key {}", path.display());
@@ -73,6 +78,16 @@ pub fn load_or_generate_host_key(path: &Path) -> Result<PrivateKey> {
     }
     russh::keys::load_secret_key(path, None)
         .map_err(|e| anyhow::anyhow!("loading SSH host key {}: {e}", path.display()))
+}
+
+impl std::fmt::Debug for SshServer {
+    // russh's config holds the host key: leave it out.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SshServer")
+            .field("listener", &self.listener)
+            .field("repo", &self.shared.repo)
+            .finish_non_exhaustive()
+    }
 }
 
 impl SshServer {
@@ -115,8 +130,11 @@ impl SshServer {
         })
     }
 
+    /// The address the listener is bound to (the port chosen, when asked for port 0).
     pub fn local_addr(&self) -> Result<SocketAddr> {
-        Ok(self.listener.local_addr()?)
+        self.listener
+            .local_addr()
+            .context("reading the SSH listener's address")
     }
 
     /// Accept connections until `shutdown` completes.
@@ -158,6 +176,15 @@ impl SshServer {
     }
 }
 
+/// Why an exec request does not run a receive.
+#[derive(Debug)]
+enum Refusal {
+    /// Not a receiver command at all: refused like a shell, and logged.
+    NotAllowed,
+    /// A receiver command that cannot run: it ends with this status and message.
+    Exit(ExitStatus, String),
+}
+
 /// One client connection.
 struct Connection {
     shared: Arc<Shared>,
@@ -192,8 +219,8 @@ impl Connection {
             .cloned()
     }
 
-    /// Decide what an exec request runs: a receive, or a refusal (exit status, message).
-    fn plan(&self, command: &str) -> std::result::Result<ReceiveArgs, (u32, String)> {
+    /// Decide what an exec request runs: a receive, or a refusal.
+    fn plan(&self, command: &str) -> std::result::Result<ReceiveArgs, Refusal> {
         if let Some(forced) = self.key.as_ref().and_then(|k| k.command.as_deref()) {
             // A forced command can only be the receiver itself (as `osbuild receive` under
             // OpenSSH); the client's command then supplies the protocol arguments.
@@ -201,20 +228,20 @@ impl Connection {
                 .ok()
                 .and_then(|w| w.first().cloned())
                 .unwrap_or_default();
-            let name = Path::new(&first)
-                .file_name()
-                .map(|n| n.to_string_lossy().into_owned())
-                .unwrap_or_default();
-            if name != "osbuild" && !receive::COMMANDS.contains(&name.as_str()) {
-                return Err((
-                    EXIT_ERROR,
+            let is_osbuild = Path::new(&first).file_name() == Some("osbuild".as_ref());
+            if !is_osbuild && !receive::is_receiver(&first) {
+                return Err(Refusal::Exit(
+                    ExitStatus::Error,
                     format!("forced command {forced:?} cannot run on this server"),
                 ));
             }
         }
-        let args = ReceiveArgs::parse_command(command).map_err(|e| (EXIT_USAGE, e.to_string()))?;
+        let args = ReceiveArgs::parse_command(command).map_err(|e| match e {
+            UsageError::NotAllowed { .. } => Refusal::NotAllowed,
+            UsageError::Usage(_) => Refusal::Exit(ExitStatus::Usage, e.to_string()),
+        })?;
         receive::check_served(&args.repo, &self.shared.repo)
-            .map_err(|e| (EXIT_ERROR, e.to_string()))?;
+            .map_err(|e| Refusal::Exit(ExitStatus::Error, format!("{e:#}")))?;
         // The receiver may only pull from this session's own tunnel.
         let port = args
             .url
@@ -223,8 +250,8 @@ impl Connection {
             .and_then(|rest| rest.trim_end_matches('/').parse::<u32>().ok());
         match port {
             Some(p) if self.forwards.contains_key(&p) => Ok(args),
-            _ => Err((
-                EXIT_ERROR,
+            _ => Err(Refusal::Exit(
+                ExitStatus::Error,
                 format!("URL {} is not this session's forwarded port", args.url),
             )),
         }
@@ -339,8 +366,15 @@ impl russh::server::Handler for Connection {
             return Ok(false);
         }
         // Bound on loopback only, whatever name the client used.
-        let listener = TcpListener::bind("127.0.0.1:0").await?;
-        let allocated = u32::from(listener.local_addr()?.port());
+        let listener = TcpListener::bind("127.0.0.1:0")
+            .await
+            .context("binding a loopback port for a remote forward")?;
+        let allocated = u32::from(
+            listener
+                .local_addr()
+                .context("reading a forward's loopback port")?
+                .port(),
+        );
         *port = allocated;
         let handle = session.handle();
         let name = address.to_string();
@@ -465,12 +499,12 @@ impl russh::server::Handler for Connection {
         let handle = session.handle();
         let args = match planned {
             Ok(args) => args,
-            Err((status, msg)) if status == EXIT_USAGE && msg.contains("not allowed") => {
+            Err(Refusal::NotAllowed) => {
                 self.refuse(&format!("command {command:?}"));
                 session.channel_failure(channel)?;
                 return Ok(());
             }
-            Err((status, msg)) => {
+            Err(Refusal::Exit(status, msg)) => {
                 tracing::warn!("ssh: {}@{}: {command:?}: {msg}", self.user, self.peer);
                 session.channel_success(channel)?;
                 tokio::spawn(async move {
@@ -494,15 +528,17 @@ impl russh::server::Handler for Connection {
             while let Some(chunk) = rx.recv().await {
                 let _ = handle.extended_data(channel, 1, chunk).await;
             }
-            let status = job.await.unwrap_or(EXIT_ERROR);
+            let status = job.await.unwrap_or(ExitStatus::Error);
             finish(&handle, channel, status).await;
         });
         Ok(())
     }
 }
 
-async fn finish(handle: &russh::server::Handle, channel: ChannelId, status: u32) {
-    let _ = handle.exit_status_request(channel, status).await;
+async fn finish(handle: &russh::server::Handle, channel: ChannelId, status: ExitStatus) {
+    let _ = handle
+        .exit_status_request(channel, u32::from(status.code()))
+        .await;
     let _ = handle.eof(channel).await;
     let _ = handle.close(channel).await;
 }

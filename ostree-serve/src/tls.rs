@@ -10,7 +10,7 @@ use tokio_rustls::TlsAcceptor;
 
 /// Load the certificate chain and key, checking now that they parse and belong together,
 /// so a bad file fails at start-up rather than on the first handshake.
-pub fn acceptor(cert: &Path, key: &Path) -> Result<TlsAcceptor> {
+pub(crate) fn acceptor(cert: &Path, key: &Path) -> Result<TlsAcceptor> {
     let certs = CertificateDer::pem_file_iter(cert)
         .and_then(|it| it.collect::<Result<Vec<_>, _>>())
         .map_err(|e| anyhow::anyhow!("{e}"))

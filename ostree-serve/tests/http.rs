@@ -1,6 +1,10 @@
 //! HTTP behaviour on the wire, with raw requests over TCP: confinement to the repository,
 //! ranges, validators, cache headers, methods, and resistance to slow clients.
 
+// Tests look at the exit status and output of the programs they run, which
+// osbuild_core::cmd turns into errors.
+#![allow(clippy::disallowed_methods)]
+
 mod common;
 
 use common::*;

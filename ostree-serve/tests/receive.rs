@@ -1,6 +1,10 @@
 //! Receive semantics against real repositories made with the `ostree` CLI: checksums are
 //! kept, refs only move forward, publication is atomic and serialized per repository.
 
+// Tests look at the exit status and output of the programs they run, which
+// osbuild_core::cmd turns into errors.
+#![allow(clippy::disallowed_methods)]
+
 use osbuild_testing::repo::{commit_files, init_archive, ostree, repo_arg, rev_parse};
 use ostree_serve::receive::{self, Policy, ReceiveArgs};
 use std::path::{Path, PathBuf};

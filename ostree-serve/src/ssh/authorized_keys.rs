@@ -7,21 +7,21 @@ use std::path::Path;
 
 /// One key line with the options this server honours.
 #[derive(Debug, Clone)]
-pub struct AuthorizedKey {
-    pub key: PublicKey,
+pub(crate) struct AuthorizedKey {
+    pub(crate) key: PublicKey,
     /// `command="…"`: the only command the key may run.
-    pub command: Option<String>,
+    pub(crate) command: Option<String>,
     /// `from="…"`: patterns the client's address must match.
-    pub from: Option<Vec<String>>,
+    pub(crate) from: Option<Vec<String>>,
     /// Port forwarding allowed (off under `restrict` or `no-port-forwarding`, unless
     /// `port-forwarding` turns it back on).
-    pub port_forwarding: bool,
-    pub line: usize,
+    pub(crate) port_forwarding: bool,
+    pub(crate) line: usize,
 }
 
 impl AuthorizedKey {
     /// Whether a client at `addr` may use this key (`from=`).
-    pub fn allows_from(&self, addr: Option<IpAddr>) -> bool {
+    pub(crate) fn allows_from(&self, addr: Option<IpAddr>) -> bool {
         let Some(patterns) = &self.from else {
             return true;
         };
@@ -59,13 +59,13 @@ fn wildcard(pattern: &str, text: &str) -> bool {
 
 /// Parse an authorized_keys file. Lines with unknown key types are an error that names the
 /// line, so a typo never silently locks a user out or lets one in.
-pub fn load(path: &Path) -> Result<Vec<AuthorizedKey>> {
+pub(crate) fn load(path: &Path) -> Result<Vec<AuthorizedKey>> {
     let text = std::fs::read_to_string(path)
         .with_context(|| format!("reading authorized keys {}", path.display()))?;
     parse(&text).with_context(|| format!("in {}", path.display()))
 }
 
-pub fn parse(text: &str) -> Result<Vec<AuthorizedKey>> {
+pub(crate) fn parse(text: &str) -> Result<Vec<AuthorizedKey>> {
     let mut keys = Vec::new();
     for (i, raw) in text.lines().enumerate() {
         let line = raw.trim();

@@ -2,7 +2,7 @@
 //! a server on a loopback port, and a raw HTTP client that sends exactly the bytes given.
 
 // Each test binary uses a different subset of these helpers.
-#![allow(dead_code)]
+#![allow(dead_code, unreachable_pub)]
 
 use ostree_serve::{ServeConfig, Server};
 use std::collections::HashMap;

@@ -1,0 +1,340 @@
+//! The `osbuild` command line: the clap definitions of every verb and their dispatch.
+//!
+//! The binary only parses ([`Cli::from_args`]), runs ([`run`]) and prints the error; exit
+//! statuses that carry meaning (a receive's, a push's) come back from [`run`] as values.
+
+mod push;
+mod receive;
+mod serve;
+
+use anyhow::{Context, Result};
+use clap::{Parser, Subcommand};
+use std::ffi::OsString;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use push::{CommitPushArgs, PushArgs};
+use receive::ReceiveArgs;
+use serve::ServeArgs;
+
+/// Build, ship and upgrade immutable OSTree-based Debian systems.
+#[derive(Debug, Parser)]
+#[command(name = "osbuild", version)]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+/// The verbs.
+#[derive(Debug, Subcommand)]
+pub(crate) enum Command {
+    /// Bootstrap a minimal bootable Debian tree, converted to the OSTree layout.
+    Bootstrap(BootstrapArgs),
+    /// Commit an OSTree-ready tree into an archive repository (created if missing).
+    Commit(CommitArgs),
+    /// Serve an archive repository over HTTP at http://ADDR:PORT/repo/.
+    Serve(ServeArgs),
+    /// Pull a commit and deploy it into a bootable disk image.
+    MakeImage(MakeImageArgs),
+    /// Receive a push (the ostree-receive protocol) on a server that runs OpenSSH: use it
+    /// as the ForceCommand, or install it as `ostree-receive-1` and `ostree-receive`.
+    Receive(ReceiveArgs),
+    /// Show the deployments of a sysroot.
+    Status(StatusArgs),
+    /// Push refs to a repository on a server over SSH (the ostree-push protocol); exits
+    /// with the receiver's status.
+    Push(PushArgs),
+    /// Commit a tree, then push the new commit's ref over SSH.
+    CommitPush(CommitPushArgs),
+}
+
+impl Cli {
+    /// Parse a command line, `argv[0]` first. Run as `ostree-receive-1` or
+    /// `ostree-receive` (a link to the binary), the words are the receive protocol's
+    /// arguments, as `osbuild receive` takes them.
+    pub fn from_args<I, T>(args: I) -> Result<Self, clap::Error>
+    where
+        I: IntoIterator<Item = T>,
+        T: Into<OsString>,
+    {
+        let mut args: Vec<OsString> = args.into_iter().map(Into::into).collect();
+        let program = args.first().map(|a| a.to_string_lossy().into_owned());
+        if program
+            .as_deref()
+            .is_some_and(ostree_serve::receive::is_receiver)
+        {
+            args.splice(0..1, receive::argv0_form());
+        }
+        Self::try_parse_from(args)
+    }
+
+    /// The verb given.
+    #[cfg(test)]
+    pub(crate) fn verb(&self) -> &Command {
+        &self.command
+    }
+}
+
+/// Print a command-line error as clap does and give its exit status (2 for a usage
+/// error, as the receive protocol wants too; 0 for --help and --version).
+pub fn usage_error(e: &clap::Error) -> ExitCode {
+    // Printing to a closed stderr is not worth another error.
+    let _ = e.print();
+    ExitCode::from(u8::try_from(e.exit_code()).unwrap_or(2))
+}
+
+/// Bootstrap a tree.
+#[derive(Debug, clap::Args)]
+pub(crate) struct BootstrapArgs {
+    /// Directory to create; must not exist.
+    #[arg(long)]
+    output: PathBuf,
+    /// Debian suite.
+    #[arg(long, default_value = "bookworm")]
+    suite: String,
+    /// Archive mirror (mmdebstrap's default when unset).
+    #[arg(long)]
+    mirror: Option<String>,
+    /// Kernel package.
+    #[arg(long, default_value = "linux-image-cloud-amd64")]
+    kernel: String,
+    /// Extra package to install (repeatable, or comma-separated).
+    #[arg(long = "package", value_delimiter = ',')]
+    packages: Vec<String>,
+    /// Static hostname.
+    #[arg(long, default_value = "osbuild")]
+    hostname: String,
+    /// Directory copied over the tree before conversion (with /etc at /etc); repeatable,
+    /// applied in order.
+    #[arg(long = "overlay")]
+    overlays: Vec<PathBuf>,
+}
+
+/// Commit a tree.
+#[derive(Debug, clap::Args)]
+pub(crate) struct CommitArgs {
+    /// Archive repository; created if it does not exist.
+    #[arg(long)]
+    repo: PathBuf,
+    /// The ref to commit to, e.g. debian/bookworm/x86_64.
+    #[arg(long)]
+    branch: String,
+    /// The OSTree-ready tree to commit.
+    #[arg(long)]
+    tree: PathBuf,
+    /// The commit's subject line.
+    #[arg(long)]
+    subject: Option<String>,
+    /// Version metadata shown by `ostree admin status`.
+    #[arg(long)]
+    version: Option<String>,
+}
+
+impl CommitArgs {
+    /// Commit and print the checksum.
+    fn run(&self) -> Result<()> {
+        let opts = ostree_commit::CommitOptions {
+            branch: self.branch.clone(),
+            subject: self.subject.clone(),
+            version: self.version.clone(),
+        };
+        let commit = ostree_commit::commit(&self.repo, &self.tree, &opts)?;
+        println!("{}", commit.checksum);
+        Ok(())
+    }
+}
+
+/// Make a disk image.
+#[derive(Debug, clap::Args)]
+pub(crate) struct MakeImageArgs {
+    /// Repository URL the builder pulls from, e.g. http://127.0.0.1:8080/repo/.
+    #[arg(long)]
+    url: String,
+    /// The ref to deploy [default: the only ref the server lists].
+    #[arg(long)]
+    branch: Option<String>,
+    /// The disk image to write (raw).
+    #[arg(long)]
+    output: PathBuf,
+    /// Repository URL the device pulls upgrades from (default: --url).
+    #[arg(long)]
+    remote_url: Option<String>,
+    /// Name of the remote in the device's repo config.
+    #[arg(long, default_value = "origin")]
+    remote_name: String,
+    /// Disk size, e.g. 4G.
+    #[arg(long, default_value = "4G", value_parser = image_builder::parse_size)]
+    size: u64,
+    /// The OS (stateroot) name.
+    #[arg(long, default_value = "debian")]
+    os: String,
+    /// Extra kernel argument (repeatable).
+    #[arg(long = "karg")]
+    kargs: Vec<String>,
+}
+
+/// Show deployments.
+#[derive(Debug, clap::Args)]
+pub(crate) struct StatusArgs {
+    /// The sysroot to inspect.
+    #[arg(long, default_value = "/")]
+    sysroot: PathBuf,
+    /// Print JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+/// Log to stderr, filtered by $OSBUILD_LOG (warnings by default).
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("OSBUILD_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    // Already set (a second run in one process) is fine.
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
+/// Run a parsed command line. The exit code is success, or the status a receive or push
+/// ended with; an error is for the caller to print.
+pub fn run(cli: Cli) -> Result<ExitCode> {
+    init_logging();
+    match cli.command {
+        Command::Bootstrap(a) => {
+            let spec = ostree_commit::Bootstrap {
+                base: ostree_commit::Base::Debian(ostree_commit::Debian {
+                    suite: a.suite,
+                    mirror: a.mirror,
+                    kernel: a.kernel,
+                    packages: a.packages,
+                    ..Default::default()
+                }),
+                hostname: a.hostname,
+                overlays: a.overlays,
+            };
+            let info = ostree_commit::bootstrap(&spec, &a.output)?;
+            eprintln!("Bootstrapped {} (kernel {})", a.output.display(), info.kver);
+        }
+        Command::Commit(a) => a.run()?,
+        Command::Serve(a) => return a.run(),
+        Command::MakeImage(a) => {
+            let mut spec = image_builder::ImageSpec::new(&a.url, a.branch.as_deref());
+            spec.remote_url = a.remote_url;
+            spec.remote_name = a.remote_name;
+            spec.size = a.size;
+            spec.os = a.os;
+            spec.kargs = a.kargs;
+            let image = image_builder::make_image(&spec, &a.output)?;
+            eprintln!(
+                "Wrote {} ({} bytes, {} allocated) with commit {}",
+                a.output.display(),
+                image.size,
+                image.allocated,
+                image.checksum
+            );
+            println!("{}", a.output.display());
+        }
+        Command::Receive(a) => return a.run(),
+        Command::Status(a) => {
+            let status = osbuild_admin::status(&a.sysroot)?;
+            if a.json {
+                let json =
+                    serde_json::to_string_pretty(&status).context("writing the status as JSON")?;
+                println!("{json}");
+            } else {
+                print!("{status}");
+            }
+        }
+        Command::Push(a) => return a.run(),
+        Command::CommitPush(a) => return a.run(),
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    pub(super) fn parse(args: &[&str]) -> Result<Cli, clap::Error> {
+        Cli::from_args(args)
+    }
+
+    #[test]
+    fn the_command_line_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn bootstrap_and_commit_parse() {
+        let cli = parse(&["osbuild", "bootstrap", "--output", "t", "--package", "a,b"]).unwrap();
+        let Command::Bootstrap(a) = cli.verb() else {
+            panic!("{cli:?}")
+        };
+        assert_eq!(a.packages, ["a", "b"]);
+        assert!(a.overlays.is_empty());
+        let cli = parse(&[
+            "osbuild",
+            "bootstrap",
+            "--output",
+            "t",
+            "--overlay",
+            "x",
+            "--overlay",
+            "y",
+        ])
+        .unwrap();
+        assert!(
+            matches!(cli.verb(), Command::Bootstrap(a) if a.overlays == [PathBuf::from("x"), PathBuf::from("y")])
+        );
+        assert_eq!(a.suite, "bookworm");
+        let cli = parse(&[
+            "osbuild", "commit", "--repo", "r", "--branch", "b", "--tree", "t",
+        ])
+        .unwrap();
+        assert!(matches!(cli.verb(), Command::Commit(a) if a.branch == "b"));
+        assert!(parse(&["osbuild", "commit", "--repo", "r"]).is_err());
+    }
+
+    #[test]
+    fn make_image_and_status_parse() {
+        let cli = parse(&[
+            "osbuild",
+            "make-image",
+            "--url",
+            "u",
+            "--branch",
+            "b",
+            "--output",
+            "o",
+            "--size",
+            "512M",
+            "--karg",
+            "quiet",
+        ])
+        .unwrap();
+        let Command::MakeImage(a) = cli.verb() else {
+            panic!("{cli:?}")
+        };
+        assert_eq!(
+            (a.size, a.kargs.as_slice()),
+            (512 << 20, &["quiet".to_string()][..])
+        );
+        assert!(parse(&["osbuild", "make-image", "--url", "u", "--size", "lots"]).is_err());
+        // As users type it: the ref is the only one the server lists.
+        let cli = parse(&[
+            "osbuild",
+            "make-image",
+            "--url",
+            "u",
+            "--output",
+            "disk.img",
+        ])
+        .unwrap();
+        assert!(matches!(cli.verb(), Command::MakeImage(a) if a.branch.is_none()));
+        let cli = parse(&["osbuild", "status", "--json"]).unwrap();
+        assert!(
+            matches!(cli.verb(), Command::Status(a) if a.json && a.sysroot == std::path::Path::new("/"))
+        );
+    }
+}
