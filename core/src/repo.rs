@@ -54,7 +54,7 @@ pub fn resolve(repo: &ostree::Repo, refspec: &str) -> Result<Option<String>> {
 pub fn summary_refs(data: &[u8]) -> Option<BTreeMap<String, String>> {
     // (a(s(taya{sv}))a{sv}): per ref its name, then (size, checksum, metadata).
     let ty = glib::VariantTy::new("(a(s(taya{sv}))a{sv})").ok()?;
-    let summary = glib::Variant::from_data_with_type(data.to_vec(), ty);
+    let summary = glib::Variant::from_data_with_type(glib::Bytes::from(data), ty);
     if !summary.is_normal_form() {
         return None;
     }
