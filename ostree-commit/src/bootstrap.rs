@@ -1,6 +1,7 @@
 //! `osbuild bootstrap`: a minimal bootable Debian tree made with mmdebstrap, given an
 //! ostree-capable initramfs and converted to the OSTree layout.
 
+use crate::customize::{self, Services, TreeFile, User};
 use crate::layout::{self, TreeInfo};
 use crate::source::Base;
 use anyhow::{Context, Result};
@@ -19,6 +20,14 @@ pub struct Bootstrap {
     /// Directories copied over the tree in order (with /etc still at /etc) before
     /// conversion.
     pub overlays: Vec<PathBuf>,
+    /// Accounts to create.
+    pub users: Vec<User>,
+    /// Files to write, after the overlays and users.
+    pub files: Vec<TreeFile>,
+    /// Units to enable and disable.
+    pub services: Services,
+    /// Scripts run chrooted in the tree, in order, last.
+    pub scripts: Vec<PathBuf>,
 }
 
 impl Default for Bootstrap {
@@ -27,6 +36,10 @@ impl Default for Bootstrap {
             base: Base::default(),
             hostname: "osbuild".into(),
             overlays: Vec::new(),
+            users: Vec::new(),
+            files: Vec::new(),
+            services: Services::default(),
+            scripts: Vec::new(),
         }
     }
 }
@@ -47,6 +60,11 @@ pub fn bootstrap(spec: &Bootstrap, output: &Path) -> Result<TreeInfo> {
             anyhow::bail!("overlay {} is not a directory", overlay.display());
         }
     }
+    for script in &spec.scripts {
+        if !script.is_file() {
+            anyhow::bail!("post script {} does not exist", script.display());
+        }
+    }
     let staging = Staging::new(output)?;
     let dir = staging.path();
     fs::create_dir(dir).with_context(|| format!("creating {}", dir.display()))?;
@@ -60,6 +78,10 @@ pub fn bootstrap(spec: &Bootstrap, output: &Path) -> Result<TreeInfo> {
     for overlay in &spec.overlays {
         copy_overlay(overlay, dir)?;
     }
+    customize::add_users(dir, &spec.users)?;
+    customize::write_files(dir, &spec.files)?;
+    customize::set_services(dir, &spec.services)?;
+    customize::run_scripts(dir, &spec.scripts)?;
     let info = layout::convert(dir).context("converting the tree to the OSTree layout")?;
     staging.commit()?;
     Ok(info)

@@ -3,12 +3,14 @@
 
 mod bootstrap;
 mod commit;
+mod customize;
 mod layout;
 mod push;
 mod source;
 
 pub use bootstrap::{bootstrap, Bootstrap};
 pub use commit::{commit, Commit, CommitOptions};
+pub use customize::{Services, TreeFile, User, HOME_ROOT};
 pub use layout::{convert, validate, TreeError, TreeInfo};
 pub use push::{push, Destination, PushOptions, PushOutcome};
 pub use source::{Base, Debian, Directory, Tarball};
