@@ -4,11 +4,16 @@
 mod bootstrap;
 mod commit;
 mod layout;
+mod manifest;
 mod push;
 mod source;
 
 pub use bootstrap::{bootstrap, Bootstrap};
 pub use commit::{commit, Commit, CommitOptions};
 pub use layout::{convert, validate, TreeError, TreeInfo};
+pub use manifest::{
+    Base, Debian, FileContent, ImageFile, Kernel, Manifest, ManifestError, ManifestErrorKind,
+    Owner, PushTarget, Remote, Repository, Scripts, Services, Sources, User,
+};
 pub use push::{push, Destination, PushOptions, PushOutcome};
 pub use source::{Base, Debian, Directory, Tarball};
