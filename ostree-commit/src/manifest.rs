@@ -325,10 +325,12 @@ impl Manifest {
     /// The commit version, `{date}` rendered from SOURCE_DATE_EPOCH when it was set at
     /// load, else from `now`; `None` when the manifest sets no version.
     pub fn render_version(&self, now: SystemTime) -> Option<String> {
-        let secs = self.source_date_epoch.unwrap_or_else(|| match now.duration_since(UNIX_EPOCH) {
-            Ok(d) => i64::try_from(d.as_secs()).unwrap_or(i64::MAX),
-            Err(e) => -i64::try_from(e.duration().as_secs()).unwrap_or(i64::MAX),
-        });
+        let secs = self
+            .source_date_epoch
+            .unwrap_or_else(|| match now.duration_since(UNIX_EPOCH) {
+                Ok(d) => i64::try_from(d.as_secs()).unwrap_or(i64::MAX),
+                Err(e) => -i64::try_from(e.duration().as_secs()).unwrap_or(i64::MAX),
+            });
         let template = self.version.as_deref()?;
         // The template was checked at load.
         check::render(template, &["date"], |_| Ok(check::utc_date(secs))).ok()
@@ -449,7 +451,12 @@ enum Want {
 }
 
 impl Cx<'_> {
-    fn err(&self, key: impl Into<String>, span: Range<usize>, kind: ManifestErrorKind) -> ManifestError {
+    fn err(
+        &self,
+        key: impl Into<String>,
+        span: Range<usize>,
+        kind: ManifestErrorKind,
+    ) -> ManifestError {
         let (line, column) = line_column(self.text, span.start);
         ManifestError {
             path: self.path.clone(),
@@ -499,7 +506,12 @@ impl Cx<'_> {
     }
 
     /// A path beside the manifest that must exist as `want`; returned absolute.
-    fn existing(&self, key: impl Into<String>, value: &Str, want: Want) -> Result<PathBuf, ManifestError> {
+    fn existing(
+        &self,
+        key: impl Into<String>,
+        value: &Str,
+        want: Want,
+    ) -> Result<PathBuf, ManifestError> {
         let key = key.into();
         if value.get_ref().is_empty() {
             return Err(self.invalid(key, value.span(), "the path is empty".into()));
@@ -514,7 +526,11 @@ impl Cx<'_> {
             Ok(m) if want == Want::File && !m.is_file() => "is not a regular file".to_string(),
             Ok(_) => return Ok(path),
         };
-        Err(self.err(key, value.span(), ManifestErrorKind::MissingFile { path, reason }))
+        Err(self.err(
+            key,
+            value.span(),
+            ManifestErrorKind::MissingFile { path, reason },
+        ))
     }
 
     fn list(
@@ -531,7 +547,12 @@ impl Cx<'_> {
             .collect()
     }
 
-    fn paths(&self, key: &str, values: &Option<Vec<Str>>, want: Want) -> Result<Vec<PathBuf>, ManifestError> {
+    fn paths(
+        &self,
+        key: &str,
+        values: &Option<Vec<Str>>,
+        want: Want,
+    ) -> Result<Vec<PathBuf>, ManifestError> {
         let values = values.as_deref().unwrap_or_default();
         values
             .iter()
@@ -571,12 +592,19 @@ impl Cx<'_> {
                     enable: self.list("services.enable", &s.enable, check::unit_name)?,
                     disable: self.list("services.disable", &s.disable, check::unit_name)?,
                 };
-                if let Some(i) = services.disable.iter().position(|u| services.enable.contains(u)) {
+                if let Some(i) = services
+                    .disable
+                    .iter()
+                    .position(|u| services.enable.contains(u))
+                {
                     let span = s.disable.as_deref().unwrap_or_default()[i].span();
                     return Err(self.invalid(
                         format!("services.disable[{i}]"),
                         span,
-                        format!("{:?} is also in services.enable: keep it in one list", services.disable[i]),
+                        format!(
+                            "{:?} is also in services.enable: keep it in one list",
+                            services.disable[i]
+                        ),
                     ));
                 }
                 services
@@ -607,28 +635,33 @@ impl Cx<'_> {
                 None => Vec::new(),
             },
         };
-        let remote = raw
-            .remote
-            .map(|r| {
-                let r = r.into_inner();
-                Ok::<_, ManifestError>(Remote {
-                    url: self.checked("remote.url", &r.url, |u| {
-                        check::url(u, &["http://", "https://", "file://"])
-                    })?,
-                    name: match &r.name {
-                        Some(n) => self.checked("remote.name", n, |s| check::segment(s, "remote name"))?,
-                        None => DEFAULT_REMOTE.into(),
-                    },
+        let remote =
+            raw.remote
+                .map(|r| {
+                    let r = r.into_inner();
+                    Ok::<_, ManifestError>(Remote {
+                        url: self.checked("remote.url", &r.url, |u| {
+                            check::url(u, &["http://", "https://", "file://"])
+                        })?,
+                        name: match &r.name {
+                            Some(n) => self
+                                .checked("remote.name", n, |s| check::segment(s, "remote name"))?,
+                            None => DEFAULT_REMOTE.into(),
+                        },
+                    })
                 })
-            })
-            .transpose()?;
+                .transpose()?;
         let push = raw
             .push
             .map(|p| {
                 let p = p.into_inner();
-                let destination = p.destination.get_ref().parse::<Destination>().map_err(|e| {
-                    self.invalid("push.destination", p.destination.span(), e.to_string())
-                })?;
+                let destination = p
+                    .destination
+                    .get_ref()
+                    .parse::<Destination>()
+                    .map_err(|e| {
+                        self.invalid("push.destination", p.destination.span(), e.to_string())
+                    })?;
                 Ok::<_, ManifestError>(PushTarget {
                     destination,
                     identity: p
@@ -672,7 +705,11 @@ impl Cx<'_> {
     fn base(&self, raw: Spanned<RawBase>) -> Result<(Base, Vec<String>), ManifestError> {
         let span = raw.span();
         let b = raw.into_inner();
-        let kinds = [("distro", &b.distro), ("tarball", &b.tarball), ("directory", &b.directory)];
+        let kinds = [
+            ("distro", &b.distro),
+            ("tarball", &b.tarball),
+            ("directory", &b.directory),
+        ];
         let given: Vec<(&str, &Str)> = kinds
             .iter()
             .filter_map(|(k, v)| v.as_ref().map(|v| (*k, v)))
@@ -689,8 +726,18 @@ impl Cx<'_> {
             let distro_only = [
                 ("suite", b.suite.as_ref().map(Spanned::span)),
                 ("mirror", b.mirror.as_ref().map(Spanned::span)),
-                ("components", b.components.as_ref().map(|c| c.first().map_or(span.clone(), Spanned::span))),
-                ("repositories", b.repositories.as_ref().map(|r| r.first().map_or(span.clone(), Spanned::span))),
+                (
+                    "components",
+                    b.components
+                        .as_ref()
+                        .map(|c| c.first().map_or(span.clone(), Spanned::span)),
+                ),
+                (
+                    "repositories",
+                    b.repositories
+                        .as_ref()
+                        .map(|r| r.first().map_or(span.clone(), Spanned::span)),
+                ),
             ];
             if let Some((key, Some(at))) = distro_only.into_iter().find(|(_, s)| s.is_some()) {
                 return Err(self.invalid(
@@ -704,17 +751,26 @@ impl Cx<'_> {
             "tarball" => {
                 let path = self.existing("base.tarball", value, Want::File)?;
                 let name = value.get_ref().to_ascii_lowercase();
-                let types = [".tar", ".tar.gz", ".tgz", ".tar.xz", ".txz", ".tar.zst", ".tzst"];
+                let types = [
+                    ".tar", ".tar.gz", ".tgz", ".tar.xz", ".txz", ".tar.zst", ".tzst",
+                ];
                 if !types.iter().any(|t| name.ends_with(t)) {
                     return Err(self.invalid(
                         "base.tarball",
                         value.span(),
-                        format!("{:?} is not a tarball osbuild can unpack: use {}", value.get_ref(), types.join(", ")),
+                        format!(
+                            "{:?} is not a tarball osbuild can unpack: use {}",
+                            value.get_ref(),
+                            types.join(", ")
+                        ),
                     ));
                 }
                 let stamp = std::fs::metadata(&path)
                     .map(|m| {
-                        let mtime = m.modified().ok().and_then(|t| t.duration_since(UNIX_EPOCH).ok());
+                        let mtime = m
+                            .modified()
+                            .ok()
+                            .and_then(|t| t.duration_since(UNIX_EPOCH).ok());
                         format!("size {} mtime {:?}", m.len(), mtime.map(|d| d.as_nanos()))
                     })
                     .unwrap_or_default();
@@ -735,18 +791,28 @@ impl Cx<'_> {
                     ));
                 }
                 let suite = match &b.suite {
-                    Some(s) => self.checked("base.suite", s, |s| check::archive_word(s, "suite"))?,
+                    Some(s) => {
+                        self.checked("base.suite", s, |s| check::archive_word(s, "suite"))?
+                    }
                     None => DEFAULT_SUITE.into(),
                 };
                 let mirror = match &b.mirror {
-                    Some(m) => self.checked("base.mirror", m, |u| check::url(u, &["http://", "https://", "file:/"]))?,
+                    Some(m) => self.checked("base.mirror", m, |u| {
+                        check::url(u, &["http://", "https://", "file:/"])
+                    })?,
                     None => DEFAULT_MIRROR.into(),
                 };
                 let components = match &b.components {
                     Some(c) if c.is_empty() => {
-                        return Err(self.invalid("base.components", span, "the list is empty: name at least one component, e.g. \"main\"".into()))
+                        return Err(self.invalid(
+                            "base.components",
+                            span,
+                            "the list is empty: name at least one component, e.g. \"main\"".into(),
+                        ))
                     }
-                    Some(_) => self.list("base.components", &b.components, |s| check::archive_word(s, "component"))?,
+                    Some(_) => self.list("base.components", &b.components, |s| {
+                        check::archive_word(s, "component")
+                    })?,
                     None => vec!["main".to_string()],
                 };
                 let mut repositories = Vec::new();
@@ -756,7 +822,8 @@ impl Cx<'_> {
                     let key = format!("base.repositories[{i}]");
                     let sources = sources(r.sources.get_ref())
                         .map_err(|m| self.invalid(format!("{key}.sources"), r.sources.span(), m))?;
-                    let keyring = self.existing(format!("{key}.keyring"), &r.keyring, Want::File)?;
+                    let keyring =
+                        self.existing(format!("{key}.keyring"), &r.keyring, Want::File)?;
                     let bytes = std::fs::read(&keyring).map_err(|e| {
                         self.err(
                             format!("{key}.keyring"),
@@ -806,14 +873,22 @@ impl Cx<'_> {
         )
         .map_err(|m| self.invalid("ref", span.clone(), m))?;
         check::ostree_ref(&rendered).map_err(|m| {
-            let span = if template.is_some() { span } else { raw_name.span() };
+            let span = if template.is_some() {
+                span
+            } else {
+                raw_name.span()
+            };
             self.invalid("ref", span, m)
         })?;
         Ok(rendered)
     }
 
     /// The version template, checked, and SOURCE_DATE_EPOCH if the template uses it.
-    fn version(&self, v: &Str, epoch: Option<&str>) -> Result<(Option<String>, Option<i64>), ManifestError> {
+    fn version(
+        &self,
+        v: &Str,
+        epoch: Option<&str>,
+    ) -> Result<(Option<String>, Option<i64>), ManifestError> {
         let mut uses_date = false;
         let sample = check::render(v.get_ref(), &["date"], |_| {
             uses_date = true;
@@ -849,15 +924,25 @@ impl Cx<'_> {
                 }
             })?;
             if let Some(j) = files.iter().position(|o| o.path == Path::new(&path)) {
-                return Err(self.invalid(key("path"), f.path.span(), format!("{path:?} is already written by files[{j}]: keep one")));
+                return Err(self.invalid(
+                    key("path"),
+                    f.path.span(),
+                    format!("{path:?} is already written by files[{j}]: keep one"),
+                ));
             }
             let content = match (&f.content, &f.source) {
                 (Some(c), None) => FileContent::Inline(c.get_ref().clone()),
-                (None, Some(s)) => FileContent::Source(self.existing(key("source"), s, Want::File)?),
-                (c, s) => {
-                    let at = s.as_ref().map_or(span, |s| if c.is_some() { s.span() } else { span.clone() });
-                    let k = if c.is_some() { key("source") } else { format!("files[{i}]") };
-                    return Err(self.err(k, at, ManifestErrorKind::ExactlyOne { keys: vec![key("content"), key("source")] }));
+                (None, Some(s)) => {
+                    FileContent::Source(self.existing(key("source"), s, Want::File)?)
+                }
+                (both, s) => {
+                    // Both set: point at the second; neither: at the table.
+                    let (k, at) = match s {
+                        Some(s) if both.is_some() => (key("source"), s.span()),
+                        _ => (format!("files[{i}]"), span),
+                    };
+                    let keys = vec![key("content"), key("source")];
+                    return Err(self.err(k, at, ManifestErrorKind::ExactlyOne { keys }));
                 }
             };
             let mode = match &f.mode {
@@ -875,7 +960,13 @@ impl Cx<'_> {
                         None => (o.get_ref().as_str(), None),
                     };
                     for part in std::iter::once(user).chain(group) {
-                        check::owner_part(part).map_err(|m| self.invalid(key("owner"), o.span(), format!("{m}; write \"user:group\" or \"user\"")))?;
+                        check::owner_part(part).map_err(|m| {
+                            self.invalid(
+                                key("owner"),
+                                o.span(),
+                                format!("{m}; write \"user:group\" or \"user\""),
+                            )
+                        })?;
                     }
                     Owner {
                         user: user.to_string(),
@@ -899,7 +990,9 @@ impl Cx<'_> {
             RawMode::Text(s) => {
                 let ok = (1..=4).contains(&s.len()) && s.chars().all(|c| ('0'..='7').contains(&c));
                 if !ok {
-                    return Err(bad(format!("{s:?} is not an octal mode: write up to four octal digits, like \"0644\"")));
+                    return Err(bad(format!(
+                        "{s:?} is not an octal mode: write up to four octal digits, like \"0644\""
+                    )));
                 }
                 u32::from_str_radix(s, 8).map_err(|e| bad(e.to_string()))
             }
@@ -911,7 +1004,11 @@ impl Cx<'_> {
                 u32::try_from(*n)
                     .ok()
                     .filter(|n| *n <= 0o7777)
-                    .ok_or_else(|| bad(format!("{written} is not a file mode: the largest is 0o7777")))
+                    .ok_or_else(|| {
+                        bad(format!(
+                            "{written} is not a file mode: the largest is 0o7777"
+                        ))
+                    })
             }
         }
     }
@@ -923,18 +1020,34 @@ impl Cx<'_> {
             let key = |k: &str| format!("users[{i}].{k}");
             let name = self.checked(key("name"), &u.name, check::user_name)?;
             if let Some(j) = users.iter().position(|o| o.name == name) {
-                return Err(self.invalid(key("name"), u.name.span(), format!("{name:?} is already users[{j}]: keep one")));
+                return Err(self.invalid(
+                    key("name"),
+                    u.name.span(),
+                    format!("{name:?} is already users[{j}]: keep one"),
+                ));
             }
             let uid = match &u.uid {
                 None => None,
                 Some(id) => {
                     let n = *id.get_ref();
                     if !check::UIDS.contains(&n) {
-                        return Err(self.invalid(key("uid"), id.span(), format!("{n} is outside {}..={}: give a uid in that range or none", check::UIDS.start(), check::UIDS.end())));
+                        return Err(self.invalid(
+                            key("uid"),
+                            id.span(),
+                            format!(
+                                "{n} is outside {}..={}: give a uid in that range or none",
+                                check::UIDS.start(),
+                                check::UIDS.end()
+                            ),
+                        ));
                     }
                     let n = u32::try_from(n).unwrap_or_default();
                     if let Some(j) = users.iter().position(|o| o.uid == Some(n)) {
-                        return Err(self.invalid(key("uid"), id.span(), format!("uid {n} is already users[{j}]'s: give another")));
+                        return Err(self.invalid(
+                            key("uid"),
+                            id.span(),
+                            format!("uid {n} is already users[{j}]'s: give another"),
+                        ));
                     }
                     Some(n)
                 }
@@ -946,7 +1059,10 @@ impl Cx<'_> {
                     self.checked(key("password_hash"), h, |s| {
                         check::one_line(s, "password hash")?;
                         if s.contains(':') {
-                            return Err("a crypt(3) hash has no ':': paste the hash mkpasswd printed".into());
+                            return Err(
+                                "a crypt(3) hash has no ':': paste the hash mkpasswd printed"
+                                    .into(),
+                            );
                         }
                         Ok(())
                     })
@@ -959,13 +1075,19 @@ impl Cx<'_> {
                     if s.starts_with('/') {
                         Ok(())
                     } else {
-                        Err(format!("{s:?} is not an absolute path: write it like \"/bin/bash\""))
+                        Err(format!(
+                            "{s:?} is not an absolute path: write it like \"/bin/bash\""
+                        ))
                     }
                 })?,
             };
             users.push(User {
                 groups: self.list(&key("groups"), &u.groups, check::user_name)?,
-                ssh_authorized_keys: self.list(&key("ssh_authorized_keys"), &u.ssh_authorized_keys, |s| check::one_line(s, "key"))?,
+                ssh_authorized_keys: self.list(
+                    &key("ssh_authorized_keys"),
+                    &u.ssh_authorized_keys,
+                    |s| check::one_line(s, "key"),
+                )?,
                 name,
                 uid,
                 password_hash,
@@ -980,7 +1102,10 @@ impl Cx<'_> {
 fn sources(text: &str) -> Result<Sources, String> {
     let trimmed = text.trim();
     let first = trimmed.split_whitespace().next().unwrap_or_default();
-    if (first == "deb" || first == "deb-src") && !trimmed.contains('\n') && trimmed.split_whitespace().count() >= 3 {
+    if (first == "deb" || first == "deb-src")
+        && !trimmed.contains('\n')
+        && trimmed.split_whitespace().count() >= 3
+    {
         return Ok(Sources::OneLine(trimmed.to_string()));
     }
     let has = |field: &str| {
@@ -1009,7 +1134,11 @@ fn base_key(base: &Base, stamps: &[String], packages: &[String], kernel: &str) -
             let _ = writeln!(key, "tarball {:?} {}", path, stamps.join(" "));
         }
         Base::Debian(d) => {
-            let _ = writeln!(key, "distro debian\nsuite {:?}\nmirror {:?}\ncomponents {:?}", d.suite, d.mirror, d.components);
+            let _ = writeln!(
+                key,
+                "distro debian\nsuite {:?}\nmirror {:?}\ncomponents {:?}",
+                d.suite, d.mirror, d.components
+            );
             for (r, digest) in d.repositories.iter().zip(stamps) {
                 let _ = writeln!(key, "repository {:?} keyring-sha256 {digest}", r.sources);
             }
@@ -1049,7 +1178,9 @@ fn key_path_at(text: &str, span: &Range<usize>) -> String {
     }
     fn in_value(v: &Spanned<DeValue<'_>>, pos: usize, exact: bool, path: &mut String) -> bool {
         match v.get_ref() {
-            DeValue::Table(t) => in_table(t, pos, exact, path) || (!exact && contains(&v.span(), pos, false)),
+            DeValue::Table(t) => {
+                in_table(t, pos, exact, path) || (!exact && contains(&v.span(), pos, false))
+            }
             DeValue::Array(a) => {
                 for (i, item) in a.iter().enumerate() {
                     let mark = path.len();
@@ -1059,7 +1190,9 @@ fn key_path_at(text: &str, span: &Range<usize>) -> String {
                     }
                     path.truncate(mark);
                 }
-                exact && contains(&v.span(), pos, true)
+                // An inline array of values; an array of tables is found by its tables.
+                let of_tables = a.iter().any(|i| matches!(i.get_ref(), DeValue::Table(_)));
+                exact && !of_tables && contains(&v.span(), pos, true)
             }
             _ => contains(&v.span(), pos, true),
         }
@@ -1067,6 +1200,10 @@ fn key_path_at(text: &str, span: &Range<usize>) -> String {
     let Ok(doc) = DeTable::parse(text) else {
         return String::new();
     };
+    if *span == doc.span() || span.start >= text.len() {
+        // The document itself, e.g. a missing top-level key.
+        return String::new();
+    }
     let mut path = String::new();
     if !in_table(doc.get_ref(), span.start, true, &mut path) {
         path.clear();

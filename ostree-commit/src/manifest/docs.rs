@@ -11,11 +11,7 @@ pub(crate) const END: &str = "<!-- END reference -->\n";
 
 /// Doc comment lines as one paragraph.
 fn paragraph(lines: &[&str]) -> String {
-    lines
-        .iter()
-        .map(|l| l.trim())
-        .collect::<Vec<_>>()
-        .join(" ")
+    lines.iter().map(|l| l.trim()).collect::<Vec<_>>().join(" ")
 }
 
 /// The reference: per table, its description and a table of key, type, default, meaning.

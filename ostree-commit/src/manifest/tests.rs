@@ -24,13 +24,28 @@ fn doc_examples() -> Vec<String> {
 fn fixture() -> TempDir {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    for sub in ["overlay/etc", "files", "scripts", "keyrings", "keys", "rootfs"] {
+    for sub in [
+        "overlay/etc",
+        "files",
+        "scripts",
+        "keyrings",
+        "keys",
+        "rootfs",
+    ] {
         fs::create_dir_all(d.join(sub)).unwrap();
     }
     fs::write(d.join("overlay/etc/issue"), "edge\n").unwrap();
     fs::write(d.join("files/hello.sh"), "#!/bin/sh\necho hello\n").unwrap();
-    fs::write(d.join("scripts/cleanup.sh"), "#!/bin/sh\nrm -rf /var/cache/apt\n").unwrap();
-    fs::write(d.join("keyrings/vendor.asc"), "-----BEGIN PGP PUBLIC KEY BLOCK-----\n").unwrap();
+    fs::write(
+        d.join("scripts/cleanup.sh"),
+        "#!/bin/sh\nrm -rf /var/cache/apt\n",
+    )
+    .unwrap();
+    fs::write(
+        d.join("keyrings/vendor.asc"),
+        "-----BEGIN PGP PUBLIC KEY BLOCK-----\n",
+    )
+    .unwrap();
     fs::write(d.join("keys/deploy_ed25519"), "key").unwrap();
     fs::write(d.join("keys/known_hosts"), "").unwrap();
     fs::write(d.join("rootfs.tar.zst"), "not really zstd").unwrap();
@@ -60,8 +75,12 @@ fn error_at(dir: &TempDir, text: &str, key: &str, line: usize, column: usize) ->
 fn docs_reference_matches_the_structs() {
     let path = docs_path();
     let text = fs::read_to_string(&path).unwrap();
-    let (before, rest) = text.split_once(BEGIN).expect("docs/manifest.md lost its BEGIN marker");
-    let (committed, after) = rest.split_once(END).expect("docs/manifest.md lost its END marker");
+    let (before, rest) = text
+        .split_once(BEGIN)
+        .expect("docs/manifest.md lost its BEGIN marker");
+    let (committed, after) = rest
+        .split_once(END)
+        .expect("docs/manifest.md lost its END marker");
     let fresh = reference();
     if committed != fresh {
         if std::env::var("OSBUILD_UPDATE_DOCS").as_deref() == Ok("1") {
@@ -80,7 +99,11 @@ fn keys_set(text: &str) -> BTreeSet<String> {
     use toml::de::{DeTable, DeValue};
     fn table(t: &DeTable<'_>, prefix: &str, out: &mut BTreeSet<String>) {
         for (k, v) in t.iter() {
-            let path = if prefix.is_empty() { k.get_ref().to_string() } else { format!("{prefix}.{}", k.get_ref()) };
+            let path = if prefix.is_empty() {
+                k.get_ref().to_string()
+            } else {
+                format!("{prefix}.{}", k.get_ref())
+            };
             out.insert(path.clone());
             match v.get_ref() {
                 DeValue::Table(t) => table(t, &path, out),
@@ -110,15 +133,23 @@ fn docs_example_sets_every_key_and_loads() {
             let table = s.table.trim_matches(['[', ']']).to_string();
             s.keys.iter().map(move |k| {
                 let k = k.name.trim_start_matches("r#");
-                if table == "top level" { k.to_string() } else { format!("{table}.{k}") }
+                if table == "top level" {
+                    k.to_string()
+                } else {
+                    format!("{table}.{k}")
+                }
             })
         })
         .collect();
+    let set = keys_set(full);
     let missing: Vec<_> = documented
-        .difference(&keys_set(full))
+        .difference(&set)
         .filter(|k| !["base.tarball", "base.directory"].contains(&k.as_str()))
         .collect();
-    assert!(missing.is_empty(), "the example in docs/manifest.md lacks {missing:?}");
+    assert!(
+        missing.is_empty(),
+        "the example in docs/manifest.md lacks {missing:?}"
+    );
 
     let dir = fixture();
     let m = load(&dir, full).unwrap();
@@ -127,7 +158,9 @@ fn docs_example_sets_every_key_and_loads() {
     assert_eq!(m.name(), "edge");
     assert_eq!(m.hostname(), Some("edge-01"));
     assert_eq!(m.ostree_ref(), "edge/bookworm/x86_64");
-    let Base::Debian(debian) = m.base() else { panic!("{:?}", m.base()) };
+    let Base::Debian(debian) = m.base() else {
+        panic!("{:?}", m.base())
+    };
     assert_eq!(debian.suite, "bookworm");
     assert_eq!(debian.mirror, "http://deb.debian.org/debian");
     assert_eq!(debian.components, ["main", "contrib"]);
@@ -147,17 +180,25 @@ fn docs_example_sets_every_key_and_loads() {
                 path: "/etc/motd".into(),
                 content: FileContent::Inline("Welcome to edge.\n".into()),
                 mode: 0o644,
-                owner: Owner { user: "root".into(), group: Some("root".into()) },
+                owner: Owner {
+                    user: "root".into(),
+                    group: Some("root".into())
+                },
             },
             ImageFile {
                 path: "/usr/local/bin/hello".into(),
                 content: FileContent::Source(d.join("files/hello.sh")),
                 mode: 0o755,
-                owner: Owner { user: "root".into(), group: None },
+                owner: Owner {
+                    user: "root".into(),
+                    group: None
+                },
             },
         ]
     );
-    let [admin] = m.users() else { panic!("{:?}", m.users()) };
+    let [admin] = m.users() else {
+        panic!("{:?}", m.users())
+    };
     assert_eq!(admin.name, "admin");
     assert_eq!(admin.uid, Some(1000));
     assert_eq!(admin.groups, ["sudo"]);
@@ -165,27 +206,47 @@ fn docs_example_sets_every_key_and_loads() {
     assert_eq!(admin.ssh_authorized_keys.len(), 1);
     assert_eq!(admin.shell, "/bin/bash");
     assert_eq!(admin.home(), Path::new("/var/home/admin"));
-    assert_eq!(m.services().enable, ["ssh.service", "systemd-timesyncd.service"]);
-    assert_eq!(m.services().disable, ["apt-daily.timer", "apt-daily-upgrade.timer"]);
+    assert_eq!(
+        m.services().enable,
+        ["ssh.service", "systemd-timesyncd.service"]
+    );
+    assert_eq!(
+        m.services().disable,
+        ["apt-daily.timer", "apt-daily-upgrade.timer"]
+    );
     assert_eq!(m.kernel().package, "linux-image-cloud-amd64");
     assert_eq!(m.kernel().args, ["console=ttyS0,115200", "quiet"]);
     assert_eq!(m.scripts().post, [d.join("scripts/cleanup.sh")]);
     assert_eq!(
         m.remote(),
-        Some(&Remote { name: "origin".into(), url: "https://updates.example.com/repo".into() })
+        Some(&Remote {
+            name: "origin".into(),
+            url: "https://updates.example.com/repo".into()
+        })
     );
     let push = m.push().unwrap();
     assert_eq!(push.destination.user.as_deref(), Some("deploy"));
     assert_eq!(push.destination.port(), 2222);
     assert_eq!(push.destination.path, "/srv/ostree/repo");
-    assert_eq!(push.identity.as_deref(), Some(d.join("keys/deploy_ed25519").as_path()));
-    assert_eq!(push.known_hosts.as_deref(), Some(d.join("keys/known_hosts").as_path()));
+    assert_eq!(
+        push.identity.as_deref(),
+        Some(d.join("keys/deploy_ed25519").as_path())
+    );
+    assert_eq!(
+        push.known_hosts.as_deref(),
+        Some(d.join("keys/known_hosts").as_path())
+    );
     let at = UNIX_EPOCH + std::time::Duration::from_secs(1_796_157_900);
     assert_eq!(m.render_version(at).as_deref(), Some("20261201.2045"));
 
     // The second example: a tarball base.
     let m = load(&dir, &examples[1]).unwrap();
-    assert_eq!(m.base(), &Base::Tarball { path: d.join("rootfs.tar.zst") });
+    assert_eq!(
+        m.base(),
+        &Base::Tarball {
+            path: d.join("rootfs.tar.zst")
+        }
+    );
     assert_eq!(m.ostree_ref(), "appliance/x86_64");
 }
 
@@ -208,7 +269,13 @@ fn defaults() {
     assert!(m.packages().is_empty() && m.overlays().is_empty() && m.files().is_empty());
     assert!(m.users().is_empty());
     assert_eq!(m.services(), &Services::default());
-    assert_eq!(m.kernel(), &Kernel { package: "linux-image-cloud-amd64".into(), args: vec![] });
+    assert_eq!(
+        m.kernel(),
+        &Kernel {
+            package: "linux-image-cloud-amd64".into(),
+            args: vec![]
+        }
+    );
     assert_eq!(m.scripts(), &Scripts::default());
     assert_eq!((m.remote(), m.push()), (None, None));
 
@@ -218,7 +285,13 @@ fn defaults() {
     assert_eq!(m.base().suite(), Some("trixie"));
     assert_eq!(m.remote().unwrap().name, "origin");
     assert_eq!(m.files()[0].mode, 0o644);
-    assert_eq!(m.files()[0].owner, Owner { user: "root".into(), group: Some("root".into()) });
+    assert_eq!(
+        m.files()[0].owner,
+        Owner {
+            user: "root".into(),
+            group: Some("root".into())
+        }
+    );
     assert_eq!(
         m.users(),
         [User {
@@ -244,7 +317,12 @@ fn version_from_source_date_epoch() {
     let m = parse(&text, &path, None).unwrap();
     assert_eq!(m.render_version(now).as_deref(), Some("1.20261201.2045"));
     // A version without {date} does not care about SOURCE_DATE_EPOCH.
-    let m = parse(&format!("version = \"2.0\"\n{MINIMAL}"), &path, Some("garbage")).unwrap();
+    let m = parse(
+        &format!("version = \"2.0\"\n{MINIMAL}"),
+        &path,
+        Some("garbage"),
+    )
+    .unwrap();
     assert_eq!(m.render_version(now).as_deref(), Some("2.0"));
     let e = parse(&text, &path, Some("yesterday")).unwrap_err();
     assert_eq!((e.key.as_str(), e.line, e.column), ("version", 1, 11));
@@ -262,7 +340,10 @@ fn load_reads_the_file_and_resolves_paths_beside_it() {
     let missing = dir.path().join("absent.toml");
     let e = Manifest::load(&missing).unwrap_err();
     assert!(matches!(e.kind, ManifestErrorKind::Read(_)), "{e}");
-    assert_eq!((e.path.as_path(), e.key.as_str(), e.line, e.column), (missing.as_path(), "", 0, 0));
+    assert_eq!(
+        (e.path.as_path(), e.key.as_str(), e.line, e.column),
+        (missing.as_path(), "", 0, 0)
+    );
 }
 
 #[test]
@@ -270,18 +351,37 @@ fn toml_errors_name_key_line_and_column() {
     let dir = fixture();
     let kind = error_at(&dir, "name = \"edge\"\nname = \"x\"\n", "", 2, 1);
     assert!(matches!(kind, ManifestErrorKind::Syntax(_)), "{kind:?}");
-    let kind = error_at(&dir, "name = \"edge\nx", "", 1, 8);
+    let kind = error_at(
+        &dir,
+        "name = \"edge\"\n[base\ndistro = \"debian\"\n",
+        "",
+        2,
+        6,
+    );
     assert!(matches!(kind, ManifestErrorKind::Syntax(_)), "{kind:?}");
 
     let kind = error_at(&dir, &format!("nmae = 1\n{MINIMAL}"), "nmae", 1, 1);
     assert!(matches!(kind, ManifestErrorKind::UnknownKey(_)), "{kind:?}");
-    let text = format!("{MINIMAL}[[users]]\nname = \"a\"\n[[users]]\nname = \"b\"\nshel = \"/bin/sh\"\n");
+    let text =
+        format!("{MINIMAL}[[users]]\nname = \"a\"\n[[users]]\nname = \"b\"\nshel = \"/bin/sh\"\n");
     let kind = error_at(&dir, &text, "users[1].shel", 8, 1);
     assert!(matches!(kind, ManifestErrorKind::UnknownKey(_)), "{kind:?}");
-    let kind = error_at(&dir, &format!("{MINIMAL}flavour = \"x\"\n"), "base.flavour", 4, 1);
+    let kind = error_at(
+        &dir,
+        &format!("{MINIMAL}flavour = \"x\"\n"),
+        "base.flavour",
+        4,
+        1,
+    );
     assert!(matches!(kind, ManifestErrorKind::UnknownKey(_)), "{kind:?}");
 
-    let kind = error_at(&dir, &format!("packages = \"vim\"\n{MINIMAL}"), "packages", 1, 12);
+    let kind = error_at(
+        &dir,
+        &format!("packages = \"vim\"\n{MINIMAL}"),
+        "packages",
+        1,
+        12,
+    );
     assert!(matches!(kind, ManifestErrorKind::WrongType(_)), "{kind:?}");
     let text = format!("{MINIMAL}[[users]]\nname = \"a\"\nuid = \"1000\"\n");
     let kind = error_at(&dir, &text, "users[0].uid", 6, 7);
@@ -378,17 +478,33 @@ fn exactly_one_names_the_keys() {
     let dir = fixture();
     let base_keys = ["base.distro", "base.tarball", "base.directory"];
     let both = "name = \"a\"\n[base]\ndistro = \"debian\"\ntarball = \"rootfs.tar.zst\"\n";
-    let ManifestErrorKind::ExactlyOne { keys } = error_at(&dir, both, "base.tarball", 4, 11) else { panic!() };
+    let ManifestErrorKind::ExactlyOne { keys } = error_at(&dir, both, "base.tarball", 4, 11) else {
+        panic!()
+    };
     assert_eq!(keys, base_keys);
-    let ManifestErrorKind::ExactlyOne { keys } = error_at(&dir, "name = \"a\"\n[base]\nsuite = \"trixie\"\n", "base", 2, 1) else { panic!() };
+    let ManifestErrorKind::ExactlyOne { keys } = error_at(
+        &dir,
+        "name = \"a\"\n[base]\nsuite = \"trixie\"\n",
+        "base",
+        2,
+        1,
+    ) else {
+        panic!()
+    };
     assert_eq!(keys, base_keys);
 
     let file_keys = ["files[0].content", "files[0].source"];
-    let both = format!("{MINIMAL}[[files]]\npath = \"/a\"\ncontent = \"\"\nsource = \"files/hello.sh\"\n");
-    let ManifestErrorKind::ExactlyOne { keys } = error_at(&dir, &both, "files[0].source", 7, 10) else { panic!() };
+    let both =
+        format!("{MINIMAL}[[files]]\npath = \"/a\"\ncontent = \"\"\nsource = \"files/hello.sh\"\n");
+    let ManifestErrorKind::ExactlyOne { keys } = error_at(&dir, &both, "files[0].source", 7, 10)
+    else {
+        panic!()
+    };
     assert_eq!(keys, file_keys);
     let neither = format!("{MINIMAL}[[files]]\npath = \"/a\"\n");
-    let ManifestErrorKind::ExactlyOne { keys } = error_at(&dir, &neither, "files[0]", 4, 1) else { panic!() };
+    let ManifestErrorKind::ExactlyOne { keys } = error_at(&dir, &neither, "files[0]", 4, 1) else {
+        panic!()
+    };
     assert_eq!(keys, file_keys);
 }
 
@@ -400,8 +516,16 @@ fn deb822_sources_and_owners() {
     );
     let m = load(&dir, &text).unwrap();
     let Base::Debian(d) = m.base() else { panic!() };
-    assert!(matches!(&d.repositories[0].sources, Sources::Deb822(s) if s.starts_with("Types: deb\n")));
-    assert_eq!(m.files()[0].owner, Owner { user: "1000".into(), group: None });
+    assert!(
+        matches!(&d.repositories[0].sources, Sources::Deb822(s) if s.starts_with("Types: deb\n"))
+    );
+    assert_eq!(
+        m.files()[0].owner,
+        Owner {
+            user: "1000".into(),
+            group: None
+        }
+    );
 }
 
 #[test]
@@ -411,7 +535,10 @@ fn base_key_covers_the_base_only() {
     let repo = "[[base.repositories]]\nsources = \"deb https://x bookworm main\"\nkeyring = \"keyrings/vendor.asc\"\n";
     let base = format!("packages = [\"vim\", \"curl\"]\n{MINIMAL}{repo}");
     let k = key(&base).unwrap();
-    assert!(k.contains("bookworm") && k.contains("keyring-sha256"), "{k}");
+    assert!(
+        k.contains("bookworm") && k.contains("keyring-sha256"),
+        "{k}"
+    );
 
     // What is applied after the base does not change it, nor does package order.
     let after = format!(
@@ -435,7 +562,14 @@ fn base_key_covers_the_base_only() {
 
     let tarball = "name = \"a\"\nref = \"{name}\"\n[base]\ntarball = \"rootfs.tar.zst\"\n";
     let t = key(tarball).unwrap();
-    fs::write(dir.path().join("rootfs.tar.zst"), "a longer, different tarball").unwrap();
+    fs::write(
+        dir.path().join("rootfs.tar.zst"),
+        "a longer, different tarball",
+    )
+    .unwrap();
     assert_ne!(key(tarball).unwrap(), t);
-    assert_eq!(key("name = \"a\"\nref = \"{name}\"\n[base]\ndirectory = \"rootfs\"\n"), None);
+    assert_eq!(
+        key("name = \"a\"\nref = \"{name}\"\n[base]\ndirectory = \"rootfs\"\n"),
+        None
+    );
 }
