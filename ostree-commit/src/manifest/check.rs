@@ -87,7 +87,10 @@ pub(crate) fn unit_name(s: &str) -> Result<(), String> {
             t.chars()
                 .all(|c| c.is_ascii_alphanumeric() || ":_.-\\".contains(c))
         };
-        let instance_ok = instance.map_or(true, |i| !i.contains('@') && chars_ok(i));
+        let instance_ok = match instance {
+            None => true,
+            Some(i) => !i.contains('@') && chars_ok(i),
+        };
         (!prefix.is_empty() && chars_ok(prefix) && instance_ok).then_some(())
     })();
     valid.ok_or_else(|| {

@@ -1,4 +1,4 @@
-//! The reference section of docs/manifest.md, generated from the [`section!`]
+//! The reference section of docs/manifest.md, generated from the `section!`
 //! declarations in `raw.rs`; the docs test compares it with the committed file.
 
 use super::raw::SECTIONS;

@@ -1,5 +1,5 @@
 //! The manifest as written: one serde struct per TOML table, each declared through
-//! [`section!`] so that its keys, their doc comments, types and defaults also form the
+//! `section!` so that its keys, their doc comments, types and defaults also form the
 //! reference in docs/manifest.md (see `docs.rs`). Values that a later check may reject
 //! are [`Spanned`], so that the error can point at them.
 
