@@ -242,6 +242,7 @@ impl ManifestError {
 
 /// What is wrong with a manifest.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum ManifestErrorKind {
     /// The file could not be read.
     #[error("cannot read the manifest: {0}")]
@@ -474,7 +475,12 @@ impl Cx<'_> {
     /// A TOML error: a syntax error, or one serde raised against the structs.
     fn toml_error(&self, e: &toml::de::Error, syntax: bool) -> ManifestError {
         let span = e.span().unwrap_or(0..0);
-        let message = e.message().trim().replace('\n', "; ");
+        let message = e
+            .message()
+            .trim()
+            .replace('\n', "; ")
+            .replace("a sequence", "a list")
+            .replace("a map", "a table");
         if syntax {
             return self.err(String::new(), span, ManifestErrorKind::Syntax(message));
         }
@@ -561,6 +567,32 @@ impl Cx<'_> {
             .collect()
     }
 
+    /// Scripts must exist and start with `#!`: they are executed, by whatever
+    /// interpreter that line names in the tree.
+    fn scripts(&self, post: &[Str]) -> Result<Vec<PathBuf>, ManifestError> {
+        let mut scripts = Vec::new();
+        for (i, s) in post.iter().enumerate() {
+            let key = format!("scripts.post[{i}]");
+            let path = self.existing(key.clone(), s, Want::File)?;
+            let mut head = [0u8; 2];
+            let starts = std::fs::File::open(&path)
+                .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut head))
+                .is_ok_and(|()| &head == b"#!");
+            if !starts {
+                return Err(self.invalid(
+                    key,
+                    s.span(),
+                    format!(
+                        "{} does not start with a #! line: begin it with e.g. #!/bin/sh",
+                        path.display()
+                    ),
+                ));
+            }
+            scripts.push(path);
+        }
+        Ok(scripts)
+    }
+
     fn manifest(&self, raw: RawManifest, epoch: Option<&str>) -> Result<Manifest, ManifestError> {
         let name = self.checked("name", &raw.name, |s| check::segment(s, "name"))?;
         let hostname = raw
@@ -631,7 +663,7 @@ impl Cx<'_> {
         };
         let scripts = Scripts {
             post: match &raw.scripts {
-                Some(s) => self.paths("scripts.post", &s.post, Want::File)?,
+                Some(s) => self.scripts(s.post.as_deref().unwrap_or_default())?,
                 None => Vec::new(),
             },
         };

@@ -200,7 +200,8 @@ section! {
 }
 
 section! {
-    /// Scripts beside the manifest, run with `/bin/sh` chrooted in the tree.
+    /// Scripts beside the manifest, run chrooted in the tree by the interpreter their
+    /// `#!` line names (which must exist in the tree).
     "[scripts]" struct RawScripts {
         /// Run in order after the tree is assembled, before it is converted and committed.
         post: List, "list of paths", "`[]`";

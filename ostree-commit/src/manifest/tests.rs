@@ -573,3 +573,90 @@ fn base_key_covers_the_base_only() {
         None
     );
 }
+
+#[test]
+fn display_is_one_line_with_file_line_column_and_key() {
+    let dir = fixture();
+    let e = load(&dir, &format!("{MINIMAL}[[users]]\nname = \"Bob\"\n")).unwrap_err();
+    assert_eq!(
+        e.to_string(),
+        format!(
+            "{}:5:8: users[0].name: \"Bob\" is not a valid name: use up to 32 lowercase letters, \
+             digits, '_' and '-', starting with a letter or '_' (a final '$' is allowed)",
+            dir.path().join("osbuild.toml").display()
+        )
+    );
+    let e = load(&dir, &format!("packages = \"vim\"\n{MINIMAL}")).unwrap_err();
+    assert!(
+        e.to_string().ends_with(
+            ":1:12: packages: invalid type: string \"vim\", expected a list: fix the value"
+        ),
+        "{e}"
+    );
+    let missing = dir.path().join("absent.toml");
+    let e = Manifest::load(&missing).unwrap_err();
+    assert!(
+        e.to_string().starts_with(&format!(
+            "{}: cannot read the manifest: ",
+            missing.display()
+        )),
+        "{e}"
+    );
+}
+
+#[test]
+fn documented_defaults_are_the_ones_applied() {
+    let default = |table: &str, key: &str| {
+        let section = SECTIONS.iter().find(|s| s.table == table).unwrap();
+        section
+            .keys
+            .iter()
+            .find(|k| k.name.trim_start_matches("r#") == key)
+            .unwrap()
+            .default
+    };
+    let quoted = |v: &str| format!("`{v:?}`");
+    assert_eq!(default("top level", "ref"), quoted(DEFAULT_REF));
+    assert_eq!(default("[base]", "suite"), quoted(DEFAULT_SUITE));
+    assert_eq!(default("[base]", "mirror"), quoted(DEFAULT_MIRROR));
+    assert_eq!(default("[base]", "components"), "`[\"main\"]`");
+    assert_eq!(default("[kernel]", "package"), quoted(DEFAULT_KERNEL));
+    assert_eq!(default("[[users]]", "shell"), quoted(DEFAULT_SHELL));
+    assert_eq!(default("[remote]", "name"), quoted(DEFAULT_REMOTE));
+    assert_eq!(
+        default("[[files]]", "mode"),
+        quoted(&format!("{DEFAULT_MODE:04o}"))
+    );
+    // And the code applies them.
+    let dir = fixture();
+    let m = load(&dir, MINIMAL).unwrap();
+    let Base::Debian(d) = m.base() else { panic!() };
+    assert_eq!(d.components, ["main"]);
+    for section in SECTIONS {
+        assert!(
+            !section.doc.is_empty(),
+            "{} has no doc comment",
+            section.table
+        );
+        for key in section.keys {
+            assert!(
+                !key.doc.is_empty(),
+                "{} {} has no doc comment",
+                section.table,
+                key.name
+            );
+        }
+    }
+}
+
+#[test]
+fn scripts_need_an_interpreter_line() {
+    let dir = fixture();
+    fs::write(dir.path().join("scripts/plain.sh"), "rm -rf /tmp/x\n").unwrap();
+    let text =
+        format!("{MINIMAL}[scripts]\npost = [\"scripts/cleanup.sh\", \"scripts/plain.sh\"]\n");
+    match error_at(&dir, &text, "scripts.post[1]", 5, 31) {
+        ManifestErrorKind::Invalid(m) => assert!(m.contains("#!"), "{m}"),
+        other => panic!("{other:?}"),
+    }
+}
