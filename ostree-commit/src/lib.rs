@@ -12,8 +12,8 @@ pub use bootstrap::{bootstrap, Bootstrap};
 pub use commit::{commit, Commit, CommitOptions};
 pub use layout::{convert, validate, TreeError, TreeInfo};
 pub use manifest::{
-    Base, Debian, FileContent, ImageFile, Kernel, Manifest, ManifestError, ManifestErrorKind,
-    Owner, PushTarget, Remote, Repository, Scripts, Services, Sources, User,
+    AptRepository, AptSources, FileContent, ImageFile, Manifest, ManifestError, ManifestErrorKind,
+    Owner, PushTarget, Remote, Scripts, Services, User,
 };
 pub use push::{push, Destination, PushOptions, PushOutcome};
 pub use source::{Base, Debian, Directory, Tarball};

@@ -17,7 +17,7 @@ mod raw;
 #[cfg(test)]
 mod tests;
 
-use crate::Destination;
+use crate::{Base, Destination};
 use load::parse;
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
@@ -28,9 +28,6 @@ use toml::Spanned;
 const ARCH: &str = "x86_64";
 /// The ref when the manifest sets none.
 const DEFAULT_REF: &str = "{name}/{suite}/{arch}";
-const DEFAULT_SUITE: &str = "bookworm";
-const DEFAULT_MIRROR: &str = "http://deb.debian.org/debian";
-const DEFAULT_KERNEL: &str = "linux-image-cloud-amd64";
 const DEFAULT_SHELL: &str = "/bin/bash";
 const DEFAULT_REMOTE: &str = "origin";
 const DEFAULT_MODE: u32 = 0o644;
@@ -49,60 +46,30 @@ pub struct Manifest {
     hostname: Option<String>,
     ostree_ref: String,
     base: Base,
-    packages: Vec<String>,
+    repositories: Vec<AptRepository>,
     overlays: Vec<PathBuf>,
     files: Vec<ImageFile>,
     users: Vec<User>,
     services: Services,
-    kernel: Kernel,
+    kernel_args: Vec<String>,
     scripts: Scripts,
     remote: Option<Remote>,
     push: Option<PushTarget>,
     base_key: Option<String>,
 }
 
-/// What the tree is built from.
+/// An extra APT repository for a Debian base, and the key that signs it.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Base {
-    /// Bootstrapped from a Debian mirror.
-    Debian(Debian),
-    /// Unpacked from a root filesystem tarball (tar, gzip, xz or zstd).
-    Tarball {
-        /// The tarball, absolute.
-        path: PathBuf,
-    },
-    /// Copied from a root filesystem directory.
-    Directory {
-        /// The directory, absolute.
-        path: PathBuf,
-    },
-}
-
-/// A Debian base: `[base] distro = "debian"`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Debian {
-    /// The suite (codename), e.g. `bookworm`.
-    pub suite: String,
-    /// The mirror URL.
-    pub mirror: String,
-    /// The archive components, e.g. `main`.
-    pub components: Vec<String>,
-    /// Extra APT repositories.
-    pub repositories: Vec<Repository>,
-}
-
-/// An extra APT repository and the key that signs it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Repository {
-    /// The APT source entry.
-    pub sources: Sources,
+pub struct AptRepository {
+    /// The APT source entry, without `signed-by` (the keyring is installed for it).
+    pub sources: AptSources,
     /// The signing key file, absolute.
     pub keyring: PathBuf,
 }
 
 /// An APT source entry in one of APT's two formats.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Sources {
+pub enum AptSources {
     /// One `deb ...` line, for a `.list` file.
     OneLine(String),
     /// A deb822 stanza, for a `.sources` file.
@@ -171,15 +138,6 @@ pub struct Services {
     pub enable: Vec<String>,
     /// Units disabled.
     pub disable: Vec<String>,
-}
-
-/// The kernel and its command line.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Kernel {
-    /// The Debian kernel package.
-    pub package: String,
-    /// Arguments added to every image's kernel command line.
-    pub args: Vec<String>,
 }
 
 /// Scripts run chrooted in the tree.
@@ -336,14 +294,15 @@ impl Manifest {
         check::render(template, &["date"], |_| Ok(check::utc_date(secs))).ok()
     }
 
-    /// What the tree is built from.
+    /// What the tree is built from; a Debian base holds the kernel package and the
+    /// packages. Ready for [`crate::Bootstrap`].
     pub fn base(&self) -> &Base {
         &self.base
     }
 
-    /// Packages installed into the base.
-    pub fn packages(&self) -> &[String] {
-        &self.packages
+    /// Extra APT repositories for a Debian base (none for other bases).
+    pub fn repositories(&self) -> &[AptRepository] {
+        &self.repositories
     }
 
     /// Directories copied over the tree, absolute, in order.
@@ -366,9 +325,9 @@ impl Manifest {
         &self.services
     }
 
-    /// The kernel package and command line.
-    pub fn kernel(&self) -> &Kernel {
-        &self.kernel
+    /// Arguments added to every image's kernel command line.
+    pub fn kernel_args(&self) -> &[String] {
+        &self.kernel_args
     }
 
     /// Scripts run in the tree.
@@ -395,15 +354,5 @@ impl Manifest {
     /// directory base, whose contents can change unseen: do not cache it.
     pub fn base_key(&self) -> Option<&str> {
         self.base_key.as_deref()
-    }
-}
-
-impl Base {
-    /// The Debian suite, for a distro base.
-    pub fn suite(&self) -> Option<&str> {
-        match self {
-            Base::Debian(d) => Some(&d.suite),
-            Base::Tarball { .. } | Base::Directory { .. } => None,
-        }
     }
 }

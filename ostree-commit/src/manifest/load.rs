@@ -3,6 +3,7 @@
 
 use super::raw::{RawBase, RawFile, RawManifest, RawMode, RawUser};
 use super::*;
+use crate::{Debian, Directory, Tarball};
 use sha2::{Digest, Sha256};
 use std::fmt::Write as _;
 use std::ops::Range;
@@ -206,7 +207,26 @@ impl Cx<'_> {
             return Err(self.err("base", 0..0, ManifestErrorKind::MissingKey));
         };
         let base_span = raw_base.span();
-        let (base, keyring_digests) = self.base(raw_base)?;
+        let packages = self.list("packages", &raw.packages, check::package_name)?;
+        let kernel_package = raw
+            .kernel
+            .as_ref()
+            .and_then(|k| k.package.as_ref())
+            .map(|p| {
+                let name = self.checked("kernel.package", p, check::package_name)?;
+                Ok::<_, ManifestError>((name, p.span()))
+            })
+            .transpose()?;
+        let installs = Installs {
+            packages_at: raw
+                .packages
+                .as_deref()
+                .and_then(|p| p.first())
+                .map(Spanned::span),
+            packages,
+            kernel: kernel_package,
+        };
+        let (base, repositories, stamps) = self.base(raw_base, installs)?;
 
         let ostree_ref = self.ostree_ref(raw.r#ref.as_ref(), &raw.name, &name, &base, base_span)?;
         let (version, source_date_epoch) = match &raw.version {
@@ -214,7 +234,6 @@ impl Cx<'_> {
             Some(v) => self.version(v, epoch)?,
         };
 
-        let packages = self.list("packages", &raw.packages, check::package_name)?;
         let overlays = self.paths("overlays", &raw.overlays, Want::Dir)?;
         let files = self.files(raw.files.unwrap_or_default())?;
         let users = self.users(raw.users.unwrap_or_default())?;
@@ -244,24 +263,15 @@ impl Cx<'_> {
                 services
             }
         };
-        let kernel = match raw.kernel {
-            None => Kernel {
-                package: DEFAULT_KERNEL.into(),
-                args: Vec::new(),
-            },
-            Some(k) => Kernel {
-                package: match &k.package {
-                    Some(p) => self.checked("kernel.package", p, check::package_name)?,
-                    None => DEFAULT_KERNEL.into(),
-                },
-                args: self.list("kernel.args", &k.args, |a| {
-                    if a.is_empty() || a.contains(|c: char| c.is_whitespace() || c.is_control()) {
-                        Err(format!("{a:?} is not one kernel argument: give each argument, without spaces, as its own entry"))
-                    } else {
-                        Ok(())
-                    }
-                })?,
-            },
+        let kernel_args = match &raw.kernel {
+            None => Vec::new(),
+            Some(k) => self.list("kernel.args", &k.args, |a| {
+                if a.is_empty() || a.contains(|c: char| c.is_whitespace() || c.is_control()) {
+                    Err(format!("{a:?} is not one kernel argument: give each argument, without spaces, as its own entry"))
+                } else {
+                    Ok(())
+                }
+            })?,
         };
         let scripts = Scripts {
             post: match &raw.scripts {
@@ -312,7 +322,7 @@ impl Cx<'_> {
             })
             .transpose()?;
 
-        let base_key = base_key(&base, &keyring_digests, &packages, &kernel.package);
+        let base_key = base_key(&base, &repositories, &stamps);
         Ok(Manifest {
             path: self.path.clone(),
             name,
@@ -321,12 +331,12 @@ impl Cx<'_> {
             hostname,
             ostree_ref,
             base,
-            packages,
+            repositories,
             overlays,
             files,
             users,
             services,
-            kernel,
+            kernel_args,
             scripts,
             remote,
             push,
@@ -334,9 +344,13 @@ impl Cx<'_> {
         })
     }
 
-    /// The base, and for a distro base the SHA-256 of each repository's keyring (for a
-    /// tarball base, its size and modification time).
-    fn base(&self, raw: Spanned<RawBase>) -> Result<(Base, Vec<String>), ManifestError> {
+    /// The base; its extra repositories; and what the base key needs beyond them: the
+    /// SHA-256 of each repository's keyring, or a tarball's size and modification time.
+    fn base(
+        &self,
+        raw: Spanned<RawBase>,
+        installs: Installs,
+    ) -> Result<(Base, Vec<AptRepository>, Vec<String>), ManifestError> {
         let span = raw.span();
         let b = raw.into_inner();
         let kinds = [
@@ -357,48 +371,39 @@ impl Cx<'_> {
             [_, (k, v), ..] => return Err(self.err(format!("base.{k}"), v.span(), exactly_one())),
         };
         if kind != "distro" {
+            let first = |l: &Option<Vec<Str>>| {
+                l.as_ref()
+                    .map(|l| l.first().map_or(span.clone(), Spanned::span))
+            };
             let distro_only = [
-                ("suite", b.suite.as_ref().map(Spanned::span)),
-                ("mirror", b.mirror.as_ref().map(Spanned::span)),
+                ("base.suite", b.suite.as_ref().map(Spanned::span)),
+                ("base.mirror", b.mirror.as_ref().map(Spanned::span)),
+                ("base.components", first(&b.components)),
                 (
-                    "components",
-                    b.components
-                        .as_ref()
-                        .map(|c| c.first().map_or(span.clone(), Spanned::span)),
-                ),
-                (
-                    "repositories",
+                    "base.repositories",
                     b.repositories
                         .as_ref()
                         .map(|r| r.first().map_or(span.clone(), Spanned::span)),
                 ),
+                ("packages", installs.packages_at.clone()),
+                (
+                    "kernel.package",
+                    installs.kernel.as_ref().map(|(_, at)| at.clone()),
+                ),
             ];
             if let Some((key, Some(at))) = distro_only.into_iter().find(|(_, s)| s.is_some()) {
                 return Err(self.invalid(
-                    format!("base.{key}"),
+                    key,
                     at,
-                    format!("only a distro base has a {key}: remove it, or the base.{kind}"),
+                    format!("only a distro base has {key} (a {kind} brings its own system): remove it, or base.{kind}"),
                 ));
             }
         }
-        match kind {
+        let mut repositories = Vec::new();
+        let mut stamps = Vec::new();
+        let base = match kind {
             "tarball" => {
                 let path = self.existing("base.tarball", value, Want::File)?;
-                let name = value.get_ref().to_ascii_lowercase();
-                let types = [
-                    ".tar", ".tar.gz", ".tgz", ".tar.xz", ".txz", ".tar.zst", ".tzst",
-                ];
-                if !types.iter().any(|t| name.ends_with(t)) {
-                    return Err(self.invalid(
-                        "base.tarball",
-                        value.span(),
-                        format!(
-                            "{:?} is not a tarball osbuild can unpack: use {}",
-                            value.get_ref(),
-                            types.join(", ")
-                        ),
-                    ));
-                }
                 let stamp = std::fs::metadata(&path)
                     .map(|m| {
                         let mtime = m
@@ -408,14 +413,12 @@ impl Cx<'_> {
                         format!("size {} mtime {:?}", m.len(), mtime.map(|d| d.as_nanos()))
                     })
                     .unwrap_or_default();
-                Ok((Base::Tarball { path }, vec![stamp]))
+                stamps.push(stamp);
+                Base::Tarball(Tarball { path })
             }
-            "directory" => Ok((
-                Base::Directory {
-                    path: self.existing("base.directory", value, Want::Dir)?,
-                },
-                Vec::new(),
-            )),
+            "directory" => Base::Directory(Directory {
+                path: self.existing("base.directory", value, Want::Dir)?,
+            }),
             _ => {
                 if value.get_ref() != "debian" {
                     return Err(self.invalid(
@@ -424,18 +427,22 @@ impl Cx<'_> {
                         format!("distro {:?} is not supported: use \"debian\", or a base.tarball or base.directory", value.get_ref()),
                     ));
                 }
+                let defaults = Debian::default();
                 let suite = match &b.suite {
                     Some(s) => {
                         self.checked("base.suite", s, |s| check::archive_word(s, "suite"))?
                     }
-                    None => DEFAULT_SUITE.into(),
+                    None => defaults.suite,
                 };
-                let mirror = match &b.mirror {
-                    Some(m) => self.checked("base.mirror", m, |u| {
-                        check::url(u, &["http://", "https://", "file:/"])
-                    })?,
-                    None => DEFAULT_MIRROR.into(),
-                };
+                let mirror = b
+                    .mirror
+                    .as_ref()
+                    .map(|m| {
+                        self.checked("base.mirror", m, |u| {
+                            check::url(u, &["http://", "https://", "file:/"])
+                        })
+                    })
+                    .transpose()?;
                 let components = match &b.components {
                     Some(c) if c.is_empty() => {
                         return Err(self.invalid(
@@ -447,10 +454,8 @@ impl Cx<'_> {
                     Some(_) => self.list("base.components", &b.components, |s| {
                         check::archive_word(s, "component")
                     })?,
-                    None => vec!["main".to_string()],
+                    None => defaults.components,
                 };
-                let mut repositories = Vec::new();
-                let mut digests = Vec::new();
                 for (i, r) in b.repositories.unwrap_or_default().into_iter().enumerate() {
                     let r = r.into_inner();
                     let key = format!("base.repositories[{i}]");
@@ -468,20 +473,23 @@ impl Cx<'_> {
                             },
                         )
                     })?;
-                    digests.push(hex(&Sha256::digest(&bytes)));
-                    repositories.push(Repository { sources, keyring });
+                    stamps.push(hex(&Sha256::digest(&bytes)));
+                    repositories.push(AptRepository { sources, keyring });
                 }
-                Ok((
-                    Base::Debian(Debian {
-                        suite,
-                        mirror,
-                        components,
-                        repositories,
-                    }),
-                    digests,
-                ))
+                Base::Debian(Debian {
+                    suite,
+                    mirror,
+                    components,
+                    kernel: installs.kernel.map_or(defaults.kernel, |(k, _)| k),
+                    packages: installs.packages,
+                })
             }
-        }
+        };
+        // The base's own checks (a tarball must be a tar archive), before any download.
+        base.source()
+            .check()
+            .map_err(|e| self.invalid(format!("base.{kind}"), value.span(), format!("{e:#}")))?;
+        Ok((base, repositories, stamps))
     }
 
     fn ostree_ref(
@@ -499,7 +507,7 @@ impl Cx<'_> {
             |p| match p {
                 "name" => Ok(name.to_string()),
                 "arch" => Ok(ARCH.to_string()),
-                _ => base.suite().map(str::to_string).ok_or_else(|| {
+                _ => suite(base).map(str::to_string).ok_or_else(|| {
                     let which = if template.is_some() { "the ref" } else { "the default ref {name}/{suite}/{arch}" };
                     format!("{which} uses {{suite}}, which a tarball or directory base has not: set ref without it, e.g. ref = \"{{name}}/{{arch}}\"")
                 }),
@@ -733,14 +741,14 @@ impl Cx<'_> {
 }
 
 /// Classify an APT source entry: one `deb`/`deb-src` line, or a deb822 stanza.
-fn sources(text: &str) -> Result<Sources, String> {
+fn sources(text: &str) -> Result<AptSources, String> {
     let trimmed = text.trim();
     let first = trimmed.split_whitespace().next().unwrap_or_default();
     if (first == "deb" || first == "deb-src")
         && !trimmed.contains('\n')
         && trimmed.split_whitespace().count() >= 3
     {
-        return Ok(Sources::OneLine(trimmed.to_string()));
+        return Ok(AptSources::OneLine(trimmed.to_string()));
     }
     let has = |field: &str| {
         trimmed.lines().any(|l| {
@@ -749,7 +757,7 @@ fn sources(text: &str) -> Result<Sources, String> {
         })
     };
     if has("Types") && has("URIs") && has("Suites") {
-        return Ok(Sources::Deb822(format!("{trimmed}\n")));
+        return Ok(AptSources::Deb822(format!("{trimmed}\n")));
     }
     Err("write one line \"deb URI SUITE [COMPONENT...]\", or a deb822 stanza with Types:, URIs: and Suites:".into())
 }
@@ -758,30 +766,45 @@ fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-/// The text [`Manifest::base_key`] returns; `stamps` are the keyrings' digests or the
-/// tarball's size and time.
-fn base_key(base: &Base, stamps: &[String], packages: &[String], kernel: &str) -> Option<String> {
+/// The Debian suite of a distro base.
+fn suite(base: &Base) -> Option<&str> {
+    match base {
+        Base::Debian(d) => Some(&d.suite),
+        Base::Tarball(_) | Base::Directory(_) => None,
+    }
+}
+
+/// What a distro base installs, with where the manifest says so, for the error when the
+/// base is not a distro.
+struct Installs {
+    packages: Vec<String>,
+    packages_at: Option<Range<usize>>,
+    kernel: Option<(String, Range<usize>)>,
+}
+
+/// The text [`Manifest::base_key`] returns; `stamps` are the repositories' keyring
+/// digests, or the tarball's size and time.
+fn base_key(base: &Base, repositories: &[AptRepository], stamps: &[String]) -> Option<String> {
     let mut key = String::from("osbuild base 1\n");
     match base {
-        Base::Directory { .. } => return None,
-        Base::Tarball { path } => {
-            let _ = writeln!(key, "tarball {:?} {}", path, stamps.join(" "));
+        Base::Directory(_) => return None,
+        Base::Tarball(t) => {
+            let _ = writeln!(key, "tarball {:?} {}", t.path, stamps.join(" "));
         }
         Base::Debian(d) => {
+            let mut packages = d.packages.clone();
+            packages.sort();
+            packages.dedup();
             let _ = writeln!(
                 key,
-                "distro debian\nsuite {:?}\nmirror {:?}\ncomponents {:?}",
-                d.suite, d.mirror, d.components
+                "distro debian\nsuite {:?}\nmirror {:?}\ncomponents {:?}\nkernel {:?}\npackages {packages:?}",
+                d.suite, d.mirror, d.components, d.kernel
             );
-            for (r, digest) in d.repositories.iter().zip(stamps) {
+            for (r, digest) in repositories.iter().zip(stamps) {
                 let _ = writeln!(key, "repository {:?} keyring-sha256 {digest}", r.sources);
             }
         }
     }
-    let mut packages = packages.to_vec();
-    packages.sort();
-    packages.dedup();
-    let _ = writeln!(key, "packages {packages:?}\nkernel {kernel:?}");
     Some(key)
 }
 

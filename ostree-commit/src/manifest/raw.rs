@@ -82,7 +82,9 @@ section! {
         r#ref: Option<Str>, "string", "`\"{name}/{suite}/{arch}\"`";
         /// What the tree is built from: see `[base]`.
         base: Option<Spanned<RawBase>>, "table", "required";
-        /// Debian packages installed into the base, by name.
+        /// Debian packages installed into a distro base, by name, besides the kernel and
+        /// the packages every bootable tree gets. A tarball or directory base brings its
+        /// own system: packages are an error there.
         packages: List, "list of strings", "`[]`";
         /// Directories (beside the manifest) copied over the tree with their modes and
         /// owners: `OVERLAY/etc/x` becomes `/etc/x`.
@@ -106,20 +108,21 @@ section! {
 
 section! {
     /// What the tree is built from: exactly one of `distro`, `tarball` or `directory`.
-    /// `suite`, `mirror`, `components` and `repositories` apply to a distro only.
+    /// `suite`, `mirror`, `components` and `repositories` (and the top-level `packages`
+    /// and `[kernel] package`) apply to a distro only.
     "[base]" struct RawBase {
         /// Bootstrap a distribution with mmdebstrap. Only `"debian"` is supported.
         distro: Option<Str>, "string", "none";
         /// The Debian suite (codename), e.g. `bookworm` or `trixie`.
         suite: Option<Str>, "string", "`\"bookworm\"`";
         /// The Debian mirror: an `http://`, `https://` or `file:/` URL.
-        mirror: Option<Str>, "string", "`\"http://deb.debian.org/debian\"`";
+        mirror: Option<Str>, "string", "mmdebstrap's (`http://deb.debian.org/debian`)";
         /// The archive components enabled from the mirror.
         components: List, "list of strings", "`[\"main\"]`";
         /// Extra APT repositories: see `[[base.repositories]]`.
         repositories: Option<Vec<Spanned<RawRepository>>>, "array of tables", "`[]`";
-        /// A root filesystem tarball beside the manifest: `.tar`, `.tar.gz`/`.tgz`,
-        /// `.tar.xz`/`.txz` or `.tar.zst`/`.tzst`.
+        /// A root filesystem tarball beside the manifest: a tar archive, plain or
+        /// compressed with gzip, xz or zstd (told by its first bytes, not its name).
         tarball: Option<Str>, "path", "none";
         /// A root filesystem directory beside the manifest, copied as the base.
         directory: Option<Str>, "path", "none";
@@ -191,7 +194,7 @@ section! {
 section! {
     /// The kernel installed into the base and its command line.
     "[kernel]" struct RawKernel {
-        /// The Debian kernel package.
+        /// The Debian kernel package (distro bases only).
         package: Option<Str>, "string", "`\"linux-image-cloud-amd64\"`";
         /// Arguments added to every image's kernel command line, one per entry, without
         /// spaces.

@@ -1,6 +1,7 @@
 use super::docs::{reference, BEGIN, END};
 use super::raw::SECTIONS;
 use super::*;
+use crate::{Debian, Directory, Tarball};
 use std::collections::BTreeSet;
 use std::fs;
 use tempfile::TempDir;
@@ -48,7 +49,8 @@ fn fixture() -> TempDir {
     .unwrap();
     fs::write(d.join("keys/deploy_ed25519"), "key").unwrap();
     fs::write(d.join("keys/known_hosts"), "").unwrap();
-    fs::write(d.join("rootfs.tar.zst"), "not really zstd").unwrap();
+    // The zstd magic is what the tarball base checks at load.
+    fs::write(d.join("rootfs.tar.zst"), b"\x28\xb5\x2f\xfdnot really zstd").unwrap();
     dir
 }
 
@@ -161,17 +163,23 @@ fn docs_example_sets_every_key_and_loads() {
     let Base::Debian(debian) = m.base() else {
         panic!("{:?}", m.base())
     };
-    assert_eq!(debian.suite, "bookworm");
-    assert_eq!(debian.mirror, "http://deb.debian.org/debian");
-    assert_eq!(debian.components, ["main", "contrib"]);
     assert_eq!(
-        debian.repositories,
-        [Repository {
-            sources: Sources::OneLine("deb https://apt.example.com/debian bookworm main".into()),
+        debian,
+        &Debian {
+            suite: "bookworm".into(),
+            mirror: Some("http://deb.debian.org/debian".into()),
+            components: vec!["main".into(), "contrib".into()],
+            kernel: "linux-image-cloud-amd64".into(),
+            packages: vec!["openssh-server".into(), "curl".into(), "vim-tiny".into()],
+        }
+    );
+    assert_eq!(
+        m.repositories(),
+        [AptRepository {
+            sources: AptSources::OneLine("deb https://apt.example.com/debian bookworm main".into()),
             keyring: d.join("keyrings/vendor.asc"),
         }]
     );
-    assert_eq!(m.packages(), ["openssh-server", "curl", "vim-tiny"]);
     assert_eq!(m.overlays(), [d.join("overlay")]);
     assert_eq!(
         m.files(),
@@ -214,8 +222,7 @@ fn docs_example_sets_every_key_and_loads() {
         m.services().disable,
         ["apt-daily.timer", "apt-daily-upgrade.timer"]
     );
-    assert_eq!(m.kernel().package, "linux-image-cloud-amd64");
-    assert_eq!(m.kernel().args, ["console=ttyS0,115200", "quiet"]);
+    assert_eq!(m.kernel_args(), ["console=ttyS0,115200", "quiet"]);
     assert_eq!(m.scripts().post, [d.join("scripts/cleanup.sh")]);
     assert_eq!(
         m.remote(),
@@ -243,9 +250,9 @@ fn docs_example_sets_every_key_and_loads() {
     let m = load(&dir, &examples[1]).unwrap();
     assert_eq!(
         m.base(),
-        &Base::Tarball {
+        &Base::Tarball(Tarball {
             path: d.join("rootfs.tar.zst")
-        }
+        })
     );
     assert_eq!(m.ostree_ref(), "appliance/x86_64");
 }
@@ -258,31 +265,30 @@ fn defaults() {
     assert_eq!(
         m.base(),
         &Base::Debian(Debian {
-            suite: "bookworm".into(),
-            mirror: "http://deb.debian.org/debian".into(),
-            components: vec!["main".into()],
-            repositories: vec![],
+            mirror: None,
+            ..Debian::default()
         })
     );
+    let Base::Debian(d) = m.base() else { panic!() };
+    assert_eq!(
+        (d.suite.as_str(), d.kernel.as_str()),
+        ("bookworm", "linux-image-cloud-amd64")
+    );
+    assert_eq!(d.components, ["main"]);
+    assert!(d.packages.is_empty() && m.repositories().is_empty());
     assert_eq!(m.hostname(), None);
     assert_eq!(m.render_version(SystemTime::now()), None);
-    assert!(m.packages().is_empty() && m.overlays().is_empty() && m.files().is_empty());
+    assert!(m.overlays().is_empty() && m.files().is_empty());
     assert!(m.users().is_empty());
     assert_eq!(m.services(), &Services::default());
-    assert_eq!(
-        m.kernel(),
-        &Kernel {
-            package: "linux-image-cloud-amd64".into(),
-            args: vec![]
-        }
-    );
+    assert!(m.kernel_args().is_empty());
     assert_eq!(m.scripts(), &Scripts::default());
     assert_eq!((m.remote(), m.push()), (None, None));
 
     let text = format!("{MINIMAL}suite = \"trixie\"\n[remote]\nurl = \"https://u.example/repo\"\n[[files]]\npath = \"/etc/a\"\ncontent = \"\"\n[[users]]\nname = \"bob\"\n");
     let m = load(&dir, &text).unwrap();
     assert_eq!(m.ostree_ref(), "edge/trixie/x86_64");
-    assert_eq!(m.base().suite(), Some("trixie"));
+    assert!(matches!(m.base(), Base::Debian(d) if d.suite == "trixie"));
     assert_eq!(m.remote().unwrap().name, "origin");
     assert_eq!(m.files()[0].mode, 0o644);
     assert_eq!(
@@ -443,6 +449,8 @@ fn invalid_values_name_key_line_and_column() {
         ("name = \"edge\"\nref = \"{name}/{suite}\"\n[base]\ndirectory = \"rootfs\"\n".to_string(), "ref", 2, 7),
         ("name = \"edge\"\nref = \"{name}\"\n[base]\ntarball = \"files/hello.sh\"\n".to_string(), "base.tarball", 4, 11),
         ("name = \"edge\"\nref = \"{name}\"\n[base]\ndirectory = \"rootfs\"\nsuite = \"trixie\"\n".to_string(), "base.suite", 5, 9),
+        ("name = \"edge\"\nref = \"{name}\"\npackages = [\"vim\"]\n[base]\ntarball = \"rootfs.tar.zst\"\n".to_string(), "packages", 3, 13),
+        ("name = \"edge\"\nref = \"{name}\"\n[base]\ndirectory = \"rootfs\"\n[kernel]\npackage = \"linux-image-amd64\"\n".to_string(), "kernel.package", 6, 11),
         (format!("name = \"edge/x\"\n[base]\ndistro = \"debian\"\n"), "name", 1, 8),
         (format!("hostname = \"edge_01\"\n{MINIMAL}"), "hostname", 1, 12),
         (format!("version = \"{{date}}-{{time}}\"\n{MINIMAL}"), "version", 1, 11),
@@ -515,9 +523,8 @@ fn deb822_sources_and_owners() {
         "{MINIMAL}[[base.repositories]]\nsources = \"\"\"\nTypes: deb\nURIs: https://apt.example.com/debian\nSuites: trixie\nComponents: main\n\"\"\"\nkeyring = \"keyrings/vendor.asc\"\n[[files]]\npath = \"/a\"\ncontent = \"\"\nowner = \"1000\"\n"
     );
     let m = load(&dir, &text).unwrap();
-    let Base::Debian(d) = m.base() else { panic!() };
     assert!(
-        matches!(&d.repositories[0].sources, Sources::Deb822(s) if s.starts_with("Types: deb\n"))
+        matches!(&m.repositories()[0].sources, AptSources::Deb822(s) if s.starts_with("Types: deb\n"))
     );
     assert_eq!(
         m.files()[0].owner,
@@ -525,6 +532,18 @@ fn deb822_sources_and_owners() {
             user: "1000".into(),
             group: None
         }
+    );
+}
+
+const DIRECTORY: &str = "name = \"a\"\nref = \"{name}\"\n[base]\ndirectory = \"rootfs\"\n";
+
+#[test]
+fn directory_base() {
+    let dir = fixture();
+    let path = dir.path().join("rootfs");
+    assert_eq!(
+        load(&dir, DIRECTORY).unwrap().base(),
+        &Base::Directory(Directory { path })
     );
 }
 
@@ -564,14 +583,11 @@ fn base_key_covers_the_base_only() {
     let t = key(tarball).unwrap();
     fs::write(
         dir.path().join("rootfs.tar.zst"),
-        "a longer, different tarball",
+        b"\x28\xb5\x2f\xfda longer, different tarball",
     )
     .unwrap();
     assert_ne!(key(tarball).unwrap(), t);
-    assert_eq!(
-        key("name = \"a\"\nref = \"{name}\"\n[base]\ndirectory = \"rootfs\"\n"),
-        None
-    );
+    assert_eq!(key(DIRECTORY), None);
 }
 
 #[test]
@@ -617,10 +633,15 @@ fn documented_defaults_are_the_ones_applied() {
     };
     let quoted = |v: &str| format!("`{v:?}`");
     assert_eq!(default("top level", "ref"), quoted(DEFAULT_REF));
-    assert_eq!(default("[base]", "suite"), quoted(DEFAULT_SUITE));
-    assert_eq!(default("[base]", "mirror"), quoted(DEFAULT_MIRROR));
-    assert_eq!(default("[base]", "components"), "`[\"main\"]`");
-    assert_eq!(default("[kernel]", "package"), quoted(DEFAULT_KERNEL));
+    let debian = Debian::default();
+    assert_eq!(default("[base]", "suite"), quoted(&debian.suite));
+    assert_eq!(debian.mirror, None);
+    assert!(default("[base]", "mirror").starts_with("mmdebstrap's"));
+    assert_eq!(
+        default("[base]", "components"),
+        format!("`{:?}`", debian.components)
+    );
+    assert_eq!(default("[kernel]", "package"), quoted(&debian.kernel));
     assert_eq!(default("[[users]]", "shell"), quoted(DEFAULT_SHELL));
     assert_eq!(default("[remote]", "name"), quoted(DEFAULT_REMOTE));
     assert_eq!(
@@ -630,8 +651,7 @@ fn documented_defaults_are_the_ones_applied() {
     // And the code applies them.
     let dir = fixture();
     let m = load(&dir, MINIMAL).unwrap();
-    let Base::Debian(d) = m.base() else { panic!() };
-    assert_eq!(d.components, ["main"]);
+    assert_eq!(m.base(), &Base::Debian(debian));
     for section in SECTIONS {
         assert!(
             !section.doc.is_empty(),
