@@ -5,6 +5,7 @@ mod bootstrap;
 mod commit;
 mod customize;
 mod layout;
+mod manifest;
 mod push;
 mod source;
 
@@ -12,5 +13,9 @@ pub use bootstrap::{bootstrap, Bootstrap};
 pub use commit::{commit, Commit, CommitOptions};
 pub use customize::{Services, TreeFile, User, HOME_ROOT};
 pub use layout::{convert, validate, TreeError, TreeInfo};
+pub use manifest::{
+    AptRepository, AptSources, FileContent, ImageFile, Manifest, ManifestError, ManifestErrorKind,
+    Owner, PushTarget, Remote, Scripts, Services, User,
+};
 pub use push::{push, Destination, PushOptions, PushOutcome};
 pub use source::{Base, Debian, Directory, Tarball};

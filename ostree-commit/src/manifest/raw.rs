@@ -1,0 +1,278 @@
+//! The manifest as written: one serde struct per TOML table, each declared through
+//! `section!` so that its keys, their doc comments, types and defaults also form the
+//! reference in docs/manifest.md (see `docs.rs`). Values that a later check may reject
+//! are [`Spanned`], so that the error can point at them.
+
+use serde::de::{self, Deserializer, Visitor};
+use serde::Deserialize;
+use std::fmt;
+use toml::Spanned;
+
+/// One key of a table, as the reference lists it.
+#[cfg(test)]
+#[derive(Debug)]
+pub(crate) struct Key {
+    pub(crate) name: &'static str,
+    pub(crate) ty: &'static str,
+    pub(crate) default: &'static str,
+    pub(crate) doc: &'static [&'static str],
+}
+
+/// One table of the manifest, as the reference lists it.
+#[cfg(test)]
+#[derive(Debug)]
+pub(crate) struct Section {
+    pub(crate) table: &'static str,
+    pub(crate) doc: &'static [&'static str],
+    pub(crate) keys: &'static [Key],
+}
+
+/// Declares a table's struct and, for the docs test, its [`Section`]: each field is
+/// `/// doc` lines, then `name: RustType, "type in the docs", "default in the docs";`.
+macro_rules! section {
+    (
+        $(#[doc = $sdoc:literal])*
+        $table:literal struct $name:ident {
+            $(
+                $(#[doc = $doc:literal])*
+                $field:ident : $ty:ty, $tyname:literal, $default:literal;
+            )*
+        }
+    ) => {
+        $(#[doc = $sdoc])*
+        #[derive(Debug, Deserialize)]
+        #[serde(deny_unknown_fields)]
+        pub(crate) struct $name {
+            $( $(#[doc = $doc])* pub(crate) $field: $ty, )*
+        }
+
+        #[cfg(test)]
+        impl $name {
+            pub(crate) const SECTION: Section = Section {
+                table: $table,
+                doc: &[$($sdoc),*],
+                keys: &[$(Key {
+                    name: stringify!($field),
+                    ty: $tyname,
+                    default: $default,
+                    doc: &[$($doc),*],
+                }),*],
+            };
+        }
+    };
+}
+
+type Str = Spanned<String>;
+type List = Option<Vec<Str>>;
+
+section! {
+    /// The keys at the top of the file, before any table.
+    "top level" struct RawManifest {
+        /// The operating system's name: one ref segment (letters, digits, `-`, `.`, `_`).
+        name: Str, "string", "required";
+        /// The commit's version, shown by `ostree admin status`. `{date}` becomes the build
+        /// time in UTC as `YYYYMMDD.HHMM`, taken from `SOURCE_DATE_EPOCH` when it is set.
+        version: Option<Str>, "string", "none: commits carry no version";
+        /// The image's host name (RFC 1123: letters, digits and `-`, dot-separated labels).
+        hostname: Option<Str>, "string", "the base's `/etc/hostname`";
+        /// The branch commits go to. `{name}`, `{suite}` (the Debian suite) and `{arch}`
+        /// (`x86_64`) are replaced; a tarball or directory base has no suite, so its
+        /// manifest must set a `ref` without `{suite}`. The result must be a valid ostree
+        /// ref: segments of letters, digits, `-`, `.`, `_` separated by `/`.
+        r#ref: Option<Str>, "string", "`\"{name}/{suite}/{arch}\"`";
+        /// What the tree is built from: see `[base]`.
+        base: Option<Spanned<RawBase>>, "table", "required";
+        /// Debian packages installed into a distro base, by name, besides the kernel and
+        /// the packages every bootable tree gets. A tarball or directory base brings its
+        /// own system: packages are an error there.
+        packages: List, "list of strings", "`[]`";
+        /// Directories (beside the manifest) copied over the tree with their modes and
+        /// owners: `OVERLAY/etc/x` becomes `/etc/x`.
+        overlays: List, "list of paths", "`[]`";
+        /// Single files written into the tree: see `[[files]]`.
+        files: Option<Vec<Spanned<RawFile>>>, "array of tables", "`[]`";
+        /// Login users: see `[[users]]`.
+        users: Option<Vec<Spanned<RawUser>>>, "array of tables", "`[]`";
+        /// systemd units to enable or disable: see `[services]`.
+        services: Option<Spanned<RawServices>>, "table", "nothing changed";
+        /// The kernel: see `[kernel]`.
+        kernel: Option<RawKernel>, "table", "see `[kernel]`";
+        /// Scripts run in the tree: see `[scripts]`.
+        scripts: Option<RawScripts>, "table", "no scripts";
+        /// Where devices upgrade from: see `[remote]`.
+        remote: Option<Spanned<RawRemote>>, "table", "no remote configured";
+        /// Where `osbuild push` sends commits: see `[push]`.
+        push: Option<Spanned<RawPush>>, "table", "no destination";
+    }
+}
+
+section! {
+    /// What the tree is built from: exactly one of `distro`, `tarball` or `directory`.
+    /// `suite`, `mirror`, `components` and `repositories` (and the top-level `packages`
+    /// and `[kernel] package`) apply to a distro only.
+    "[base]" struct RawBase {
+        /// Bootstrap a distribution with mmdebstrap. Only `"debian"` is supported.
+        distro: Option<Str>, "string", "none";
+        /// The Debian suite (codename), e.g. `bookworm` or `trixie`.
+        suite: Option<Str>, "string", "`\"bookworm\"`";
+        /// The Debian mirror: an `http://`, `https://` or `file:/` URL.
+        mirror: Option<Str>, "string", "mmdebstrap's (`http://deb.debian.org/debian`)";
+        /// The archive components enabled from the mirror.
+        components: List, "list of strings", "`[\"main\"]`";
+        /// Extra APT repositories: see `[[base.repositories]]`.
+        repositories: Option<Vec<Spanned<RawRepository>>>, "array of tables", "`[]`";
+        /// A root filesystem tarball beside the manifest: a tar archive, plain or
+        /// compressed with gzip, xz or zstd (told by its first bytes, not its name).
+        tarball: Option<Str>, "path", "none";
+        /// A root filesystem directory beside the manifest, copied as the base.
+        directory: Option<Str>, "path", "none";
+    }
+}
+
+section! {
+    /// An extra APT repository for a distro base, available while packages are installed.
+    "[[base.repositories]]" struct RawRepository {
+        /// The APT source: one `deb ...` line, or a deb822 stanza with `Types:`, `URIs:`
+        /// and `Suites:` fields.
+        sources: Str, "string", "required";
+        /// The repository's signing key (binary `.gpg` or armored `.asc`) beside the
+        /// manifest.
+        keyring: Str, "path", "required";
+    }
+}
+
+section! {
+    /// A file written into the tree. Exactly one of `content` and `source`.
+    "[[files]]" struct RawFile {
+        /// Where the file goes in the image: an absolute path without `.` or `..`.
+        path: Str, "string", "required";
+        /// The file's text.
+        content: Option<Str>, "string", "none";
+        /// A file beside the manifest whose bytes are copied.
+        source: Option<Str>, "path", "none";
+        /// The permission bits: an octal string such as `"0644"` or a TOML octal integer
+        /// such as `0o644` (a decimal integer is refused, as `644` is almost always a
+        /// mistake).
+        mode: Option<Spanned<RawMode>>, "string or integer", "`\"0644\"`";
+        /// `"user:group"` or `"user"` (then the user's login group, as `chown user:`),
+        /// names or numeric ids.
+        owner: Option<Str>, "string", "`\"root:root\"`";
+    }
+}
+
+section! {
+    /// A login user, created in the image with its home directory under `/var/home`.
+    "[[users]]" struct RawUser {
+        /// The login name, by Debian's adduser rules: lowercase letters, digits, `_` and
+        /// `-`, starting with a letter or `_`, optionally ending in `$`; up to 32 characters.
+        name: Str, "string", "required";
+        /// The user id, from 1000 to 59999 (Debian's range for regular users).
+        uid: Option<Spanned<i64>>, "integer", "the next free id";
+        /// Supplementary groups, which must exist in the image.
+        groups: List, "list of strings", "`[]`";
+        /// The password as a crypt(3) hash (e.g. from `mkpasswd -m yescrypt`).
+        password_hash: Option<Str>, "string", "no password: the account is locked";
+        /// Lines written to `~/.ssh/authorized_keys`.
+        ssh_authorized_keys: List, "list of strings", "`[]`";
+        /// The login shell, an absolute path.
+        shell: Option<Str>, "string", "`\"/bin/bash\"`";
+    }
+}
+
+section! {
+    /// systemd units switched on or off in the image, by full unit name
+    /// (`.service`, `.socket`, `.timer`, `.target`, `.path`, `.mount`, `.automount`,
+    /// `.swap` or `.slice`).
+    "[services]" struct RawServices {
+        /// Units enabled.
+        enable: List, "list of strings", "`[]`";
+        /// Units disabled.
+        disable: List, "list of strings", "`[]`";
+    }
+}
+
+section! {
+    /// The kernel installed into the base and its command line.
+    "[kernel]" struct RawKernel {
+        /// The Debian kernel package (distro bases only).
+        package: Option<Str>, "string", "`\"linux-image-cloud-amd64\"`";
+        /// Arguments added to every image's kernel command line, one per entry, without
+        /// spaces.
+        args: List, "list of strings", "`[]`";
+    }
+}
+
+section! {
+    /// Scripts beside the manifest, run chrooted in the tree by the interpreter their
+    /// `#!` line names (which must exist in the tree).
+    "[scripts]" struct RawScripts {
+        /// Run in order after the tree is assembled, before it is converted and committed.
+        post: List, "list of paths", "`[]`";
+    }
+}
+
+section! {
+    /// The ostree remote devices upgrade from, written into the image.
+    "[remote]" struct RawRemote {
+        /// The repository URL: `http://`, `https://` or `file://`.
+        url: Str, "string", "required";
+        /// The remote's name.
+        name: Option<Str>, "string", "`\"origin\"`";
+    }
+}
+
+section! {
+    /// Where `osbuild push` sends commits.
+    "[push]" struct RawPush {
+        /// `ssh://[USER@]HOST[:PORT]/PATH` or `[USER@]HOST:PATH`.
+        destination: Str, "string", "required";
+        /// The SSH private key, beside the manifest.
+        identity: Option<Str>, "path", "the SSH agent and `~/.ssh` keys";
+        /// The known_hosts file, beside the manifest.
+        known_hosts: Option<Str>, "path", "`~/.ssh/known_hosts`";
+    }
+}
+
+/// Every table, in the order the reference lists them.
+#[cfg(test)]
+pub(crate) const SECTIONS: &[Section] = &[
+    RawManifest::SECTION,
+    RawBase::SECTION,
+    RawRepository::SECTION,
+    RawFile::SECTION,
+    RawUser::SECTION,
+    RawServices::SECTION,
+    RawKernel::SECTION,
+    RawScripts::SECTION,
+    RawRemote::SECTION,
+    RawPush::SECTION,
+];
+
+/// A file mode as written: an octal string or an integer.
+#[derive(Debug)]
+pub(crate) enum RawMode {
+    Text(String),
+    Number(i64),
+}
+
+impl<'de> Deserialize<'de> for RawMode {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct ModeVisitor;
+        impl Visitor<'_> for ModeVisitor {
+            type Value = RawMode;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("an octal string like \"0644\" or an octal integer like 0o644")
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<RawMode, E> {
+                Ok(RawMode::Text(v.to_string()))
+            }
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<RawMode, E> {
+                Ok(RawMode::Number(v))
+            }
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<RawMode, E> {
+                Ok(RawMode::Number(i64::try_from(v).unwrap_or(i64::MAX)))
+            }
+        }
+        d.deserialize_any(ModeVisitor)
+    }
+}
