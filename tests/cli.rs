@@ -445,3 +445,45 @@ fn installed_as_ostree_receive_keeps_the_protocol_exit_codes() {
         assert!(String::from_utf8_lossy(&out.stderr).contains("no-such-repo"));
     }
 }
+
+#[test]
+fn commit_push_without_destination_commits_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let tree = dir.path().join("tree");
+    tiny_tree(&tree);
+    // In a fresh directory, where the default --repo (./repo) would be created.
+    let cwd = dir.path().join("cwd");
+    fs::create_dir(&cwd).unwrap();
+    let out = Command::new(OSBUILD)
+        .args(["commit-push", "--branch", "foo", "--tree"])
+        .arg(&tree)
+        .current_dir(&cwd)
+        .output()
+        .unwrap();
+    assert_fails_naming(
+        &out,
+        &[
+            "commit-push needs a destination: pass ssh://USER@HOST:PORT/PATH, --server HOST, \
+           or set [push] destination in osbuild.toml",
+        ],
+    );
+    assert!(entries(&cwd).is_empty(), "{:?}", entries(&cwd));
+}
+
+#[test]
+fn completions_man_pages_and_version() {
+    let out = osbuild(&["completions", "bash"]);
+    assert!(out.status.success());
+    assert!(String::from_utf8_lossy(&out.stdout).contains("commit-push"));
+    let dir = tempfile::tempdir().unwrap();
+    let man = dir.path().join("man1");
+    let out = osbuild(&["man", "--output", man.to_str().unwrap()]);
+    assert!(out.status.success());
+    assert!(man.join("osbuild-commit-push.1").is_file());
+    let out = osbuild(&["--version"]);
+    let version = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && version.starts_with("osbuild ") && version.contains(" ("),
+        "{version}"
+    );
+}
