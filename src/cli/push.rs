@@ -1,7 +1,7 @@
 //! `osbuild push` and `osbuild commit-push`: send refs to a server over SSH.
 
 use super::CommitArgs;
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Result};
 use ostree_commit::Destination;
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -90,24 +90,37 @@ impl PushTarget {
         };
         let port = match (server.port, self.ssh_port) {
             (Some(a), Some(b)) if a != b => {
-                bail!("--server {server}:{a} and --ssh-port {b} name different ports: give the port once")
+                bail!(
+                    "--server {server}:{a} and --ssh-port {b} name different ports: \
+                     give the port once"
+                )
             }
             (a, b) => b.or(a).unwrap_or(22),
         };
         let path = self.path.as_deref().unwrap_or(SERVER_PATH);
         if !path.starts_with('/') {
-            bail!("--path {path:?} is not absolute: give the repository's path on the server, e.g. {SERVER_PATH}");
+            bail!(
+                "--path {path:?} is not absolute: give the repository's path on the server, \
+                 e.g. {SERVER_PATH}"
+            );
         }
-        let user = self
-            .user
-            .as_deref()
-            .map(|u| format!("{u}@"))
-            .unwrap_or_default();
-        // Written as a URL and parsed back, so that it passes the checks a destination
-        // given as such does (e.g. on the user name).
-        let url = format!("ssh://{user}{server}:{port}{path}");
-        url.parse()
-            .with_context(|| format!("--server {server} with --user, --ssh-port and --path"))
+        if let Some(user) = &self.user {
+            // What would end the user part of ssh://USER@HOST or make it an option.
+            if user.is_empty()
+                || user.starts_with('-')
+                || user
+                    .chars()
+                    .any(|c| c == '/' || c == ':' || c.is_whitespace())
+            {
+                bail!("--user {user:?} is not a user name");
+            }
+        }
+        Ok(Destination {
+            user: self.user.clone(),
+            host: server.host.clone(),
+            port: Some(port),
+            path: path.to_string(),
+        })
     }
 }
 
@@ -367,11 +380,19 @@ mod tests {
                 &["--server", "10.0.2.2:2222"],
                 "ssh://10.0.2.2:2222/srv/ostree/repo",
             ),
+            // ssh splits USER@HOST at the last '@'.
+            (
+                &["--server", "h", "--user", "a@b"],
+                "ssh://a@b@h:22/srv/ostree/repo",
+            ),
             // A destination alone is taken as given.
             (&["ssh://u@h:2200/r"], "ssh://u@h:2200/r"),
             (&["u@h:repo"], "u@h:repo"),
         ] {
             assert_eq!(destination(args).as_deref(), Ok(want), "{args:?}");
+            // What is printed is what is pushed to.
+            let dest = commit_push(args).unwrap().target.destination().unwrap();
+            assert_eq!(want.parse::<Destination>().unwrap(), dest, "{args:?}");
         }
         // Without --user the push logs in as the local user, as ssh does.
         let dest = commit_push(&["--server", "h"])
@@ -424,7 +445,10 @@ mod tests {
                 "different ports",
             ),
             (&["--server", "h", "--path", "srv/repo"], "not absolute"),
-            (&["--server", "h", "--user", ""], "empty user"),
+            (&["--server", "h", "--user", ""], "not a user name"),
+            (&["--server", "h", "--user", "a/b"], "not a user name"),
+            (&["--server", "h", "--user", "a:b"], "not a user name"),
+            (&["--server", "h", "--user=-oX"], "not a user name"),
             (&["--server", "h", "--ssh-port", "0"], "0"),
             (&["--server", "u@h"], "--user"),
             (&["--server", "h/srv/repo"], "--path"),
