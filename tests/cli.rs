@@ -445,3 +445,105 @@ fn installed_as_ostree_receive_keeps_the_protocol_exit_codes() {
         assert!(String::from_utf8_lossy(&out.stderr).contains("no-such-repo"));
     }
 }
+
+#[test]
+fn commit_push_without_destination_commits_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let tree = dir.path().join("tree");
+    tiny_tree(&tree);
+    // In a fresh directory, where the default --repo (./repo) would be created.
+    let cwd = dir.path().join("cwd");
+    fs::create_dir(&cwd).unwrap();
+    let out = Command::new(OSBUILD)
+        .args(["commit-push", "--branch", "foo", "--tree"])
+        .arg(&tree)
+        .current_dir(&cwd)
+        .output()
+        .unwrap();
+    assert_fails_naming(
+        &out,
+        &[
+            "commit-push needs a destination: pass ssh://USER@HOST:PORT/PATH, --server HOST, \
+           or set [push] destination in osbuild.toml",
+        ],
+    );
+    assert!(entries(&cwd).is_empty(), "{:?}", entries(&cwd));
+}
+
+#[test]
+fn completions_man_pages_and_version() {
+    let out = osbuild(&["completions", "bash"]);
+    assert!(out.status.success());
+    assert!(String::from_utf8_lossy(&out.stdout).contains("commit-push"));
+    let dir = tempfile::tempdir().unwrap();
+    let man = dir.path().join("man1");
+    let out = osbuild(&["man", "--output", man.to_str().unwrap()]);
+    assert!(out.status.success());
+    assert!(man.join("osbuild-commit-push.1").is_file());
+    let out = osbuild(&["--version"]);
+    let version = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && version.starts_with("osbuild ") && version.contains(" ("),
+        "{version}"
+    );
+}
+
+#[test]
+fn commit_push_to_a_server_by_its_parts() {
+    use osbuild_testing::repo::{init_archive, rev_parse};
+    let dir = tempfile::tempdir().unwrap();
+    let tree = dir.path().join("tree");
+    tiny_tree(&tree);
+    let served = dir.path().join("served");
+    init_archive(&served);
+    let key = osbuild_testing::sshd::KeyPair::generate(&dir.path().join("id")).unwrap();
+    let ak = dir.path().join("authorized_keys");
+    fs::write(&ak, key.public_line().unwrap()).unwrap();
+    let port = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let server = Serve(
+        Command::new(OSBUILD)
+            .args(["serve", "--access-log=false", "--http", "127.0.0.1:0"])
+            .arg("--repo")
+            .arg(&served)
+            .args(["--ssh", &format!("127.0.0.1:{port}"), "--authorized-keys"])
+            .arg(&ak)
+            .arg("--host-key")
+            .arg(dir.path().join("host_key"))
+            .spawn()
+            .unwrap(),
+    );
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline, "the SSH listener did not start");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // --repo defaults to ./repo, --user to the local user; the port comes from --server.
+    let cwd = dir.path().join("cwd");
+    fs::create_dir(&cwd).unwrap();
+    let out = Command::new(OSBUILD)
+        .args(["commit-push", "--branch", "foo", "--tree"])
+        .arg(&tree)
+        .args(["--server", &format!("127.0.0.1:{port}"), "--path"])
+        .arg(&served)
+        .arg("--identity")
+        .arg(&key.private)
+        .arg("--known-hosts")
+        .arg(dir.path().join("known_hosts"))
+        .arg("--accept-new-host-key")
+        .current_dir(&cwd)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let local = rev_parse(&cwd.join("repo"), "foo");
+    assert_eq!(rev_parse(&served, "foo"), local);
+    assert!(String::from_utf8_lossy(&out.stdout).contains(&local));
+    drop(server);
+}

@@ -6,6 +6,7 @@
 mod push;
 mod receive;
 mod serve;
+mod shell;
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
@@ -16,10 +17,13 @@ use std::process::ExitCode;
 use push::{CommitPushArgs, PushArgs};
 use receive::ReceiveArgs;
 use serve::ServeArgs;
+pub use shell::shell_files;
+use shell::{CompletionsArgs, ManArgs};
 
 /// Build, ship and upgrade immutable OSTree-based Debian systems.
 #[derive(Debug, Parser)]
-#[command(name = "osbuild", version)]
+// The version names the commit it was built from (build.rs).
+#[command(name = "osbuild", version = env!("OSBUILD_VERSION"))]
 pub struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -45,7 +49,17 @@ pub(crate) enum Command {
     /// with the receiver's status.
     Push(PushArgs),
     /// Commit a tree, then push the new commit's ref over SSH.
+    ///
+    /// The commit goes into --repo (./repo unless given), and is pushed to DESTINATION, or
+    /// to --server HOST: ssh://USER@HOST:PORT/PATH made of --user (the local user unless
+    /// given), --ssh-port (22) and --path (/srv/ostree/repo). Without either, nothing is
+    /// committed.
     CommitPush(CommitPushArgs),
+    /// Print the completion script for a shell, e.g. `osbuild completions bash >
+    /// /usr/local/share/bash-completion/completions/osbuild`.
+    Completions(CompletionsArgs),
+    /// Write the man pages of osbuild and of each verb (osbuild.1, osbuild-commit.1, …).
+    Man(ManArgs),
 }
 
 impl Cli {
@@ -114,7 +128,7 @@ pub(crate) struct BootstrapArgs {
 #[derive(Debug, clap::Args)]
 pub(crate) struct CommitArgs {
     /// Archive repository; created if it does not exist.
-    #[arg(long)]
+    #[arg(long, default_value = "repo")]
     repo: PathBuf,
     /// The ref to commit to, e.g. debian/bookworm/x86_64.
     #[arg(long)]
@@ -247,6 +261,8 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         }
         Command::Push(a) => return a.run(),
         Command::CommitPush(a) => return a.run(),
+        Command::Completions(a) => a.run()?,
+        Command::Man(a) => a.run()?,
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -263,6 +279,28 @@ mod tests {
     #[test]
     fn the_command_line_is_consistent() {
         Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn version_names_the_commit() {
+        let version = Cli::command().render_version();
+        let inner = version
+            .trim()
+            .strip_prefix(concat!("osbuild ", env!("CARGO_PKG_VERSION"), " ("))
+            .and_then(|v| v.strip_suffix(')'))
+            .unwrap_or_else(|| panic!("{version}"));
+        if inner != "unknown" {
+            // `a1b2c3d 2026-12-01`: an abbreviated commit id and its date.
+            let (id, date) = inner.split_once(' ').unwrap_or_else(|| panic!("{version}"));
+            assert!(
+                id.len() >= 7 && id.chars().all(|c| c.is_ascii_hexdigit()),
+                "{version}"
+            );
+            assert!(
+                date.len() == 10 && date.chars().filter(|&c| c == '-').count() == 2,
+                "{version}"
+            );
+        }
     }
 
     #[test]
