@@ -547,3 +547,181 @@ fn commit_push_to_a_server_by_its_parts() {
     assert!(String::from_utf8_lossy(&out.stdout).contains(&local));
     drop(server);
 }
+
+/// A plain (not yet OSTree-shaped) root filesystem: enough for the manifest's users, files
+/// and services and for the layout conversion, not for booting.
+fn plain_tree(root: &Path) {
+    for d in [
+        "etc",
+        "usr/lib/modules/6.1.0-test",
+        "usr/lib/systemd/system",
+        "var/lib",
+        "home",
+    ] {
+        fs::create_dir_all(root.join(d)).unwrap();
+    }
+    fs::write(root.join("etc/passwd"), "root:x:0:0:root:/root:/bin/bash\n").unwrap();
+    fs::write(root.join("etc/group"), "root:x:0:\nsudo:x:27:\n").unwrap();
+    fs::write(root.join("etc/shadow"), "root:*:19000:0:99999:7:::\n").unwrap();
+    fs::write(root.join("usr/lib/os-release"), "ID=test\n").unwrap();
+    fs::write(root.join("usr/lib/modules/6.1.0-test/vmlinuz"), "kernel").unwrap();
+    fs::write(
+        root.join("usr/lib/modules/6.1.0-test/initramfs.img"),
+        "initramfs",
+    )
+    .unwrap();
+    fs::write(
+        root.join("usr/lib/systemd/system/hello.service"),
+        "[Service]\nExecStart=/bin/true\n[Install]\nWantedBy=multi-user.target\n",
+    )
+    .unwrap();
+}
+
+fn ostree_out(repo: &Path, args: &[&str]) -> String {
+    let out = Command::new("ostree")
+        .arg(format!("--repo={}", repo.display()))
+        .args(args)
+        .output()
+        .expect("running ostree");
+    assert!(
+        out.status.success(),
+        "ostree {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[test]
+fn commit_from_a_manifest_applies_its_keys() {
+    let dir = tempfile::tempdir().unwrap();
+    let base = dir.path().join("base");
+    plain_tree(&base);
+    fs::create_dir_all(dir.path().join("overlay/etc")).unwrap();
+    fs::write(dir.path().join("overlay/etc/motd"), "from the overlay\n").unwrap();
+    fs::write(dir.path().join("app.conf"), "port = 8090\n").unwrap();
+    fs::write(
+        dir.path().join("osbuild.toml"),
+        r#"name = "demo"
+version = "1.{date}"
+hostname = "demo-box"
+ref = "{name}/{arch}"
+overlays = ["overlay"]
+
+[base]
+directory = "base"
+
+[[files]]
+path = "/etc/app/app.conf"
+source = "app.conf"
+mode = "0640"
+owner = "admin"
+
+[[files]]
+path = "/usr/share/demo/inline"
+content = "inline text\n"
+
+[[users]]
+name = "admin"
+uid = 1500
+groups = ["sudo"]
+ssh_authorized_keys = ["ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIGZha2VrZXlmb3J0ZXN0aW5nb25seTEyMzQ1 admin@test"]
+
+[services]
+enable = ["hello.service"]
+"#,
+    )
+    .unwrap();
+    // As users type it: in the manifest's directory, with ./repo as the default.
+    let out = Command::new(OSBUILD)
+        .args(["commit"])
+        .current_dir(dir.path())
+        .env("SOURCE_DATE_EPOCH", "1764547200")
+        .output()
+        .expect("running osbuild");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let checksum = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    let repo = dir.path().join("repo");
+    assert_eq!(
+        ostree_out(&repo, &["rev-parse", "demo/x86_64"]).trim(),
+        checksum
+    );
+    assert!(ostree_out(&repo, &["show", "demo/x86_64"]).contains("Version: 1.20251201.0000"));
+    let cat = |path: &str| ostree_out(&repo, &["cat", "demo/x86_64", path]);
+    assert_eq!(cat("/usr/etc/hostname"), "demo-box\n");
+    assert_eq!(cat("/usr/etc/motd"), "from the overlay\n");
+    assert_eq!(cat("/usr/etc/app/app.conf"), "port = 8090\n");
+    assert_eq!(cat("/usr/share/demo/inline"), "inline text\n");
+    assert!(cat("/usr/etc/passwd").contains("admin:x:1500:1500::/var/home/admin:/bin/bash"));
+    assert!(cat("/usr/etc/group").contains("sudo:x:27:admin"));
+    assert!(cat("/usr/etc/ssh/authorized_keys.d/admin").contains("admin@test"));
+    assert!(cat("/usr/lib/tmpfiles.d/osbuild-users.conf").contains("d /var/home/admin 0700"));
+    // ostree ls: mode, uid, gid, size, path.
+    let ls = ostree_out(&repo, &["ls", "demo/x86_64", "/usr/etc/app/app.conf"]);
+    let fields: Vec<&str> = ls.split_whitespace().collect();
+    assert_eq!(&fields[..3], ["-00640", "1500", "1500"], "{ls}");
+    let wants = ostree_out(
+        &repo,
+        &[
+            "ls",
+            "demo/x86_64",
+            "/usr/etc/systemd/system/multi-user.target.wants/hello.service",
+        ],
+    );
+    assert!(
+        wants.contains("/usr/lib/systemd/system/hello.service"),
+        "{wants}"
+    );
+    // The work tree is gone: only what was there, and the repo.
+    assert_eq!(
+        entries(dir.path()),
+        ["app.conf", "base", "osbuild.toml", "overlay", "repo"]
+    );
+}
+
+#[test]
+fn manifest_errors_name_file_key_line_and_column_and_leave_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let manifest = dir.path().join("osbuild.toml");
+    fs::create_dir(dir.path().join("base")).unwrap();
+    for (text, needles) in [
+        (
+            "name = \"demo\"\nref = \"{name}/{arch}\"\ncolour = \"blue\"\n[base]\ndirectory = \"base\"\n",
+            &["osbuild.toml:3:1", "colour"][..],
+        ),
+        (
+            "name = \"demo\"\nref = \"{name}/{arch}\"\n[base]\ndirectory = \"missing\"\n",
+            &["osbuild.toml:4:", "base.directory", "missing"][..],
+        ),
+        (
+            "name = \"demo\"\n[base]\ndistro = \"debian\"\n[[users]]\nname = \"Bad Name\"\n",
+            &["osbuild.toml:5:", "users[0].name"][..],
+        ),
+    ] {
+        fs::write(&manifest, text).unwrap();
+        let out = Command::new(OSBUILD)
+            .args(["commit"])
+            .current_dir(dir.path())
+            .output()
+            .expect("running osbuild");
+        assert_fails_naming(&out, needles);
+        assert_eq!(entries(dir.path()), ["base", "osbuild.toml"], "{text}");
+    }
+    // A service the tree does not have: refused after the base is copied, leaving nothing.
+    plain_tree(&dir.path().join("base"));
+    fs::write(
+        &manifest,
+        "name = \"demo\"\nref = \"{name}/{arch}\"\n[base]\ndirectory = \"base\"\n[services]\nenable = [\"nginx.service\"]\n",
+    )
+    .unwrap();
+    let out = Command::new(OSBUILD)
+        .args(["commit"])
+        .current_dir(dir.path())
+        .output()
+        .expect("running osbuild");
+    assert_fails_naming(&out, &["nginx.service", "not in the tree"]);
+    assert_eq!(entries(dir.path()), ["base", "osbuild.toml"]);
+}

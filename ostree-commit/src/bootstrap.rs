@@ -1,8 +1,9 @@
 //! `osbuild bootstrap`: a minimal bootable Debian tree made with mmdebstrap, given an
 //! ostree-capable initramfs and converted to the OSTree layout.
 
-use crate::customize::{self, Services, TreeFile, User};
+use crate::customize;
 use crate::layout::{self, TreeInfo};
+use crate::manifest::{ImageFile, Manifest, Services, User};
 use crate::source::Base;
 use anyhow::{Context, Result};
 use osbuild_core::{cmd, fsutil::Staging, progress::Progress};
@@ -15,26 +16,49 @@ use std::process::Command;
 pub struct Bootstrap {
     /// Where the root filesystem comes from.
     pub base: Base,
-    /// The static hostname.
-    pub hostname: String,
+    /// The static hostname; the base's own when unset.
+    pub hostname: Option<String>,
     /// Directories copied over the tree in order (with /etc still at /etc) before
     /// conversion.
     pub overlays: Vec<PathBuf>,
     /// Accounts to create.
     pub users: Vec<User>,
     /// Files to write, after the overlays and users.
-    pub files: Vec<TreeFile>,
+    pub files: Vec<ImageFile>,
     /// Units to enable and disable.
     pub services: Services,
     /// Scripts run chrooted in the tree, in order, last.
     pub scripts: Vec<PathBuf>,
 }
 
+impl Bootstrap {
+    /// What `manifest` describes.
+    pub fn from_manifest(manifest: &Manifest) -> Result<Self> {
+        if let Some(repo) = manifest.repositories().first() {
+            // Refused rather than ignored: packages from it would be missing.
+            anyhow::bail!(
+                "{}: extra APT repositories (`[[base.repositories]]`, keyring {}) are not supported yet: install the packages from an overlay or a post script",
+                manifest.path().display(),
+                repo.keyring.display()
+            );
+        }
+        Ok(Bootstrap {
+            base: manifest.base().clone(),
+            hostname: manifest.hostname().map(str::to_string),
+            overlays: manifest.overlays().to_vec(),
+            users: manifest.users().to_vec(),
+            files: manifest.files().to_vec(),
+            services: manifest.services().clone(),
+            scripts: manifest.scripts().post.clone(),
+        })
+    }
+}
+
 impl Default for Bootstrap {
     fn default() -> Self {
         Bootstrap {
             base: Base::default(),
-            hostname: "osbuild".into(),
+            hostname: Some("osbuild".into()),
             overlays: Vec::new(),
             users: Vec::new(),
             files: Vec::new(),
@@ -90,14 +114,15 @@ pub fn bootstrap(spec: &Bootstrap, output: &Path) -> Result<TreeInfo> {
 /// The settings a bootable appliance needs beyond the packages: identity, network, mounts.
 fn configure(spec: &Bootstrap, dir: &Path) -> Result<()> {
     let etc = dir.join("etc");
-    write(&etc.join("hostname"), &format!("{}\n", spec.hostname))?;
-    write(
-        &etc.join("hosts"),
-        &format!(
-            "127.0.0.1\tlocalhost\n127.0.1.1\t{}\n::1\tlocalhost ip6-localhost ip6-loopback\n",
-            spec.hostname
-        ),
-    )?;
+    if let Some(hostname) = &spec.hostname {
+        write(&etc.join("hostname"), &format!("{hostname}\n"))?;
+        write(
+            &etc.join("hosts"),
+            &format!(
+                "127.0.0.1\tlocalhost\n127.0.1.1\t{hostname}\n::1\tlocalhost ip6-localhost ip6-loopback\n"
+            ),
+        )?;
+    }
     // ostree-prepare-root mounts / and /sysroot; nothing else needs mounting.
     write(
         &etc.join("fstab"),

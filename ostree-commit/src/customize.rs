@@ -3,6 +3,7 @@
 //! own files (passwd, group, shadow, unit links), so it needs no chroot and gives the same
 //! bytes on every build.
 
+use crate::manifest::{FileContent, ImageFile, Owner, Services, User};
 use anyhow::{bail, Context, Result};
 use osbuild_core::cmd;
 use std::fmt::Write as _;
@@ -11,54 +12,10 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-/// Where users' home directories live: /home is a link to /var/home in an OSTree tree, and
-/// /var survives upgrades.
-pub const HOME_ROOT: &str = "/var/home";
 /// Keys of manifest users, one file per user, read by sshd through a drop-in.
 const AUTHORIZED_KEYS_DIR: &str = "etc/ssh/authorized_keys.d";
 const SSHD_DROP_IN: &str = "etc/ssh/sshd_config.d/50-osbuild-authorized-keys.conf";
 const USERS_TMPFILES: &str = "usr/lib/tmpfiles.d/osbuild-users.conf";
-
-/// A file to put into the tree.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct TreeFile {
-    /// The absolute path in the image, e.g. `/etc/motd`.
-    pub path: PathBuf,
-    /// The content.
-    pub content: Vec<u8>,
-    /// The permission bits, e.g. `0o644`.
-    pub mode: u32,
-    /// `user` or `user:group`, resolved in the tree's own passwd and group; root when unset.
-    pub owner: Option<String>,
-}
-
-/// A user account to create in the tree.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct User {
-    /// The login name.
-    pub name: String,
-    /// The numeric user id (and the id of the user's own group); the first free id from
-    /// 1000 when unset.
-    pub uid: Option<u32>,
-    /// Supplementary groups, which must exist in the tree.
-    pub groups: Vec<String>,
-    /// A crypt(3) hash (`mkpasswd -m sha-512`); the account is locked for passwords when
-    /// unset.
-    pub password_hash: Option<String>,
-    /// OpenSSH public keys that may log in as this user.
-    pub ssh_authorized_keys: Vec<String>,
-    /// The login shell; `/bin/bash` when unset.
-    pub shell: Option<String>,
-}
-
-/// systemd units to enable and disable.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Services {
-    /// Units enabled (as `systemctl enable` does, by their [Install] section).
-    pub enable: Vec<String>,
-    /// Units disabled.
-    pub disable: Vec<String>,
-}
 
 /// One line of passwd or group: its fields.
 fn entries(root: &Path, file: &str) -> Result<Vec<Vec<String>>> {
@@ -97,7 +54,7 @@ fn append(root: &Path, file: &str, line: &str) -> Result<()> {
 
 /// Create `users` in the tree at `root` (a plain tree, /etc at /etc): passwd, group and
 /// shadow entries, a home directory made on the device by tmpfiles, and their SSH keys.
-pub fn add_users(root: &Path, users: &[User]) -> Result<()> {
+pub(crate) fn add_users(root: &Path, users: &[User]) -> Result<()> {
     if users.is_empty() {
         return Ok(());
     }
@@ -155,8 +112,9 @@ fn add_user(root: &Path, user: &User, tmpfiles: &mut String) -> Result<()> {
             bail!("group {group} does not exist in the tree: create it in a post script or install the package that does");
         }
     }
-    let home = format!("{HOME_ROOT}/{}", user.name);
-    let shell = user.shell.as_deref().unwrap_or("/bin/bash");
+    let home = user.home();
+    let home = home.display();
+    let shell = &user.shell;
     append(
         root,
         "etc/passwd",
@@ -212,38 +170,46 @@ fn add_to_groups(root: &Path, name: &str, groups: &[String]) -> Result<()> {
     fs::write(&path, out).with_context(|| format!("writing {}", path.display()))
 }
 
-/// The numeric uid and gid of `owner` (`user` or `user:group`) in the tree.
-fn resolve_owner(root: &Path, owner: &str) -> Result<(u32, u32)> {
-    let (user, group) = match owner.split_once(':') {
-        Some((u, g)) => (u, Some(g)),
-        None => (owner, None),
-    };
+/// The numeric uid and gid of `owner` in the tree: names are looked up in its own passwd
+/// and group, numbers are taken as they are.
+fn resolve_owner(root: &Path, owner: &Owner) -> Result<(u32, u32)> {
     let passwd = entries(root, "etc/passwd")?;
-    let entry = passwd
-        .iter()
-        .find(|e| e[0] == user)
-        .with_context(|| format!("owner {user} is not a user of the tree"))?;
     let id = |s: Option<&String>, what: &str| -> Result<u32> {
         s.and_then(|v| v.parse().ok())
             .with_context(|| format!("the tree's entry for {what} has no numeric id"))
     };
-    let uid = id(entry.get(2), user)?;
-    let gid = match group {
-        None => id(entry.get(3), user)?,
-        Some(group) => {
-            let groups = entries(root, "etc/group")?;
-            let g = groups
+    let (uid, login_gid) = match owner.user.parse::<u32>() {
+        Ok(uid) => (uid, uid),
+        Err(_) => {
+            let entry = passwd
                 .iter()
-                .find(|e| e[0] == group)
-                .with_context(|| format!("group {group} is not a group of the tree"))?;
-            id(g.get(2), group)?
+                .find(|e| e[0] == owner.user)
+                .with_context(|| format!("owner {} is not a user of the tree", owner.user))?;
+            (
+                id(entry.get(2), &owner.user)?,
+                id(entry.get(3), &owner.user)?,
+            )
         }
+    };
+    let gid = match &owner.group {
+        None => login_gid,
+        Some(group) => match group.parse::<u32>() {
+            Ok(gid) => gid,
+            Err(_) => {
+                let groups = entries(root, "etc/group")?;
+                let g = groups
+                    .iter()
+                    .find(|e| &e[0] == group)
+                    .with_context(|| format!("group {group} is not a group of the tree"))?;
+                id(g.get(2), group)?
+            }
+        },
     };
     Ok((uid, gid))
 }
 
 /// Write `files` into the tree at `root`, with their modes and owners.
-pub fn write_files(root: &Path, files: &[TreeFile]) -> Result<()> {
+pub(crate) fn write_files(root: &Path, files: &[ImageFile]) -> Result<()> {
     for file in files {
         let rel = file
             .path
@@ -256,12 +222,17 @@ pub fn write_files(root: &Path, files: &[TreeFile]) -> Result<()> {
                 // Never write through a link: it could point out of the tree.
                 fs::remove_file(&dest)?;
             }
-            fs::write(&dest, &file.content)?;
-            fs::set_permissions(&dest, fs::Permissions::from_mode(file.mode))?;
-            if let Some(owner) = &file.owner {
-                let (uid, gid) = resolve_owner(root, owner)?;
-                std::os::unix::fs::chown(&dest, Some(uid), Some(gid))?;
+            match &file.content {
+                FileContent::Inline(text) => fs::write(&dest, text)?,
+                FileContent::Source(source) => {
+                    let bytes = fs::read(source)
+                        .with_context(|| format!("reading {}", source.display()))?;
+                    fs::write(&dest, bytes)?;
+                }
             }
+            fs::set_permissions(&dest, fs::Permissions::from_mode(file.mode))?;
+            let (uid, gid) = resolve_owner(root, &file.owner)?;
+            std::os::unix::fs::chown(&dest, Some(uid), Some(gid))?;
             Ok(())
         })()
         .with_context(|| format!("writing {}", file.path.display()))?;
@@ -278,7 +249,7 @@ const UNIT_DIRS: &[&str] = &[
 
 /// Enable and disable units with the host's `systemctl --root`, after checking that the tree
 /// has each of them.
-pub fn set_services(root: &Path, services: &Services) -> Result<()> {
+pub(crate) fn set_services(root: &Path, services: &Services) -> Result<()> {
     for unit in services.enable.iter().chain(&services.disable) {
         // A template instance (getty@ttyS0.service) is provided by its template.
         let file = match unit.split_once('@') {
@@ -314,7 +285,7 @@ pub fn set_services(root: &Path, services: &Services) -> Result<()> {
 
 /// Run each post script chrooted in the tree, in order. A script is copied into the tree's
 /// /tmp, run there with /bin/sh semantics (its own #! line decides) and removed.
-pub fn run_scripts(root: &Path, scripts: &[PathBuf]) -> Result<()> {
+pub(crate) fn run_scripts(root: &Path, scripts: &[PathBuf]) -> Result<()> {
     for (i, script) in scripts.iter().enumerate() {
         let inside = format!("/tmp/osbuild-post-{i}");
         let copy = root.join(inside.trim_start_matches('/'));
@@ -363,6 +334,24 @@ mod tests {
         dir
     }
 
+    fn user(name: &str) -> User {
+        User {
+            name: name.into(),
+            uid: None,
+            groups: Vec::new(),
+            password_hash: None,
+            ssh_authorized_keys: Vec::new(),
+            shell: "/bin/bash".into(),
+        }
+    }
+
+    fn owner(user: &str, group: Option<&str>) -> Owner {
+        Owner {
+            user: user.into(),
+            group: group.map(str::to_string),
+        }
+    }
+
     #[test]
     fn users_get_accounts_homes_and_keys() {
         let dir = tree();
@@ -374,12 +363,11 @@ mod tests {
                 groups: vec!["sudo".into(), "adm".into()],
                 password_hash: Some("$6$salt$hash".into()),
                 ssh_authorized_keys: vec!["ssh-ed25519 AAAA admin@laptop".into()],
-                shell: None,
+                shell: "/bin/bash".into(),
             },
             User {
-                name: "app".into(),
-                shell: Some("/usr/sbin/nologin".into()),
-                ..User::default()
+                shell: "/usr/sbin/nologin".into(),
+                ..user("app")
             },
         ];
         add_users(root, &users).unwrap();
@@ -431,10 +419,9 @@ mod tests {
         let dir = tree();
         let root = dir.path();
         let user = |name: &str, uid: Option<u32>, groups: &[&str]| User {
-            name: name.into(),
             uid,
             groups: groups.iter().map(|g| g.to_string()).collect(),
-            ..User::default()
+            ..user(name)
         };
         for (bad, expected) in [
             (user("root", None, &[]), "already has a user named root"),
@@ -456,33 +443,41 @@ mod tests {
     fn files_get_content_mode_and_owner() {
         let dir = tree();
         let root = dir.path();
+        let hello_source = root.join("hello.sh");
+        fs::write(&hello_source, "#!/bin/sh\necho hi\n").unwrap();
         add_users(
             root,
             &[User {
-                name: "app".into(),
                 uid: Some(1200),
-                ..User::default()
+                ..user("app")
             }],
         )
         .unwrap();
         write_files(
             root,
             &[
-                TreeFile {
+                ImageFile {
                     path: "/etc/app/config.toml".into(),
-                    content: b"port = 1\n".to_vec(),
+                    content: FileContent::Inline("port = 1\n".into()),
                     mode: 0o640,
-                    owner: Some("app:adm".into()),
+                    owner: owner("app", Some("adm")),
                 },
-                TreeFile {
+                ImageFile {
                     path: "/usr/bin/hello".into(),
-                    content: b"#!/bin/sh\necho hi\n".to_vec(),
+                    content: FileContent::Source(hello_source.clone()),
                     mode: 0o755,
-                    owner: None,
+                    owner: owner("root", Some("root")),
+                },
+                ImageFile {
+                    path: "/etc/numeric".into(),
+                    content: FileContent::Inline(String::new()),
+                    mode: 0o600,
+                    owner: owner("4321", Some("adm")),
                 },
             ],
         )
         .unwrap();
+        assert_eq!(fs::metadata(root.join("etc/numeric")).unwrap().uid(), 4321);
         let config = root.join("etc/app/config.toml");
         let meta = fs::metadata(&config).unwrap();
         assert_eq!(fs::read(&config).unwrap(), b"port = 1\n");
@@ -496,11 +491,11 @@ mod tests {
         );
         let err = write_files(
             root,
-            &[TreeFile {
+            &[ImageFile {
                 path: "/etc/x".into(),
-                content: Vec::new(),
+                content: FileContent::Inline(String::new()),
                 mode: 0o644,
-                owner: Some("ghost".into()),
+                owner: owner("ghost", None),
             }],
         )
         .unwrap_err();

@@ -11,7 +11,6 @@ mod source;
 
 pub use bootstrap::{bootstrap, Bootstrap};
 pub use commit::{commit, Commit, CommitOptions};
-pub use customize::{Services, TreeFile, User, HOME_ROOT};
 pub use layout::{convert, validate, TreeError, TreeInfo};
 pub use manifest::{
     AptRepository, AptSources, FileContent, ImageFile, Manifest, ManifestError, ManifestErrorKind,

@@ -14,6 +14,8 @@ use std::ffi::OsString;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+use ostree_commit::Manifest;
+
 use push::{CommitPushArgs, PushArgs};
 use receive::ReceiveArgs;
 use serve::ServeArgs;
@@ -97,31 +99,104 @@ pub fn usage_error(e: &clap::Error) -> ExitCode {
     ExitCode::from(u8::try_from(e.exit_code()).unwrap_or(2))
 }
 
+/// Which manifest describes the OS.
+#[derive(Debug, Clone, clap::Args)]
+pub(crate) struct ManifestArg {
+    /// The OS's manifest (see docs/manifest.md) [default: ./osbuild.toml when it exists].
+    #[arg(long, value_name = "FILE")]
+    manifest: Option<PathBuf>,
+}
+
+impl ManifestArg {
+    /// The manifest named, or ./osbuild.toml when there is one; checked before anything
+    /// is downloaded or written.
+    pub(crate) fn load(&self) -> Result<Option<Manifest>> {
+        let path = match &self.manifest {
+            Some(path) => path.clone(),
+            None => {
+                let default = Manifest::default_path();
+                if !default.is_file() {
+                    return Ok(None);
+                }
+                default
+            }
+        };
+        Ok(Some(Manifest::load(&path)?))
+    }
+}
+
 /// Bootstrap a tree.
 #[derive(Debug, clap::Args)]
 pub(crate) struct BootstrapArgs {
     /// Directory to create; must not exist.
     #[arg(long)]
     output: PathBuf,
-    /// Debian suite.
-    #[arg(long, default_value = "bookworm")]
-    suite: String,
-    /// Archive mirror (mmdebstrap's default when unset).
+    #[command(flatten)]
+    manifest: ManifestArg,
+    #[command(flatten)]
+    tree: TreeArgs,
+}
+
+/// The flags that describe a tree without a manifest, or override the manifest's keys.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub(crate) struct TreeArgs {
+    /// Debian suite [default: bookworm; the manifest's `[base] suite`].
+    #[arg(long)]
+    suite: Option<String>,
+    /// Archive mirror [default: mmdebstrap's; the manifest's `[base] mirror`].
     #[arg(long)]
     mirror: Option<String>,
-    /// Kernel package.
-    #[arg(long, default_value = "linux-image-cloud-amd64")]
-    kernel: String,
-    /// Extra package to install (repeatable, or comma-separated).
+    /// Kernel package [default: linux-image-cloud-amd64; the manifest's `[kernel] package`].
+    #[arg(long)]
+    kernel: Option<String>,
+    /// Extra package to install (repeatable, or comma-separated; added to the manifest's).
     #[arg(long = "package", value_delimiter = ',')]
     packages: Vec<String>,
-    /// Static hostname.
-    #[arg(long, default_value = "osbuild")]
-    hostname: String,
+    /// Static hostname [default: osbuild; the manifest's `hostname`].
+    #[arg(long)]
+    hostname: Option<String>,
     /// Directory copied over the tree before conversion (with /etc at /etc); repeatable,
-    /// applied in order.
+    /// applied in order, after the manifest's overlays.
     #[arg(long = "overlay")]
     overlays: Vec<PathBuf>,
+}
+
+impl TreeArgs {
+    /// What to bootstrap: the manifest's OS with these flags laid over it, or a Debian tree
+    /// made from the flags alone.
+    fn bootstrap(&self, manifest: Option<&Manifest>) -> Result<ostree_commit::Bootstrap> {
+        let mut spec = match manifest {
+            Some(m) => ostree_commit::Bootstrap::from_manifest(m)?,
+            None => ostree_commit::Bootstrap::default(),
+        };
+        let debian_flags = self.suite.is_some()
+            || self.mirror.is_some()
+            || self.kernel.is_some()
+            || !self.packages.is_empty();
+        match &mut spec.base {
+            ostree_commit::Base::Debian(debian) => {
+                if let Some(suite) = &self.suite {
+                    debian.suite.clone_from(suite);
+                }
+                if let Some(mirror) = &self.mirror {
+                    debian.mirror = Some(mirror.clone());
+                }
+                if let Some(kernel) = &self.kernel {
+                    debian.kernel.clone_from(kernel);
+                }
+                debian.packages.extend(self.packages.iter().cloned());
+            }
+            _ if debian_flags => anyhow::bail!(
+                "--suite, --mirror, --kernel and --package are for a Debian base; the manifest's base is a tarball or directory"
+            ),
+            _ => {}
+        }
+        if let Some(hostname) = &self.hostname {
+            spec.hostname = Some(hostname.clone());
+        }
+        spec.overlays.extend(self.overlays.iter().cloned());
+        Ok(spec)
+    }
 }
 
 /// Commit a tree.
@@ -130,31 +205,67 @@ pub(crate) struct CommitArgs {
     /// Archive repository; created if it does not exist.
     #[arg(long, default_value = "repo")]
     repo: PathBuf,
-    /// The ref to commit to, e.g. debian/bookworm/x86_64.
+    /// The ref to commit to, e.g. debian/bookworm/x86_64 [default: the manifest's `ref`].
     #[arg(long)]
-    branch: String,
-    /// The OSTree-ready tree to commit.
+    branch: Option<String>,
+    /// The OSTree-ready tree to commit [default: bootstrap the manifest's OS first].
     #[arg(long)]
-    tree: PathBuf,
+    tree: Option<PathBuf>,
     /// The commit's subject line.
     #[arg(long)]
     subject: Option<String>,
-    /// Version metadata shown by `ostree admin status`.
+    /// Version metadata shown by `ostree admin status` [default: the manifest's `version`].
     #[arg(long)]
     version: Option<String>,
+    #[command(flatten)]
+    manifest: ManifestArg,
+    #[command(flatten)]
+    tree_flags: TreeArgs,
 }
 
 impl CommitArgs {
-    /// Commit and print the checksum.
-    fn run(&self) -> Result<()> {
-        let opts = ostree_commit::CommitOptions {
-            branch: self.branch.clone(),
-            subject: self.subject.clone(),
-            version: self.version.clone(),
+    /// Commit (bootstrapping first when there is a manifest and no --tree), print the
+    /// checksum, and return the branch committed to.
+    fn run(&self, manifest: Option<&Manifest>) -> Result<String> {
+        let branch = match (&self.branch, manifest) {
+            (Some(branch), _) => branch.clone(),
+            (None, Some(m)) => m.ostree_ref().to_string(),
+            (None, None) => anyhow::bail!(
+                "commit needs --branch REF, or a manifest with a `ref` (--manifest FILE, or ./osbuild.toml)"
+            ),
         };
-        let commit = ostree_commit::commit(&self.repo, &self.tree, &opts)?;
+        let version = self
+            .version
+            .clone()
+            .or_else(|| manifest.and_then(|m| m.render_version(std::time::SystemTime::now())));
+        let opts = ostree_commit::CommitOptions {
+            branch: branch.clone(),
+            subject: self.subject.clone(),
+            version,
+        };
+        let commit = match (&self.tree, manifest) {
+            (Some(tree), _) => ostree_commit::commit(&self.repo, tree, &opts)?,
+            (None, Some(m)) => {
+                let spec = self.tree_flags.bootstrap(Some(m))?;
+                // The tree is built beside the repository and removed once committed.
+                let parent = match self.repo.parent() {
+                    Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+                    _ => PathBuf::from("."),
+                };
+                let work = tempfile::Builder::new()
+                    .prefix(".osbuild-tree-")
+                    .tempdir_in(&parent)
+                    .with_context(|| format!("creating a work directory in {}", parent.display()))?;
+                let tree = work.path().join("tree");
+                ostree_commit::bootstrap(&spec, &tree)?;
+                ostree_commit::commit(&self.repo, &tree, &opts)?
+            }
+            (None, None) => anyhow::bail!(
+                "commit needs --tree DIR, or a manifest to build the tree from (--manifest FILE, or ./osbuild.toml)"
+            ),
+        };
         println!("{}", commit.checksum);
-        Ok(())
+        Ok(branch)
     }
 }
 
@@ -170,21 +281,25 @@ pub(crate) struct MakeImageArgs {
     /// The disk image to write (raw).
     #[arg(long)]
     output: PathBuf,
-    /// Repository URL the device pulls upgrades from (default: --url).
+    /// Repository URL the device pulls upgrades from [default: the manifest's `[remote]
+    /// url`, else --url].
     #[arg(long)]
     remote_url: Option<String>,
-    /// Name of the remote in the device's repo config.
-    #[arg(long, default_value = "origin")]
-    remote_name: String,
+    /// Name of the remote in the device's repo config [default: the manifest's `[remote]
+    /// name`, else origin].
+    #[arg(long)]
+    remote_name: Option<String>,
     /// Disk size, e.g. 4G.
     #[arg(long, default_value = "4G", value_parser = image_builder::parse_size)]
     size: u64,
     /// The OS (stateroot) name.
     #[arg(long, default_value = "debian")]
     os: String,
-    /// Extra kernel argument (repeatable).
+    /// Extra kernel argument (repeatable; after the manifest's `[kernel] args`).
     #[arg(long = "karg")]
     kargs: Vec<String>,
+    #[command(flatten)]
+    manifest: ManifestArg,
 }
 
 /// Show deployments.
@@ -215,29 +330,31 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
     init_logging();
     match cli.command {
         Command::Bootstrap(a) => {
-            let spec = ostree_commit::Bootstrap {
-                base: ostree_commit::Base::Debian(ostree_commit::Debian {
-                    suite: a.suite,
-                    mirror: a.mirror,
-                    kernel: a.kernel,
-                    packages: a.packages,
-                    ..Default::default()
-                }),
-                hostname: a.hostname,
-                overlays: a.overlays,
-            };
+            let manifest = a.manifest.load()?;
+            let spec = a.tree.bootstrap(manifest.as_ref())?;
             let info = ostree_commit::bootstrap(&spec, &a.output)?;
             eprintln!("Bootstrapped {} (kernel {})", a.output.display(), info.kver);
         }
-        Command::Commit(a) => a.run()?,
+        Command::Commit(a) => {
+            let manifest = a.manifest.load()?;
+            a.run(manifest.as_ref())?;
+        }
         Command::Serve(a) => return a.run(),
         Command::MakeImage(a) => {
+            let manifest = a.manifest.load()?;
+            let remote = manifest.as_ref().and_then(|m| m.remote());
             let mut spec = image_builder::ImageSpec::new(&a.url, a.branch.as_deref());
-            spec.remote_url = a.remote_url;
-            spec.remote_name = a.remote_name;
+            spec.remote_url = a.remote_url.or_else(|| remote.map(|r| r.url.clone()));
+            if let Some(name) = a.remote_name.or_else(|| remote.map(|r| r.name.clone())) {
+                spec.remote_name = name;
+            }
             spec.size = a.size;
             spec.os = a.os;
-            spec.kargs = a.kargs;
+            spec.kargs = manifest
+                .iter()
+                .flat_map(|m| m.kernel_args().iter().cloned())
+                .chain(a.kargs)
+                .collect();
             let image = image_builder::make_image(&spec, &a.output)?;
             eprintln!(
                 "Wrote {} ({} bytes, {} allocated) with commit {}",
@@ -309,8 +426,17 @@ mod tests {
         let Command::Bootstrap(a) = cli.verb() else {
             panic!("{cli:?}")
         };
-        assert_eq!(a.packages, ["a", "b"]);
-        assert!(a.overlays.is_empty());
+        assert_eq!(a.tree.packages, ["a", "b"]);
+        // Flags alone: a Debian bookworm tree with the extra packages.
+        let spec = a.tree.bootstrap(None).unwrap();
+        let ostree_commit::Base::Debian(debian) = &spec.base else {
+            panic!("{spec:?}")
+        };
+        assert_eq!(
+            (debian.suite.as_str(), debian.packages.as_slice()),
+            ("bookworm", &["a".to_string(), "b".to_string()][..])
+        );
+        assert_eq!(spec.hostname.as_deref(), Some("osbuild"));
         let cli = parse(&[
             "osbuild",
             "bootstrap",
@@ -323,15 +449,61 @@ mod tests {
         ])
         .unwrap();
         assert!(
-            matches!(cli.verb(), Command::Bootstrap(a) if a.overlays == [PathBuf::from("x"), PathBuf::from("y")])
+            matches!(cli.verb(), Command::Bootstrap(a) if a.tree.overlays == [PathBuf::from("x"), PathBuf::from("y")])
         );
-        assert_eq!(a.suite, "bookworm");
         let cli = parse(&[
             "osbuild", "commit", "--repo", "r", "--branch", "b", "--tree", "t",
         ])
         .unwrap();
-        assert!(matches!(cli.verb(), Command::Commit(a) if a.branch == "b"));
-        assert!(parse(&["osbuild", "commit", "--repo", "r"]).is_err());
+        assert!(matches!(cli.verb(), Command::Commit(a) if a.branch.as_deref() == Some("b")));
+        // Branch and tree may come from a manifest: checked when it runs.
+        let cli = parse(&["osbuild", "commit", "--manifest", "os.toml"]).unwrap();
+        assert!(matches!(cli.verb(), Command::Commit(a) if a.tree.is_none()
+            && a.manifest.manifest.as_deref() == Some(std::path::Path::new("os.toml"))));
+    }
+
+    #[test]
+    fn flags_override_the_manifest() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("overlay")).unwrap();
+        let path = dir.path().join("osbuild.toml");
+        let text = "name = \"demo\"\nhostname = \"demo\"\noverlays = [\"overlay\"]\n\
+                    packages = [\"curl\"]\n[base]\ndistro = \"debian\"\n";
+        let manifest = Manifest::from_str_at(text, &path).unwrap();
+        let cli = parse(&[
+            "osbuild",
+            "bootstrap",
+            "--output",
+            "t",
+            "--suite",
+            "trixie",
+            "--package",
+            "jq",
+            "--hostname",
+            "other",
+            "--overlay",
+            "more",
+        ])
+        .unwrap();
+        let Command::Bootstrap(a) = cli.verb() else {
+            panic!("{cli:?}")
+        };
+        let spec = a.tree.bootstrap(Some(&manifest)).unwrap();
+        let ostree_commit::Base::Debian(debian) = &spec.base else {
+            panic!("{spec:?}")
+        };
+        assert_eq!(debian.suite, "trixie");
+        assert_eq!(debian.packages, ["curl", "jq"]);
+        assert_eq!(spec.hostname.as_deref(), Some("other"));
+        assert_eq!(
+            spec.overlays,
+            [dir.path().join("overlay"), PathBuf::from("more")]
+        );
+        // Debian flags on a directory base are refused, naming them.
+        let text = "name = \"demo\"\nref = \"demo/{arch}\"\n[base]\ndirectory = \"overlay\"\n";
+        let manifest = Manifest::from_str_at(text, &path).unwrap();
+        let err = a.tree.bootstrap(Some(&manifest)).unwrap_err().to_string();
+        assert!(err.contains("--suite"), "{err}");
     }
 
     #[test]

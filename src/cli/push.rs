@@ -1,7 +1,7 @@
 //! `osbuild push` and `osbuild commit-push`: send refs to a server over SSH.
 
 use super::CommitArgs;
-use anyhow::{bail, Result};
+use anyhow::{bail, Context, Result};
 use ostree_commit::Destination;
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -63,8 +63,8 @@ pub(crate) struct PushTarget {
 }
 
 impl PushTarget {
-    /// The destination given, or the one --server and its flags make.
-    pub(super) fn destination(&self) -> Result<Destination> {
+    /// The destination given, or the one --server and its flags make, if they name one.
+    pub(super) fn given(&self) -> Result<Option<Destination>> {
         // Checked here rather than with clap's `requires`, which a destination (in
         // conflict with --server) would silence.
         let parts: Vec<&str> = [
@@ -80,13 +80,13 @@ impl PushTarget {
             if !parts.is_empty() {
                 bail!("{parts}: only with --server HOST; the destination {dest} names its own");
             }
-            return Ok(dest.clone());
+            return Ok(Some(dest.clone()));
         }
         let Some(server) = &self.server else {
             if !parts.is_empty() {
                 bail!("{parts}: only with --server HOST");
             }
-            bail!("{NO_DESTINATION}");
+            return Ok(None);
         };
         let port = match (server.port, self.ssh_port) {
             (Some(a), Some(b)) if a != b => {
@@ -115,12 +115,12 @@ impl PushTarget {
                 bail!("--user {user:?} is not a user name");
             }
         }
-        Ok(Destination {
+        Ok(Some(Destination {
             user: self.user.clone(),
             host: server.host.clone(),
             port: Some(port),
             path: path.to_string(),
-        })
+        }))
     }
 }
 
@@ -231,11 +231,26 @@ impl PushArgs {
 }
 
 impl CommitPushArgs {
-    pub(super) fn run(self) -> Result<ExitCode> {
+    pub(super) fn run(mut self) -> Result<ExitCode> {
         // First: a command line that cannot push commits nothing (and creates no repo).
-        let dest = self.target.destination()?;
-        self.commit.run()?;
-        push(&self.commit.repo, &dest, &[self.commit.branch], self.ssh)
+        let manifest = self.commit.manifest.load()?;
+        let pushed = manifest.as_ref().and_then(|m| m.push());
+        let dest = match (self.target.given()?, pushed) {
+            (Some(dest), _) => dest,
+            (None, Some(p)) => p.destination.clone(),
+            (None, None) => bail!("{NO_DESTINATION}"),
+        };
+        // The manifest's key and known_hosts unless the command line names its own.
+        if let Some(p) = pushed {
+            if self.ssh.identities.is_empty() {
+                self.ssh.identities.extend(p.identity.clone());
+            }
+            if self.ssh.known_hosts.is_none() {
+                self.ssh.known_hosts.clone_from(&p.known_hosts);
+            }
+        }
+        let branch = self.commit.run(manifest.as_ref())?;
+        push(&self.commit.repo, &dest, &[branch], self.ssh)
     }
 }
 
@@ -302,10 +317,13 @@ mod tests {
         let Command::CommitPush(a) = cli.verb() else {
             panic!("{cli:?}")
         };
-        assert_eq!(a.commit.branch, "b");
+        assert_eq!(a.commit.branch.as_deref(), Some("b"));
         assert_eq!(a.commit.repo, Path::new("r"));
         assert_eq!(a.ssh.commands, ["ostree-receive"]);
-        assert_eq!(a.target.destination().unwrap().to_string(), "h:/srv/repo");
+        assert_eq!(
+            a.target.given().unwrap().unwrap().to_string(),
+            "h:/srv/repo"
+        );
     }
 
     fn commit_push(args: &[&str]) -> Result<CommitPushArgs, clap::Error> {
@@ -321,7 +339,8 @@ mod tests {
     fn destination(args: &[&str]) -> Result<String, String> {
         let a = commit_push(args).map_err(|e| e.to_string())?;
         a.target
-            .destination()
+            .given()
+            .and_then(|d| d.context(NO_DESTINATION))
             .map(|d| d.to_string())
             .map_err(|e| format!("{e:#}"))
     }
@@ -391,15 +410,12 @@ mod tests {
         ] {
             assert_eq!(destination(args).as_deref(), Ok(want), "{args:?}");
             // What is printed is what is pushed to.
-            let dest = commit_push(args).unwrap().target.destination().unwrap();
+            let dest = commit_push(args).unwrap().target.given().unwrap().unwrap();
             assert_eq!(want.parse::<Destination>().unwrap(), dest, "{args:?}");
         }
         // Without --user the push logs in as the local user, as ssh does.
-        let dest = commit_push(&["--server", "h"])
-            .unwrap()
-            .target
-            .destination();
-        assert_eq!(dest.unwrap().user, None);
+        let dest = commit_push(&["--server", "h"]).unwrap().target.given();
+        assert_eq!(dest.unwrap().unwrap().user, None);
     }
 
     #[test]
