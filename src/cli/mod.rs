@@ -195,6 +195,20 @@ impl TreeArgs {
             spec.hostname = Some(hostname.clone());
         }
         spec.overlays.extend(self.overlays.iter().cloned());
+        // Every tree gets osbuild's completions and man pages, for when osbuild runs there.
+        for (path, content) in shell_files()? {
+            spec.files.push(ostree_commit::ImageFile {
+                path: PathBuf::from("/").join(path),
+                content: ostree_commit::FileContent::Inline(
+                    String::from_utf8(content).context("a generated completion is not UTF-8")?,
+                ),
+                mode: 0o644,
+                owner: ostree_commit::Owner {
+                    user: "root".into(),
+                    group: Some("root".into()),
+                },
+            });
+        }
         Ok(spec)
     }
 }
@@ -437,6 +451,19 @@ mod tests {
             ("bookworm", &["a".to_string(), "b".to_string()][..])
         );
         assert_eq!(spec.hostname.as_deref(), Some("osbuild"));
+        let paths: Vec<_> = spec
+            .files
+            .iter()
+            .map(|f| f.path.display().to_string())
+            .collect();
+        assert!(
+            paths.contains(&"/usr/share/bash-completion/completions/osbuild".to_string()),
+            "{paths:?}"
+        );
+        assert!(
+            paths.contains(&"/usr/share/man/man1/osbuild-commit.1".to_string()),
+            "{paths:?}"
+        );
         let cli = parse(&[
             "osbuild",
             "bootstrap",
