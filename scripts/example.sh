@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# The main job: install what is needed, build osbuild, build the example OS image from
-# scratch (bootstrap -> commit -> serve -> make-image) and boot it in qemu.
+# The main job: install what is needed, build osbuild, build SampleOS from its manifest
+# (examples/sampleos: bootstrap -> commit -> serve -> make-image), boot it in qemu and ask
+# its fortune teller for a fortune.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/install-deps.sh
@@ -18,30 +19,32 @@ mkdir -p "$LOCAL/bash-completion/completions" "$LOCAL/zsh/site-functions" \
 "$OSBUILD" completions fish > "$LOCAL/fish/vendor_completions.d/osbuild.fish"
 "$OSBUILD" man --output "$LOCAL/man/man1" > /dev/null
 OUT=${OSBUILD_OUT:-$PWD/target/example}
-BRANCH=debian/bookworm/x86_64
 mkdir -p "$OUT"
 
-if [ ! -d "$OUT/rootfs" ]; then
-  "$OSBUILD" bootstrap --output "$OUT/rootfs" --overlay examples/overlay
-fi
-"$OSBUILD" commit --repo "$OUT/repo" --branch "$BRANCH" --tree "$OUT/rootfs" \
-  --subject "example OS" --version "$(date +%Y%m%d.%H%M)"
+# SampleOS, from its manifest: the fortune teller goes where the manifest expects it.
+install -D target/release/fortuneteller examples/sampleos/bin/fortuneteller
+MANIFEST=examples/sampleos/osbuild.toml
+"$OSBUILD" commit --manifest "$MANIFEST" --repo "$OUT/repo" --subject "SampleOS"
 
+# The manifest's remote is the host as qemu's guests see it, on this port.
 PORT=${OSBUILD_PORT:-8080}
 "$OSBUILD" serve --repo "$OUT/repo" --http "127.0.0.1:$PORT" --access-log off &
 SERVER=$!
 trap 'kill $SERVER 2>/dev/null || true' EXIT
 for _ in $(seq 50); do (exec 3<>/dev/tcp/127.0.0.1/$PORT) 2>/dev/null && break; sleep 0.1; done
 
+# As users type it: the server lists one ref, so no --branch is needed.
 rm -f "$OUT/disk.img"
 "$OSBUILD" make-image --url "http://127.0.0.1:$PORT/repo/" --remote-url "http://10.0.2.2:$PORT/repo/" \
-  --branch "$BRANCH" --output "$OUT/disk.img" --size 4G
+  --manifest "$MANIFEST" --output "$OUT/disk.img" --size 4G
 
-echo "Booting $OUT/disk.img in qemu (TCG); waiting for the OS to report its commit..."
+FORTUNE_PORT=${OSBUILD_FORTUNE_PORT:-8090}
+echo "Booting $OUT/disk.img in qemu (TCG) with port $FORTUNE_PORT forwarded to the guest's 8090..."
 LOG=$OUT/serial.log
 rm -f "$LOG"
-timeout 600 qemu-system-x86_64 -machine q35 -m 1024 -smp 2 -nographic -no-reboot \
-  -drive "file=$OUT/disk.img,format=raw,if=virtio" -nic user,model=virtio-net-pci \
+timeout 900 qemu-system-x86_64 -machine q35 -m 1024 -smp 2 -nographic -no-reboot \
+  -drive "file=$OUT/disk.img,format=raw,if=virtio" \
+  -nic "user,model=virtio-net-pci,hostfwd=tcp:127.0.0.1:$FORTUNE_PORT-:8090" \
   -serial "file:$LOG" -monitor none -display none &
 QEMU=$!
 trap 'kill $SERVER $QEMU 2>/dev/null || true' EXIT
@@ -50,12 +53,21 @@ for _ in $(seq 600); do
   kill -0 $QEMU 2>/dev/null || break
   sleep 1
 done
-if grep -a "OSBUILD-BOOTED" "$LOG"; then
-  echo
-  echo "The example OS booted. Image: $OUT/disk.img"
-  echo "Boot it yourself: qemu-system-x86_64 -m 1024 -nographic -drive file=$OUT/disk.img,format=raw,if=virtio -nic user,model=virtio-net-pci"
-else
-  echo "The example OS did not report within the timeout; serial log: $LOG" >&2
+if ! grep -a "OSBUILD-BOOTED" "$LOG"; then
+  echo "SampleOS did not report within the timeout; serial log: $LOG" >&2
   tail -40 "$LOG" >&2 || true
   exit 1
 fi
+FORTUNE=
+for _ in $(seq 60); do
+  FORTUNE=$(curl -sf "http://localhost:$FORTUNE_PORT/fortuneteller") && break
+  sleep 1
+done
+if [ -z "$FORTUNE" ]; then
+  echo "SampleOS booted but the fortune teller did not answer on port $FORTUNE_PORT" >&2
+  exit 1
+fi
+echo
+echo "curl http://localhost:$FORTUNE_PORT/fortuneteller answered: $FORTUNE"
+echo "SampleOS image: $OUT/disk.img (root's password is \"sampleos\": an example only)"
+echo "Boot it yourself: qemu-system-x86_64 -m 1024 -nographic -drive file=$OUT/disk.img,format=raw,if=virtio -nic user,model=virtio-net-pci,hostfwd=tcp:127.0.0.1:$FORTUNE_PORT-:8090"

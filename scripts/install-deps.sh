@@ -8,7 +8,7 @@ PACKAGES=(
   build-essential pkg-config libostree-dev libgpgme-dev libglib2.0-dev
   # the pipeline's external tools
   ostree mmdebstrap e2fsprogs dosfstools mtools syslinux syslinux-common extlinux
-  util-linux kmod
+  util-linux kmod curl
   # booting images in tests and in the quick start
   qemu-system-x86 qemu-utils ovmf
   # interop tests
