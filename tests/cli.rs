@@ -490,47 +490,21 @@ fn completions_man_pages_and_version() {
 
 #[test]
 fn commit_push_to_a_server_by_its_parts() {
-    use osbuild_testing::repo::{init_archive, rev_parse};
+    use osbuild_testing::repo::rev_parse;
     let dir = tempfile::tempdir().unwrap();
     let tree = dir.path().join("tree");
     tiny_tree(&tree);
-    let served = dir.path().join("served");
-    init_archive(&served);
-    let key = osbuild_testing::sshd::KeyPair::generate(&dir.path().join("id")).unwrap();
-    let ak = dir.path().join("authorized_keys");
-    fs::write(&ak, key.public_line().unwrap()).unwrap();
-    let port = TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let server = Serve(
-        Command::new(OSBUILD)
-            .args(["serve", "--access-log=false", "--http", "127.0.0.1:0"])
-            .arg("--repo")
-            .arg(&served)
-            .args(["--ssh", &format!("127.0.0.1:{port}"), "--authorized-keys"])
-            .arg(&ak)
-            .arg("--host-key")
-            .arg(dir.path().join("host_key"))
-            .spawn()
-            .unwrap(),
-    );
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(Instant::now() < deadline, "the SSH listener did not start");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    let push = PushServer::start(dir.path());
     // --repo defaults to ./repo, --user to the local user; the port comes from --server.
     let cwd = dir.path().join("cwd");
     fs::create_dir(&cwd).unwrap();
     let out = Command::new(OSBUILD)
         .args(["commit-push", "--branch", "foo", "--tree"])
         .arg(&tree)
-        .args(["--server", &format!("127.0.0.1:{port}"), "--path"])
-        .arg(&served)
+        .args(["--server", &format!("127.0.0.1:{}", push.port), "--path"])
+        .arg(&push.served)
         .arg("--identity")
-        .arg(&key.private)
+        .arg(&push.key.private)
         .arg("--known-hosts")
         .arg(dir.path().join("known_hosts"))
         .arg("--accept-new-host-key")
@@ -543,9 +517,111 @@ fn commit_push_to_a_server_by_its_parts() {
         String::from_utf8_lossy(&out.stderr)
     );
     let local = rev_parse(&cwd.join("repo"), "foo");
-    assert_eq!(rev_parse(&served, "foo"), local);
+    assert_eq!(rev_parse(&push.served, "foo"), local);
     assert!(String::from_utf8_lossy(&out.stdout).contains(&local));
-    drop(server);
+}
+
+/// `osbuild serve --ssh` on a free port, accepting one generated key, in `dir`.
+struct PushServer {
+    _server: Serve,
+    port: u16,
+    served: std::path::PathBuf,
+    key: osbuild_testing::sshd::KeyPair,
+    host_key: std::path::PathBuf,
+}
+
+impl PushServer {
+    fn start(dir: &Path) -> Self {
+        let served = dir.join("served");
+        osbuild_testing::repo::init_archive(&served);
+        let key = osbuild_testing::sshd::KeyPair::generate(&dir.join("id")).unwrap();
+        let ak = dir.join("authorized_keys");
+        fs::write(&ak, key.public_line().unwrap()).unwrap();
+        let port = TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let host_key = dir.join("host_key");
+        let server = Serve(
+            Command::new(OSBUILD)
+                .args(["serve", "--access-log=false", "--http", "127.0.0.1:0"])
+                .arg("--repo")
+                .arg(&served)
+                .args(["--ssh", &format!("127.0.0.1:{port}"), "--authorized-keys"])
+                .arg(&ak)
+                .arg("--host-key")
+                .arg(&host_key)
+                .spawn()
+                .unwrap(),
+        );
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(Instant::now() < deadline, "the SSH listener did not start");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        PushServer {
+            _server: server,
+            port,
+            served,
+            key,
+            host_key,
+        }
+    }
+}
+
+#[test]
+fn commit_push_as_typed_in_a_manifest_directory() {
+    use osbuild_testing::repo::rev_parse;
+    let dir = tempfile::tempdir().unwrap();
+    let push = PushServer::start(dir.path());
+    let os = dir.path().join("os");
+    plain_tree(&os.join("base"));
+    fs::copy(&push.key.private, os.join("deploy_key")).unwrap();
+    // The server's key is known, as a user's known_hosts would have it.
+    let host_public = Command::new("ssh-keygen")
+        .arg("-y")
+        .arg("-f")
+        .arg(&push.host_key)
+        .output()
+        .unwrap();
+    assert!(host_public.status.success());
+    fs::write(
+        os.join("known_hosts"),
+        format!(
+            "[127.0.0.1]:{} {}",
+            push.port,
+            String::from_utf8_lossy(&host_public.stdout)
+        ),
+    )
+    .unwrap();
+    let user = String::from_utf8_lossy(&Command::new("id").arg("-un").output().unwrap().stdout)
+        .trim()
+        .to_string();
+    fs::write(
+        os.join("osbuild.toml"),
+        format!(
+            "name = \"demo\"\nref = \"{{name}}/{{arch}}\"\n[base]\ndirectory = \"base\"\n\
+             [push]\ndestination = \"ssh://{user}@127.0.0.1:{}{}\"\n\
+             identity = \"deploy_key\"\nknown_hosts = \"known_hosts\"\n",
+            push.port,
+            push.served.display()
+        ),
+    )
+    .unwrap();
+    // Exactly as users are told to type it.
+    let out = Command::new(OSBUILD)
+        .args(["commit-push", "--branch", "foo"])
+        .current_dir(&os)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let local = rev_parse(&os.join("repo"), "foo");
+    assert_eq!(rev_parse(&push.served, "foo"), local);
 }
 
 /// A plain (not yet OSTree-shaped) root filesystem: enough for the manifest's users, files
