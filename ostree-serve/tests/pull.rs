@@ -1,20 +1,7 @@
 //! The real `ostree` CLI pulls from `osbuild serve`'s router.
 
+use osbuild_testing::helpers::ostree;
 use std::path::Path;
-use std::process::Command;
-
-fn ostree(args: &[&str]) -> String {
-    let out = Command::new("ostree")
-        .args(args)
-        .output()
-        .expect("running ostree");
-    assert!(
-        out.status.success(),
-        "ostree {args:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
 
 fn make_repo(dir: &Path) -> String {
     let repo = dir.join("repo");

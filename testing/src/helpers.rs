@@ -481,11 +481,13 @@ impl PushFixture {
 
     /// The reference client, ostree-push 1.2.0, pushing the client's `refs` (all when
     /// empty) to the server repository over SSH on 127.0.0.1:`port`; its output, whatever
-    /// its exit status.
+    /// its exit status. Verbose, so the output also names the tunnel port
+    /// (`… to remote port N`).
     pub fn ostree_push(&self, port: u16, refs: &[&str]) -> Output {
         let venv = crate::ostree_push::venv(&target_tmp()).unwrap_or_else(|e| panic!("{e:#}"));
         output(
             Command::new(venv.join("bin/ostree-push"))
+                .arg("-v")
                 .arg(repo_arg(&self.client))
                 .args(self.ssh_options())
                 .arg(format!(

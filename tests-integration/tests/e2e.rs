@@ -5,39 +5,23 @@
 //! installs them. The bootstrapped rootfs is cached under target/tmp/fixtures.
 
 use anyhow::{Context, Result};
+use osbuild_core::cmd;
 use osbuild_testing::fixture::{self, Key};
-use osbuild_testing::vm::{free_port, Vm, VmConfig};
+use osbuild_testing::helpers::{free_port, osbuild_bin, workspace_root, Daemon};
+use osbuild_testing::vm::{Vm, VmConfig};
+use osbuild_testing::{require, Need};
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
-const OSBUILD: &str = env!("CARGO_BIN_EXE_osbuild");
 const BRANCH: &str = "debian/bookworm/x86_64";
 const BOOT_TIMEOUT: Duration = Duration::from_secs(420);
 
-fn workspace() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
-
-/// Run osbuild, failing with its stderr; returns the last line of stdout.
+/// Run osbuild, failing with its command line and stderr; returns the last line of stdout.
 fn osbuild(args: &[&str]) -> Result<String> {
-    let out = Command::new(OSBUILD)
-        .args(args)
-        .output()
-        .context("running osbuild")?;
-    if !out.status.success() {
-        anyhow::bail!(
-            "osbuild {args:?} failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-    Ok(String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .last()
-        .unwrap_or_default()
-        .trim()
-        .to_string())
+    let out = cmd::run(Command::new(osbuild_bin()).args(args))?;
+    Ok(out.lines().last().unwrap_or_default().trim().to_string())
 }
 
 /// Step timings, printed at the end for the record.
@@ -56,7 +40,7 @@ impl Timings {
 
 /// The example OS's rootfs, bootstrapped once and reused while its inputs are unchanged.
 fn rootfs() -> Result<PathBuf> {
-    let ws = workspace();
+    let ws = workspace_root();
     let overlay = ws.join("examples/overlay");
     let key = Key::new("rootfs")
         .text("bootstrap --suite bookworm --kernel linux-image-cloud-amd64")
@@ -64,42 +48,17 @@ fn rootfs() -> Result<PathBuf> {
         .path(&ws.join("ostree-commit/src"))?;
     let cache = Path::new(env!("CARGO_TARGET_TMPDIR")).join("fixtures");
     fixture::cached(&cache, "rootfs", key, |dest| {
-        osbuild(&[
-            "bootstrap",
-            "--output",
-            dest.to_str().context("path")?,
-            "--overlay",
-            overlay.to_str().context("path")?,
-        ])
-        .map(|_| ())
+        // mmdebstrap takes minutes: its progress goes to the terminal as it runs.
+        cmd::run_inherit(
+            Command::new(osbuild_bin())
+                .arg("bootstrap")
+                .arg("--output")
+                .arg(dest)
+                .arg("--overlay")
+                .arg(&overlay),
+        )?;
+        Ok(())
     })
-}
-
-struct Server(Child);
-
-impl Server {
-    fn start(repo: &Path, port: u16) -> Result<Self> {
-        let child = Command::new(OSBUILD)
-            .args(["serve", "--access-log", "off", "--repo"])
-            .arg(repo)
-            .args(["--http", &format!("127.0.0.1:{port}")])
-            .spawn()
-            .context("starting osbuild serve")?;
-        let server = Server(child);
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            anyhow::ensure!(Instant::now() < deadline, "osbuild serve did not start");
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        Ok(server)
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
 }
 
 /// The value of `key=` in the report line the example OS prints at boot.
@@ -125,13 +84,10 @@ fn boot_into(image: &Path, log: &Path, commit: &str, release: &str) -> Result<Vm
 
 #[test]
 fn bootstrap_commit_serve_image_boot_upgrade() -> Result<()> {
-    anyhow::ensure!(
-        // The effective uid, read from /proc rather than through libc.
-        fs::read_to_string("/proc/self/status")?
-            .lines()
-            .any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(2) == Some("0")),
-        "the end-to-end suite needs root (loop mounts, chroot); run it as root"
-    );
+    // Root for loop mounts and chroot.
+    if !require(&[Need::Root, Need::Mmdebstrap, Need::Qemu]) {
+        return Ok(());
+    }
     let mut t = Timings(Vec::new());
     let rootfs = t.time("bootstrap (or cached fixture)", rootfs)?;
 
@@ -141,7 +97,7 @@ fn bootstrap_commit_serve_image_boot_upgrade() -> Result<()> {
     let tree = work.path().join("tree");
     // Hard links: the commit reads the cached fixture without copying it, and new files
     // written into `tree` never touch it.
-    osbuild_core::cmd::run(Command::new("cp").arg("-al").arg(&rootfs).arg(&tree))?;
+    cmd::run(Command::new("cp").arg("-al").arg(&rootfs).arg(&tree))?;
     let release = tree.join("usr/lib/osbuild-example/release");
     fs::write(&release, "1\n")?;
 
@@ -166,7 +122,14 @@ fn bootstrap_commit_serve_image_boot_upgrade() -> Result<()> {
     anyhow::ensure!(c1.len() == 64, "commit printed {c1:?}, not a checksum");
 
     let port = free_port();
-    let _server = Server::start(&repo, port)?;
+    let _server = Daemon::start(
+        Command::new(osbuild_bin())
+            .args(["serve", "--access-log", "off", "--repo"])
+            .arg(&repo)
+            .args(["--http", &format!("127.0.0.1:{port}")]),
+        port,
+        None,
+    )?;
     let image = work.path().join("disk.img");
     t.time("make-image", || {
         osbuild(&[
@@ -183,14 +146,11 @@ fn bootstrap_commit_serve_image_boot_upgrade() -> Result<()> {
             "3G",
         ])
     })?;
-    let allocated = Command::new("du").arg("-k").arg(&image).output()?;
+    let allocated = cmd::run(Command::new("du").arg("-k").arg(&image))?;
     eprintln!(
         "e2e: image {} bytes apparent, {} KiB allocated",
         fs::metadata(&image)?.len(),
-        String::from_utf8_lossy(&allocated.stdout)
-            .split_whitespace()
-            .next()
-            .unwrap_or("?")
+        allocated.split_whitespace().next().unwrap_or("?")
     );
 
     let mut vm = t.time("first boot to marker", || {
