@@ -74,6 +74,11 @@ pub fn target_tmp() -> PathBuf {
 /// `cargo test --workspace` builds. Panics if it is missing or older than the sources, so
 /// a test never runs a stale binary.
 pub fn osbuild_bin() -> PathBuf {
+    static BIN: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    BIN.get_or_init(find_osbuild_bin).clone()
+}
+
+fn find_osbuild_bin() -> PathBuf {
     if let Some(bin) = std::env::var_os("OSBUILD_BIN") {
         return bin.into();
     }

@@ -23,9 +23,11 @@ fn connections(dir: &Path) -> usize {
         .count()
 }
 
-/// Whether the test can run: sshd, the SSH client tools and a venv for ostree-push.
-fn can_run() -> bool {
-    require(&[Need::Sshd, Need::SshClient, Need::PythonVenv])
+/// Whether the test can run: sshd, the SSH client tools and what else it `needs`.
+fn can_run(needs: &[Need]) -> bool {
+    let mut all = vec![Need::Sshd, Need::SshClient];
+    all.extend_from_slice(needs);
+    require(&all)
 }
 
 /// A real sshd for the fixture's key, with `path_first` first on the PATH of its sessions
@@ -45,8 +47,11 @@ fn trust(f: &PushFixture, sshd: &sshd::Sshd) {
 
 /// A fixture and an sshd whose host key is known, receivers found first in `path_first`;
 /// `None` when the test is skipped.
-fn interop(path_first: impl FnOnce() -> PathBuf) -> Option<(PushFixture, sshd::Sshd)> {
-    if !can_run() {
+fn interop(
+    needs: &[Need],
+    path_first: impl FnOnce() -> PathBuf,
+) -> Option<(PushFixture, sshd::Sshd)> {
+    if !can_run(needs) {
         return None;
     }
     let f = PushFixture::new();
@@ -105,7 +110,7 @@ fn venv_bin() -> PathBuf {
 
 #[test]
 fn pushes_to_ostree_receive() {
-    let Some((s, sshd)) = interop(venv_bin) else {
+    let Some((s, sshd)) = interop(&[Need::PythonVenv], venv_bin) else {
         return;
     };
     let c1 = s.commit("os/x86_64", "a", "first\n");
@@ -185,7 +190,7 @@ fn pushes_to_ostree_receive() {
 
 #[test]
 fn receive_command_fallback_and_errors() {
-    let Some((s, sshd)) = interop(venv_bin) else {
+    let Some((s, sshd)) = interop(&[Need::PythonVenv], venv_bin) else {
         return;
     };
     s.commit("b", "a", "1");
@@ -238,7 +243,7 @@ fn receive_command_fallback_and_errors() {
 
 #[test]
 fn host_keys_are_checked_against_known_hosts() {
-    if !can_run() {
+    if !can_run(&[]) {
         return;
     }
     let s = PushFixture::new();
@@ -295,7 +300,7 @@ fn host_keys_are_checked_against_known_hosts() {
 
 #[test]
 fn refused_keys_are_named_with_the_user() {
-    let Some((s, sshd)) = interop(|| PathBuf::from("/usr/bin")) else {
+    let Some((s, sshd)) = interop(&[], || PathBuf::from("/usr/bin")) else {
         return;
     };
     s.commit("b", "a", "1");
@@ -342,7 +347,7 @@ fn refused_keys_are_named_with_the_user() {
 
 #[test]
 fn commit_push_commits_then_pushes() {
-    let Some((s, sshd)) = interop(venv_bin) else {
+    let Some((s, sshd)) = interop(&[Need::PythonVenv], venv_bin) else {
         return;
     };
     // A tree `osbuild commit` accepts: kernel, initramfs, os-release, /usr/etc.
@@ -388,7 +393,7 @@ fn pushes_to_osbuild_receive_keeping_commit_ids() {
     let bin = dir.path().join("bin");
     std::fs::create_dir(&bin).unwrap();
     std::os::unix::fs::symlink(osbuild_bin(), bin.join("ostree-receive-1")).unwrap();
-    let Some((s, sshd)) = interop(|| bin) else {
+    let Some((s, sshd)) = interop(&[], || bin) else {
         return;
     };
     let c1 = s.commit("os/x86_64", "a", "1");
@@ -422,7 +427,7 @@ fn start_agent(dir: &Path) -> (Daemon, PathBuf) {
 
 #[test]
 fn keys_come_from_the_agent_and_the_home_directory() {
-    let Some((s, sshd)) = interop(|| PathBuf::from("/usr/bin")) else {
+    let Some((s, sshd)) = interop(&[], || PathBuf::from("/usr/bin")) else {
         return;
     };
     s.commit("b", "a", "1");
