@@ -20,6 +20,12 @@ RUSTC_BOOTSTRAP=1 cargo test --workspace --no-fail-fast -- --test-threads=2 \
     -Z unstable-options --format json --report-time 2>&1 | python3 scripts/test-times.py
 status=("${PIPESTATUS[@]}")
 set -e
+# Signing in tests starts a gpg-agent per throwaway GPG home (osbuild_testing::gpg): stop
+# them with their homes.
+for home in target/tmp/gpg-*/home; do
+    [ -d "$home" ] && gpgconf --homedir "$home" --kill gpg-agent || true
+    rm -rf "$(dirname "$home")"
+done
 if [ "${status[0]}" -ne 0 ] || [ "${status[1]}" -ne 0 ]; then
     echo "test.sh: tests failed (cargo test exit ${status[0]}, report exit ${status[1]})" >&2
     exit 1

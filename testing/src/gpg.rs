@@ -36,13 +36,25 @@ fn gpg(home: &Path) -> Command {
     cmd
 }
 
+/// Stop the gpg-agent of `home`, if one runs (best effort: none may be running).
+fn stop_agent(home: &Path) {
+    let _ = osbuild_core::cmd::output(
+        Command::new("gpgconf")
+            .arg("--homedir")
+            .arg(home)
+            .args(["--kill", "gpg-agent"]),
+    );
+}
+
 fn generate(tmp: &Path) -> GpgKey {
     use std::os::unix::fs::PermissionsExt;
-    // One directory per process; those of processes that are gone are removed.
+    // One directory per process; those of processes that are gone are removed, with the
+    // gpg-agent that signing started there (it outlives the test process).
     for entry in std::fs::read_dir(tmp).into_iter().flatten().flatten() {
         let name = entry.file_name().to_string_lossy().into_owned();
         if let Some(pid) = name.strip_prefix("gpg-") {
             if !Path::new("/proc").join(pid).exists() {
+                stop_agent(&entry.path().join("home"));
                 let _ = std::fs::remove_dir_all(entry.path());
             }
         }
