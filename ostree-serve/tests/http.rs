@@ -8,6 +8,7 @@
 mod common;
 
 use common::*;
+use osbuild_testing::helpers::ostree;
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 

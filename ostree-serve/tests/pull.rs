@@ -1,24 +1,7 @@
 //! The real `ostree` CLI pulls from `osbuild serve`'s router.
 
-// Tests look at the exit status and output of the programs they run, which
-// osbuild_core::cmd turns into errors.
-#![allow(clippy::disallowed_methods)]
-
+use osbuild_testing::helpers::ostree;
 use std::path::Path;
-use std::process::Command;
-
-fn ostree(args: &[&str]) -> String {
-    let out = Command::new("ostree")
-        .args(args)
-        .output()
-        .expect("running ostree");
-    assert!(
-        out.status.success(),
-        "ostree {args:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
 
 fn make_repo(dir: &Path) -> String {
     let repo = dir.join("repo");

@@ -1,11 +1,8 @@
 //! Receive semantics against real repositories made with the `ostree` CLI: checksums are
 //! kept, refs only move forward, publication is atomic and serialized per repository.
 
-// Tests look at the exit status and output of the programs they run, which
-// osbuild_core::cmd turns into errors.
-#![allow(clippy::disallowed_methods)]
-
-use osbuild_testing::repo::{commit_files, init_archive, ostree, repo_arg, rev_parse};
+use osbuild_testing::gpg;
+use osbuild_testing::helpers::{commit_files, init_archive, ostree, repo_arg, rev_parse};
 use ostree_serve::receive::{self, Policy, ReceiveArgs};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Barrier};
@@ -271,52 +268,14 @@ fn concurrent_pushes_different_refs_both_land_same_ref_one_wins() {
     ostree(&["fsck", &repo_arg(&f.server)]);
 }
 
-/// A throwaway GPG home with one signing key; returns (home, key id, exported keyring).
-fn gpg_key(dir: &Path) -> (PathBuf, String, PathBuf) {
-    let home = dir.join("gnupg");
-    std::fs::create_dir(&home).unwrap();
-    let gpg = |args: &[&str]| {
-        let out = std::process::Command::new("gpg")
-            .arg("--homedir")
-            .arg(&home)
-            .args(["--batch", "--pinentry-mode", "loopback", "--passphrase", ""])
-            .args(args)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "gpg {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    };
-    gpg(&[
-        "--quick-gen-key",
-        "osbuild test <test@osbuild.invalid>",
-        "rsa2048",
-        "sign",
-        "never",
-    ]);
-    let listing = gpg(&["--with-colons", "--list-keys"]);
-    let keyid = listing
-        .lines()
-        .find(|l| l.starts_with("fpr:"))
-        .and_then(|l| l.split(':').nth(9))
-        .unwrap()
-        .to_string();
-    let keyring = dir.join("trusted.gpg");
-    gpg(&["--output", keyring.to_str().unwrap(), "--export", &keyid]);
-    (home, keyid, keyring)
-}
-
 #[test]
 fn required_signatures_are_checked_and_kept() {
     let f = fixture();
-    let (home, keyid, keyring) = gpg_key(f.client.parent().unwrap());
+    let key = gpg::throwaway_key();
     let (url, _rt) = serve(&f.client);
     let policy = Policy {
         require_signature: true,
-        trusted_keyring: Some(keyring),
+        trusted_keyring: Some(key.keyring.clone()),
         allow_force: false,
     };
 
@@ -341,8 +300,8 @@ fn required_signatures_are_checked_and_kept() {
         "gpg-sign",
         &repo_arg(&f.client),
         &c2,
-        &keyid,
-        &format!("--gpg-homedir={}", home.display()),
+        &key.key_id,
+        &format!("--gpg-homedir={}", key.home.display()),
     ]);
     receive::receive(
         &f.server,

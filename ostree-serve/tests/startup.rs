@@ -7,7 +7,9 @@
 mod common;
 
 use common::*;
+use osbuild_testing::helpers::{ostree, run};
 use ostree_serve::{ServeConfig, Server};
+use std::process::Command;
 
 async fn start_error(cfg: ServeConfig) -> String {
     let mut cfg = cfg;
@@ -69,38 +71,32 @@ async fn bad_tls_files() {
     let cert = dir.path().join("cert.pem");
     let key = dir.path().join("key.pem");
     let other_key = dir.path().join("other.pem");
-    run(
-        "openssl",
-        &[
-            "req",
-            "-x509",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:prime256v1",
-            "-nodes",
-            "-days",
-            "2",
-            "-subj",
-            "/CN=127.0.0.1",
-            "-keyout",
-            key.to_str().unwrap(),
-            "-out",
-            cert.to_str().unwrap(),
-        ],
-    );
-    run(
-        "openssl",
-        &[
-            "ecparam",
-            "-name",
-            "prime256v1",
-            "-genkey",
-            "-noout",
-            "-out",
-            other_key.to_str().unwrap(),
-        ],
-    );
+    run(Command::new("openssl").args([
+        "req",
+        "-x509",
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+        "-nodes",
+        "-days",
+        "2",
+        "-subj",
+        "/CN=127.0.0.1",
+        "-keyout",
+        key.to_str().unwrap(),
+        "-out",
+        cert.to_str().unwrap(),
+    ]));
+    run(Command::new("openssl").args([
+        "ecparam",
+        "-name",
+        "prime256v1",
+        "-genkey",
+        "-noout",
+        "-out",
+        other_key.to_str().unwrap(),
+    ]));
     let garbage = dir.path().join("garbage.pem");
     std::fs::write(
         &garbage,

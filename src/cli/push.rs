@@ -1,7 +1,7 @@
 //! `osbuild push` and `osbuild commit-push`: send refs to a server over SSH.
 
 use super::CommitArgs;
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Result};
 use ostree_commit::Destination;
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -270,6 +270,7 @@ fn push(repo: &Path, dest: &Destination, refs: &[String], ssh: PushSshArgs) -> R
 #[cfg(test)]
 mod tests {
     use super::super::tests::parse;
+    use anyhow::Context;
     use super::super::Command;
     use super::*;
 

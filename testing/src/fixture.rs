@@ -7,12 +7,13 @@ use std::fs;
 use std::path::{Path, PathBuf};
 
 /// The inputs that determine a fixture's content.
-#[derive(Default)]
+#[derive(Default, Debug)]
 pub struct Key {
     hasher: Sha256,
 }
 
 impl Key {
+    /// A key for the fixture called `name`.
     pub fn new(name: &str) -> Self {
         let mut k = Key::default();
         k.hasher.update(name.as_bytes());
@@ -59,17 +60,18 @@ fn collect(base: &Path, path: &Path, out: &mut Vec<(String, Vec<u8>)>) -> Result
         .to_string();
     let tag = format!("{rel}:{:o}", meta.permissions().mode());
     if meta.file_type().is_symlink() {
-        out.push((
-            tag,
-            fs::read_link(path)?.into_os_string().into_encoded_bytes(),
-        ));
+        let target = fs::read_link(path).with_context(|| format!("reading {}", path.display()))?;
+        out.push((tag, target.into_os_string().into_encoded_bytes()));
     } else if meta.is_dir() {
         out.push((tag, Vec::new()));
-        for e in fs::read_dir(path)? {
-            collect(base, &e?.path(), out)?;
+        let entries = fs::read_dir(path).with_context(|| format!("listing {}", path.display()))?;
+        for e in entries {
+            let e = e.with_context(|| format!("listing {}", path.display()))?;
+            collect(base, &e.path(), out)?;
         }
     } else {
-        out.push((tag, fs::read(path)?));
+        let data = fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+        out.push((tag, data));
     }
     Ok(())
 }
@@ -89,8 +91,8 @@ pub fn cached(
         eprintln!("fixture: reusing {}", dest.display());
         return Ok(dest);
     }
-    for e in fs::read_dir(cache)? {
-        let e = e?;
+    for e in fs::read_dir(cache).with_context(|| format!("listing {}", cache.display()))? {
+        let e = e.with_context(|| format!("listing {}", cache.display()))?;
         let fname = e.file_name().to_string_lossy().into_owned();
         if fname.starts_with(&format!("{name}-")) {
             let _ = fs::remove_dir_all(e.path()).or_else(|_| fs::remove_file(e.path()));

@@ -1,9 +1,29 @@
-//! Test support: the qemu VM harness, cached slow fixtures and the real ostree-push.
+//! Test support for the osbuild workspace:
+//!
+//! - [`helpers`]: running commands, `ostree` CLI repositories, free ports, servers
+//!   ([`helpers::Daemon`]) and the `osbuild` binary under test;
+//! - [`need`]: the one policy for tests that need root, qemu, podman, sshd, …
+//!   ([`require`]);
+//! - [`gpg`]: a throwaway signing key shared by a test process;
+//! - [`fixture`]: slow fixtures cached under target/, keyed by their inputs;
+//! - [`vm`]: the qemu VM harness;
+//! - [`sshd`]: SSH keys and a real OpenSSH sshd;
+//! - [`ostree_push`]: the reference ostree-push client and receiver.
 
 pub mod fixture;
+pub mod gpg;
+pub mod helpers;
+pub mod need;
 pub mod ostree_push;
-pub mod repo;
 pub mod sshd;
 pub mod vm;
 
-pub use vm::{free_port, try_free_port, ImageFormat, Vm, VmConfig};
+pub use need::{require, Need};
+
+/// The `ostree` CLI helpers under their former name; new code uses [`helpers`].
+pub mod repo {
+    pub use crate::helpers::{
+        commit_files, commit_tree, init_archive, noise, ostree, repo_arg, rev_parse,
+        stub_bootable_tree,
+    };
+}

@@ -6,15 +6,18 @@ use anyhow::{Context, Result};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+/// The ostree-push release installed.
 pub const VERSION: &str = "1.2.0";
 const STAMP: &str = ".osbuild-complete";
 
 /// The venv's directory; its `bin/` holds `ostree-push` and `ostree-receive-1`.
 pub fn venv(cache: &Path) -> Result<PathBuf> {
     let dest = cache.join(format!("ostree-push-{VERSION}"));
-    std::fs::create_dir_all(cache)?;
+    std::fs::create_dir_all(cache).with_context(|| format!("creating {}", cache.display()))?;
     // Tests run in parallel: one builds, the others wait for it.
-    let lock = std::fs::File::create(cache.join(format!(".ostree-push-{VERSION}.lock")))?;
+    let lock_path = cache.join(format!(".ostree-push-{VERSION}.lock"));
+    let lock = std::fs::File::create(&lock_path)
+        .with_context(|| format!("creating {}", lock_path.display()))?;
     lock.lock().context("locking the ostree-push venv")?;
     if dest.join(STAMP).exists() {
         return Ok(dest);
@@ -44,6 +47,7 @@ pub fn venv(cache: &Path) -> Result<PathBuf> {
         "import gi; gi.require_version('OSTree', '1.0'); from gi.repository import OSTree",
     ]))
     .context("checking the venv sees libostree (install python3-gi gir1.2-ostree-1.0)")?;
-    std::fs::write(dest.join(STAMP), VERSION)?;
+    std::fs::write(dest.join(STAMP), VERSION)
+        .with_context(|| format!("writing {}", dest.join(STAMP).display()))?;
     Ok(dest)
 }

@@ -1,18 +1,21 @@
 //! Throwaway SSH keys and a real OpenSSH sshd on loopback, for interop tests.
 
+use crate::helpers::{try_free_port, Daemon};
 use anyhow::{Context, Result};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command};
-use std::time::{Duration, Instant};
+use std::process::Command;
 
 /// An ed25519 key pair made by ssh-keygen.
 #[derive(Debug, Clone)]
 pub struct KeyPair {
+    /// The private key file.
     pub private: PathBuf,
+    /// The public key file (`<private>.pub`).
     pub public: PathBuf,
 }
 
 impl KeyPair {
+    /// Generate a key without a passphrase at `path` (and `path.pub`).
     pub fn generate(path: &Path) -> Result<Self> {
         osbuild_core::cmd::run(
             Command::new("ssh-keygen")
@@ -28,7 +31,9 @@ impl KeyPair {
 
     /// The `type base64 comment` line of the public key.
     pub fn public_line(&self) -> Result<String> {
-        Ok(std::fs::read_to_string(&self.public)?.trim().to_string())
+        let line = std::fs::read_to_string(&self.public)
+            .with_context(|| format!("reading {}", self.public.display()))?;
+        Ok(line.trim().to_string())
     }
 }
 
@@ -43,10 +48,13 @@ pub fn known_hosts_line(port: u16, host_public_line: &str) -> String {
     format!("[127.0.0.1]:{port} {host_public_line}\n")
 }
 
-/// A real sshd on 127.0.0.1, killed on drop.
+/// A real sshd on 127.0.0.1, killed on drop (and by the kernel if the test dies).
+#[derive(Debug)]
 pub struct Sshd {
-    child: Child,
+    _daemon: Daemon,
+    /// The port it listens on.
     pub port: u16,
+    /// Its host key.
     pub host_key: KeyPair,
 }
 
@@ -57,10 +65,11 @@ impl Sshd {
     pub fn start(dir: &Path, authorized_keys: &str, extra: &[&str]) -> Result<Self> {
         let host_key = KeyPair::generate(&dir.join("ssh_host_ed25519_key"))?;
         let ak = dir.join("authorized_keys");
-        std::fs::write(&ak, authorized_keys)?;
+        std::fs::write(&ak, authorized_keys)
+            .with_context(|| format!("writing {}", ak.display()))?;
         // sshd needs its privilege separation directory.
-        std::fs::create_dir_all("/run/sshd")?;
-        let port = crate::vm::try_free_port()?;
+        std::fs::create_dir_all("/run/sshd").context("creating /run/sshd")?;
+        let port = try_free_port()?;
         let config = dir.join("sshd_config");
         let mut text = format!(
             "Port {port}\nListenAddress 127.0.0.1\nHostKey {}\nAuthorizedKeysFile {}\n\
@@ -74,38 +83,24 @@ impl Sshd {
             text.push_str(line);
             text.push('\n');
         }
-        std::fs::write(&config, text)?;
-        let child = Command::new("/usr/sbin/sshd")
-            .args(["-D", "-e", "-f"])
-            .arg(&config)
-            .stderr(std::fs::File::create(dir.join("sshd.log"))?)
-            .spawn()
-            .context("starting sshd (install openssh-server)")?;
-        let sshd = Sshd {
-            child,
+        std::fs::write(&config, text).with_context(|| format!("writing {}", config.display()))?;
+        let daemon = Daemon::start(
+            Command::new("/usr/sbin/sshd")
+                .args(["-D", "-e", "-f"])
+                .arg(&config),
+            port,
+            Some(&dir.join("sshd.log")),
+        )
+        .context("starting sshd (install openssh-server)")?;
+        Ok(Sshd {
+            _daemon: daemon,
             port,
             host_key,
-        };
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            anyhow::ensure!(
-                Instant::now() < deadline,
-                "sshd did not start; see {}",
-                dir.join("sshd.log").display()
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        Ok(sshd)
+        })
     }
 
+    /// The known_hosts line for this server.
     pub fn known_hosts_line(&self) -> Result<String> {
         Ok(known_hosts_line(self.port, &self.host_key.public_line()?))
-    }
-}
-
-impl Drop for Sshd {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }

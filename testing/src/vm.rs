@@ -8,7 +8,8 @@
 //! ```no_run
 //! # fn main() -> anyhow::Result<()> {
 //! use std::time::Duration;
-//! use osbuild_testing::vm::{free_port, Vm, VmConfig};
+//! use osbuild_testing::helpers::free_port;
+//! use osbuild_testing::vm::{Vm, VmConfig};
 //!
 //! let ssh = free_port();
 //! let config = VmConfig::new("target/disk.qcow2")
@@ -22,13 +23,11 @@
 //! ```
 
 mod console;
-mod pdeathsig;
 
 use std::ffi::OsString;
 use std::fmt;
 use std::fs::{self, File, OpenOptions};
 use std::io::{Read, Write};
-use std::net::{Ipv4Addr, TcpListener};
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::UnixStream;
@@ -69,8 +68,10 @@ const MAX_SOCKET_PATH: usize = 107;
 /// Disk image format, as passed to qemu's `-drive format=`.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub enum ImageFormat {
+    /// A raw disk image.
     #[default]
     Raw,
+    /// qemu's copy-on-write format.
     Qcow2,
 }
 
@@ -83,6 +84,7 @@ impl ImageFormat {
         }
     }
 
+    /// The name qemu uses.
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Raw => "raw",
@@ -102,10 +104,13 @@ impl fmt::Display for ImageFormat {
 pub struct VmConfig {
     /// Disk image; qemu writes to it (no snapshot), so a reboot keeps changes.
     pub image: PathBuf,
+    /// The image's format.
     pub format: ImageFormat,
     /// Boot with OVMF instead of SeaBIOS.
     pub uefi: bool,
+    /// Guest memory.
     pub memory_mib: u32,
+    /// Virtual CPUs.
     pub cpus: u32,
     /// `(host_port, guest_port)` TCP forwards, bound to 127.0.0.1 on the host.
     pub forwards: Vec<(u16, u16)>,
@@ -140,21 +145,25 @@ impl VmConfig {
         }
     }
 
+    /// Sets the image format (instead of guessing from the extension).
     pub fn format(mut self, format: ImageFormat) -> Self {
         self.format = format;
         self
     }
 
+    /// Boots with OVMF (true) or SeaBIOS (false).
     pub fn uefi(mut self, uefi: bool) -> Self {
         self.uefi = uefi;
         self
     }
 
+    /// Sets the guest memory.
     pub fn memory_mib(mut self, memory_mib: u32) -> Self {
         self.memory_mib = memory_mib;
         self
     }
 
+    /// Sets the number of virtual CPUs.
     pub fn cpus(mut self, cpus: u32) -> Self {
         self.cpus = cpus;
         self
@@ -166,6 +175,7 @@ impl VmConfig {
         self
     }
 
+    /// Sets the serial log file.
     pub fn log(mut self, log: impl Into<PathBuf>) -> Self {
         self.log = log.into();
         self
@@ -225,11 +235,11 @@ impl Vm {
     /// qemu waits for the console connection (`server=on,wait=on`), so no
     /// firmware or boot output is ever lost.
     pub fn boot(config: VmConfig) -> Result<Vm> {
+        fs::metadata(&config.image)
+            .with_context(|| format!("checking disk image {}", config.image.display()))?;
         if !Path::new(QEMU).exists() {
             bail!("{QEMU} not found: install the `qemu-system-x86` package");
         }
-        fs::metadata(&config.image)
-            .with_context(|| format!("checking disk image {}", config.image.display()))?;
 
         let runtime_dir = tempfile::Builder::new()
             .prefix("osbuild-vm-")
@@ -269,8 +279,10 @@ impl Vm {
             .stdin(Stdio::null())
             .stdout(stdout)
             .stderr(stderr);
-        pdeathsig::kill_child_with_parent(&mut cmd);
-        let mut child = cmd.spawn().with_context(|| format!("starting {QEMU}"))?;
+        // Tied to this thread: the kernel kills qemu if the test process dies without
+        // running destructors (SIGKILL, a runner's timeout), so no stray qemu keeps
+        // eating the machine's cores.
+        let mut child = osbuild_core::cmd::spawn_tied(&mut cmd)?;
         let (console, shared, reader) = match attach_console(&mut child, &socket, &qemu_output, log)
         {
             Ok(attached) => attached,
@@ -688,27 +700,6 @@ fn display_args(args: &[OsString]) -> String {
         .map(|a| a.to_string_lossy().into_owned())
         .collect::<Vec<_>>()
         .join(" ")
-}
-
-/// A TCP port on 127.0.0.1 that was free a moment ago, for host forwards.
-///
-/// Another process may grab it before qemu binds it; that is unlikely enough
-/// for tests. Panics if no port can be bound, as a test cannot go on then.
-pub fn free_port() -> u16 {
-    match try_free_port() {
-        Ok(port) => port,
-        Err(e) => panic!("{e:#}"),
-    }
-}
-
-/// [`free_port`] for callers that want to handle the error.
-pub fn try_free_port() -> Result<u16> {
-    let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
-        .context("binding 127.0.0.1:0 to find a free TCP port")?;
-    Ok(listener
-        .local_addr()
-        .context("reading the address of the bound port")?
-        .port())
 }
 
 #[cfg(test)]

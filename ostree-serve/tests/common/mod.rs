@@ -8,38 +8,20 @@ use ostree_serve::{ServeConfig, Server};
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-pub const BRANCH: &str = "test/x86_64";
+pub(crate) const BRANCH: &str = "test/x86_64";
 
-pub fn run(program: &str, args: &[&str]) -> String {
-    let out = Command::new(program)
-        .args(args)
-        .output()
-        .unwrap_or_else(|e| panic!("running {program}: {e}"));
-    assert!(
-        out.status.success(),
-        "{program} {args:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
+use osbuild_testing::helpers::{noise, ostree};
 
-pub fn ostree(args: &[&str]) -> String {
-    run("ostree", args)
-}
-
-pub use osbuild_testing::repo::noise;
-
-pub struct TestRepo {
-    pub path: PathBuf,
-    pub commit: String,
+pub(crate) struct TestRepo {
+    pub(crate) path: PathBuf,
+    pub(crate) commit: String,
 }
 
 /// An archive repository under `dir/repo` with one commit of small files and one file of
 /// about 1 MiB (streamed rather than read in one go by the server), and a summary.
-pub fn make_repo(dir: &Path) -> TestRepo {
+pub(crate) fn make_repo(dir: &Path) -> TestRepo {
     let repo = dir.join("repo");
     let tree = dir.join("tree");
     std::fs::create_dir_all(tree.join("usr/share/many")).unwrap();
@@ -64,7 +46,7 @@ pub fn make_repo(dir: &Path) -> TestRepo {
 }
 
 /// The repository-relative path of the largest object file.
-pub fn largest_object(repo: &Path) -> String {
+pub(crate) fn largest_object(repo: &Path) -> String {
     let mut best = (0, String::new());
     for dir in std::fs::read_dir(repo.join("objects")).unwrap() {
         let dir = dir.unwrap();
@@ -87,14 +69,14 @@ pub fn largest_object(repo: &Path) -> String {
 }
 
 /// A server running on a loopback port; stops (gracefully) when dropped or `stop`ped.
-pub struct Running {
-    pub addr: SocketAddr,
+pub(crate) struct Running {
+    pub(crate) addr: SocketAddr,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     task: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
 }
 
 impl Running {
-    pub async fn start(mut cfg: ServeConfig) -> Running {
+    pub(crate) async fn start(mut cfg: ServeConfig) -> Running {
         cfg.http.get_or_insert("127.0.0.1:0".parse().unwrap());
         cfg.access_log.get_or_insert(false);
         let server = Server::from_config(&cfg)
@@ -112,12 +94,12 @@ impl Running {
         }
     }
 
-    pub async fn plain(repo: &Path) -> Running {
+    pub(crate) async fn plain(repo: &Path) -> Running {
         Self::start(config(repo)).await
     }
 
     /// Ask for shutdown and hand back the server's task, to await when the test wants.
-    pub fn begin_stop(&mut self) -> tokio::task::JoinHandle<anyhow::Result<()>> {
+    pub(crate) fn begin_stop(&mut self) -> tokio::task::JoinHandle<anyhow::Result<()>> {
         if let Some(tx) = self.stop.take() {
             let _ = tx.send(());
         }
@@ -125,7 +107,7 @@ impl Running {
     }
 
     /// Shut down and check that the server ended without error.
-    pub async fn stop(mut self) {
+    pub(crate) async fn stop(mut self) {
         if let Some(tx) = self.stop.take() {
             let _ = tx.send(());
         }
@@ -143,7 +125,7 @@ impl Drop for Running {
     }
 }
 
-pub fn config(repo: &Path) -> ServeConfig {
+pub(crate) fn config(repo: &Path) -> ServeConfig {
     ServeConfig {
         repo: Some(repo.to_path_buf()),
         ..Default::default()
@@ -151,14 +133,14 @@ pub fn config(repo: &Path) -> ServeConfig {
 }
 
 #[derive(Debug)]
-pub struct RawResponse {
-    pub status: u16,
-    pub headers: HashMap<String, String>,
-    pub body: Vec<u8>,
+pub(crate) struct RawResponse {
+    pub(crate) status: u16,
+    pub(crate) headers: HashMap<String, String>,
+    pub(crate) body: Vec<u8>,
 }
 
 impl RawResponse {
-    pub fn header(&self, name: &str) -> Option<&str> {
+    pub(crate) fn header(&self, name: &str) -> Option<&str> {
         self.headers
             .get(&name.to_ascii_lowercase())
             .map(String::as_str)
@@ -167,7 +149,7 @@ impl RawResponse {
 
 /// Send `request` as is and read the whole answer (the server closes: requests made here
 /// say `Connection: close`, and malformed ones make it close).
-pub async fn raw(addr: SocketAddr, request: &[u8]) -> RawResponse {
+pub(crate) async fn raw(addr: SocketAddr, request: &[u8]) -> RawResponse {
     let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
     s.write_all(request).await.unwrap();
     let mut buf = Vec::new();
@@ -175,7 +157,7 @@ pub async fn raw(addr: SocketAddr, request: &[u8]) -> RawResponse {
     parse_response(&buf)
 }
 
-pub fn parse_response(buf: &[u8]) -> RawResponse {
+pub(crate) fn parse_response(buf: &[u8]) -> RawResponse {
     let end = buf
         .windows(4)
         .position(|w| w == b"\r\n\r\n")
@@ -200,7 +182,12 @@ pub fn parse_response(buf: &[u8]) -> RawResponse {
 }
 
 /// `GET path` (or another method) with extra header lines, closing after the answer.
-pub async fn request(addr: SocketAddr, method: &str, path: &str, extra: &[&str]) -> RawResponse {
+pub(crate) async fn request(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    extra: &[&str],
+) -> RawResponse {
     let mut req = format!("{method} {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n");
     for h in extra {
         req.push_str(h);
@@ -210,6 +197,6 @@ pub async fn request(addr: SocketAddr, method: &str, path: &str, extra: &[&str])
     raw(addr, req.as_bytes()).await
 }
 
-pub async fn get(addr: SocketAddr, path: &str) -> RawResponse {
+pub(crate) async fn get(addr: SocketAddr, path: &str) -> RawResponse {
     request(addr, "GET", path, &[]).await
 }

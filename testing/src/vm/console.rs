@@ -14,13 +14,13 @@ use anyhow::{Context, Result};
 #[derive(Default)]
 pub(super) struct State {
     /// Serial output with terminal control sequences removed (see [`Cleaner`]).
-    pub text: Vec<u8>,
+    pub(super) text: Vec<u8>,
     /// Set once the socket reached EOF (qemu exited) or failed.
-    pub closed: bool,
+    pub(super) closed: bool,
     /// Why reading stopped, if it was not a clean EOF.
-    pub read_error: Option<String>,
+    pub(super) read_error: Option<String>,
     /// First failure writing the log file; reading goes on regardless.
-    pub log_error: Option<String>,
+    pub(super) log_error: Option<String>,
 }
 
 #[derive(Default)]
@@ -31,12 +31,12 @@ pub(super) struct Shared {
 
 impl Shared {
     /// Locks the state; a panic elsewhere must not hide the output from the test.
-    pub fn lock(&self) -> MutexGuard<'_, State> {
+    pub(super) fn lock(&self) -> MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     /// Waits at most `timeout` for new output or for the console to close.
-    pub fn wait<'a>(
+    pub(super) fn wait<'a>(
         &self,
         guard: MutexGuard<'a, State>,
         timeout: Duration,
@@ -121,7 +121,7 @@ enum EscState {
 }
 
 impl Cleaner {
-    pub fn feed(&mut self, input: &[u8], out: &mut Vec<u8>) {
+    pub(super) fn feed(&mut self, input: &[u8], out: &mut Vec<u8>) {
         for &b in input {
             self.state = match self.state {
                 EscState::Text => match b {
@@ -172,11 +172,11 @@ impl Cleaner {
 #[derive(Debug, PartialEq, Eq)]
 pub(super) struct Found {
     /// Where the needle starts; searching again from here finds it again.
-    pub pos: usize,
-    pub line: String,
+    pub(super) pos: usize,
+    pub(super) line: String,
     /// Whether the line ends in `\n` yet.
-    pub terminated: bool,
-    pub next_cursor: usize,
+    pub(super) terminated: bool,
+    pub(super) next_cursor: usize,
 }
 
 /// Finds `needle` in `text[from..]`; returns its whole line (which may start

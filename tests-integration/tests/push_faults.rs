@@ -2,8 +2,12 @@
 //! full disk. The server repository must stay consistent (fsck passes, refs unchanged), no
 //! forward may outlive its session, and a retry must finish the job.
 
-use osbuild_testing::repo::{commit_tree, init_archive, noise, ostree, repo_arg, rev_parse};
-use osbuild_testing::{ostree_push, sshd};
+use osbuild_core::cmd;
+use osbuild_testing::helpers::{
+    commit_tree, free_port, init_archive, noise, osbuild_bin, ostree, repo_arg, rev_parse, run,
+    write_file, Daemon,
+};
+use osbuild_testing::{ostree_push, require, sshd, Need};
 use std::io::{BufRead, BufReader};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
@@ -11,7 +15,6 @@ use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-const OSBUILD: &str = env!("CARGO_BIN_EXE_osbuild");
 const BRANCH: &str = "os/x86_64";
 
 /// A client repo with one commit of `files` files of 16 KiB: many objects, so a push can be
@@ -22,59 +25,33 @@ fn client_repo(dir: &Path, files: usize) -> (PathBuf, String) {
     let tree = dir.join("tree");
     for i in 0..files {
         let p = tree.join(format!("usr/share/data/{:02}/{i}", i % 50));
-        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
-        std::fs::write(p, noise(16 << 10, i as u64 + 7)).unwrap();
+        write_file(&p, noise(16 << 10, i as u64 + 7));
     }
     let c = commit_tree(&repo, BRANCH, &tree, None);
     (repo, c)
 }
 
-struct Server {
-    child: Child,
-}
-
-impl Server {
-    fn start(dir: &Path, repo: &Path, port: u16) -> Server {
-        let child = Command::new(OSBUILD)
+/// `osbuild serve --ssh` on 127.0.0.1:`port`, its log in `dir/serve.log`.
+fn start_server(dir: &Path, repo: &Path, port: u16) -> Daemon {
+    Daemon::start(
+        Command::new(osbuild_bin())
             .args([
                 "serve",
-                "--repo",
-                repo.to_str().unwrap(),
                 "--http",
                 "127.0.0.1:0",
+                "--access-log",
+                "off",
+                "--repo",
             ])
-            .args(["--ssh", &format!("127.0.0.1:{port}")])
-            .args([
-                "--authorized-keys",
-                dir.join("authorized_keys").to_str().unwrap(),
-            ])
-            .args(["--host-key", dir.join("host_key").to_str().unwrap()])
-            .args(["--access-log", "off"])
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(
-                Instant::now() < deadline,
-                "osbuild serve --ssh did not start"
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        Server { child }
-    }
-
-    fn kill(mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+            .arg(repo)
+            .args(["--ssh", &format!("127.0.0.1:{port}"), "--authorized-keys"])
+            .arg(dir.join("authorized_keys"))
+            .arg("--host-key")
+            .arg(dir.join("host_key")),
+        port,
+        Some(&dir.join("serve.log")),
+    )
+    .unwrap_or_else(|e| panic!("{e:#}"))
 }
 
 struct Env {
@@ -84,7 +61,12 @@ struct Env {
 }
 
 impl Env {
-    fn new() -> Env {
+    /// None when the test is skipped (see osbuild_testing::require).
+    fn new() -> Option<Env> {
+        // ostree-push comes from PyPI into a venv; the client runs OpenSSH's ssh.
+        if !require(&[Need::PythonVenv, Need::SshClient]) {
+            return None;
+        }
         let dir = tempfile::tempdir().unwrap();
         let key = sshd::KeyPair::generate(&dir.path().join("id_ed25519")).unwrap();
         std::fs::write(
@@ -92,15 +74,16 @@ impl Env {
             key.public_line().unwrap(),
         )
         .unwrap();
-        let venv = ostree_push::venv(Path::new(env!("CARGO_TARGET_TMPDIR"))).unwrap();
-        Env { dir, key, venv }
+        let venv = ostree_push::venv(Path::new(env!("CARGO_TARGET_TMPDIR")))
+            .unwrap_or_else(|e| panic!("installing ostree-push: {e:#}"));
+        Some(Env { dir, key, venv })
     }
 
     /// Start ostree-push (verbose, so each object request is logged) in its own process
     /// group, so that killing the group kills its ssh and HTTP helper processes too.
     fn push(&self, client: &Path, server_repo: &Path, port: u16) -> Child {
-        Command::new(self.venv.join("bin/ostree-push"))
-            .arg("-v")
+        let mut push = Command::new(self.venv.join("bin/ostree-push"));
+        push.arg("-v")
             .arg(format!("--repo={}", client.display()))
             .args(["-i", self.key.private.to_str().unwrap()])
             .args([
@@ -118,9 +101,8 @@ impl Env {
             .arg(BRANCH)
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
-            .process_group(0)
-            .spawn()
-            .unwrap()
+            .process_group(0);
+        cmd::spawn_tied(&mut push).unwrap_or_else(|e| panic!("{e}"))
     }
 }
 
@@ -144,9 +126,7 @@ fn lines(child: &mut Child) -> mpsc::Receiver<String> {
 }
 
 fn kill_group(child: &mut Child) {
-    let _ = Command::new("kill")
-        .args(["-KILL", "--", &format!("-{}", child.id())])
-        .status();
+    run(Command::new("kill").args(["-KILL", "--", &format!("-{}", child.id())]));
     let _ = child.wait();
 }
 
@@ -191,12 +171,12 @@ fn wait_closed(port: u16) {
 
 #[test]
 fn client_killed_mid_push_then_retry_fetches_only_the_rest() {
-    let env = Env::new();
+    let Some(env) = Env::new() else { return };
     let (client, commit) = client_repo(env.dir.path(), 1500);
     let server_repo = env.dir.path().join("server");
     init_archive(&server_repo);
-    let port = osbuild_testing::vm::free_port();
-    let _server = Server::start(env.dir.path(), &server_repo, port);
+    let port = free_port();
+    let _server = start_server(env.dir.path(), &server_repo, port);
 
     let mut push = env.push(&client, &server_repo, port);
     let rx = lines(&mut push);
@@ -229,12 +209,12 @@ fn client_killed_mid_push_then_retry_fetches_only_the_rest() {
 
 #[test]
 fn server_killed_mid_receive_then_retry_completes() {
-    let env = Env::new();
+    let Some(env) = Env::new() else { return };
     let (client, commit) = client_repo(env.dir.path(), 1500);
     let server_repo = env.dir.path().join("server");
     init_archive(&server_repo);
-    let port = osbuild_testing::vm::free_port();
-    let server = Server::start(env.dir.path(), &server_repo, port);
+    let port = free_port();
+    let mut server = start_server(env.dir.path(), &server_repo, port);
 
     let mut push = env.push(&client, &server_repo, port);
     let rx = lines(&mut push);
@@ -245,7 +225,7 @@ fn server_killed_mid_receive_then_retry_completes() {
     assert!(!status.success(), "the push must fail when the server dies");
     assert_consistent_and_unmoved(&server_repo);
 
-    let _server = Server::start(env.dir.path(), &server_repo, port);
+    let _server = start_server(env.dir.path(), &server_repo, port);
     let mut retry = env.push(&client, &server_repo, port);
     let rx = lines(&mut retry);
     let (second, _) = watch(&rx, None);
@@ -257,28 +237,31 @@ fn server_killed_mid_receive_then_retry_completes() {
 
 #[test]
 fn full_disk_is_a_clear_error_and_the_repo_stays_consistent() {
-    let env = Env::new();
+    // Root to mount a small tmpfs.
+    if !require(&[Need::Root]) {
+        return;
+    }
+    let Some(env) = Env::new() else { return };
     let (client, _) = client_repo(env.dir.path(), 1500);
     // A small filesystem for the server repo: 24 MiB of 1500 × 16 KiB will not fit.
     let mnt = env.dir.path().join("small");
     std::fs::create_dir(&mnt).unwrap();
-    let st = Command::new("mount")
+    run(Command::new("mount")
         .args(["-t", "tmpfs", "-o", "size=12m", "tmpfs"])
-        .arg(&mnt)
-        .status()
-        .unwrap();
-    assert!(st.success(), "mounting a tmpfs (needs root)");
+        .arg(&mnt));
     struct Unmount(PathBuf);
     impl Drop for Unmount {
         fn drop(&mut self) {
-            let _ = Command::new("umount").arg(&self.0).status();
+            if let Err(e) = cmd::run(Command::new("umount").arg(&self.0)) {
+                eprintln!("{e}");
+            }
         }
     }
     let _unmount = Unmount(mnt.clone());
     let server_repo = mnt.join("repo");
     init_archive(&server_repo);
-    let port = osbuild_testing::vm::free_port();
-    let _server = Server::start(env.dir.path(), &server_repo, port);
+    let port = free_port();
+    let _server = start_server(env.dir.path(), &server_repo, port);
     let mut push = env.push(&client, &server_repo, port);
     let rx = lines(&mut push);
     let mut output = Vec::new();

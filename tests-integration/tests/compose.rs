@@ -8,12 +8,14 @@
 //! of this build, through the compose file's OSBUILD_BINARY build argument, in a staged
 //! copy of the build context. Needs root (mmdebstrap, rootful podman).
 
-use osbuild_testing::{free_port, ostree_push, sshd};
+use osbuild_core::cmd;
+use osbuild_testing::helpers::{
+    commit_files, free_port, init_archive, osbuild_bin, ostree, repo_arg, run, text, workspace_root,
+};
+use osbuild_testing::{ostree_push, require, sshd, Need};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Command;
 use std::time::{Duration, Instant};
-
-const OSBUILD: &str = env!("CARGO_BIN_EXE_osbuild");
 
 /// What podman needs on these machines, given to every `podman build` and `podman run`
 /// that podman-compose starts.
@@ -44,72 +46,20 @@ const COMPOSE_VARS: [&str; 8] = [
 /// a measurement).
 const READY_LIMIT: Duration = Duration::from_secs(300);
 
-fn repo_root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
-
-fn text(o: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
-}
-
-/// Run a command to completion, panicking with its command line and output on failure.
-fn run(cmd: &mut Command, what: &str) -> String {
-    let line = osbuild_core::cmd::display(cmd);
-    let out = cmd
-        .output()
-        .unwrap_or_else(|e| panic!("{what}: could not start `{line}`: {e}"));
-    assert!(
-        out.status.success(),
-        "{what}: `{line}` failed ({}):\n{}",
-        out.status,
-        text(&out)
-    );
-    String::from_utf8_lossy(&out.stdout).trim().to_string()
-}
-
-fn ostree(args: &[&str]) -> String {
-    run(Command::new("ostree").args(args), "ostree")
-}
-
-fn repo_arg(p: &Path) -> String {
-    format!("--repo={}", p.display())
-}
-
-fn require_tool(tool: &str, package: &str) {
-    let found = Command::new("sh")
-        .args(["-c", &format!("command -v {tool}")])
-        .output()
-        .map(|o| o.status.success())
-        .unwrap_or(false);
-    assert!(
-        found,
-        "{tool} is missing: install {package} (bash scripts/install-deps.sh)"
-    );
-}
-
 /// A commit of a one-file tree on `branch`, with the summary updated as pushes need.
 fn commit(repo: &Path, branch: &str, content: &str) -> String {
-    let tree = tempfile::tempdir().unwrap();
-    std::fs::create_dir_all(tree.path().join("usr/share")).unwrap();
-    std::fs::write(tree.path().join("usr/share/data"), content).unwrap();
-    let c = ostree(&[
-        "commit",
-        &repo_arg(repo),
-        &format!("--branch={branch}"),
-        &format!("--tree=dir={}", tree.path().display()),
-    ]);
-    ostree(&["summary", "-u", &repo_arg(repo)]);
-    c
+    commit_files(
+        repo,
+        branch,
+        &[("usr/share/data", content.as_bytes())],
+        None,
+    )
 }
 
 /// Pull `branch` over HTTP into a fresh repository and return the commit it got.
 fn pull(dir: &Path, http_port: u16, branch: &str) -> String {
-    let repo = tempfile::tempdir_in(dir).unwrap();
-    ostree(&["init", "--mode=archive", &repo_arg(repo.path())]);
+    let repo = tempfile::tempdir_in(dir).expect("creating a temporary directory");
+    init_archive(repo.path());
     ostree(&[
         "remote",
         "add",
@@ -144,7 +94,7 @@ impl Compose {
         let compose = context.join("compose");
         std::fs::create_dir_all(compose.join("secrets")).unwrap();
         for f in COMPOSE_FILES {
-            let src = repo_root().join("compose").join(f);
+            let src = workspace_root().join("compose").join(f);
             std::fs::copy(&src, compose.join(f)).unwrap_or_else(|e| {
                 panic!("copying {} into the build context: {e}", src.display())
             });
@@ -152,9 +102,11 @@ impl Compose {
         std::fs::write(compose.join("secrets/authorized_keys"), authorized_keys).unwrap();
         let binary = context.join("target/debug/osbuild");
         std::fs::create_dir_all(binary.parent().unwrap()).unwrap();
-        if std::fs::hard_link(OSBUILD, &binary).is_err() {
-            std::fs::copy(OSBUILD, &binary)
-                .unwrap_or_else(|e| panic!("copying {OSBUILD} into the build context: {e}"));
+        let osbuild = osbuild_bin();
+        if std::fs::hard_link(&osbuild, &binary).is_err() {
+            std::fs::copy(&osbuild, &binary).unwrap_or_else(|e| {
+                panic!("copying {} into the build context: {e}", osbuild.display())
+            });
         }
         let unique = format!(
             "{}{}",
@@ -210,29 +162,24 @@ impl Compose {
 
     /// `podman LIST…` filtered on the label podman-compose puts on what it makes.
     fn labelled(&self, list: &[&str]) -> Vec<String> {
-        run(
-            Command::new("podman").args(list).args([
-                "--filter",
-                &format!("label=io.podman.compose.project={}", self.project),
-            ]),
-            "listing what the compose project made",
-        )
+        run(Command::new("podman").args(list).args([
+            "--filter",
+            &format!("label=io.podman.compose.project={}", self.project),
+        ]))
         .lines()
         .map(str::to_string)
         .collect()
     }
 
     fn logs(&self, container: &str) -> String {
-        Command::new("podman")
-            .args(["logs", container])
-            .output()
+        cmd::output(Command::new("podman").args(["logs", container]))
             .map(|o| text(&o))
-            .unwrap_or_else(|e| format!("(podman logs {container}: {e})"))
+            .unwrap_or_else(|e| format!("({e})"))
     }
 
     /// `up -d`, then wait until the server reports both listeners.
     fn up(&self) {
-        run(&mut self.podman_compose(&["up", "-d"]), "podman-compose up");
+        run(&mut self.podman_compose(&["up", "-d"]));
         let containers = self.containers();
         assert_eq!(
             containers.len(),
@@ -247,15 +194,12 @@ impl Compose {
                 return;
             }
             // compose.yaml restarts a failed server: a restart is a failure here too.
-            let state = run(
-                Command::new("podman").args([
-                    "inspect",
-                    "-f",
-                    "{{.State.Status}} {{.RestartCount}}",
-                    name,
-                ]),
-                "inspecting the container",
-            );
+            let state = run(Command::new("podman").args([
+                "inspect",
+                "-f",
+                "{{.State.Status}} {{.RestartCount}}",
+                name,
+            ]));
             let (status, restarts) = state.split_once(' ').unwrap_or((&state, "0"));
             assert!(
                 !["exited", "stopped", "dead"].contains(&status) && restarts == "0",
@@ -273,14 +217,9 @@ impl Compose {
     /// `down` (keeping the repository volume unless `volumes`).
     fn down(&self, volumes: bool) -> Result<(), String> {
         let args: &[&str] = if volumes { &["down", "-v"] } else { &["down"] };
-        let out = self
-            .podman_compose(args)
-            .output()
-            .map_err(|e| format!("podman-compose down: {e}"))?;
-        if !out.status.success() {
-            return Err(format!("podman-compose down failed:\n{}", text(&out)));
-        }
-        Ok(())
+        cmd::run(&mut self.podman_compose(args))
+            .map(drop)
+            .map_err(|e| e.to_string())
     }
 
     /// Everything the project made, gone: containers, volumes, network, image.
@@ -292,18 +231,20 @@ impl Compose {
         }
         // Whatever `down` left: containers by label, the network podman-compose made
         // (its down keeps it), the image built for this run.
-        let leftovers = Command::new("podman")
-            .args([
-                "ps",
-                "-aq",
-                "--filter",
-                &format!("label=io.podman.compose.project={}", self.project),
-            ])
-            .output()
-            .map(|o| String::from_utf8_lossy(&o.stdout).to_string())
-            .unwrap_or_default();
+        let leftovers = cmd::run(Command::new("podman").args([
+            "ps",
+            "-aq",
+            "--filter",
+            &format!("label=io.podman.compose.project={}", self.project),
+        ]))
+        .unwrap_or_else(|e| {
+            errors.push(e.to_string());
+            String::new()
+        });
         for id in leftovers.split_whitespace() {
-            let _ = Command::new("podman").args(["rm", "-f", id]).output();
+            if let Err(e) = cmd::run(Command::new("podman").args(["rm", "-f", id])) {
+                errors.push(e.to_string());
+            }
         }
         let network = format!("{}_default", self.project);
         remove_if_exists(
@@ -326,19 +267,17 @@ impl Compose {
 
 /// `podman REMOVE…` when `podman EXISTS…` says the object is there.
 fn remove_if_exists(exists: &[&str], remove: &[&str]) -> Result<(), String> {
-    let there = Command::new("podman")
-        .args(exists)
-        .status()
-        .map(|s| s.success())
-        .unwrap_or(false);
+    // `podman … exists` answers with its exit status: 0 there, 1 not there.
+    let there = cmd::output(Command::new("podman").args(exists))
+        .map_err(|e| e.to_string())?
+        .status
+        .success();
     if !there {
         return Ok(());
     }
-    match Command::new("podman").args(remove).output() {
-        Ok(o) if o.status.success() => Ok(()),
-        Ok(o) => Err(format!("podman {}: {}", remove.join(" "), text(&o))),
-        Err(e) => Err(format!("podman {}: {e}", remove.join(" "))),
-    }
+    cmd::run(Command::new("podman").args(remove))
+        .map(drop)
+        .map_err(|e| e.to_string())
 }
 
 impl Drop for Compose {
@@ -353,16 +292,22 @@ impl Drop for Compose {
 
 #[test]
 fn compose_up_push_pull_down() {
-    require_tool("podman", "podman runc");
-    require_tool("podman-compose", "podman-compose");
-    require_tool("mmdebstrap", "mmdebstrap");
-    require_tool("ssh-keygen", "openssh-client");
+    // Root: rootful podman, and mmdebstrap for the base image.
+    if !require(&[
+        Need::Root,
+        Need::Podman,
+        Need::PodmanCompose,
+        Need::Mmdebstrap,
+        Need::SshClient,
+        Need::PythonVenv,
+    ]) {
+        return;
+    }
 
-    // The base image, without a registry; cached across runs by make-base.sh itself.
-    run(
-        Command::new("bash").arg(repo_root().join("compose/make-base.sh")),
-        "making the base image with compose/make-base.sh",
-    );
+    // The base image, without a registry; cached across runs by make-base.sh itself. Its
+    // progress (mmdebstrap, podman build) shows as it runs.
+    cmd::run_inherit(Command::new("bash").arg(workspace_root().join("compose/make-base.sh")))
+        .unwrap_or_else(|e| panic!("making the base image with compose/make-base.sh: {e}"));
 
     let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
     let key = sshd::KeyPair::generate(&dir.path().join("id_ed25519")).unwrap();
@@ -381,49 +326,43 @@ fn compose_up_push_pull_down() {
     let destination = format!("ssh://root@127.0.0.1:{}/srv/ostree/repo", compose.ssh_port);
 
     let client = dir.path().join("client");
-    ostree(&["init", "--mode=archive", &repo_arg(&client)]);
+    init_archive(&client);
     let branch = "debian/bookworm/x86_64";
 
     // The reference client, ostree-push 1.2.0, pushes the first commit…
     let c1 = commit(&client, branch, "one");
     let venv = ostree_push::venv(Path::new(env!("CARGO_TARGET_TMPDIR")))
         .unwrap_or_else(|e| panic!("installing the ostree-push client: {e:#}"));
-    run(
-        Command::new(venv.join("bin/ostree-push"))
-            .arg(repo_arg(&client))
-            .arg("-i")
-            .arg(&key.private)
-            .arg("-o")
-            .arg(format!("UserKnownHostsFile={}", known_hosts.display()))
-            .args([
-                "-o",
-                "StrictHostKeyChecking=yes",
-                "-o",
-                "BatchMode=yes",
-                "-o",
-                "IdentitiesOnly=yes",
-            ])
-            .arg(&destination)
-            .arg(branch),
-        "pushing with ostree-push",
-    );
+    run(Command::new(venv.join("bin/ostree-push"))
+        .arg(repo_arg(&client))
+        .arg("-i")
+        .arg(&key.private)
+        .arg("-o")
+        .arg(format!("UserKnownHostsFile={}", known_hosts.display()))
+        .args([
+            "-o",
+            "StrictHostKeyChecking=yes",
+            "-o",
+            "BatchMode=yes",
+            "-o",
+            "IdentitiesOnly=yes",
+        ])
+        .arg(&destination)
+        .arg(branch));
     // …and it is served over HTTP with the checksum it was pushed with.
     assert_eq!(pull(dir.path(), compose.http_port, branch), c1);
 
     // `osbuild push` fast-forwards it.
     let c2 = commit(&client, branch, "two");
-    run(
-        Command::new(OSBUILD)
-            .arg("push")
-            .arg(repo_arg(&client))
-            .arg("-i")
-            .arg(&key.private)
-            .arg("--known-hosts")
-            .arg(&known_hosts)
-            .arg(&destination)
-            .arg(branch),
-        "pushing with osbuild push",
-    );
+    run(Command::new(osbuild_bin())
+        .arg("push")
+        .arg(repo_arg(&client))
+        .arg("-i")
+        .arg(&key.private)
+        .arg("--known-hosts")
+        .arg(&known_hosts)
+        .arg(&destination)
+        .arg(branch));
     assert_eq!(pull(dir.path(), compose.http_port, branch), c2);
 
     // Down and up again: the repository lives in its volume and the host key in its

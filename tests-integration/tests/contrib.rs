@@ -10,17 +10,15 @@
 #![allow(clippy::disallowed_methods)]
 
 use clap::Args;
+use osbuild_testing::helpers::{osbuild_bin, output, text, workspace_root};
+use osbuild_testing::{require, Need};
 use ostree_serve::ServeConfig;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-const OSBUILD: &str = env!("CARGO_BIN_EXE_osbuild");
-
 fn contrib(path: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("contrib")
-        .join(path)
+    workspace_root().join("contrib").join(path)
 }
 
 /// The long flag names of `osbuild serve`'s settings, which are the config file's keys.
@@ -174,12 +172,7 @@ fn systemd_unit_runs_the_default_config_and_verifies() {
         repo.display()
     );
 
-    let analyze = Command::new("systemd-analyze").arg("--version").output();
-    if !analyze.map(|o| o.status.success()).unwrap_or(false) {
-        eprintln!(
-            "systemd-analyze is missing: not verifying {}",
-            path.display()
-        );
+    if !require(&[Need::SystemdAnalyze]) {
         return;
     }
     // verify checks that ExecStart= exists: point it at the binary of this build.
@@ -187,18 +180,10 @@ fn systemd_unit_runs_the_default_config_and_verifies() {
     let copy = write_temp(
         dir.path(),
         "osbuild-serve.service",
-        &unit.replace("/usr/local/bin/osbuild", OSBUILD),
+        &unit.replace("/usr/local/bin/osbuild", &osbuild_bin().to_string_lossy()),
     );
-    let out = Command::new("systemd-analyze")
-        .arg("verify")
-        .arg(&copy)
-        .output()
-        .unwrap();
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let out = output(Command::new("systemd-analyze").arg("verify").arg(&copy));
+    let text = text(&out);
     // It exits 0 on unknown or malformed directives, with a warning naming the unit.
     let warnings: Vec<_> = text
         .lines()

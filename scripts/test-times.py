@@ -1,0 +1,94 @@
+#!/usr/bin/env python3
+"""Reads `cargo test` output with libtest's JSON events (stdout and stderr merged) on
+stdin: passes everything a person should see through, prints each test's result as it
+ends and every failure's output, and at the end a table of every test's wall time,
+slowest first, with the total. Exits 1 if a test failed.
+
+Tests that reported `SKIPPED <name>: <why>` (osbuild_testing::require) are listed as
+skipped rather than ok.
+"""
+import json
+import re
+import sys
+
+RUNNING = re.compile(r"^\s*Running\s.*/deps/([^/]+?)-[0-9a-f]+\)\s*$")
+DOCTESTS = re.compile(r"^\s*Doc-tests\s+(\S+)")
+SKIPPED = re.compile(r"^SKIPPED (\S+): (.*)$")
+
+binary = "?"
+results = []  # (name, seconds, result)
+failures = []  # (name, output)
+skipped = {}  # test name -> why
+
+
+def out(line):
+    sys.stdout.write(line + "\n")
+    sys.stdout.flush()
+
+
+for raw in sys.stdin:
+    line = raw.rstrip("\n")
+    event = None
+    if line.startswith("{"):
+        try:
+            event = json.loads(line)
+        except ValueError:
+            event = None
+    if not isinstance(event, dict) or "type" not in event:
+        out(line)
+        # "Running tests/e2e.rs (target/debug/deps/e2e-…)", "Doc-tests osbuild_core"
+        m = RUNNING.match(line)
+        if m:
+            binary = m.group(1)
+        m = DOCTESTS.match(line)
+        if m:
+            binary = f"doc:{m.group(1)}"
+        m = SKIPPED.match(line.strip())
+        if m:
+            skipped[(binary, m.group(1))] = m.group(2)
+        continue
+    kind, ev = event.get("type"), event.get("event")
+    if kind == "test" and ev in ("ok", "failed", "ignored", "timeout"):
+        name = f"{binary} :: {event['name']}"
+        secs = float(event.get("exec_time", 0.0) or 0.0)
+        result = {"ok": "ok", "failed": "FAILED", "ignored": "ignored", "timeout": "TIMEOUT"}[ev]
+        if result == "ok" and (binary, event["name"]) in skipped:
+            result = "skipped"
+        if ev == "ignored":
+            out(f"test {name} ... ignored")
+            continue
+        results.append((name, secs, result))
+        out(f"test {name} ... {result} ({secs:.2f}s)")
+        if ev in ("failed", "timeout"):
+            captured = event.get("stdout", "")
+            failures.append((name, captured))
+            out(f"---- {name} output ----\n{captured}")
+    elif kind == "suite" and ev in ("ok", "failed"):
+        out(
+            f"suite {binary}: {ev}. {event.get('passed', 0)} passed; "
+            f"{event.get('failed', 0)} failed; {event.get('ignored', 0)} ignored"
+            + (f"; {event['exec_time']:.2f}s" if "exec_time" in event else "")
+        )
+
+if failures:
+    out("\n==== failures ====")
+    for name, captured in failures:
+        out(f"---- {name} ----\n{captured}")
+    out("failed tests:")
+    for name, _ in failures:
+        out(f"    {name}")
+
+out("\n==== test times (slowest first) ====")
+width = max([len(n) for n, _, _ in results] + [4])
+out(f"{'test':<{width}}  {'seconds':>9}  result")
+for name, secs, result in sorted(results, key=lambda r: -r[1]):
+    out(f"{name:<{width}}  {secs:>9.2f}  {result}")
+total = sum(s for _, s, _ in results)
+counts = {}
+for _, _, r in results:
+    counts[r] = counts.get(r, 0) + 1
+summary = ", ".join(f"{n} {r}" for r, n in sorted(counts.items()))
+out(f"{'total':<{width}}  {total:>9.2f}  {len(results)} tests: {summary}")
+for (b, n), why in sorted(skipped.items()):
+    out(f"skipped {b} :: {n}: {why}")
+sys.exit(1 if failures else 0)

@@ -1,0 +1,371 @@
+//! The end-to-end suite: SampleOS (examples/sampleos) bootstrapped from its manifest ->
+//! commit -> serve -> make-image -> boot in qemu, where one boot checks every manifest
+//! feature and the fortune teller -> `ostree admin upgrade` in the guest -> reboot into the
+//! new commit.
+//!
+//! Needs root (loop mounts, chroot), mmdebstrap and qemu; `scripts/install-deps.sh`
+//! installs them, and `scripts/test.sh` builds the fortuneteller binary first. The
+//! bootstrapped rootfs is cached under target/tmp/fixtures.
+
+use anyhow::{Context, Result};
+use osbuild_core::cmd;
+use osbuild_testing::fixture::{self, Key};
+use osbuild_testing::helpers::{free_port, osbuild_bin, workspace_root, Daemon};
+use osbuild_testing::vm::{Vm, VmConfig};
+use osbuild_testing::{require, Need};
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+/// SampleOS's ref: the manifest's default `{name}/{suite}/{arch}`.
+const BRANCH: &str = "sampleos/bookworm/x86_64";
+const BOOT_TIMEOUT: Duration = Duration::from_secs(420);
+
+/// Run osbuild, failing with its command line and stderr; returns the last line of stdout.
+fn osbuild(args: &[&str]) -> Result<String> {
+    let out = cmd::run(Command::new(osbuild_bin()).args(args))?;
+    Ok(out.lines().last().unwrap_or_default().trim().to_string())
+}
+
+/// Step timings, printed at the end for the record.
+struct Timings(Vec<(String, Duration)>);
+
+impl Timings {
+    fn time<T>(&mut self, step: &str, f: impl FnOnce() -> Result<T>) -> Result<T> {
+        let start = Instant::now();
+        let r = f().with_context(|| format!("step {step}"))?;
+        let took = start.elapsed();
+        eprintln!("e2e: {step}: {:.1}s", took.as_secs_f64());
+        self.0.push((step.to_string(), took));
+        Ok(r)
+    }
+}
+
+/// examples/sampleos and the overlay it names, copied to `dest` with the fortuneteller
+/// binary where the manifest expects it (bin/ is not in the source tree).
+fn sampleos(dest: &Path) -> Result<PathBuf> {
+    let ws = workspace_root();
+    let bin = osbuild_bin().with_file_name("fortuneteller");
+    anyhow::ensure!(
+        bin.is_file(),
+        "{} is missing: build it first with `cargo build -p fortuneteller` (scripts/test.sh does)",
+        bin.display()
+    );
+    let examples = dest.join("examples");
+    fs::create_dir_all(&examples)?;
+    for dir in ["sampleos", "overlay"] {
+        cmd::run(
+            Command::new("cp")
+                .arg("-a")
+                .arg(ws.join("examples").join(dir))
+                .arg(&examples),
+        )?;
+    }
+    let installed = examples.join("sampleos/bin/fortuneteller");
+    fs::create_dir_all(installed.parent().context("path")?)?;
+    fs::copy(&bin, &installed).with_context(|| format!("copying {}", bin.display()))?;
+    Ok(examples.join("sampleos/osbuild.toml"))
+}
+
+/// SampleOS's rootfs, bootstrapped from its manifest once and reused while its inputs
+/// are unchanged.
+fn rootfs(work: &Path) -> Result<PathBuf> {
+    let manifest = sampleos(&work.join("src"))?;
+    let examples = manifest.parent().and_then(Path::parent).context("path")?;
+    let key = Key::new("sampleos")
+        .path(examples)?
+        .path(&workspace_root().join("ostree-commit/src"))?;
+    let cache = Path::new(env!("CARGO_TARGET_TMPDIR")).join("fixtures");
+    fixture::cached(&cache, "sampleos", key, |dest| {
+        // mmdebstrap takes minutes: its progress goes to the terminal as it runs.
+        cmd::run_inherit(
+            Command::new(osbuild_bin())
+                .arg("bootstrap")
+                .arg("--manifest")
+                .arg(&manifest)
+                .arg("--output")
+                .arg(dest),
+        )?;
+        Ok(())
+    })
+}
+
+/// Run `command` in the guest's root shell and return what it printed on one line. The
+/// marker is split by quotes in what is typed, so only the output can match it; input
+/// typed before the shell's prompt waits in the terminal for the shell.
+fn probe(vm: &mut Vm, name: &str, command: &str) -> Result<String> {
+    vm.send_line(&format!(
+        "echo \"PROBE\"\"-{name}=$({command} 2>&1 | tr '\\n' ' ')\""
+    ))?;
+    let marker = format!("PROBE-{name}=");
+    let line = vm.wait_for(&marker, Duration::from_secs(120))?;
+    let value = line.split_once(&marker).map(|(_, v)| v).unwrap_or_default();
+    Ok(value.trim().to_string())
+}
+
+/// Every feature SampleOS's manifest asks for, seen from inside the booted guest, and the
+/// fortune teller answering through qemu's port forward.
+fn check_sampleos(vm: &mut Vm, host_port: u16) -> Result<()> {
+    let checks: &[(&str, &str, &str)] = &[
+        ("hostname", "hostname", "sampleos"),
+        (
+            "user",
+            "getent passwd sample",
+            "sample:x:1000:1000::/var/home/sample:/bin/bash",
+        ),
+        ("groups", "id -nG sample", "sample sudo"),
+        ("home", "stat -c '%U %a' /var/home/sample", "sample 700"),
+        (
+            "key",
+            "cat /etc/ssh/authorized_keys.d/sample",
+            "sample@sampleos-example",
+        ),
+        (
+            "file",
+            "stat -c '%a %U %G' /etc/sampleos/motd",
+            "640 sample sudo",
+        ),
+        (
+            "content",
+            "cat /etc/sampleos/motd",
+            "Welcome to SampleOS, built with osbuild.",
+        ),
+        (
+            "service",
+            "systemctl is-active fortuneteller.service",
+            "active",
+        ),
+        (
+            "package",
+            "dpkg-query -W -f '${Status}' curl",
+            "install ok installed",
+        ),
+        ("cmdline", "cat /proc/cmdline", "sampleos.greeting=hello"),
+        ("version", "ostree admin status", "Version: 1"),
+        ("script", "grep ^root: /etc/shadow", "root:$6$sampleos$"),
+        (
+            "fortune",
+            "curl -s -o /dev/null -w '%{http_code}' http://localhost:8090/fortuneteller",
+            "200",
+        ),
+        (
+            "completion",
+            "ls /usr/share/bash-completion/completions/osbuild",
+            "osbuild",
+        ),
+    ];
+    let mut failed = Vec::new();
+    for (name, command, expected) in checks {
+        let got = probe(vm, name, command)?;
+        eprintln!("e2e: {name}: {got}");
+        if !got.contains(expected) {
+            failed.push(format!(
+                "{name}: `{command}` gave {got:?}, expected {expected:?}"
+            ));
+        }
+    }
+    anyhow::ensure!(
+        failed.is_empty(),
+        "SampleOS checks failed:\n{}",
+        failed.join("\n")
+    );
+    // From the host, as the README's main job does.
+    let reply = http_get(host_port, "/fortuneteller")?;
+    anyhow::ensure!(
+        reply.starts_with("HTTP/1.1 200 OK") && reply.trim_end().ends_with('.'),
+        "GET /fortuneteller through the port forward gave {reply:?}"
+    );
+    eprintln!(
+        "e2e: the fortune teller says: {}",
+        reply.lines().last().unwrap_or_default()
+    );
+    Ok(())
+}
+
+fn http_get(port: u16, path: &str) -> Result<String> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port))
+        .with_context(|| format!("connecting to 127.0.0.1:{port}"))?;
+    s.set_read_timeout(Some(Duration::from_secs(30)))?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
+    )?;
+    let mut out = String::new();
+    s.read_to_string(&mut out)?;
+    Ok(out)
+}
+
+/// The value of `key=` in the report line the example OS prints at boot.
+fn field<'a>(line: &'a str, key: &str) -> Option<&'a str> {
+    line.split_whitespace()
+        .find_map(|w| w.strip_prefix(key)?.strip_prefix('='))
+}
+
+/// Boot the image and check the report line: the booted commit and the release file.
+fn boot_into(image: &Path, log: &Path, commit: &str, release: &str, port: u16) -> Result<Vm> {
+    let mut vm = Vm::boot(VmConfig::new(image).log(log).forward(port, 8090))?;
+    let line = vm.wait_for("OSBUILD-BOOTED", BOOT_TIMEOUT)?;
+    anyhow::ensure!(
+        field(&line, "commit") == Some(commit),
+        "booted {line:?}, expected commit {commit}"
+    );
+    anyhow::ensure!(
+        field(&line, "release") == Some(release),
+        "booted {line:?}, expected release {release}"
+    );
+    Ok(vm)
+}
+
+#[test]
+fn bootstrap_commit_serve_image_boot_upgrade() -> Result<()> {
+    // Root for loop mounts and chroot.
+    if !require(&[Need::Root, Need::Mmdebstrap, Need::Qemu]) {
+        return Ok(());
+    }
+    let mut t = Timings(Vec::new());
+    let work = tempfile::Builder::new()
+        .prefix("e2e-")
+        .tempdir_in(env!("CARGO_TARGET_TMPDIR"))?;
+    let rootfs = t.time("bootstrap SampleOS (or cached fixture)", || {
+        rootfs(work.path())
+    })?;
+    let manifest = work.path().join("src/examples/sampleos/osbuild.toml");
+    let tree = work.path().join("tree");
+    // Hard links: the commit reads the cached fixture without copying it, and new files
+    // written into `tree` never touch it.
+    cmd::run(Command::new("cp").arg("-al").arg(&rootfs).arg(&tree))?;
+    let release = tree.join("usr/lib/osbuild-example/release");
+    fs::write(&release, "1\n")?;
+
+    let repo = work.path().join("repo");
+    let (repo_s, tree_s) = (
+        repo.to_str().context("path")?,
+        tree.to_str().context("path")?,
+    );
+    let c1 = t.time("first commit", || {
+        osbuild(&[
+            "commit",
+            "--repo",
+            repo_s,
+            "--branch",
+            BRANCH,
+            "--tree",
+            tree_s,
+            "--version",
+            "1",
+        ])
+    })?;
+    anyhow::ensure!(c1.len() == 64, "commit printed {c1:?}, not a checksum");
+
+    let port = free_port();
+    let _server = Daemon::start(
+        Command::new(osbuild_bin())
+            .args(["serve", "--access-log", "off", "--repo"])
+            .arg(&repo)
+            .args(["--http", &format!("127.0.0.1:{port}")]),
+        port,
+        None,
+    )?;
+    let image = work.path().join("disk.img");
+    t.time("make-image", || {
+        osbuild(&[
+            "make-image",
+            "--url",
+            &format!("http://127.0.0.1:{port}/repo/"),
+            "--remote-url",
+            &format!("http://10.0.2.2:{port}/repo/"),
+            "--branch",
+            BRANCH,
+            "--output",
+            image.to_str().context("path")?,
+            "--size",
+            "3G",
+            // For its kernel arguments; --remote-url overrides its [remote].
+            "--manifest",
+            manifest.to_str().context("path")?,
+        ])
+    })?;
+    let allocated = cmd::run(Command::new("du").arg("-k").arg(&image))?;
+    eprintln!(
+        "e2e: image {} bytes apparent, {} KiB allocated",
+        fs::metadata(&image)?.len(),
+        allocated.split_whitespace().next().unwrap_or("?")
+    );
+
+    let fortune_port = free_port();
+    let mut vm = t.time("first boot to marker", || {
+        boot_into(
+            &image,
+            &work.path().join("boot1.log"),
+            &c1,
+            "1",
+            fortune_port,
+        )
+    })?;
+    t.time("SampleOS checks in the guest", || {
+        check_sampleos(&mut vm, fortune_port)
+    })?;
+
+    // The second commit changes one file and adds another.
+    fs::remove_file(&release)?;
+    fs::write(&release, "2\n")?;
+    fs::create_dir_all(tree.join("usr/share/osbuild-e2e"))?;
+    fs::write(
+        tree.join("usr/share/osbuild-e2e/added"),
+        "e2e-added-file-contents\n",
+    )?;
+    let c2 = t.time("second commit", || {
+        osbuild(&[
+            "commit",
+            "--repo",
+            repo_s,
+            "--branch",
+            BRANCH,
+            "--tree",
+            tree_s,
+            "--version",
+            "2",
+        ])
+    })?;
+    anyhow::ensure!(c2 != c1, "the second commit has the first one's checksum");
+
+    t.time("ostree admin upgrade in the guest", || {
+        // Quoting splits the marker so the echoed command line cannot match it.
+        vm.send_line("ostree admin upgrade && echo UPGRADE''-OK || echo UPGRADE''-FAILED")?;
+        let result = vm.wait_for("UPGRADE-", Duration::from_secs(600))?;
+        anyhow::ensure!(result.contains("UPGRADE-OK"), "upgrade failed: {result}");
+        Ok(())
+    })?;
+    vm.send_line("systemctl reboot")?;
+    vm.wait_exit(Duration::from_secs(300))?;
+    drop(vm);
+
+    let mut vm = t.time("boot after upgrade", || {
+        boot_into(
+            &image,
+            &work.path().join("boot2.log"),
+            &c2,
+            "2",
+            free_port(),
+        )
+    })?;
+    let added = probe(&mut vm, "added", "cat /usr/share/osbuild-e2e/added")?;
+    anyhow::ensure!(
+        added == "e2e-added-file-contents",
+        "the added file holds {added:?}"
+    );
+    // The first deployment is kept as the rollback target.
+    let status = probe(&mut vm, "status", "ostree admin status")?;
+    anyhow::ensure!(
+        status.contains(&c1),
+        "no rollback deployment of {c1}: {status}"
+    );
+
+    eprintln!("e2e timings:");
+    for (step, d) in &t.0 {
+        eprintln!("  {step}: {:.1}s", d.as_secs_f64());
+    }
+    Ok(())
+}
