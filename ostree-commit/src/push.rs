@@ -19,6 +19,7 @@ mod tunnel;
 pub use destination::Destination;
 
 use anyhow::{bail, Context, Result};
+use osbuild_core::cmd::quote_word;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -201,25 +202,12 @@ fn remote_command(program: &str, dry_run: bool, path: &str, url: &str, refs: &[S
     }
     // `~/repo` stays relative to the login directory, as with ostree-push.
     words.push(match path.strip_prefix("~/") {
-        Some(rest) => format!("~/{}", shell_quote(rest)),
-        None => shell_quote(path),
+        Some(rest) => format!("~/{}", quote_word(rest)),
+        None => quote_word(path),
     });
-    words.push(shell_quote(url));
-    words.extend(refs.iter().map(|r| shell_quote(r)));
+    words.push(quote_word(url));
+    words.extend(refs.iter().map(|r| quote_word(r)));
     words.join(" ")
-}
-
-/// Quote a word for a POSIX shell, leaving plain words alone.
-fn shell_quote(word: &str) -> String {
-    if !word.is_empty()
-        && word
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || "-_./=:,+@%".contains(c))
-    {
-        word.to_string()
-    } else {
-        format!("'{}'", word.replace('\'', r"'\''"))
-    }
 }
 
 /// The local login name and home directory, from the password database (as ssh does),

@@ -270,9 +270,9 @@ fn push(repo: &Path, dest: &Destination, refs: &[String], ssh: PushSshArgs) -> R
 #[cfg(test)]
 mod tests {
     use super::super::tests::parse;
-    use anyhow::Context;
     use super::super::Command;
     use super::*;
+    use anyhow::Context;
 
     #[test]
     fn push_parses_both_destination_forms() {
