@@ -490,7 +490,6 @@ fn completions_man_pages_and_version() {
 
 #[test]
 fn commit_push_to_a_server_by_its_parts() {
-    use osbuild_testing::repo::rev_parse;
     let dir = tempfile::tempdir().unwrap();
     let tree = dir.path().join("tree");
     tiny_tree(&tree);
@@ -511,14 +510,20 @@ fn commit_push_to_a_server_by_its_parts() {
         .current_dir(&cwd)
         .output()
         .unwrap();
+    let local = assert_pushed(&out, &cwd.join("repo"), &push.served);
+    assert!(String::from_utf8_lossy(&out.stdout).contains(&local));
+}
+
+/// A commit-push of `foo` that succeeded, with the same commit on both ends; returns it.
+fn assert_pushed(out: &Output, local: &Path, served: &Path) -> String {
     assert!(
         out.status.success(),
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let local = rev_parse(&cwd.join("repo"), "foo");
-    assert_eq!(rev_parse(&push.served, "foo"), local);
-    assert!(String::from_utf8_lossy(&out.stdout).contains(&local));
+    let commit = osbuild_testing::repo::rev_parse(local, "foo");
+    assert_eq!(osbuild_testing::repo::rev_parse(served, "foo"), commit);
+    commit
 }
 
 /// `osbuild serve --ssh` on a free port, accepting one generated key, in `dir`.
@@ -572,7 +577,6 @@ impl PushServer {
 
 #[test]
 fn commit_push_as_typed_in_a_manifest_directory() {
-    use osbuild_testing::repo::rev_parse;
     let dir = tempfile::tempdir().unwrap();
     let push = PushServer::start(dir.path());
     let os = dir.path().join("os");
@@ -615,13 +619,7 @@ fn commit_push_as_typed_in_a_manifest_directory() {
         .current_dir(&os)
         .output()
         .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let local = rev_parse(&os.join("repo"), "foo");
-    assert_eq!(rev_parse(&push.served, "foo"), local);
+    assert_pushed(&out, &os.join("repo"), &push.served);
 }
 
 /// A plain (not yet OSTree-shaped) root filesystem: enough for the manifest's users, files

@@ -71,6 +71,14 @@ impl Drop for Staging {
     }
 }
 
+/// Create the directory `path` goes in, and its parents.
+pub fn create_parent(path: &Path) -> Result<()> {
+    let parent = path
+        .parent()
+        .with_context(|| format!("{} has no parent directory", path.display()))?;
+    std::fs::create_dir_all(parent).with_context(|| format!("creating {}", parent.display()))
+}
+
 /// Remove a file or a directory tree.
 pub fn remove_all(path: &Path) -> Result<()> {
     let meta = match std::fs::symlink_metadata(path) {

@@ -197,7 +197,7 @@ fn move_var(root: &Path) -> Result<()> {
     let dpkg = var.join("lib/dpkg");
     if dpkg.is_dir() && !dpkg.is_symlink() {
         let dest = root.join(DPKG_STATE);
-        create_parent(&dest)?;
+        osbuild_core::fsutil::create_parent(&dest)?;
         rename(&dpkg, &dest)?;
     }
     for entry in sorted_entries(&var)? {
@@ -288,7 +288,7 @@ fn write_tmpfiles(root: &Path, rules: &[String]) -> Result<()> {
         let _ = writeln!(text, "{rule}");
     }
     let path = root.join(TMPFILES_CONF);
-    create_parent(&path)?;
+    osbuild_core::fsutil::create_parent(&path)?;
     fs::write(&path, text).with_context(|| format!("writing {}", path.display()))
 }
 
@@ -329,13 +329,6 @@ fn empty_dir(dir: &Path) -> Result<()> {
 
 fn rename(from: &Path, to: &Path) -> Result<()> {
     fs::rename(from, to).with_context(|| format!("moving {} to {}", from.display(), to.display()))
-}
-
-fn create_parent(path: &Path) -> Result<()> {
-    let parent = path
-        .parent()
-        .with_context(|| format!("{} has no parent directory", path.display()))?;
-    fs::create_dir_all(parent).with_context(|| format!("creating {}", parent.display()))
 }
 
 #[cfg(test)]
