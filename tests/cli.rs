@@ -1,10 +1,7 @@
 //! Bad input through the real `osbuild` binary: a one-line error that names the thing,
 //! a non-zero exit, and nothing left behind.
 
-// Tests look at the exit status and output of the programs they run, which
-// osbuild_core::cmd turns into errors.
-#![allow(clippy::disallowed_methods)]
-
+use osbuild_testing::helpers::output;
 use std::fs;
 use std::net::TcpListener;
 use std::path::Path;
@@ -14,10 +11,7 @@ use std::time::{Duration, Instant};
 const OSBUILD: &str = env!("CARGO_BIN_EXE_osbuild");
 
 fn osbuild(args: &[&str]) -> Output {
-    Command::new(OSBUILD)
-        .args(args)
-        .output()
-        .expect("running osbuild")
+    output(Command::new(OSBUILD).args(args))
 }
 
 /// Assert failure with a single error line containing every `needle`.
@@ -38,7 +32,7 @@ fn assert_fails_naming(out: &Output, needles: &[&str]) {
     }
 }
 
-use osbuild_testing::repo::stub_bootable_tree as tiny_tree;
+use osbuild_testing::helpers::stub_bootable_tree as tiny_tree;
 
 fn entries(dir: &Path) -> Vec<String> {
     let mut v: Vec<String> = fs::read_dir(dir)
@@ -184,26 +178,20 @@ fn commit_prints_checksum_and_ostree_accepts_repo() {
         vec!["log", &r, "test/b"],
         vec!["ls", &r, "test/b", "/usr/lib"],
     ] {
-        let o = Command::new("ostree").args(&args).output().unwrap();
+        let o = output(Command::new("ostree").args(&args));
         assert!(
             o.status.success(),
             "ostree {args:?}: {}",
             String::from_utf8_lossy(&o.stderr)
         );
     }
-    let log = Command::new("ostree")
-        .args(["log", &r, "test/b"])
-        .output()
-        .unwrap();
+    let log = output(Command::new("ostree").args(["log", &r, "test/b"]));
     let log = String::from_utf8_lossy(&log.stdout);
     assert!(
         log.contains(&checksum) && log.contains("Version: 1.0"),
         "{log}"
     );
-    let summary = Command::new("ostree")
-        .args(["summary", "--view", &r])
-        .output()
-        .unwrap();
+    let summary = output(Command::new("ostree").args(["summary", "--view", &r]));
     assert!(String::from_utf8_lossy(&summary.stdout).contains("test/b"));
 }
 
@@ -427,7 +415,7 @@ fn installed_as_ostree_receive_keeps_the_protocol_exit_codes() {
         std::os::unix::fs::symlink(OSBUILD, &link).unwrap();
         // Usage errors are status 2, even for what osbuild itself would take as --help.
         for args in [&[][..], &["--help"][..], &["/srv/repo"][..]] {
-            let out = Command::new(&link).args(args).output().unwrap();
+            let out = output(Command::new(&link).args(args));
             assert_eq!(out.status.code(), Some(2), "{name} {args:?}");
             assert!(
                 String::from_utf8_lossy(&out.stderr).contains("usage: ostree-receive-1"),
@@ -437,10 +425,8 @@ fn installed_as_ostree_receive_keeps_the_protocol_exit_codes() {
         }
         // A receive that fails is status 1.
         let missing = dir.path().join("no-such-repo");
-        let out = Command::new(&link)
-            .args([missing.to_str().unwrap(), "http://127.0.0.1:1/"])
-            .output()
-            .unwrap();
+        let out =
+            output(Command::new(&link).args([missing.to_str().unwrap(), "http://127.0.0.1:1/"]));
         assert_eq!(out.status.code(), Some(1), "{name}");
         assert!(String::from_utf8_lossy(&out.stderr).contains("no-such-repo"));
     }
@@ -454,12 +440,12 @@ fn commit_push_without_destination_commits_nothing() {
     // In a fresh directory, where the default --repo (./repo) would be created.
     let cwd = dir.path().join("cwd");
     fs::create_dir(&cwd).unwrap();
-    let out = Command::new(OSBUILD)
-        .args(["commit-push", "--branch", "foo", "--tree"])
-        .arg(&tree)
-        .current_dir(&cwd)
-        .output()
-        .unwrap();
+    let out = output(
+        Command::new(OSBUILD)
+            .args(["commit-push", "--branch", "foo", "--tree"])
+            .arg(&tree)
+            .current_dir(&cwd),
+    );
     assert_fails_naming(
         &out,
         &[
@@ -497,19 +483,19 @@ fn commit_push_to_a_server_by_its_parts() {
     // --repo defaults to ./repo, --user to the local user; the port comes from --server.
     let cwd = dir.path().join("cwd");
     fs::create_dir(&cwd).unwrap();
-    let out = Command::new(OSBUILD)
-        .args(["commit-push", "--branch", "foo", "--tree"])
-        .arg(&tree)
-        .args(["--server", &format!("127.0.0.1:{}", push.port), "--path"])
-        .arg(&push.served)
-        .arg("--identity")
-        .arg(&push.key.private)
-        .arg("--known-hosts")
-        .arg(dir.path().join("known_hosts"))
-        .arg("--accept-new-host-key")
-        .current_dir(&cwd)
-        .output()
-        .unwrap();
+    let out = output(
+        Command::new(OSBUILD)
+            .args(["commit-push", "--branch", "foo", "--tree"])
+            .arg(&tree)
+            .args(["--server", &format!("127.0.0.1:{}", push.port), "--path"])
+            .arg(&push.served)
+            .arg("--identity")
+            .arg(&push.key.private)
+            .arg("--known-hosts")
+            .arg(dir.path().join("known_hosts"))
+            .arg("--accept-new-host-key")
+            .current_dir(&cwd),
+    );
     let local = assert_pushed(&out, &cwd.join("repo"), &push.served);
     assert!(String::from_utf8_lossy(&out.stdout).contains(&local));
 }
@@ -521,8 +507,8 @@ fn assert_pushed(out: &Output, local: &Path, served: &Path) -> String {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let commit = osbuild_testing::repo::rev_parse(local, "foo");
-    assert_eq!(osbuild_testing::repo::rev_parse(served, "foo"), commit);
+    let commit = osbuild_testing::helpers::rev_parse(local, "foo");
+    assert_eq!(osbuild_testing::helpers::rev_parse(served, "foo"), commit);
     commit
 }
 
@@ -538,7 +524,7 @@ struct PushServer {
 impl PushServer {
     fn start(dir: &Path) -> Self {
         let served = dir.join("served");
-        osbuild_testing::repo::init_archive(&served);
+        osbuild_testing::helpers::init_archive(&served);
         let key = osbuild_testing::sshd::KeyPair::generate(&dir.join("id")).unwrap();
         let ak = dir.join("authorized_keys");
         fs::write(&ak, key.public_line().unwrap()).unwrap();
@@ -583,12 +569,12 @@ fn commit_push_as_typed_in_a_manifest_directory() {
     plain_tree(&os.join("base"));
     fs::copy(&push.key.private, os.join("deploy_key")).unwrap();
     // The server's key is known, as a user's known_hosts would have it.
-    let host_public = Command::new("ssh-keygen")
-        .arg("-y")
-        .arg("-f")
-        .arg(&push.host_key)
-        .output()
-        .unwrap();
+    let host_public = output(
+        Command::new("ssh-keygen")
+            .arg("-y")
+            .arg("-f")
+            .arg(&push.host_key),
+    );
     assert!(host_public.status.success());
     fs::write(
         os.join("known_hosts"),
@@ -599,7 +585,7 @@ fn commit_push_as_typed_in_a_manifest_directory() {
         ),
     )
     .unwrap();
-    let user = String::from_utf8_lossy(&Command::new("id").arg("-un").output().unwrap().stdout)
+    let user = String::from_utf8_lossy(&output(Command::new("id").arg("-un")).stdout)
         .trim()
         .to_string();
     fs::write(
@@ -614,11 +600,11 @@ fn commit_push_as_typed_in_a_manifest_directory() {
     )
     .unwrap();
     // Exactly as users are told to type it.
-    let out = Command::new(OSBUILD)
-        .args(["commit-push", "--branch", "foo"])
-        .current_dir(&os)
-        .output()
-        .unwrap();
+    let out = output(
+        Command::new(OSBUILD)
+            .args(["commit-push", "--branch", "foo"])
+            .current_dir(&os),
+    );
     assert_pushed(&out, &os.join("repo"), &push.served);
 }
 
@@ -652,11 +638,11 @@ fn plain_tree(root: &Path) {
 }
 
 fn ostree_out(repo: &Path, args: &[&str]) -> String {
-    let out = Command::new("ostree")
-        .arg(format!("--repo={}", repo.display()))
-        .args(args)
-        .output()
-        .expect("running ostree");
+    let out = output(
+        Command::new("ostree")
+            .arg(format!("--repo={}", repo.display()))
+            .args(args),
+    );
     assert!(
         out.status.success(),
         "ostree {args:?}: {}",
@@ -706,12 +692,12 @@ enable = ["hello.service"]
     )
     .unwrap();
     // As users type it: in the manifest's directory, with ./repo as the default.
-    let out = Command::new(OSBUILD)
-        .args(["commit"])
-        .current_dir(dir.path())
-        .env("SOURCE_DATE_EPOCH", "1764547200")
-        .output()
-        .expect("running osbuild");
+    let out = output(
+        Command::new(OSBUILD)
+            .args(["commit"])
+            .current_dir(dir.path())
+            .env("SOURCE_DATE_EPOCH", "1764547200"),
+    );
     assert!(
         out.status.success(),
         "{}",
@@ -776,11 +762,10 @@ fn manifest_errors_name_file_key_line_and_column_and_leave_nothing() {
         ),
     ] {
         fs::write(&manifest, text).unwrap();
-        let out = Command::new(OSBUILD)
+        let out = output(Command::new(OSBUILD)
             .args(["commit"])
             .current_dir(dir.path())
-            .output()
-            .expect("running osbuild");
+            );
         assert_fails_naming(&out, needles);
         assert_eq!(entries(dir.path()), ["base", "osbuild.toml"], "{text}");
     }
@@ -791,11 +776,11 @@ fn manifest_errors_name_file_key_line_and_column_and_leave_nothing() {
         "name = \"demo\"\nref = \"{name}/{arch}\"\n[base]\ndirectory = \"base\"\n[services]\nenable = [\"nginx.service\"]\n",
     )
     .unwrap();
-    let out = Command::new(OSBUILD)
-        .args(["commit"])
-        .current_dir(dir.path())
-        .output()
-        .expect("running osbuild");
+    let out = output(
+        Command::new(OSBUILD)
+            .args(["commit"])
+            .current_dir(dir.path()),
+    );
     assert_fails_naming(&out, &["nginx.service", "not in the tree"]);
     assert_eq!(entries(dir.path()), ["base", "osbuild.toml"]);
 }

@@ -123,7 +123,7 @@ mod tests {
     use super::*;
     use std::fs;
 
-    use osbuild_testing::repo::stub_bootable_tree as tiny_tree;
+    use osbuild_testing::helpers::stub_bootable_tree as tiny_tree;
 
     #[test]
     fn commits_create_the_repo_and_chain() {

@@ -19,11 +19,3 @@ pub mod sshd;
 pub mod vm;
 
 pub use need::{require, Need};
-
-/// The `ostree` CLI helpers under their former name; new code uses [`helpers`].
-pub mod repo {
-    pub use crate::helpers::{
-        commit_files, commit_tree, init_archive, noise, ostree, repo_arg, rev_parse,
-        stub_bootable_tree,
-    };
-}

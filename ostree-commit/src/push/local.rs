@@ -68,7 +68,7 @@ mod tests {
     use crate::commit::{commit, CommitOptions};
     use std::fs;
 
-    use osbuild_testing::repo::stub_bootable_tree as tree;
+    use osbuild_testing::helpers::stub_bootable_tree as tree;
 
     #[test]
     fn missing_refs_are_named_and_stale_summaries_rewritten() {
