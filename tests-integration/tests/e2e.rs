@@ -91,9 +91,25 @@ fn rootfs(work: &Path) -> Result<PathBuf> {
     })
 }
 
-/// Run `command` in the guest's root shell and return what it printed on one line. The
-/// marker is split by quotes in what is typed, so only the output can match it; input
-/// typed before the shell's prompt waits in the terminal for the shell.
+/// Wait until the serial console's root shell answers. The boot marker and the autologin
+/// race: input typed before the getty starts is thrown away, and the prompt may come
+/// before the marker or after it, so ask until the shell echoes.
+fn shell_ready(vm: &mut Vm) -> Result<()> {
+    let deadline = Instant::now() + BOOT_TIMEOUT;
+    loop {
+        // Split by quotes: what is typed cannot match, only what the shell prints.
+        vm.send_line("echo SHELL''-READY")?;
+        match vm.wait_for("SHELL-READY", Duration::from_secs(10)) {
+            Ok(_) => return Ok(()),
+            Err(e) if Instant::now() > deadline => return Err(e),
+            Err(_) => {}
+        }
+    }
+}
+
+/// Run `command` in the guest's root shell (see [`shell_ready`]) and return what it
+/// printed, on one line. The marker is split by quotes in what is typed, so only the
+/// output can match it.
 fn probe(vm: &mut Vm, name: &str, command: &str) -> Result<String> {
     vm.send_line(&format!(
         "echo \"PROBE\"\"-{name}=$({command} 2>&1 | tr '\\n' ' ')\""
@@ -305,6 +321,7 @@ fn bootstrap_commit_serve_image_boot_upgrade() -> Result<()> {
         )
     })?;
     t.time("SampleOS checks in the guest", || {
+        shell_ready(&mut vm)?;
         check_sampleos(&mut vm, fortune_port)
     })?;
 
@@ -351,6 +368,7 @@ fn bootstrap_commit_serve_image_boot_upgrade() -> Result<()> {
             free_port(),
         )
     })?;
+    shell_ready(&mut vm)?;
     let added = probe(&mut vm, "added", "cat /usr/share/osbuild-e2e/added")?;
     anyhow::ensure!(
         added == "e2e-added-file-contents",
