@@ -276,3 +276,108 @@ fn copy_overlay(overlay: &Path, dir: &Path) -> Result<()> {
         .with_context(|| format!("copying overlay {}", overlay.display()))?;
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::manifest::FileContent;
+    use crate::source::{Debian, Directory, Tarball};
+
+    #[test]
+    fn the_base_key_leaves_out_what_is_applied_to_the_base() {
+        let plain = Bootstrap::default();
+        let key = plain.base_key().unwrap();
+        let customised = Bootstrap {
+            hostname: Some("other".into()),
+            overlays: vec!["/overlay".into()],
+            files: vec![ImageFile {
+                path: "/etc/motd".into(),
+                content: FileContent::Inline("hi\n".into()),
+                mode: 0o644,
+                owner: crate::manifest::Owner {
+                    user: "root".into(),
+                    group: None,
+                },
+            }],
+            scripts: vec!["/post.sh".into()],
+            cache: Some(Cache::new("/elsewhere")),
+            ..Bootstrap::default()
+        };
+        assert_eq!(customised.base_key().unwrap(), key);
+        let more = Bootstrap {
+            base: Base::Debian(Debian {
+                packages: vec!["curl".into()],
+                ..Debian::default()
+            }),
+            ..Bootstrap::default()
+        };
+        assert_ne!(more.base_key().unwrap(), key);
+        // Tarball and directory bases are not cached.
+        for base in [
+            Base::Tarball(Tarball {
+                path: "/b.tar".into(),
+            }),
+            Base::Directory(Directory { path: "/b".into() }),
+        ] {
+            let spec = Bootstrap {
+                base,
+                ..Bootstrap::default()
+            };
+            assert_eq!(spec.base_key(), None);
+        }
+    }
+
+    #[test]
+    fn host_keys_and_build_leftovers_are_removed() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        for d in [
+            "etc/ssh",
+            "var/log/apt",
+            "var/cache/apt/archives/partial",
+            "var/lib/apt/lists",
+        ] {
+            fs::create_dir_all(root.join(d)).unwrap();
+        }
+        for f in [
+            "etc/ssh/ssh_host_ed25519_key",
+            "etc/ssh/ssh_host_ed25519_key.pub",
+            "etc/ssh/sshd_config",
+            "var/log/dpkg.log",
+            "var/log/apt/history.log",
+            "var/cache/apt/pkgcache.bin",
+            "var/cache/apt/archives/curl_8.0_amd64.deb",
+            "var/cache/apt/archives/lock",
+            "var/lib/apt/lists/deb.debian.org_debian_dists_bookworm_InRelease",
+            "var/cache/ldconfig/aux-cache",
+        ] {
+            create_parent(&root.join(f));
+            fs::write(root.join(f), "x").unwrap();
+        }
+        // No sshd in the tree: the keys go, no unit is installed.
+        host_keys(root).unwrap();
+        normalise(root).unwrap();
+        let mut left: Vec<String> = Vec::new();
+        let mut stack = vec![root.to_path_buf()];
+        while let Some(p) = stack.pop() {
+            for e in fs::read_dir(&p).unwrap().flatten() {
+                if e.file_type().unwrap().is_dir() {
+                    stack.push(e.path());
+                } else {
+                    left.push(e.path().strip_prefix(root).unwrap().display().to_string());
+                }
+            }
+        }
+        left.sort();
+        assert_eq!(left, ["etc/ssh/sshd_config", "var/cache/apt/archives/lock"]);
+        assert!(root.join("var/cache/apt/archives/partial").is_dir());
+        assert!(!root
+            .join("usr/lib/systemd/system")
+            .join(SSH_KEYGEN_UNIT)
+            .exists());
+    }
+
+    fn create_parent(path: &Path) {
+        fs::create_dir_all(path.parent().unwrap()).unwrap();
+    }
+}
