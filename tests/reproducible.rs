@@ -8,6 +8,7 @@
 //! kept under target/tmp/reproducible-cache/packages across runs; each run rebuilds the
 //! base twice from them (a few minutes).
 
+use osbuild_core::cmd;
 use std::net::{TcpStream, ToSocketAddrs};
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -32,10 +33,8 @@ fn missing() -> Vec<String> {
         missing.push("root (mmdebstrap --mode=root and chroot)".to_string());
     }
     for (tool, package) in [("mmdebstrap", "mmdebstrap"), ("ostree", "ostree")] {
-        let found = Command::new("sh")
-            .args(["-c", &format!("command -v {tool}")])
-            .output()
-            .is_ok_and(|o| o.status.success());
+        let found =
+            cmd::run(Command::new("sh").args(["-c", &format!("command -v {tool}")])).is_ok();
         if !found {
             missing.push(format!("{tool} (apt-get install {package})"));
         }
@@ -63,24 +62,15 @@ fn can_run() -> bool {
     false
 }
 
-fn text(out: &std::process::Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
-}
-
 fn ostree(args: &[&str]) -> String {
-    let out = Command::new("ostree").args(args).output().unwrap();
-    assert!(out.status.success(), "ostree {args:?}: {}", text(&out));
-    String::from_utf8_lossy(&out.stdout).into_owned()
+    cmd::run(Command::new("ostree").args(args)).unwrap_or_else(|e| panic!("{e}"))
 }
 
 /// Commit the manifest into a new repository at `repo`; returns the checksum.
 fn build(manifest: &Path, cache: &Path, repo: &Path, rebuild_base: bool) -> String {
-    let mut cmd = Command::new(OSBUILD);
-    cmd.env("SOURCE_DATE_EPOCH", EPOCH)
+    let mut osbuild = Command::new(OSBUILD);
+    osbuild
+        .env("SOURCE_DATE_EPOCH", EPOCH)
         .arg("commit")
         .arg("--manifest")
         .arg(manifest)
