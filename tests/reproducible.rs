@@ -79,15 +79,9 @@ fn build(manifest: &Path, cache: &Path, repo: &Path, rebuild_base: bool) -> Stri
         .arg("--cache-dir")
         .arg(cache);
     if rebuild_base {
-        cmd.arg("--rebuild-base");
+        osbuild.arg("--rebuild-base");
     }
-    let out = cmd.output().unwrap();
-    assert!(
-        out.status.success(),
-        "osbuild commit failed: {}",
-        text(&out)
-    );
-    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stdout = cmd::run(&mut osbuild).unwrap_or_else(|e| panic!("{e}"));
     stdout.lines().last().unwrap_or_default().trim().to_string()
 }
 
