@@ -159,8 +159,9 @@ pub(crate) struct TreeArgs {
     /// applied in order, after the manifest's overlays.
     #[arg(long = "overlay")]
     overlays: Vec<PathBuf>,
+    // Boxed: every verb's arguments live in one enum, which clippy wants of even sizes.
     #[command(flatten)]
-    cache: CacheArgs,
+    cache: Box<CacheArgs>,
 }
 
 /// Where downloaded packages and bootstrapped bases are kept between builds.
