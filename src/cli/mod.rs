@@ -185,20 +185,25 @@ pub(crate) struct CacheArgs {
 
 impl CacheArgs {
     /// The cache to use, if any.
-    fn cache(&self) -> Result<Option<ostree_commit::Cache>> {
+    fn cache(&self) -> Option<ostree_commit::Cache> {
         if self.no_cache {
-            return Ok(None);
+            return None;
         }
-        let dir = match &self.cache_dir {
-            Some(dir) => dir.clone(),
-            None => ostree_commit::Cache::default_dir()?,
+        let dir = match (&self.cache_dir, ostree_commit::Cache::default_dir()) {
+            (Some(dir), _) => dir.clone(),
+            (None, Ok(dir)) => dir,
+            (None, Err(e)) => {
+                // A build without a home still works, only slower.
+                eprintln!("Not caching: {e:#}");
+                return None;
+            }
         };
         let cache = ostree_commit::Cache::new(dir);
-        Ok(Some(if self.rebuild_base {
+        Some(if self.rebuild_base {
             cache.rebuild_base()
         } else {
             cache
-        }))
+        })
     }
 }
 
@@ -236,7 +241,7 @@ impl TreeArgs {
             spec.hostname = Some(hostname.clone());
         }
         spec.overlays.extend(self.overlays.iter().cloned());
-        spec.cache = self.cache.cache()?;
+        spec.cache = self.cache.cache();
         Ok(spec)
     }
 }
