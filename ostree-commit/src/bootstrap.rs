@@ -152,7 +152,8 @@ fn host_keys(dir: &Path) -> Result<()> {
                 .with_context(|| format!("removing {}", entry.path().display()))?;
         }
     }
-    if !dir.join("usr/sbin/sshd").exists() {
+    // A base without systemd starts sshd its own way, keys included.
+    if !dir.join("usr/sbin/sshd").exists() || !dir.join("usr/bin/systemctl").exists() {
         return Ok(());
     }
     let unit = dir.join("usr/lib/systemd/system").join(SSH_KEYGEN_UNIT);
