@@ -144,7 +144,7 @@ impl Source for Debian {
             std::fs::create_dir_all(packages)
                 .with_context(|| format!("creating the package cache {}", packages.display()))?;
         }
-        // mmdebstrap's own progress (downloads, unpacking, dracut) goes to the terminal.
+        // mmdebstrap's output is captured: on failure its stderr's tail is in the error.
         cmd::run(&mut self.mmdebstrap(dir, packages))
             .with_context(|| format!("bootstrapping Debian {} with mmdebstrap", self.suite))?;
         Ok(())
