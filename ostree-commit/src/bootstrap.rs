@@ -1,10 +1,11 @@
 //! `osbuild bootstrap`: a minimal bootable Debian tree made with mmdebstrap, given an
 //! ostree-capable initramfs and converted to the OSTree layout.
 
+use crate::cache::Cache;
 use crate::customize;
 use crate::layout::{self, TreeInfo};
 use crate::manifest::{ImageFile, Manifest, Services, User};
-use crate::source::Base;
+use crate::source::{Base, Source};
 use anyhow::{Context, Result};
 use osbuild_core::{cmd, fsutil::Staging, progress::Progress};
 use std::fs;
@@ -29,6 +30,8 @@ pub struct Bootstrap {
     pub services: Services,
     /// Scripts run chrooted in the tree, in order, last.
     pub scripts: Vec<PathBuf>,
+    /// Where downloaded packages and the base are cached; nothing is cached when unset.
+    pub cache: Option<Cache>,
 }
 
 impl Bootstrap {
@@ -50,6 +53,7 @@ impl Bootstrap {
             files: manifest.files().to_vec(),
             services: manifest.services().clone(),
             scripts: manifest.scripts().post.clone(),
+            cache: None,
         })
     }
 }
@@ -64,7 +68,17 @@ impl Default for Bootstrap {
             files: Vec::new(),
             services: Services::default(),
             scripts: Vec::new(),
+            cache: None,
         }
+    }
+}
+
+impl Bootstrap {
+    /// What the base cache keys the base on: everything that determines the base, and
+    /// nothing that is applied to it afterwards. `None` when the base is not cached
+    /// (tarball and directory bases: they are cheap to redo).
+    pub fn base_key(&self) -> Option<String> {
+        self.base.source().cache_key()
     }
 }
 
@@ -93,11 +107,14 @@ pub fn bootstrap(spec: &Bootstrap, output: &Path) -> Result<TreeInfo> {
     let dir = staging.path();
     fs::create_dir(dir).with_context(|| format!("creating {}", dir.display()))?;
 
-    let what = source.describe();
-    let progress = Progress::spinner(format!("Bootstrapping {what}"));
-    source.build(dir)?;
-    progress.finish(format!("Bootstrapped {what}"));
+    let packages = spec.cache.as_ref().map(Cache::packages);
+    let build = |d: &Path| build_base(source, d, packages.as_deref());
+    match (&spec.cache, source.cache_key()) {
+        (Some(cache), Some(key)) => cache.provide_base(&key, dir, build)?,
+        _ => build(dir)?,
+    }
 
+    host_keys(dir).context("removing the base's SSH host keys")?;
     configure(spec, dir).context("configuring the bootstrapped tree")?;
     for overlay in &spec.overlays {
         copy_overlay(overlay, dir)?;
@@ -106,9 +123,104 @@ pub fn bootstrap(spec: &Bootstrap, output: &Path) -> Result<TreeInfo> {
     customize::write_files(dir, &spec.files)?;
     customize::set_services(dir, &spec.services)?;
     customize::run_scripts(dir, &spec.scripts)?;
+    normalise(dir).context("removing logs and caches from the tree")?;
     let info = layout::convert(dir).context("converting the tree to the OSTree layout")?;
     staging.commit()?;
     Ok(info)
+}
+
+fn build_base(source: &dyn Source, dir: &Path, packages: Option<&Path>) -> Result<()> {
+    let what = source.describe();
+    let progress = Progress::spinner(format!("Bootstrapping {what}"));
+    // A base may print its own progress (mmdebstrap does): the spinner steps aside.
+    progress.suspend(|| source.build(dir, packages))?;
+    progress.finish(format!("Bootstrapped {what}"));
+    Ok(())
+}
+
+/// The unit that generates the SSH host keys on a device's first boot.
+const SSH_KEYGEN_UNIT: &str = "osbuild-ssh-keygen.service";
+
+/// Host keys made when the base was built would be the same on every device (and differ
+/// from build to build): remove them, and have each device generate its own on first
+/// boot, before sshd starts. Keys that overlays or files add later are kept.
+fn host_keys(dir: &Path) -> Result<()> {
+    let ssh = dir.join("etc/ssh");
+    for entry in fs::read_dir(&ssh).into_iter().flatten().flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if name.starts_with("ssh_host_") && (name.ends_with("_key") || name.ends_with("_key.pub")) {
+            fs::remove_file(entry.path())
+                .with_context(|| format!("removing {}", entry.path().display()))?;
+        }
+    }
+    // A base without systemd starts sshd its own way, keys included.
+    if !dir.join("usr/sbin/sshd").exists() || !dir.join("usr/bin/systemctl").exists() {
+        return Ok(());
+    }
+    let unit = dir.join("usr/lib/systemd/system").join(SSH_KEYGEN_UNIT);
+    fs::create_dir_all(unit.parent().unwrap_or(dir))
+        .with_context(|| format!("creating the directory of {}", unit.display()))?;
+    write(
+        &unit,
+        "[Unit]\n\
+         Description=Generate the SSH host keys this device does not have yet\n\
+         Before=ssh.service\n\
+         ConditionFileIsExecutable=/usr/bin/ssh-keygen\n\
+         \n\
+         [Service]\n\
+         Type=oneshot\n\
+         ExecStart=/usr/bin/ssh-keygen -A\n\
+         RemainAfterExit=yes\n\
+         \n\
+         [Install]\n\
+         WantedBy=multi-user.target ssh.service\n",
+    )?;
+    cmd::run(
+        Command::new("chroot")
+            .arg(dir)
+            .args(["systemctl", "enable", SSH_KEYGEN_UNIT]),
+    )
+    .context("enabling the SSH host key generation")?;
+    Ok(())
+}
+
+/// Files that record when or in what order the tree was built rather than what it holds:
+/// logs, and caches that apt, dpkg and ldconfig rebuild on the device. mmdebstrap removes
+/// most of them; customisation (a post script running apt) can bring them back.
+const BUILD_LEFTOVERS: &[&str] = &[
+    "var/log/dpkg.log",
+    "var/log/alternatives.log",
+    "var/log/bootstrap.log",
+    "var/log/apt/history.log",
+    "var/log/apt/term.log",
+    "var/log/apt/eipp.log.xz",
+    "var/cache/ldconfig/aux-cache",
+    "var/cache/apt/pkgcache.bin",
+    "var/cache/apt/srcpkgcache.bin",
+    "var/lib/dbus/machine-id",
+];
+
+/// Directories whose files are build leftovers too (the directories themselves stay).
+const LEFTOVER_DIRS: &[(&str, &str)] = &[
+    ("var/cache/apt/archives", ".deb"),
+    ("var/lib/apt/lists", ""),
+];
+
+/// Remove what would make two builds of the same manifest differ, or leak the build.
+fn normalise(dir: &Path) -> Result<()> {
+    for path in BUILD_LEFTOVERS {
+        osbuild_core::fsutil::remove_all(&dir.join(path))?;
+    }
+    for (sub, suffix) in LEFTOVER_DIRS {
+        for entry in fs::read_dir(dir.join(sub)).into_iter().flatten().flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let is_file = entry.file_type().is_ok_and(|t| t.is_file());
+            if is_file && name != "lock" && name.ends_with(suffix) {
+                osbuild_core::fsutil::remove_all(&entry.path())?;
+            }
+        }
+    }
+    Ok(())
 }
 
 /// The settings a bootable appliance needs beyond the packages: identity, network, mounts.
@@ -165,4 +277,109 @@ fn copy_overlay(overlay: &Path, dir: &Path) -> Result<()> {
     cmd::run(Command::new("cp").arg("-a").arg(src).arg(dir))
         .with_context(|| format!("copying overlay {}", overlay.display()))?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::manifest::FileContent;
+    use crate::source::{Debian, Directory, Tarball};
+
+    #[test]
+    fn the_base_key_leaves_out_what_is_applied_to_the_base() {
+        let plain = Bootstrap::default();
+        let key = plain.base_key().unwrap();
+        let customised = Bootstrap {
+            hostname: Some("other".into()),
+            overlays: vec!["/overlay".into()],
+            files: vec![ImageFile {
+                path: "/etc/motd".into(),
+                content: FileContent::Inline("hi\n".into()),
+                mode: 0o644,
+                owner: crate::manifest::Owner {
+                    user: "root".into(),
+                    group: None,
+                },
+            }],
+            scripts: vec!["/post.sh".into()],
+            cache: Some(Cache::new("/elsewhere")),
+            ..Bootstrap::default()
+        };
+        assert_eq!(customised.base_key().unwrap(), key);
+        let more = Bootstrap {
+            base: Base::Debian(Debian {
+                packages: vec!["curl".into()],
+                ..Debian::default()
+            }),
+            ..Bootstrap::default()
+        };
+        assert_ne!(more.base_key().unwrap(), key);
+        // Tarball and directory bases are not cached.
+        for base in [
+            Base::Tarball(Tarball {
+                path: "/b.tar".into(),
+            }),
+            Base::Directory(Directory { path: "/b".into() }),
+        ] {
+            let spec = Bootstrap {
+                base,
+                ..Bootstrap::default()
+            };
+            assert_eq!(spec.base_key(), None);
+        }
+    }
+
+    #[test]
+    fn host_keys_and_build_leftovers_are_removed() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        for d in [
+            "etc/ssh",
+            "var/log/apt",
+            "var/cache/apt/archives/partial",
+            "var/lib/apt/lists",
+        ] {
+            fs::create_dir_all(root.join(d)).unwrap();
+        }
+        for f in [
+            "etc/ssh/ssh_host_ed25519_key",
+            "etc/ssh/ssh_host_ed25519_key.pub",
+            "etc/ssh/sshd_config",
+            "var/log/dpkg.log",
+            "var/log/apt/history.log",
+            "var/cache/apt/pkgcache.bin",
+            "var/cache/apt/archives/curl_8.0_amd64.deb",
+            "var/cache/apt/archives/lock",
+            "var/lib/apt/lists/deb.debian.org_debian_dists_bookworm_InRelease",
+            "var/cache/ldconfig/aux-cache",
+        ] {
+            create_parent(&root.join(f));
+            fs::write(root.join(f), "x").unwrap();
+        }
+        // No sshd in the tree: the keys go, no unit is installed.
+        host_keys(root).unwrap();
+        normalise(root).unwrap();
+        let mut left: Vec<String> = Vec::new();
+        let mut stack = vec![root.to_path_buf()];
+        while let Some(p) = stack.pop() {
+            for e in fs::read_dir(&p).unwrap().flatten() {
+                if e.file_type().unwrap().is_dir() {
+                    stack.push(e.path());
+                } else {
+                    left.push(e.path().strip_prefix(root).unwrap().display().to_string());
+                }
+            }
+        }
+        left.sort();
+        assert_eq!(left, ["etc/ssh/sshd_config", "var/cache/apt/archives/lock"]);
+        assert!(root.join("var/cache/apt/archives/partial").is_dir());
+        assert!(!root
+            .join("usr/lib/systemd/system")
+            .join(SSH_KEYGEN_UNIT)
+            .exists());
+    }
+
+    fn create_parent(path: &Path) {
+        fs::create_dir_all(path.parent().unwrap()).unwrap();
+    }
 }

@@ -57,6 +57,19 @@ fn validate_ref(branch: &str) -> Result<()> {
     ostree::validate_rev(branch).map_err(|e| anyhow::anyhow!("invalid branch name {branch:?}: {e}"))
 }
 
+/// SOURCE_DATE_EPOCH when it is set, else now; seconds since 1970.
+fn commit_time() -> Result<u64> {
+    match std::env::var("SOURCE_DATE_EPOCH") {
+        Ok(epoch) => epoch.trim().parse().with_context(|| {
+            format!("SOURCE_DATE_EPOCH {epoch:?} is not a number of seconds since 1970: fix or unset it")
+        }),
+        Err(_) => Ok(std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .context("the clock is before 1970")?
+            .as_secs()),
+    }
+}
+
 fn write(repo: &ostree::Repo, tree: &Path, opts: &CommitOptions, kver: &str) -> Result<Commit> {
     let cancellable = gio::Cancellable::NONE;
     let parent = repo::resolve(repo, &opts.branch)?;
@@ -86,13 +99,16 @@ fn write(repo: &ostree::Repo, tree: &Path, opts: &CommitOptions, kver: &str) -> 
         meta.insert("ostree.ref-binding", vec![opts.branch.clone()]);
         let meta = meta.end();
 
+        // The commit's timestamp is part of its checksum: SOURCE_DATE_EPOCH, when set,
+        // makes two builds of the same tree the same commit.
         let checksum = repo
-            .write_commit(
+            .write_commit_with_time(
                 parent.as_deref(),
                 opts.subject.as_deref(),
                 None,
                 Some(&meta),
                 &root,
+                commit_time()?,
                 cancellable,
             )
             .context("writing the commit object")?;

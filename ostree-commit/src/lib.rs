@@ -2,6 +2,7 @@
 //! OSTree layout, validated and committed into an archive repository.
 
 mod bootstrap;
+mod cache;
 mod commit;
 mod customize;
 mod layout;
@@ -10,6 +11,7 @@ mod push;
 mod source;
 
 pub use bootstrap::{bootstrap, Bootstrap};
+pub use cache::{Cache, KEEP_BASES};
 pub use commit::{commit, Commit, CommitOptions};
 pub use layout::{convert, validate, TreeError, TreeInfo};
 pub use manifest::{

@@ -21,8 +21,14 @@ pub(crate) trait Source: std::fmt::Debug {
     fn describe(&self) -> String;
     /// Refuse what cannot work before anything is downloaded or written.
     fn check(&self) -> Result<()>;
-    /// Write the root filesystem into `dir`, an existing empty directory.
-    fn build(&self, dir: &Path) -> Result<()>;
+    /// What determines the root filesystem, exactly, for the base cache; `None` for a
+    /// base that is not cached (cheap to redo, or its content can change unseen).
+    fn cache_key(&self) -> Option<String> {
+        None
+    }
+    /// Write the root filesystem into `dir`, an existing empty directory. Downloaded
+    /// packages are kept in, and taken from, `packages` when given.
+    fn build(&self, dir: &Path, packages: Option<&Path>) -> Result<()>;
 }
 
 /// The base a tree is built from.

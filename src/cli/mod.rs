@@ -159,6 +159,52 @@ pub(crate) struct TreeArgs {
     /// applied in order, after the manifest's overlays.
     #[arg(long = "overlay")]
     overlays: Vec<PathBuf>,
+    // Boxed: every verb's arguments live in one enum, which clippy wants of even sizes.
+    #[command(flatten)]
+    cache: Box<CacheArgs>,
+}
+
+/// Where downloaded packages and bootstrapped bases are kept between builds.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub(crate) struct CacheArgs {
+    /// Keep downloaded packages and the bootstrapped base here, and reuse them: a rebuild
+    /// that changes only overlays, files, users, services, the host name or kernel
+    /// arguments skips mmdebstrap [default: $XDG_CACHE_HOME/osbuild, else
+    /// ~/.cache/osbuild].
+    #[arg(long, value_name = "DIR")]
+    cache_dir: Option<PathBuf>,
+    /// Neither read nor write the cache: download every package and build the base.
+    #[arg(long, conflicts_with_all = ["cache_dir", "rebuild_base"])]
+    no_cache: bool,
+    /// Build the base again even when it is cached, and cache the new one (to pick up
+    /// packages updated in the archive, or to check that a build is reproducible); the
+    /// downloaded packages are still reused.
+    #[arg(long)]
+    rebuild_base: bool,
+}
+
+impl CacheArgs {
+    /// The cache to use, if any.
+    fn cache(&self) -> Option<ostree_commit::Cache> {
+        if self.no_cache {
+            return None;
+        }
+        let dir = match (&self.cache_dir, ostree_commit::Cache::default_dir()) {
+            (Some(dir), _) => dir.clone(),
+            (None, Ok(dir)) => dir,
+            (None, Err(e)) => {
+                // A build without a home still works, only slower.
+                eprintln!("Not caching: {e:#}");
+                return None;
+            }
+        };
+        let cache = ostree_commit::Cache::new(dir);
+        Some(if self.rebuild_base {
+            cache.rebuild_base()
+        } else {
+            cache
+        })
+    }
 }
 
 impl TreeArgs {
@@ -209,6 +255,7 @@ impl TreeArgs {
                 },
             });
         }
+        spec.cache = self.cache.cache();
         Ok(spec)
     }
 }
@@ -531,6 +578,53 @@ mod tests {
         let manifest = Manifest::from_str_at(text, &path).unwrap();
         let err = a.tree.bootstrap(Some(&manifest)).unwrap_err().to_string();
         assert!(err.contains("--suite"), "{err}");
+    }
+
+    #[test]
+    fn cache_flags() {
+        let spec = |args: &[&str]| {
+            let mut argv = vec!["osbuild", "bootstrap", "--output", "t"];
+            argv.extend(args);
+            let cli = parse(&argv).unwrap();
+            let Command::Bootstrap(a) = cli.verb() else {
+                panic!("{cli:?}")
+            };
+            a.tree.bootstrap(None).unwrap()
+        };
+        let cache = spec(&["--cache-dir", "/c"]).cache.unwrap();
+        assert_eq!(cache, ostree_commit::Cache::new("/c"));
+        assert_eq!(cache.packages(), PathBuf::from("/c/packages"));
+        assert_eq!(
+            spec(&["--cache-dir", "/c", "--rebuild-base"]).cache,
+            Some(ostree_commit::Cache::new("/c").rebuild_base())
+        );
+        assert_eq!(spec(&["--no-cache"]).cache, None);
+        if std::env::var_os("HOME").is_some() {
+            assert!(spec(&[]).cache.unwrap().dir().ends_with("osbuild"));
+        }
+        assert!(parse(&[
+            "osbuild",
+            "bootstrap",
+            "--output",
+            "t",
+            "--no-cache",
+            "--cache-dir",
+            "c"
+        ])
+        .is_err());
+        // commit and commit-push take them too.
+        let cli = parse(&["osbuild", "commit", "--manifest", "m", "--no-cache"]).unwrap();
+        assert!(matches!(cli.verb(), Command::Commit(a) if a.tree_flags.cache.no_cache));
+        let cli = parse(&[
+            "osbuild",
+            "commit-push",
+            "--server",
+            "h",
+            "--cache-dir",
+            "c",
+        ])
+        .unwrap();
+        assert!(matches!(cli.verb(), Command::CommitPush(_)));
     }
 
     #[test]

@@ -84,6 +84,9 @@ fn rootfs(work: &Path) -> Result<PathBuf> {
                 .arg("bootstrap")
                 .arg("--manifest")
                 .arg(&manifest)
+                // Kept with the build, not in the user's ~/.cache.
+                .arg("--cache-dir")
+                .arg(Path::new(env!("CARGO_TARGET_TMPDIR")).join("osbuild-cache"))
                 .arg("--output")
                 .arg(dest),
         )?;

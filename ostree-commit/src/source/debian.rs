@@ -49,36 +49,74 @@ impl Default for Debian {
 }
 
 impl Debian {
-    /// The complete package list given to mmdebstrap.
+    /// The complete package list given to mmdebstrap: the kernel, the base set, then the
+    /// extra packages sorted, each once (apt installs a set: the order changes nothing,
+    /// and so must not change the base cache's key).
     pub fn package_list(&self) -> Vec<String> {
         let mut pkgs = vec![self.kernel.clone()];
         pkgs.extend(BASE_PACKAGES.iter().map(|s| s.to_string()));
-        pkgs.extend(self.packages.iter().cloned());
+        let mut extra: Vec<&String> = self.packages.iter().filter(|p| !pkgs.contains(p)).collect();
+        extra.sort();
+        extra.dedup();
+        pkgs.extend(extra.into_iter().cloned());
         pkgs
     }
 
-    /// The mmdebstrap command that builds the tree into `dir`.
-    fn mmdebstrap(&self, dir: &Path) -> Command {
+    /// The mmdebstrap command that builds the tree into `dir`, keeping the packages it
+    /// downloads in `packages` when given (mmdebstrap's local package cache recipe: what
+    /// is there is copied in before apt runs, what apt downloaded is copied out after; its
+    /// cleanup step then empties /var/cache/apt, so no package ends up in the tree).
+    fn mmdebstrap(&self, dir: &Path, packages: Option<&Path>) -> Command {
         let mut cmd = Command::new("mmdebstrap");
         cmd.arg("--mode=root")
             .arg("--variant=minbase")
             .arg(format!("--components={}", self.components.join(",")))
-            .arg(format!("--include={}", self.package_list().join(",")))
-            // dracut needs /proc, /sys and /dev, which mmdebstrap mounts only while hooks run.
-            // The distro initramfs is host-only at best: rebuild it generic, with the ostree
-            // module that ostree-boot ships.
-            .arg(
-                "--customize-hook=for m in \"$1\"/usr/lib/modules/*; do k=${m##*/}; \
-                 chroot \"$1\" dracut --no-hostonly --force --reproducible -a ostree \
-                 --kver \"$k\" \"/usr/lib/modules/$k/initramfs.img\" || exit 1; \
-                 rm -f \"$1/boot/initrd.img-$k\"; done",
-            )
-            .arg(&self.suite)
-            .arg(dir);
+            .arg(format!("--include={}", self.package_list().join(",")));
+        if let Some(packages) = packages {
+            let packages = shell_quote(&packages.to_string_lossy());
+            // The essential packages too are kept in /var/cache/apt/archives until
+            // sync-out, rather than deleted once extracted.
+            cmd.arg("--skip=essential/unlink")
+                .arg("--setup-hook=mkdir -p \"$1\"/var/cache/apt/archives/")
+                .arg(format!(
+                    "--setup-hook=sync-in {packages} /var/cache/apt/archives/"
+                ))
+                .arg(format!(
+                    "--customize-hook=sync-out /var/cache/apt/archives {packages}"
+                ));
+        }
+        // dracut needs /proc, /sys and /dev, which mmdebstrap mounts only while hooks run.
+        // The distro initramfs is host-only at best: rebuild it generic, with the ostree
+        // module that ostree-boot ships. --reproducible clamps the archive's times to
+        // SOURCE_DATE_EPOCH (inherited through chroot) and sorts its entries.
+        cmd.arg(
+            "--customize-hook=for m in \"$1\"/usr/lib/modules/*; do k=${m##*/}; \
+             chroot \"$1\" dracut --no-hostonly --force --reproducible -a ostree \
+             --kver \"$k\" \"/usr/lib/modules/$k/initramfs.img\" || exit 1; \
+             rm -f \"$1/boot/initrd.img-$k\"; done",
+        )
+        .arg(&self.suite)
+        .arg(dir);
         if let Some(mirror) = &self.mirror {
             cmd.arg(mirror);
         }
         cmd
+    }
+}
+
+/// `s` as one shell word: mmdebstrap runs hooks through the shell.
+fn shell_quote(s: &str) -> String {
+    format!("'{}'", s.replace('\'', r"'\''"))
+}
+
+impl Debian {
+    /// The base cache key with SOURCE_DATE_EPOCH at `epoch`: exactly what determines the
+    /// tree, that is the command line, with the paths that vary from build to build
+    /// replaced, and SOURCE_DATE_EPOCH, which mmdebstrap, dpkg and dracut write into it.
+    fn key_at(&self, epoch: Option<&str>) -> String {
+        let line =
+            cmd::display(&self.mmdebstrap(Path::new("@TARGET@"), Some(Path::new("@PACKAGES@"))));
+        format!("{line}\nSOURCE_DATE_EPOCH={epoch:?}\n")
     }
 }
 
@@ -97,9 +135,18 @@ impl Source for Debian {
         Ok(())
     }
 
-    fn build(&self, dir: &Path) -> Result<()> {
-        // mmdebstrap's own progress (downloads, unpacking, dracut) goes to the terminal.
-        cmd::run(&mut self.mmdebstrap(dir))
+    fn cache_key(&self) -> Option<String> {
+        Some(self.key_at(std::env::var("SOURCE_DATE_EPOCH").ok().as_deref()))
+    }
+
+    fn build(&self, dir: &Path, packages: Option<&Path>) -> Result<()> {
+        if let Some(packages) = packages {
+            std::fs::create_dir_all(packages)
+                .with_context(|| format!("creating the package cache {}", packages.display()))?;
+        }
+        // mmdebstrap takes minutes: its progress goes to the terminal as it runs, and on
+        // failure the tail of its stderr is in the error.
+        cmd::run_inherit(&mut self.mmdebstrap(dir, packages))
             .with_context(|| format!("bootstrapping Debian {} with mmdebstrap", self.suite))?;
         Ok(())
     }
@@ -118,7 +165,7 @@ mod tests {
             packages: vec!["curl".into()],
             ..Debian::default()
         };
-        let line = cmd::display(&debian.mmdebstrap(Path::new("/tmp/root")));
+        let line = cmd::display(&debian.mmdebstrap(Path::new("/tmp/root"), None));
         assert!(line.contains("--components=main,contrib"), "{line}");
         assert!(
             line.contains("--include=linux-image-cloud-amd64,systemd-sysv,"),
@@ -134,5 +181,83 @@ mod tests {
             ..Debian::default()
         };
         assert!(none.check().is_err());
+    }
+
+    #[test]
+    fn the_package_cache_is_synced_in_and_out() {
+        let debian = Debian::default();
+        let cmd = debian.mmdebstrap(Path::new("/t"), Some(Path::new("/c/my packages")));
+        let args: Vec<String> = cmd
+            .get_args()
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect();
+        assert!(
+            args.iter().any(|a| a == "--skip=essential/unlink"),
+            "{args:?}"
+        );
+        assert!(
+            args.iter()
+                .any(|a| a == "--setup-hook=sync-in '/c/my packages' /var/cache/apt/archives/"),
+            "{args:?}"
+        );
+        assert!(
+            args.iter()
+                .any(|a| a == "--customize-hook=sync-out /var/cache/apt/archives '/c/my packages'"),
+            "{args:?}"
+        );
+        let line = cmd::display(&debian.mmdebstrap(Path::new("/t"), None));
+        assert!(!line.contains("sync-"), "{line}");
+    }
+
+    #[test]
+    fn the_cache_key_is_what_makes_the_base() {
+        let key = Debian::default().cache_key().unwrap();
+        assert!(key.contains(" bookworm @TARGET@"), "{key}");
+        assert!(
+            key.contains("sync-in") && key.contains("@PACKAGES@"),
+            "{key}"
+        );
+        // Each input that changes the base changes the key.
+        for other in [
+            Debian {
+                suite: "trixie".into(),
+                ..Debian::default()
+            },
+            Debian {
+                mirror: Some("http://mirror.example/debian".into()),
+                ..Debian::default()
+            },
+            Debian {
+                components: vec!["main".into(), "contrib".into()],
+                ..Debian::default()
+            },
+            Debian {
+                kernel: "linux-image-amd64".into(),
+                ..Debian::default()
+            },
+            Debian {
+                packages: vec!["curl".into()],
+                ..Debian::default()
+            },
+        ] {
+            assert_ne!(other.cache_key().unwrap(), key, "{other:?}");
+        }
+        // The packages are a set.
+        let ab = Debian {
+            packages: vec!["jq".into(), "curl".into()],
+            ..Debian::default()
+        };
+        let ba = Debian {
+            packages: vec!["curl".into(), "jq".into(), "curl".into(), "dbus".into()],
+            ..Debian::default()
+        };
+        assert_eq!(ab.cache_key(), ba.cache_key());
+        let base = Debian::default();
+        assert_ne!(base.key_at(Some("1700000000")), base.key_at(None));
+        assert_ne!(
+            base.key_at(Some("1700000000")),
+            base.key_at(Some("1700000001"))
+        );
+        assert!(ab.package_list().ends_with(&["curl".into(), "jq".into()]));
     }
 }

@@ -25,7 +25,7 @@ impl Source for Directory {
         Ok(())
     }
 
-    fn build(&self, dir: &Path) -> Result<()> {
+    fn build(&self, dir: &Path, _packages: Option<&Path>) -> Result<()> {
         // cp keeps modes, links, hard links, ownership and xattrs exactly, which a
         // hand-written walk would have to reimplement.
         let mut src = self.path.as_os_str().to_owned();
@@ -50,7 +50,7 @@ mod tests {
         source.check().unwrap();
         let out = dir.path().join("out");
         std::fs::create_dir(&out).unwrap();
-        source.build(&out).unwrap();
+        source.build(&out, None).unwrap();
         assert_eq!(
             std::fs::read_to_string(out.join("etc/hostname")).unwrap(),
             "base\n"

@@ -81,7 +81,7 @@ impl Source for Tarball {
         Ok(())
     }
 
-    fn build(&self, dir: &Path) -> Result<()> {
+    fn build(&self, dir: &Path, _packages: Option<&Path>) -> Result<()> {
         let compression = Compression::detect(&self.head()?);
         let mut tar = Command::new("tar");
         tar.arg("--extract")
@@ -140,7 +140,7 @@ mod tests {
             source.check().unwrap();
             let out = dir.path().join(format!("out-{name}"));
             std::fs::create_dir(&out).unwrap();
-            source.build(&out).unwrap();
+            source.build(&out, None).unwrap();
             assert_eq!(
                 std::fs::read_to_string(out.join("usr/lib/os-release")).unwrap(),
                 "ID=test\n",
