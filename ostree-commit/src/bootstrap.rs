@@ -47,7 +47,11 @@ impl Bootstrap {
         }
         Ok(Bootstrap {
             base: manifest.base().clone(),
-            hostname: manifest.hostname().map(str::to_string),
+            // mmdebstrap copies the build host's name: never let it into an image.
+            hostname: manifest
+                .hostname()
+                .map(str::to_string)
+                .or_else(|| matches!(manifest.base(), Base::Debian(_)).then(|| "localhost".into())),
             overlays: manifest.overlays().to_vec(),
             users: manifest.users().to_vec(),
             files: manifest.files().to_vec(),

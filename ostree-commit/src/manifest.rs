@@ -55,7 +55,6 @@ pub struct Manifest {
     scripts: Scripts,
     remote: Option<Remote>,
     push: Option<PushTarget>,
-    base_key: Option<String>,
 }
 
 /// An extra APT repository for a Debian base, and the key that signs it.
@@ -343,16 +342,5 @@ impl Manifest {
     /// Where `osbuild push` sends commits, if set.
     pub fn push(&self) -> Option<&PushTarget> {
         self.push.as_ref()
-    }
-
-    /// What the bootstrapped base depends on, as a canonical text: equal texts mean the
-    /// same base, so a cache can key on it (or on its hash). It covers the base (distro,
-    /// suite, mirror, components, repositories with their keyrings' SHA-256; or the
-    /// tarball's path, size and modification time), the packages (as a set) and the
-    /// kernel package. It leaves out what is applied after the base is built: overlays,
-    /// files, users, services, host name, kernel arguments and scripts. `None` for a
-    /// directory base, whose contents can change unseen: do not cache it.
-    pub fn base_key(&self) -> Option<&str> {
-        self.base_key.as_deref()
     }
 }

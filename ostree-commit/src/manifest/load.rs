@@ -4,7 +4,6 @@
 use super::raw::{RawBase, RawFile, RawManifest, RawMode, RawUser};
 use super::*;
 use crate::{Debian, Directory, Tarball};
-use sha2::{Digest, Sha256};
 use std::fmt::Write as _;
 use std::ops::Range;
 
@@ -226,7 +225,7 @@ impl Cx<'_> {
             packages,
             kernel: kernel_package,
         };
-        let (base, repositories, stamps) = self.base(raw_base, installs)?;
+        let (base, repositories) = self.base(raw_base, installs)?;
 
         let ostree_ref = self.ostree_ref(raw.r#ref.as_ref(), &raw.name, &name, &base, base_span)?;
         let (version, source_date_epoch) = match &raw.version {
@@ -322,7 +321,6 @@ impl Cx<'_> {
             })
             .transpose()?;
 
-        let base_key = base_key(&base, &repositories, &stamps);
         Ok(Manifest {
             path: self.path.clone(),
             name,
@@ -340,7 +338,6 @@ impl Cx<'_> {
             scripts,
             remote,
             push,
-            base_key,
         })
     }
 
@@ -350,7 +347,7 @@ impl Cx<'_> {
         &self,
         raw: Spanned<RawBase>,
         installs: Installs,
-    ) -> Result<(Base, Vec<AptRepository>, Vec<String>), ManifestError> {
+    ) -> Result<(Base, Vec<AptRepository>), ManifestError> {
         let span = raw.span();
         let b = raw.into_inner();
         let kinds = [
@@ -400,20 +397,9 @@ impl Cx<'_> {
             }
         }
         let mut repositories = Vec::new();
-        let mut stamps = Vec::new();
         let base = match kind {
             "tarball" => {
                 let path = self.existing("base.tarball", value, Want::File)?;
-                let stamp = std::fs::metadata(&path)
-                    .map(|m| {
-                        let mtime = m
-                            .modified()
-                            .ok()
-                            .and_then(|t| t.duration_since(UNIX_EPOCH).ok());
-                        format!("size {} mtime {:?}", m.len(), mtime.map(|d| d.as_nanos()))
-                    })
-                    .unwrap_or_default();
-                stamps.push(stamp);
                 Base::Tarball(Tarball { path })
             }
             "directory" => Base::Directory(Directory {
@@ -463,7 +449,7 @@ impl Cx<'_> {
                         .map_err(|m| self.invalid(format!("{key}.sources"), r.sources.span(), m))?;
                     let keyring =
                         self.existing(format!("{key}.keyring"), &r.keyring, Want::File)?;
-                    let bytes = std::fs::read(&keyring).map_err(|e| {
+                    std::fs::read(&keyring).map_err(|e| {
                         self.err(
                             format!("{key}.keyring"),
                             r.keyring.span(),
@@ -473,7 +459,6 @@ impl Cx<'_> {
                             },
                         )
                     })?;
-                    stamps.push(hex(&Sha256::digest(&bytes)));
                     repositories.push(AptRepository { sources, keyring });
                 }
                 Base::Debian(Debian {
@@ -489,7 +474,7 @@ impl Cx<'_> {
         base.source()
             .check()
             .map_err(|e| self.invalid(format!("base.{kind}"), value.span(), format!("{e:#}")))?;
-        Ok((base, repositories, stamps))
+        Ok((base, repositories))
     }
 
     fn ostree_ref(
@@ -762,10 +747,6 @@ fn sources(text: &str) -> Result<AptSources, String> {
     Err("write one line \"deb URI SUITE [COMPONENT...]\", or a deb822 stanza with Types:, URIs: and Suites:".into())
 }
 
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
 /// The Debian suite of a distro base.
 fn suite(base: &Base) -> Option<&str> {
     match base {
@@ -780,32 +761,6 @@ struct Installs {
     packages: Vec<String>,
     packages_at: Option<Range<usize>>,
     kernel: Option<(String, Range<usize>)>,
-}
-
-/// The text [`Manifest::base_key`] returns; `stamps` are the repositories' keyring
-/// digests, or the tarball's size and time.
-fn base_key(base: &Base, repositories: &[AptRepository], stamps: &[String]) -> Option<String> {
-    let mut key = String::from("osbuild base 1\n");
-    match base {
-        Base::Directory(_) => return None,
-        Base::Tarball(t) => {
-            let _ = writeln!(key, "tarball {:?} {}", t.path, stamps.join(" "));
-        }
-        Base::Debian(d) => {
-            let mut packages = d.packages.clone();
-            packages.sort();
-            packages.dedup();
-            let _ = writeln!(
-                key,
-                "distro debian\nsuite {:?}\nmirror {:?}\ncomponents {:?}\nkernel {:?}\npackages {packages:?}",
-                d.suite, d.mirror, d.components, d.kernel
-            );
-            for (r, digest) in repositories.iter().zip(stamps) {
-                let _ = writeln!(key, "repository {:?} keyring-sha256 {digest}", r.sources);
-            }
-        }
-    }
-    Some(key)
 }
 
 /// The key path (`users[1].name`) of what `span` points at in `text`: the key or value

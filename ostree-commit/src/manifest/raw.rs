@@ -74,7 +74,7 @@ section! {
         /// time in UTC as `YYYYMMDD.HHMM`, taken from `SOURCE_DATE_EPOCH` when it is set.
         version: Option<Str>, "string", "none: commits carry no version";
         /// The image's host name (RFC 1123: letters, digits and `-`, dot-separated labels).
-        hostname: Option<Str>, "string", "the base's `/etc/hostname`";
+        hostname: Option<Str>, "string", "`localhost` on a Debian base (never the build host's name); a tarball's or directory's own";
         /// The branch commits go to. `{name}`, `{suite}` (the Debian suite) and `{arch}`
         /// (`x86_64`) are replaced; a tarball or directory base has no suite, so its
         /// manifest must set a `ref` without `{suite}`. The result must be a valid ostree

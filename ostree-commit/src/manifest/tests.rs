@@ -548,49 +548,6 @@ fn directory_base() {
 }
 
 #[test]
-fn base_key_covers_the_base_only() {
-    let dir = fixture();
-    let key = |text: &str| load(&dir, text).unwrap().base_key().map(str::to_string);
-    let repo = "[[base.repositories]]\nsources = \"deb https://x bookworm main\"\nkeyring = \"keyrings/vendor.asc\"\n";
-    let base = format!("packages = [\"vim\", \"curl\"]\n{MINIMAL}{repo}");
-    let k = key(&base).unwrap();
-    assert!(
-        k.contains("bookworm") && k.contains("keyring-sha256"),
-        "{k}"
-    );
-
-    // What is applied after the base does not change it, nor does package order.
-    let after = format!(
-        "packages = [\"curl\", \"vim\"]\nhostname = \"h\"\noverlays = [\"overlay\"]\nversion = \"{{date}}\"\n{MINIMAL}{repo}[[files]]\npath = \"/a\"\ncontent = \"x\"\n[[users]]\nname = \"u\"\n[services]\nenable = [\"ssh.service\"]\n[kernel]\nargs = [\"quiet\"]\n[scripts]\npost = [\"scripts/cleanup.sh\"]\n"
-    );
-    assert_eq!(key(&after).unwrap(), k);
-
-    // What the base is built from does.
-    for changed in [
-        format!("packages = [\"vim\"]\n{MINIMAL}{repo}"),
-        format!("packages = [\"vim\", \"curl\"]\n{MINIMAL}suite = \"trixie\"\n{repo}"),
-        format!("packages = [\"vim\", \"curl\"]\n{MINIMAL}mirror = \"http://m/debian\"\n{repo}"),
-        format!("packages = [\"vim\", \"curl\"]\n{MINIMAL}components = [\"main\", \"contrib\"]\n{repo}"),
-        format!("packages = [\"vim\", \"curl\"]\n{MINIMAL}"),
-        format!("packages = [\"vim\", \"curl\"]\n{MINIMAL}{repo}[kernel]\npackage = \"linux-image-amd64\"\n"),
-    ] {
-        assert_ne!(key(&changed).unwrap(), k, "{changed}");
-    }
-    fs::write(dir.path().join("keyrings/vendor.asc"), "another key").unwrap();
-    assert_ne!(key(&base).unwrap(), k);
-
-    let tarball = "name = \"a\"\nref = \"{name}\"\n[base]\ntarball = \"rootfs.tar.zst\"\n";
-    let t = key(tarball).unwrap();
-    fs::write(
-        dir.path().join("rootfs.tar.zst"),
-        b"\x28\xb5\x2f\xfda longer, different tarball",
-    )
-    .unwrap();
-    assert_ne!(key(tarball).unwrap(), t);
-    assert_eq!(key(DIRECTORY), None);
-}
-
-#[test]
 fn display_is_one_line_with_file_line_column_and_key() {
     let dir = fixture();
     let e = load(&dir, &format!("{MINIMAL}[[users]]\nname = \"Bob\"\n")).unwrap_err();
