@@ -42,6 +42,10 @@ pub enum Need {
     Gpg,
     /// Python 3 with `venv` (for the reference ostree-push client from PyPI).
     PythonVenv,
+    /// The `ostree` CLI.
+    Ostree,
+    /// The Debian archive at deb.debian.org, for tests that bootstrap.
+    DebianMirror,
 }
 
 impl Need {
@@ -73,6 +77,19 @@ impl Need {
                 .find_map(|t| tool(t, "openssh-client")),
             Need::SystemdAnalyze => tool("systemd-analyze", "systemd"),
             Need::Gpg => tool("gpg", "gpg"),
+            Need::Ostree => tool("ostree", "ostree"),
+            Need::DebianMirror => {
+                use std::net::{TcpStream, ToSocketAddrs};
+                let host = "deb.debian.org:80";
+                let reachable = host.to_socket_addrs().is_ok_and(|mut addrs| {
+                    addrs.any(|a| {
+                        TcpStream::connect_timeout(&a, std::time::Duration::from_secs(10)).is_ok()
+                    })
+                });
+                (!reachable).then(|| {
+                    format!("{host} cannot be reached (network access to the Debian archive)")
+                })
+            }
             Need::PythonVenv => {
                 // Debian splits venv's ensurepip into python3-venv.
                 let ok = Path::new("/usr/bin/python3").exists()

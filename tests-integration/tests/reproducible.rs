@@ -3,64 +3,18 @@
 //! base.
 //!
 //! Needs root (mmdebstrap --mode=root, chroot), mmdebstrap, the ostree CLI (to name the
-//! differences) and the Debian mirror. Without them the test is skipped with a message
-//! naming what is missing, unless CI=true, where it fails. The downloaded packages are
-//! kept under target/tmp/reproducible-cache/packages across runs; each run rebuilds the
-//! base twice from them (a few minutes).
+//! differences) and the Debian mirror, through osbuild_testing::require: skipped with a
+//! message naming what is missing, or failed under CI=true. The downloaded packages are
+//! kept under target/tmp/osbuild-cache/packages across runs (shared with the e2e suite);
+//! each run rebuilds the base twice from them (a few minutes).
 
 use osbuild_core::cmd;
-use std::net::{TcpStream, ToSocketAddrs};
+use osbuild_testing::helpers::osbuild_bin;
+use osbuild_testing::{require, Need};
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::Duration;
 
-const OSBUILD: &str = env!("CARGO_BIN_EXE_osbuild");
 const EPOCH: &str = "1700000000";
-const MIRROR_HOST: &str = "deb.debian.org:80";
-
-/// What this machine lacks to run the test, if anything.
-fn missing() -> Vec<String> {
-    let mut missing = Vec::new();
-    let root = std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("Uid:"))
-                .map(|uids| uids.split_whitespace().nth(1) == Some("0"))
-        })
-        .unwrap_or(false);
-    if !root {
-        missing.push("root (mmdebstrap --mode=root and chroot)".to_string());
-    }
-    for (tool, package) in [("mmdebstrap", "mmdebstrap"), ("ostree", "ostree")] {
-        let found =
-            cmd::run(Command::new("sh").args(["-c", &format!("command -v {tool}")])).is_ok();
-        if !found {
-            missing.push(format!("{tool} (apt-get install {package})"));
-        }
-    }
-    let reachable = MIRROR_HOST.to_socket_addrs().is_ok_and(|mut addrs| {
-        addrs.any(|a| TcpStream::connect_timeout(&a, Duration::from_secs(10)).is_ok())
-    });
-    if !reachable {
-        missing.push(format!("network access to {MIRROR_HOST}"));
-    }
-    missing
-}
-
-/// Whether to run: false (after saying why) when something is missing outside CI.
-fn can_run() -> bool {
-    let missing = missing();
-    if missing.is_empty() {
-        return true;
-    }
-    let what = missing.join(", ");
-    if std::env::var("CI").as_deref() == Ok("true") {
-        panic!("reproducible build test needs {what}");
-    }
-    eprintln!("skipping the reproducible build test: it needs {what}");
-    false
-}
 
 fn ostree(args: &[&str]) -> String {
     cmd::run(Command::new("ostree").args(args)).unwrap_or_else(|e| panic!("{e}"))
@@ -68,7 +22,7 @@ fn ostree(args: &[&str]) -> String {
 
 /// Commit the manifest into a new repository at `repo`; returns the checksum.
 fn build(manifest: &Path, cache: &Path, repo: &Path, rebuild_base: bool) -> String {
-    let mut osbuild = Command::new(OSBUILD);
+    let mut osbuild = Command::new(osbuild_bin());
     osbuild
         .env("SOURCE_DATE_EPOCH", EPOCH)
         .arg("commit")
@@ -109,10 +63,15 @@ fn differences(repo_a: &Path, a: &str, repo_b: &Path, b: &str) -> String {
 
 #[test]
 fn same_manifest_same_packages_same_commit() {
-    if !can_run() {
+    if !require(&[
+        Need::Root,
+        Need::Mmdebstrap,
+        Need::Ostree,
+        Need::DebianMirror,
+    ]) {
         return;
     }
-    let cache = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("reproducible-cache");
+    let cache = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("osbuild-cache");
     let dir = tempfile::tempdir().unwrap();
     let manifest = dir.path().join("osbuild.toml");
     // Small, but touching what varies from build to build: a user (shadow's last-change
