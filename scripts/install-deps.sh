@@ -9,6 +9,8 @@ PACKAGES=(
   # the pipeline's external tools
   ostree mmdebstrap e2fsprogs dosfstools mtools syslinux syslinux-common extlinux
   util-linux kmod curl
+  # signed commits in tests (a throwaway key per run)
+  gnupg
   # booting images in tests and in the quick start
   qemu-system-x86 qemu-utils ovmf
   # interop tests
