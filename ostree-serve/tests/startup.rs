@@ -68,26 +68,8 @@ async fn port_in_use() {
 async fn bad_tls_files() {
     let dir = tempfile::tempdir().unwrap();
     let repo = make_repo(dir.path());
-    let cert = dir.path().join("cert.pem");
-    let key = dir.path().join("key.pem");
+    let (cert, key) = self_signed(dir.path());
     let other_key = dir.path().join("other.pem");
-    run(Command::new("openssl").args([
-        "req",
-        "-x509",
-        "-newkey",
-        "ec",
-        "-pkeyopt",
-        "ec_paramgen_curve:prime256v1",
-        "-nodes",
-        "-days",
-        "2",
-        "-subj",
-        "/CN=127.0.0.1",
-        "-keyout",
-        key.to_str().unwrap(),
-        "-out",
-        cert.to_str().unwrap(),
-    ]));
     run(Command::new("openssl").args([
         "ecparam",
         "-name",

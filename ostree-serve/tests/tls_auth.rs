@@ -13,32 +13,6 @@ use osbuild_testing::helpers::{ostree, output, run};
 use std::path::Path;
 use std::process::Command;
 
-/// A self-signed certificate for 127.0.0.1, as an operator would make with openssl.
-fn self_signed(dir: &Path) -> (std::path::PathBuf, std::path::PathBuf) {
-    let cert = dir.join("cert.pem");
-    let key = dir.join("key.pem");
-    run(Command::new("openssl").args([
-        "req",
-        "-x509",
-        "-newkey",
-        "ec",
-        "-pkeyopt",
-        "ec_paramgen_curve:prime256v1",
-        "-nodes",
-        "-days",
-        "2",
-        "-subj",
-        "/CN=127.0.0.1",
-        "-addext",
-        "subjectAltName=IP:127.0.0.1,DNS:localhost",
-        "-keyout",
-        key.to_str().unwrap(),
-        "-out",
-        cert.to_str().unwrap(),
-    ]));
-    (cert, key)
-}
-
 fn htpasswd(dir: &Path, user: &str, password: &str) -> std::path::PathBuf {
     let file = dir.join("htpasswd");
     run(Command::new("htpasswd").args(["-B", "-b", "-c", file.to_str().unwrap(), user, password]));

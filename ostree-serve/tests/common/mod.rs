@@ -200,3 +200,29 @@ pub(crate) async fn request(
 pub(crate) async fn get(addr: SocketAddr, path: &str) -> RawResponse {
     request(addr, "GET", path, &[]).await
 }
+
+/// A self-signed certificate for 127.0.0.1, as an operator would make with openssl.
+pub fn self_signed(dir: &Path) -> (std::path::PathBuf, std::path::PathBuf) {
+    let cert = dir.join("cert.pem");
+    let key = dir.join("key.pem");
+    osbuild_testing::helpers::run(std::process::Command::new("openssl").args([
+        "req",
+        "-x509",
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+        "-nodes",
+        "-days",
+        "2",
+        "-subj",
+        "/CN=127.0.0.1",
+        "-addext",
+        "subjectAltName=IP:127.0.0.1,DNS:localhost",
+        "-keyout",
+        key.to_str().unwrap(),
+        "-out",
+        cert.to_str().unwrap(),
+    ]));
+    (cert, key)
+}
