@@ -1,11 +1,11 @@
 //! Bad input through the real `osbuild` binary: a one-line error that names the thing,
 //! a non-zero exit, and nothing left behind.
 
-use osbuild_testing::helpers::output;
+use osbuild_testing::helpers::{free_port, output, Daemon};
 use std::fs;
 use std::net::TcpListener;
 use std::path::Path;
-use std::process::{Child, Command, Output};
+use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
 const OSBUILD: &str = env!("CARGO_BIN_EXE_osbuild");
@@ -65,36 +65,19 @@ fn committed_repo(dir: &Path) -> std::path::PathBuf {
     repo
 }
 
-struct Serve(Child);
-
-impl Serve {
-    fn start(repo: &Path) -> (Self, u16) {
-        let port = TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let child = Command::new(OSBUILD)
+/// `osbuild serve` of `repo` on a free port, stopped on drop.
+fn serve(repo: &Path) -> (Daemon, u16) {
+    let port = free_port();
+    let daemon = Daemon::start(
+        Command::new(OSBUILD)
             .args(["serve", "--access-log", "off", "--repo"])
             .arg(repo)
-            .args(["--http", &format!("127.0.0.1:{port}")])
-            .spawn()
-            .unwrap();
-        let serve = Serve(child);
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(Instant::now() < deadline, "osbuild serve did not start");
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        (serve, port)
-    }
-}
-
-impl Drop for Serve {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
+            .args(["--http", &format!("127.0.0.1:{port}")]),
+        port,
+        None,
+    )
+    .expect("starting osbuild serve");
+    (daemon, port)
 }
 
 #[test]
@@ -237,7 +220,7 @@ fn make_image_of_unknown_branch() {
         tree.to_str().unwrap(),
     ]);
     assert!(out.status.success());
-    let (_serve, port) = Serve::start(&repo);
+    let (_serve, port) = serve(&repo);
     let work = dir.path().join("out");
     fs::create_dir(&work).unwrap();
     let output = work.join("disk.img");
@@ -514,7 +497,7 @@ fn assert_pushed(out: &Output, local: &Path, served: &Path) -> String {
 
 /// `osbuild serve --ssh` on a free port, accepting one generated key, in `dir`.
 struct PushServer {
-    _server: Serve,
+    _server: Daemon,
     port: u16,
     served: std::path::PathBuf,
     key: osbuild_testing::sshd::KeyPair,
@@ -528,13 +511,9 @@ impl PushServer {
         let key = osbuild_testing::sshd::KeyPair::generate(&dir.join("id")).unwrap();
         let ak = dir.join("authorized_keys");
         fs::write(&ak, key.public_line().unwrap()).unwrap();
-        let port = TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
+        let port = free_port();
         let host_key = dir.join("host_key");
-        let server = Serve(
+        let server = Daemon::start(
             Command::new(OSBUILD)
                 .args(["serve", "--access-log=false", "--http", "127.0.0.1:0"])
                 .arg("--repo")
@@ -542,15 +521,11 @@ impl PushServer {
                 .args(["--ssh", &format!("127.0.0.1:{port}"), "--authorized-keys"])
                 .arg(&ak)
                 .arg("--host-key")
-                .arg(&host_key)
-                .spawn()
-                .unwrap(),
-        );
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(Instant::now() < deadline, "the SSH listener did not start");
-            std::thread::sleep(Duration::from_millis(50));
-        }
+                .arg(&host_key),
+            port,
+            None,
+        )
+        .expect("starting osbuild serve --ssh");
         PushServer {
             _server: server,
             port,
