@@ -7,6 +7,7 @@ pub mod cmd;
 pub mod fsutil;
 pub mod progress;
 pub mod repo;
+pub mod time;
 
 pub use ostree;
 pub use ostree::gio;

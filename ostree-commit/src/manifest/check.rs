@@ -214,19 +214,10 @@ pub(crate) fn render(
     Ok(out)
 }
 
-/// UTC `YYYYMMDD.HHMM` for seconds since the epoch (Howard Hinnant's civil_from_days).
+/// UTC `YYYYMMDD.HHMM` for seconds since the epoch.
 pub(crate) fn utc_date(secs: i64) -> String {
-    let days = secs.div_euclid(86400);
     let day_secs = secs.rem_euclid(86400);
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
+    let (year, month, day) = osbuild_core::time::civil_from_days(secs.div_euclid(86400));
     format!(
         "{year:04}{month:02}{day:02}.{:02}{:02}",
         day_secs / 3600,
