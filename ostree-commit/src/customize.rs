@@ -35,7 +35,12 @@ fn entries(root: &Path, file: &str) -> Result<Vec<Vec<String>>> {
 fn append(root: &Path, file: &str, line: &str) -> Result<()> {
     use std::io::Write;
     let path = root.join(file);
-    let mut text = fs::read(&path).unwrap_or_default();
+    // A file that cannot be read is an error, never an empty file to append to.
+    let mut text = match fs::read(&path) {
+        Ok(bytes) => bytes,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+        Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
+    };
     if text.last().is_some_and(|&b| b != b'\n') {
         text.push(b'\n');
     }
