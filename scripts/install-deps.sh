@@ -8,7 +8,9 @@ PACKAGES=(
   build-essential pkg-config libostree-dev libgpgme-dev libglib2.0-dev
   # the pipeline's external tools
   ostree mmdebstrap e2fsprogs dosfstools mtools syslinux syslinux-common extlinux
-  util-linux kmod curl
+  util-linux kmod curl fdisk
+  # boot loaders make-image installs (GRUB for BIOS and UEFI)
+  grub-common grub-pc-bin grub-efi-amd64-bin
   # signed commits in tests (a throwaway key per run)
   gnupg
   # booting images in tests and in the quick start
@@ -23,15 +25,26 @@ PACKAGES=(
   podman podman-compose runc slirp4netns uidmap
 )
 
-missing=()
-for p in "${PACKAGES[@]}"; do
-  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
-done
-if ((${#missing[@]})); then
+missing_packages() {
+  missing=()
+  for p in "${PACKAGES[@]}"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+  done
+}
+# Twice: installing one package can remove another that was there (a newer qemu-utils
+# from backports goes when bookworm's qemu-system-x86 comes), so check again after.
+for _ in 1 2; do
+  missing_packages
+  ((${#missing[@]})) || break
   echo "Installing: ${missing[*]}"
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq
   apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+done
+missing_packages
+if ((${#missing[@]})); then
+  echo "install-deps.sh: still missing after installing: ${missing[*]}" >&2
+  exit 1
 fi
 
 if ! command -v cargo >/dev/null 2>&1; then

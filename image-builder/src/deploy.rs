@@ -1,7 +1,7 @@
 //! A physical sysroot in a directory, set up and deployed through libostree's Sysroot API:
 //! what `ostree admin init-fs`, `os-init` and `deploy` do, without the CLI.
 
-use crate::disk::Bootloader;
+use crate::bootloader::Boot;
 use crate::ImageSpec;
 use anyhow::{Context, Result};
 use osbuild_core::glib;
@@ -24,12 +24,14 @@ pub struct Deployed {
     pub checksum: String,
     /// The stateroot it was deployed into.
     pub osname: String,
+    /// The deployment's root directory inside the sysroot.
+    pub root: PathBuf,
 }
 
 impl Sysroot {
     /// Create the physical root's directories and an initialized sysroot at `path`, with
     /// the boot loader configuration libostree will maintain.
-    pub fn create(path: &Path, bootloader: Bootloader) -> Result<Self> {
+    pub(crate) fn create(path: &Path, boot: Boot) -> Result<Self> {
         fs::create_dir_all(path).with_context(|| format!("creating {}", path.display()))?;
         // The mount points of the physical root, as `ostree admin init-fs` makes them.
         for (dir, mode) in [
@@ -51,12 +53,12 @@ impl Sysroot {
         inner
             .ensure_initialized(gio::Cancellable::NONE)
             .context("initializing the sysroot")?;
-        bootloader.prepare_sysroot(path)?;
+        boot.prepare_sysroot(path)?;
         let repo = ostree::Repo::new_for_path(path.join("ostree/repo"));
         repo.open(gio::Cancellable::NONE)
             .context("opening the sysroot repository")?;
         let config = repo.copy_config();
-        config.set_string("sysroot", "bootloader", bootloader.ostree_name());
+        config.set_string("sysroot", "bootloader", boot.bootloader.ostree_backend());
         // /boot lives on the root filesystem, so boot entries must name /boot/ostree/….
         config.set_boolean("sysroot", "bootprefix", true);
         repo.write_config(&config)
@@ -140,9 +142,13 @@ impl Sysroot {
         self.inner
             .load(cancellable)
             .context("reloading the sysroot")?;
+        let root = self
+            .path
+            .join(self.inner.deployment_dirpath(&deployment).as_str());
         Ok(Deployed {
             checksum: checksum.to_string(),
             osname: os.to_string(),
+            root,
         })
     }
 

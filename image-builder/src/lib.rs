@@ -1,21 +1,36 @@
 //! The image builder: pull a commit from a remote, deploy it into a fresh sysroot through
 //! libostree, and lay that sysroot out on a bootable disk image.
 
+mod bootloader;
 mod deploy;
 mod disk;
+mod esp;
+mod format;
+mod layout;
+mod mount;
+mod options;
 mod pull;
 mod size;
 
 pub use deploy::{Deployed, Sysroot};
-pub use disk::{Bootloader, Disk};
-pub use size::parse_size;
+pub use layout::{Layout, Partition, Role};
+pub use options::{check, Bootloader, Firmware, Format, Incompatible, PartitionTable};
+pub use size::{parse_size, Size};
 
 use anyhow::{Context, Result};
+use bootloader::{Boot, Sources};
 use osbuild_core::fsutil::Staging;
 use std::path::Path;
 
-/// The filesystem label of the root partition; the kernel finds it with `root=LABEL=…`.
+/// The filesystem label of the root partition; the kernel finds it with `root=LABEL=…`,
+/// GRUB with `search --label`.
 pub const ROOT_LABEL: &str = "osbuild-root";
+/// OVMF's firmware code (Debian package `ovmf`), for the qemu command line printed.
+const OVMF_CODE: &str = "/usr/share/OVMF/OVMF_CODE_4M.fd";
+/// OVMF's variable store template; each VM needs a writable copy.
+const OVMF_VARS: &str = "/usr/share/OVMF/OVMF_VARS_4M.fd";
+/// The EFI system partition's FAT label (at most 11 characters).
+pub const ESP_LABEL: &str = "ESP";
 
 /// What to put on the image.
 #[derive(Debug, Clone)]
@@ -30,16 +45,25 @@ pub struct ImageSpec {
     pub remote_name: String,
     /// The stateroot (`ostree admin os-init` name).
     pub os: String,
-    /// Disk size in bytes.
-    pub size: u64,
+    /// Disk size, or `auto`: the content plus headroom.
+    pub size: Size,
     /// The boot loader installed on the disk.
     pub bootloader: Bootloader,
+    /// The firmware the disk boots under.
+    pub firmware: Firmware,
+    /// The partition table; when unset, the boot loader's usual one.
+    pub partition_table: Option<PartitionTable>,
+    /// The output's format.
+    pub format: Format,
+    /// Compress a qcow2 image.
+    pub compress: bool,
     /// Extra kernel arguments after the built-in root, rw and console ones.
     pub kargs: Vec<String>,
 }
 
 impl ImageSpec {
-    /// The defaults: remote `origin`, stateroot `debian`, 4 GiB, syslinux.
+    /// The defaults: remote `origin`, stateroot `debian`, size auto, GRUB on a hybrid
+    /// BIOS and UEFI GPT disk, raw.
     pub fn new(url: &str, branch: Option<&str>) -> Self {
         ImageSpec {
             url: url.to_string(),
@@ -47,10 +71,38 @@ impl ImageSpec {
             remote_url: None,
             remote_name: "origin".into(),
             os: "debian".into(),
-            size: 4 << 30,
-            bootloader: Bootloader::Syslinux,
+            size: Size::Auto,
+            bootloader: Bootloader::Grub,
+            firmware: Firmware::Hybrid,
+            partition_table: None,
+            format: Format::Raw,
+            compress: false,
             kargs: Vec::new(),
         }
+    }
+
+    /// The partition table the disk gets.
+    pub fn table(&self) -> PartitionTable {
+        self.partition_table
+            .unwrap_or_else(|| self.bootloader.default_table())
+    }
+
+    fn boot(&self) -> Boot {
+        Boot {
+            bootloader: self.bootloader,
+            firmware: self.firmware,
+        }
+    }
+
+    /// Check everything that can be checked before pulling: the choices go together and
+    /// the host has the tools they need.
+    pub fn check(&self) -> Result<()> {
+        check(self.bootloader, self.firmware, self.table())?;
+        self.boot().check(&Sources { deployment: None })?;
+        if self.format == Format::Qcow2 && !Path::new("/usr/bin/qemu-img").exists() {
+            anyhow::bail!("--format qcow2 needs /usr/bin/qemu-img (install qemu-utils)");
+        }
+        Ok(())
     }
 
     /// The kernel command line of the deployment.
@@ -70,14 +122,46 @@ impl ImageSpec {
 pub struct Image {
     /// The deployed commit.
     pub checksum: String,
+    /// The partitions.
+    pub layout: Layout,
+    /// The boot loader.
+    pub bootloader: Bootloader,
+    /// The firmware it boots under.
+    pub firmware: Firmware,
+    /// The file format.
+    pub format: Format,
     /// The image's size in bytes as written (its apparent size).
     pub size: u64,
     /// The bytes the sparse image file takes on disk.
     pub allocated: u64,
 }
 
+impl Image {
+    /// A qemu command line that boots the image at `path` (TCG; a UEFI boot needs a
+    /// writable copy of OVMF's variable store).
+    pub fn qemu_command(&self, path: &Path) -> String {
+        let mut c = String::from("qemu-system-x86_64 -machine q35 -m 1024 -smp 2 -nographic");
+        if self.firmware == Firmware::Uefi {
+            c.push_str(" -drive if=pflash,format=raw,unit=0,readonly=on,file=");
+            c.push_str(OVMF_CODE);
+            c.push_str(" -drive if=pflash,format=raw,unit=1,file=vars.fd");
+        }
+        c.push_str(&format!(
+            " -drive file={},format={},if=virtio -nic user,model=virtio-net-pci",
+            osbuild_core::cmd::quote_word(&path.display().to_string()),
+            self.format.name()
+        ));
+        if self.firmware == Firmware::Uefi {
+            c = format!("cp {OVMF_VARS} vars.fd && {c}");
+        }
+        c
+    }
+}
+
 /// Build the image at `output`. Nothing is left at `output`, nor beside it, on failure.
 pub fn make_image(spec: &ImageSpec, output: &Path) -> Result<Image> {
+    spec.check()?;
+    let boot = spec.boot();
     let staging = Staging::new(output)?;
     let parent = staging
         .path()
@@ -90,19 +174,30 @@ pub fn make_image(spec: &ImageSpec, output: &Path) -> Result<Image> {
         .tempdir_in(&parent)
         .with_context(|| format!("creating a work directory in {}", parent.display()))?;
     let sysroot_dir = work.path().join("sysroot");
-    let sysroot = Sysroot::create(&sysroot_dir, spec.bootloader)?;
-    let result = (|| -> Result<Deployed> {
+    let sysroot = Sysroot::create(&sysroot_dir, boot)?;
+    let result = (|| -> Result<(Deployed, Layout)> {
         let deployed = sysroot.deploy_from_remote(spec)?;
-        let disk = Disk::new(spec.size, spec.bootloader)?;
-        disk.write(&sysroot_dir, staging.path())
+        let sources = Sources {
+            deployment: Some(deployed.root.clone()),
+        };
+        boot.check(&sources)?;
+        boot.install_sysroot(&sysroot_dir)?;
+        let content = disk::content_size(&sysroot_dir)?;
+        let layout = layout_for(spec, boot, content)?;
+        let raw = match spec.format {
+            Format::Raw => staging.path().to_path_buf(),
+            _ => work.path().join("disk.raw"),
+        };
+        disk::write(boot, &sources, &layout, &sysroot_dir, &raw, work.path())
             .with_context(|| format!("writing the disk image {}", output.display()))?;
-        Ok(deployed)
+        format::convert(&raw, staging.path(), spec.format, spec.compress)?;
+        Ok((deployed, layout))
     })();
     // Deployments are immutable (chattr +i); the work directory cannot be removed otherwise.
     // A failure to release must not hide why the build failed.
     let released = sysroot.release();
-    let deployed = match (result, released) {
-        (Ok(deployed), Ok(())) => deployed,
+    let (deployed, layout) = match (result, released) {
+        (Ok(done), Ok(())) => done,
         (Ok(_), Err(e)) => return Err(e),
         (Err(e), Ok(())) => return Err(e),
         (Err(e), Err(cleanup)) => {
@@ -116,7 +211,34 @@ pub fn make_image(spec: &ImageSpec, output: &Path) -> Result<Image> {
     staging.commit()?;
     Ok(Image {
         checksum: deployed.checksum,
+        layout,
+        bootloader: spec.bootloader,
+        firmware: spec.firmware,
+        format: spec.format,
         size: meta.len(),
         allocated: std::os::unix::fs::MetadataExt::blocks(&meta) * 512,
     })
+}
+
+/// The partitions for `content` bytes of sysroot: `--size auto` fits the content with
+/// headroom; a given size must hold the content.
+fn layout_for(spec: &ImageSpec, boot: Boot, content: u64) -> Result<Layout> {
+    let table = spec.table();
+    // Everything before the root and after it: a layout of the smallest size tells.
+    let probe = Layout::new(1 << 30, table, spec.firmware, boot.esp_size())?;
+    let other = probe.size - probe.root().size;
+    let min = disk::min_root(content) + other;
+    let size = match spec.size {
+        Size::Auto => disk::auto_root(content) + other,
+        Size::Bytes(size) => {
+            anyhow::ensure!(
+                size >= min,
+                "--size {} MiB is too small: this commit needs at least {} MiB (or use --size auto)",
+                size >> 20,
+                min.div_ceil(1 << 20)
+            );
+            size
+        }
+    };
+    Layout::new(size, table, spec.firmware, boot.esp_size())
 }

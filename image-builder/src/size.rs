@@ -1,6 +1,38 @@
 //! Human-readable sizes: `4G`, `512M`, `2048K` or plain bytes.
 
 use anyhow::Result;
+use std::fmt;
+use std::str::FromStr;
+
+/// A disk size: bytes, or `auto` (the content plus headroom).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Size {
+    /// Exactly this many bytes (rounded down to whole MiB).
+    Bytes(u64),
+    /// The content plus headroom for an upgrade.
+    Auto,
+}
+
+impl FromStr for Size {
+    type Err = anyhow::Error;
+
+    fn from_str(s: &str) -> Result<Size> {
+        if s.trim() == "auto" {
+            Ok(Size::Auto)
+        } else {
+            parse_size(s).map(Size::Bytes)
+        }
+    }
+}
+
+impl fmt::Display for Size {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Size::Auto => f.write_str("auto"),
+            Size::Bytes(n) => write!(f, "{n}"),
+        }
+    }
+}
 
 /// Parse a size with an optional binary suffix (K, M, G, T; an optional `iB` or `B`).
 pub fn parse_size(s: &str) -> Result<u64> {
@@ -43,5 +75,8 @@ mod tests {
         assert_eq!(parse_size("1000").unwrap(), 1000);
         assert!(parse_size("4X").unwrap_err().to_string().contains("4X"));
         assert!(parse_size("big").is_err());
+        assert_eq!("auto".parse::<Size>().unwrap(), Size::Auto);
+        assert_eq!("1G".parse::<Size>().unwrap(), Size::Bytes(1 << 30));
+        assert!("autumn".parse::<Size>().is_err());
     }
 }

@@ -339,9 +339,24 @@ pub(crate) struct MakeImageArgs {
     /// The ref to deploy [default: the only ref the server lists].
     #[arg(long)]
     branch: Option<String>,
-    /// The disk image to write (raw).
+    /// The disk image to write.
     #[arg(long)]
     output: PathBuf,
+    /// The output's format [default: from the output's extension (.qcow2), else raw].
+    #[arg(long, value_enum)]
+    format: Option<image_builder::Format>,
+    /// Compress a qcow2 image.
+    #[arg(long)]
+    compress: bool,
+    /// The boot loader.
+    #[arg(long, value_enum, default_value_t = image_builder::Bootloader::Grub)]
+    bootloader: image_builder::Bootloader,
+    /// The firmware the image boots under; hybrid boots under both BIOS and UEFI.
+    #[arg(long, value_enum, default_value_t = image_builder::Firmware::Hybrid)]
+    firmware: image_builder::Firmware,
+    /// The partition table [default: gpt, mbr for syslinux].
+    #[arg(long, value_enum)]
+    partition_table: Option<image_builder::PartitionTable>,
     /// Repository URL the device pulls upgrades from [default: the manifest's `[remote]
     /// url`, else --url].
     #[arg(long)]
@@ -350,9 +365,9 @@ pub(crate) struct MakeImageArgs {
     /// name`, else origin].
     #[arg(long)]
     remote_name: Option<String>,
-    /// Disk size, e.g. 4G.
-    #[arg(long, default_value = "4G", value_parser = image_builder::parse_size)]
-    size: u64,
+    /// Disk size, e.g. 4G, or auto: the content plus 1 GiB of headroom.
+    #[arg(long, default_value = "auto")]
+    size: image_builder::Size,
     /// The OS (stateroot) name.
     #[arg(long, default_value = "debian")]
     os: String,
@@ -361,6 +376,49 @@ pub(crate) struct MakeImageArgs {
     kargs: Vec<String>,
     #[command(flatten)]
     manifest: ManifestArg,
+}
+
+impl MakeImageArgs {
+    fn run(self) -> Result<()> {
+        let manifest = self.manifest.load()?;
+        let remote = manifest.as_ref().and_then(|m| m.remote());
+        let mut spec = image_builder::ImageSpec::new(&self.url, self.branch.as_deref());
+        spec.remote_url = self.remote_url.or_else(|| remote.map(|r| r.url.clone()));
+        if let Some(name) = self.remote_name.or_else(|| remote.map(|r| r.name.clone())) {
+            spec.remote_name = name;
+        }
+        spec.size = self.size;
+        spec.os = self.os;
+        spec.bootloader = self.bootloader;
+        spec.firmware = self.firmware;
+        spec.partition_table = self.partition_table;
+        spec.format = self
+            .format
+            .unwrap_or_else(|| image_builder::Format::from_path(&self.output));
+        spec.compress = self.compress;
+        spec.kargs = manifest
+            .iter()
+            .flat_map(|m| m.kernel_args().iter().cloned())
+            .chain(self.kargs)
+            .collect();
+        let image = image_builder::make_image(&spec, &self.output)?;
+        eprintln!(
+            "Wrote {} ({}, {} bytes, {} allocated) with commit {}",
+            self.output.display(),
+            image.format,
+            image.size,
+            image.allocated,
+            image.checksum
+        );
+        eprintln!(
+            "Boot loader {} for {} firmware, {} partition table:",
+            image.bootloader, image.firmware, image.layout.table
+        );
+        eprint!("{}", image.layout);
+        eprintln!("Boot it with:\n  {}", image.qemu_command(&self.output));
+        println!("{}", self.output.display());
+        Ok(())
+    }
 }
 
 /// Show deployments.
@@ -401,31 +459,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
             a.run(manifest.as_ref())?;
         }
         Command::Serve(a) => return a.run(),
-        Command::MakeImage(a) => {
-            let manifest = a.manifest.load()?;
-            let remote = manifest.as_ref().and_then(|m| m.remote());
-            let mut spec = image_builder::ImageSpec::new(&a.url, a.branch.as_deref());
-            spec.remote_url = a.remote_url.or_else(|| remote.map(|r| r.url.clone()));
-            if let Some(name) = a.remote_name.or_else(|| remote.map(|r| r.name.clone())) {
-                spec.remote_name = name;
-            }
-            spec.size = a.size;
-            spec.os = a.os;
-            spec.kargs = manifest
-                .iter()
-                .flat_map(|m| m.kernel_args().iter().cloned())
-                .chain(a.kargs)
-                .collect();
-            let image = image_builder::make_image(&spec, &a.output)?;
-            eprintln!(
-                "Wrote {} ({} bytes, {} allocated) with commit {}",
-                a.output.display(),
-                image.size,
-                image.allocated,
-                image.checksum
-            );
-            println!("{}", a.output.display());
-        }
+        Command::MakeImage(a) => a.run()?,
         Command::Receive(a) => return a.run(),
         Command::Status(a) => {
             let status = osbuild_admin::status(&a.sysroot)?;
@@ -649,7 +683,7 @@ mod tests {
         };
         assert_eq!(
             (a.size, a.kargs.as_slice()),
-            (512 << 20, &["quiet".to_string()][..])
+            (image_builder::Size::Bytes(512 << 20), &["quiet".to_string()][..])
         );
         assert!(parse(&["osbuild", "make-image", "--url", "u", "--size", "lots"]).is_err());
         // As users type it: the ref is the only one the server lists.

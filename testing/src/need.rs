@@ -46,6 +46,8 @@ pub enum Need {
     Ostree,
     /// The Debian archive at deb.debian.org, for tests that bootstrap.
     DebianMirror,
+    /// GRUB for BIOS and UEFI images and the tools for the ESP and qcow2 images.
+    Grub,
 }
 
 impl Need {
@@ -78,6 +80,17 @@ impl Need {
             Need::SystemdAnalyze => tool("systemd-analyze", "systemd"),
             Need::Gpg => tool("gpg", "gpg"),
             Need::Ostree => tool("ostree", "ostree"),
+            Need::Grub => [
+                ("/usr/lib/grub/i386-pc/boot.img", "grub-pc-bin"),
+                ("/usr/lib/grub/x86_64-efi/linux.mod", "grub-efi-amd64-bin"),
+                ("/usr/bin/grub-mkimage", "grub-common"),
+                ("/usr/bin/mcopy", "mtools"),
+                ("/usr/sbin/mkfs.vfat", "dosfstools"),
+                ("/usr/bin/qemu-img", "qemu-utils"),
+            ]
+            .into_iter()
+            .find(|(f, _)| !Path::new(f).exists())
+            .map(|(f, p)| format!("{f} is missing (apt install {p})")),
             Need::DebianMirror => {
                 use std::net::{TcpStream, ToSocketAddrs};
                 let host = "deb.debian.org:80";

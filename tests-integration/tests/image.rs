@@ -2,6 +2,7 @@
 //! partition table, the filesystem, the boot loader config libostree wrote, and the
 //! deployment, read back through libostree.
 
+use image_builder::{Bootloader, Firmware, Format, PartitionTable, Size};
 use osbuild_testing::helpers::{commit_tree, init_archive, ostree, run, stub_bootable_tree};
 use osbuild_testing::{require, Need};
 use std::fs;
@@ -28,7 +29,9 @@ fn image_holds_a_bootable_deployment() {
     let output = dir.path().join("disk.img");
     let mut spec = image_builder::ImageSpec::new(&url, Some("test/x86_64"));
     spec.remote_url = Some("http://10.0.2.2:8080/repo/".into());
-    spec.size = 512 << 20;
+    spec.size = Size::Bytes(512 << 20);
+    spec.bootloader = Bootloader::Syslinux;
+    spec.firmware = Firmware::Bios;
     let image = image_builder::make_image(&spec, &output).unwrap();
     assert_eq!(image.checksum, csum);
     assert_eq!(fs::metadata(&output).unwrap().len(), 512 << 20);
@@ -99,4 +102,155 @@ fn image_holds_a_bootable_deployment() {
 /// The deployment as libostree sees it, via `ostree admin status` on the mounted sysroot.
 fn osbuild_admin_status(root: &Path) -> String {
     ostree(&["admin", "status", &format!("--sysroot={}", root.display())])
+}
+
+/// The partitions `sfdisk` reads from the image: (name, type, start, size) in bytes.
+fn partitions(image: &Path) -> Vec<(String, String, u64, u64)> {
+    let json = run(Command::new("sfdisk").arg("--json").arg(image));
+    let v: serde_json::Value = serde_json::from_str(&json).unwrap();
+    let table = &v["partitiontable"];
+    assert_eq!(table["unit"], "sectors");
+    table["partitions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| {
+            (
+                p["name"].as_str().unwrap_or_default().to_string(),
+                p["type"].as_str().unwrap_or_default().to_string(),
+                p["start"].as_u64().unwrap() * 512,
+                p["size"].as_u64().unwrap() * 512,
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn default_image_is_grub_on_a_hybrid_gpt_disk() {
+    if !require(&[Need::Root, Need::Grub]) {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let (url, csum) = commit_tiny(dir.path());
+    let output = dir.path().join("disk.qcow2");
+    let mut spec = image_builder::ImageSpec::new(&url, None);
+    spec.format = Format::from_path(&output);
+    let image = image_builder::make_image(&spec, &output).unwrap();
+    assert_eq!(image.checksum, csum);
+    assert_eq!(
+        (image.bootloader, image.firmware, image.layout.table),
+        (Bootloader::Grub, Firmware::Hybrid, PartitionTable::Gpt)
+    );
+    let info = run(Command::new("qemu-img").args(["info", "--output=json"]).arg(&output));
+    assert!(info.contains("\"format\": \"qcow2\""), "{info}");
+    // Back to raw to read the table and filesystems.
+    let raw = dir.path().join("disk.raw");
+    run(Command::new("qemu-img")
+        .args(["convert", "-O", "raw"])
+        .arg(&output)
+        .arg(&raw));
+    let parts = partitions(&raw);
+    let names: Vec<&str> = parts.iter().map(|p| p.0.as_str()).collect();
+    assert_eq!(names, ["BIOS-boot", "ESP", "root"]);
+    assert_eq!(parts[0].1, "21686148-6449-6E6F-744E-656564454649");
+    assert_eq!(parts[1].1, "C12A7328-F81F-11D2-BA4B-00A0C93EC93B");
+    for p in &parts {
+        assert_eq!(p.2 % (1 << 20), 0, "{p:?} is not aligned to 1 MiB");
+    }
+    // --size auto: the content and 1 GiB of headroom, not the old fixed 4 GiB.
+    let size = fs::metadata(&raw).unwrap().len();
+    assert!(size > 1 << 30 && size < 2 << 30, "auto size {size}");
+
+    // BIOS: boot.img in the MBR, pointing at core.img in the BIOS-boot partition.
+    let disk = fs::read(&raw).unwrap();
+    let boot_img = fs::read("/usr/lib/grub/i386-pc/boot.img").unwrap();
+    assert_eq!(&disk[..0x5c], &boot_img[..0x5c]);
+    let core_lba = u64::from_le_bytes(disk[0x5c..0x64].try_into().unwrap());
+    assert_eq!(core_lba * 512, parts[0].2);
+    let core = &disk[parts[0].2 as usize..];
+    assert_eq!(
+        u64::from_le_bytes(core[0x1f4..0x1fc].try_into().unwrap()),
+        core_lba + 1
+    );
+    assert_eq!(&disk[510..512], &[0x55, 0xaa]);
+
+    // UEFI: GRUB at the removable-media path of a FAT ESP.
+    let esp = format!("{}@@{}", raw.display(), parts[1].2);
+    let listing = run(Command::new("mdir")
+        .env("MTOOLS_SKIP_CHECK", "1")
+        .args(["-b", "-i", &esp, "::/EFI/BOOT"]));
+    assert!(listing.contains("BOOTX64.EFI"), "{listing}");
+    let label = run(Command::new("blkid")
+        .args(["-o", "value", "-s", "LABEL", "--probe", "--offset"])
+        .arg(parts[2].2.to_string())
+        .arg(&raw));
+    assert_eq!(label.trim(), "osbuild-root");
+    // GRUB's config on the root filesystem reads the menu libostree keeps.
+    let cfg = run(Command::new("debugfs")
+        .args(["-R", "cat /boot/grub/grub.cfg"])
+        .arg(format!("{}?offset={}", raw.display(), parts[2].2)));
+    assert!(
+        cfg.contains("syslinux_configfile /boot/syslinux/syslinux.cfg"),
+        "{cfg}"
+    );
+}
+
+/// Choices that cannot boot, and sizes that cannot hold the commit, fail with a message
+/// that names them, leaving nothing behind.
+#[test]
+fn impossible_images_are_refused_and_leave_nothing() {
+    if !require(&[Need::Root, Need::Grub]) {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let (url, _) = commit_tiny(dir.path());
+    type Setup = fn(&mut image_builder::ImageSpec);
+    let cases: &[(&str, Setup, &str)] = &[
+        (
+            "syslinux on UEFI",
+            |s| {
+                s.bootloader = Bootloader::Syslinux;
+                s.firmware = Firmware::Uefi;
+            },
+            "--bootloader syslinux does not boot with --firmware uefi",
+        ),
+        (
+            "syslinux on GPT",
+            |s| {
+                s.bootloader = Bootloader::Syslinux;
+                s.firmware = Firmware::Bios;
+                s.partition_table = Some(PartitionTable::Gpt);
+            },
+            "--partition-table gpt does not go with --bootloader syslinux",
+        ),
+        (
+            "UEFI on MBR",
+            |s| {
+                s.firmware = Firmware::Hybrid;
+                s.partition_table = Some(PartitionTable::Mbr);
+            },
+            "UEFI images use --partition-table gpt",
+        ),
+        (
+            "too small",
+            |s| s.size = Size::Bytes(64 << 20),
+            "--size 64 MiB is too small: this commit needs at least",
+        ),
+    ];
+    for (what, setup, expected) in cases {
+        let mut spec = image_builder::ImageSpec::new(&url, None);
+        setup(&mut spec);
+        let output = dir.path().join("out.img");
+        let err = format!(
+            "{:#}",
+            image_builder::make_image(&spec, &output).expect_err(what)
+        );
+        assert!(err.contains(expected), "{what}: {err}");
+        let mut left: Vec<_> = fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        left.sort();
+        assert_eq!(left, ["repo", "tree"], "{what} left files behind");
+    }
 }

@@ -1,0 +1,226 @@
+//! GRUB on BIOS and UEFI, without Secure Boot. Its menu is libostree's syslinux config,
+//! read with `syslinux_configfile`: libostree rewrites it in a new `/boot/loader.N` and swaps
+//! the `/boot/loader` link on every deploy, so the menu is switched atomically with no hook.
+//!
+//! Both images embed every module they need and a two-line config that finds the root
+//! filesystem by label; GRUB's normal mode then reads `/boot/grub/grub.cfg` there, which
+//! this builder writes once and nothing rewrites. The BIOS boot code is written here, not
+//! by grub-bios-setup (which refuses image files): boot.img into the MBR, core.img into the
+//! BIOS-boot partition (GPT) or the gap after the MBR, and the sector pointers patched.
+
+use super::{open_rw, Needed, Sources};
+use crate::layout::{Layout, Role, SECTOR};
+use anyhow::{Context, Result};
+use osbuild_core::cmd;
+use std::fs;
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+const PC_DIR: &str = "/usr/lib/grub/i386-pc";
+const EFI_DIR: &str = "/usr/lib/grub/x86_64-efi";
+/// GRUB's search path for its config, on the root filesystem.
+const PREFIX: &str = "/boot/grub";
+
+/// Modules embedded in both images: disks, filesystems, the syslinux parser, the Linux
+/// loader, the serial console.
+const MODULES: &[&str] = &[
+    "part_gpt",
+    "part_msdos",
+    "ext2",
+    "search",
+    "search_label",
+    "normal",
+    "configfile",
+    "syslinuxcfg",
+    "linux",
+    "boot",
+    "serial",
+    "terminal",
+    "echo",
+    "test",
+    "gzio",
+];
+/// BIOS only: disk access through the BIOS, and the 16-bit Linux boot protocol that the
+/// syslinux parser emits on i386-pc.
+const PC_MODULES: &[&str] = &["biosdisk", "linux16"];
+/// UEFI only: the ESP's filesystem and a graphics console.
+const EFI_MODULES: &[&str] = &["fat", "efi_gop"];
+
+// Offsets in GRUB's boot.img (include/grub/i386/pc/boot.h).
+/// Where boot.img reads the LBA of core.img's first sector.
+const KERNEL_SECTOR: u64 = 0x5c;
+/// A jump that only floppies need; two NOPs make boot.img trust the BIOS's drive number
+/// check as grub-bios-setup does for hard disks.
+const DRIVE_CHECK: usize = 0x66;
+/// boot.img's code ends where a partition table's fields begin (disk signature, entries).
+const MBR_CODE_LEN: usize = 440;
+/// The first sector of core.img (diskboot.img) ends with a block list: the LBA (u64) and
+/// sector count (u16) of the rest of core.img, and the segment to load it at (u16).
+const BLOCKLIST_START: usize = 512 - 12;
+
+pub(super) fn needs(firmware: crate::Firmware) -> Vec<Needed> {
+    let mut needs = vec![Needed::host("/usr/bin/grub-mkimage", "grub-common")];
+    if firmware.boots_bios() {
+        needs.push(Needed::data("/usr/lib/grub/i386-pc/boot.img", "grub-pc-bin"));
+        needs.push(Needed::data(
+            "/usr/lib/grub/i386-pc/syslinuxcfg.mod",
+            "grub-pc-bin",
+        ));
+    }
+    if firmware.boots_uefi() {
+        needs.push(Needed::data(
+            "/usr/lib/grub/x86_64-efi/syslinuxcfg.mod",
+            "grub-efi-amd64-bin",
+        ));
+    }
+    needs
+}
+
+/// The config both images embed: it runs in GRUB's rescue parser (no `if`), finds the root
+/// filesystem and points GRUB's normal mode at its grub.cfg.
+fn embedded_config() -> String {
+    format!(
+        "search --no-floppy --label {} --set=root\nset prefix=($root){PREFIX}\n",
+        crate::ROOT_LABEL
+    )
+}
+
+/// The grub.cfg on the root filesystem: serial and screen console, then the menu that
+/// libostree keeps.
+fn grub_cfg() -> String {
+    "# Written once by osbuild make-image; nothing rewrites it. The menu is libostree's\n\
+     # syslinux config, which every deploy replaces atomically with the /boot/loader link.\n\
+     serial --unit=0 --speed=115200\n\
+     terminal_input serial console\n\
+     terminal_output serial console\n\
+     set timeout=3\n\
+     syslinux_configfile /boot/syslinux/syslinux.cfg\n"
+        .to_string()
+}
+
+pub(super) fn install_sysroot(sysroot: &Path) -> Result<()> {
+    let dir = sysroot.join(PREFIX.trim_start_matches('/'));
+    fs::create_dir_all(&dir)
+        .and_then(|()| fs::write(dir.join("grub.cfg"), grub_cfg()))
+        .with_context(|| format!("writing {}/grub.cfg", dir.display()))
+}
+
+/// Run grub-mkimage for `format` with the modules of `dir`.
+fn mkimage(format: &str, dir: &Path, modules: &[&str], out: &Path, work: &Path) -> Result<()> {
+    let config = work.join("grub-embedded.cfg");
+    fs::write(&config, embedded_config())
+        .with_context(|| format!("writing {}", config.display()))?;
+    cmd::run(
+        Command::new("grub-mkimage")
+            .args(["-O", format, "-p", PREFIX])
+            .arg("-d")
+            .arg(dir)
+            .arg("-c")
+            .arg(&config)
+            .arg("-o")
+            .arg(out)
+            .args(MODULES)
+            .args(modules),
+    )
+    .with_context(|| format!("making GRUB's {format} image"))?;
+    Ok(())
+}
+
+pub(super) fn esp_files(sources: &Sources, work: &Path) -> Result<Vec<(String, PathBuf)>> {
+    let efi = work.join("BOOTX64.EFI");
+    mkimage(
+        "x86_64-efi",
+        &sources.find(EFI_DIR),
+        EFI_MODULES,
+        &efi,
+        work,
+    )?;
+    // The removable-media path: found by any firmware without boot variables.
+    Ok(vec![("EFI/BOOT/BOOTX64.EFI".to_string(), efi)])
+}
+
+pub(super) fn install_bios(
+    sources: &Sources,
+    layout: &Layout,
+    image: &Path,
+    work: &Path,
+) -> Result<()> {
+    let dir = sources.find(PC_DIR);
+    let core_path = work.join("core.img");
+    mkimage("i386-pc", &dir, PC_MODULES, &core_path, work)?;
+    let core = fs::read(&core_path).with_context(|| format!("reading {}", core_path.display()))?;
+    let (start, room) = match (layout.get(Role::BiosBoot), layout.mbr_gap()) {
+        (Some(p), _) => (p.start, p.size),
+        (None, Some(gap)) => gap,
+        (None, None) => anyhow::bail!("the disk has no room for GRUB's core.img"),
+    };
+    anyhow::ensure!(
+        core.len() as u64 <= room,
+        "GRUB's core.img ({} bytes) does not fit the {room} bytes before the first partition",
+        core.len()
+    );
+    let boot_path = dir.join("boot.img");
+    let mut boot =
+        fs::read(&boot_path).with_context(|| format!("reading {}", boot_path.display()))?;
+    anyhow::ensure!(
+        boot.len() == 512 && core.len() >= 512,
+        "{} or {} is not a GRUB boot image",
+        boot_path.display(),
+        core_path.display()
+    );
+    let (boot, core) = patch(&mut boot, core, start / SECTOR);
+
+    let mut f = open_rw(image)?;
+    // Keep the partition table: only the code part of the MBR is boot.img's.
+    (|| -> std::io::Result<()> {
+        let mut mbr = [0u8; 512];
+        f.seek(SeekFrom::Start(0))?;
+        f.read_exact(&mut mbr)?;
+        mbr[..MBR_CODE_LEN].copy_from_slice(&boot[..MBR_CODE_LEN]);
+        f.seek(SeekFrom::Start(0))?;
+        f.write_all(&mbr)?;
+        f.seek(SeekFrom::Start(start))?;
+        f.write_all(&core)?;
+        f.flush()
+    })()
+    .with_context(|| format!("writing GRUB's BIOS boot code into {}", image.display()))
+}
+
+/// Point boot.img at core.img's first sector `lba`, and core.img's block list at the rest
+/// of itself, which follows contiguously. grub-mkimage already wrote the sector count.
+fn patch<'a>(boot: &'a mut [u8], mut core: Vec<u8>, lba: u64) -> (&'a [u8], Vec<u8>) {
+    let k = KERNEL_SECTOR as usize;
+    boot[k..k + 8].copy_from_slice(&lba.to_le_bytes());
+    boot[DRIVE_CHECK] = 0x90;
+    boot[DRIVE_CHECK + 1] = 0x90;
+    core[BLOCKLIST_START..BLOCKLIST_START + 8].copy_from_slice(&(lba + 1).to_le_bytes());
+    (boot, core)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn patches_the_sector_pointers() {
+        let mut boot = vec![0u8; 512];
+        let core = vec![0u8; 4 * 512];
+        let (boot, core) = patch(&mut boot, core, 2048);
+        assert_eq!(&boot[0x5c..0x64], &2048u64.to_le_bytes());
+        assert_eq!(&boot[0x66..0x68], &[0x90, 0x90]);
+        assert_eq!(&core[0x1f4..0x1fc], &2049u64.to_le_bytes());
+        // The sector count and segment grub-mkimage wrote are left alone.
+        assert_eq!(&core[0x1fc..0x200], &[0, 0, 0, 0]);
+    }
+
+    #[test]
+    fn embedded_config_has_no_conditionals() {
+        // The rescue parser runs it: no if/else/fi.
+        let cfg = embedded_config();
+        for word in ["if ", "else", "fi\n"] {
+            assert!(!cfg.contains(word), "{cfg}");
+        }
+        assert!(cfg.contains(crate::ROOT_LABEL));
+    }
+}

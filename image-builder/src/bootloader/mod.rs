@@ -1,0 +1,178 @@
+//! The boot loaders, one file each (as libostree keeps one file per backend): what each
+//! needs from the host or the tree, how it prepares the sysroot so libostree keeps its menu
+//! right on every deploy, and what it writes to the disk.
+
+mod grub;
+mod syslinux;
+
+use crate::layout::Layout;
+use crate::options::{Bootloader, Firmware};
+use anyhow::{Context, Result};
+use std::fs::{self, File};
+use std::path::{Path, PathBuf};
+
+/// A file a boot loader needs, and the Debian package that provides it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Needed {
+    /// Absolute path on the host (or in the tree, for files the OS may carry).
+    pub(crate) path: &'static str,
+    /// The package to install when it is missing.
+    pub(crate) package: &'static str,
+    /// Whether the OS tree may carry it instead of the host (boot loader images and
+    /// modules may; the tools that run on the host may not).
+    pub(crate) in_tree: bool,
+}
+
+impl Needed {
+    pub(crate) const fn host(path: &'static str, package: &'static str) -> Needed {
+        Needed {
+            path,
+            package,
+            in_tree: false,
+        }
+    }
+
+    pub(crate) const fn data(path: &'static str, package: &'static str) -> Needed {
+        Needed {
+            path,
+            package,
+            in_tree: true,
+        }
+    }
+}
+
+/// Everything that decides how the disk boots.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Boot {
+    pub(crate) bootloader: Bootloader,
+    pub(crate) firmware: Firmware,
+}
+
+/// Where the boot loader's files come from: the deployed tree when it carries them (so the
+/// loader is updated with the OS, as bootupd does), else the host.
+#[derive(Debug, Clone)]
+pub(crate) struct Sources {
+    /// The deployment's root directory in the sysroot, once deployed.
+    pub(crate) deployment: Option<PathBuf>,
+}
+
+impl Sources {
+    /// `path` inside the deployment if it is there, else on the host.
+    pub(crate) fn find(&self, path: &str) -> PathBuf {
+        if let Some(dep) = &self.deployment {
+            let inside = dep.join(path.trim_start_matches('/'));
+            if inside.exists() {
+                return inside;
+            }
+        }
+        PathBuf::from(path)
+    }
+}
+
+impl Boot {
+    /// The files this boot needs; all are checked before anything is pulled or written.
+    pub(crate) fn needs(self) -> Vec<Needed> {
+        let mut needs = match self.bootloader {
+            Bootloader::Syslinux => syslinux::needs(),
+            Bootloader::Grub => grub::needs(self.firmware),
+        };
+        if self.firmware.boots_uefi() {
+            needs.extend([
+                Needed::host("/usr/sbin/mkfs.vfat", "dosfstools"),
+                Needed::host("/usr/bin/mcopy", "mtools"),
+            ]);
+        }
+        needs
+    }
+
+    /// Fail, naming the package, when a needed file is missing: the host's tools before
+    /// anything is pulled (`sources` without a deployment), the boot loader's own files
+    /// once the deployment shows whether the tree carries them.
+    pub(crate) fn check(self, sources: &Sources) -> Result<()> {
+        let missing: Vec<Needed> = self
+            .needs()
+            .into_iter()
+            .filter(|n| {
+                let early = sources.deployment.is_none();
+                match (n.in_tree, early) {
+                    // Data files may still come with the tree: checked after the deploy.
+                    (true, true) => false,
+                    (true, false) => !sources.find(n.path).exists(),
+                    (false, _) => !Path::new(n.path).exists(),
+                }
+            })
+            .collect();
+        if missing.is_empty() {
+            return Ok(());
+        }
+        let mut packages: Vec<&str> = missing.iter().map(|n| n.package).collect();
+        packages.dedup();
+        anyhow::bail!(
+            "--bootloader {} --firmware {} needs {} (install {})",
+            self.bootloader,
+            self.firmware,
+            missing
+                .iter()
+                .map(|n| n.path)
+                .collect::<Vec<_>>()
+                .join(", "),
+            packages.join(" ")
+        )
+    }
+
+    /// The ESP's size when the disk has one.
+    pub(crate) fn esp_size(self) -> u64 {
+        128 << 20
+    }
+
+    /// Prepare the sysroot before the first deploy, so that libostree's backend finds a
+    /// config to keep up to date.
+    pub(crate) fn prepare_sysroot(self, sysroot: &Path) -> Result<()> {
+        // Both loaders read the syslinux config libostree rewrites on each deploy.
+        syslinux::prepare_sysroot(sysroot)
+    }
+
+    /// Write the loader's own files into the sysroot after the deploy, before the root
+    /// filesystem is made from it.
+    pub(crate) fn install_sysroot(self, sysroot: &Path) -> Result<()> {
+        match self.bootloader {
+            Bootloader::Syslinux => Ok(()),
+            Bootloader::Grub => grub::install_sysroot(sysroot),
+        }
+    }
+
+    /// The files of the EFI system partition: (path on the ESP, content).
+    pub(crate) fn esp_files(self, sources: &Sources, work: &Path) -> Result<Vec<(String, PathBuf)>> {
+        match self.bootloader {
+            Bootloader::Syslinux => Ok(Vec::new()),
+            Bootloader::Grub => grub::esp_files(sources, work),
+        }
+    }
+
+    /// Write the BIOS boot code (and anything the loader installs into the filesystems
+    /// once they exist) into the finished disk image.
+    pub(crate) fn install_disk(
+        self,
+        sources: &Sources,
+        layout: &Layout,
+        image: &Path,
+        work: &Path,
+    ) -> Result<()> {
+        match self.bootloader {
+            Bootloader::Syslinux => syslinux::install_disk(layout, image),
+            Bootloader::Grub if self.firmware.boots_bios() => {
+                grub::install_bios(sources, layout, image, work)
+            }
+            Bootloader::Grub => Ok(()),
+        }
+    }
+}
+
+/// Open the image for patching boot code in place.
+pub(crate) fn open_rw(image: &Path) -> Result<File> {
+    fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(image)
+        .with_context(|| format!("opening {}", image.display()))
+}

@@ -1,0 +1,278 @@
+//! The choices an image is made of: boot loader, firmware, partition table and output
+//! format. Each is an enum with the knowledge about it in methods; [`check`] rejects the
+//! combinations that cannot boot before anything is pulled or written.
+
+use std::fmt;
+use std::path::Path;
+
+/// The boot loader installed on the disk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, clap::ValueEnum)]
+pub enum Bootloader {
+    /// extlinux on the ext4 root; BIOS only, MBR only.
+    Syslinux,
+    /// GRUB; BIOS (core.img in a BIOS-boot partition), UEFI (on the ESP) or both.
+    Grub,
+}
+
+impl Bootloader {
+    /// Every boot loader, for table-driven tests and help texts.
+    pub const ALL: [Bootloader; 2] = [Bootloader::Syslinux, Bootloader::Grub];
+
+    /// The name on the command line and in the manifest.
+    pub fn name(self) -> &'static str {
+        match self {
+            Bootloader::Syslinux => "syslinux",
+            Bootloader::Grub => "grub",
+        }
+    }
+
+    /// The value of `sysroot.bootloader` in the sysroot's repo config: libostree's backend
+    /// that rewrites the menu on every deploy. GRUB reads the syslinux config that backend
+    /// writes (`syslinux_configfile`), so its menu follows the `/boot/loader` link swap of
+    /// every deploy with no hook.
+    pub fn ostree_backend(self) -> &'static str {
+        match self {
+            Bootloader::Syslinux | Bootloader::Grub => "syslinux",
+        }
+    }
+
+    /// The firmware it boots with.
+    pub fn supports(self, firmware: Firmware) -> bool {
+        match self {
+            Bootloader::Syslinux => firmware == Firmware::Bios,
+            Bootloader::Grub => true,
+        }
+    }
+
+    /// The partition table it is used with unless one is asked for.
+    pub fn default_table(self) -> PartitionTable {
+        match self {
+            Bootloader::Syslinux => PartitionTable::Mbr,
+            Bootloader::Grub => PartitionTable::Gpt,
+        }
+    }
+}
+
+impl fmt::Display for Bootloader {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// The firmware the image boots under.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, clap::ValueEnum)]
+pub enum Firmware {
+    /// Legacy BIOS (SeaBIOS in qemu).
+    Bios,
+    /// UEFI (OVMF in qemu).
+    Uefi,
+    /// Both: one GPT disk with a BIOS-boot partition and an ESP.
+    Hybrid,
+}
+
+impl Firmware {
+    /// Every firmware choice.
+    pub const ALL: [Firmware; 3] = [Firmware::Bios, Firmware::Uefi, Firmware::Hybrid];
+
+    /// The name on the command line.
+    pub fn name(self) -> &'static str {
+        match self {
+            Firmware::Bios => "bios",
+            Firmware::Uefi => "uefi",
+            Firmware::Hybrid => "hybrid",
+        }
+    }
+
+    /// Whether BIOS boot code is written.
+    pub fn boots_bios(self) -> bool {
+        matches!(self, Firmware::Bios | Firmware::Hybrid)
+    }
+
+    /// Whether the disk gets an EFI system partition.
+    pub fn boots_uefi(self) -> bool {
+        matches!(self, Firmware::Uefi | Firmware::Hybrid)
+    }
+}
+
+impl fmt::Display for Firmware {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// The partition table.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, clap::ValueEnum)]
+pub enum PartitionTable {
+    /// A DOS partition table; BIOS only.
+    Mbr,
+    /// A GUID partition table (with a protective MBR).
+    Gpt,
+}
+
+impl PartitionTable {
+    /// The name on the command line.
+    pub fn name(self) -> &'static str {
+        match self {
+            PartitionTable::Mbr => "mbr",
+            PartitionTable::Gpt => "gpt",
+        }
+    }
+}
+
+impl fmt::Display for PartitionTable {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// The file format of the output.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, clap::ValueEnum)]
+pub enum Format {
+    /// A raw disk image, sparse.
+    Raw,
+    /// qemu's copy-on-write format (`qemu-img convert`).
+    Qcow2,
+}
+
+impl Format {
+    /// Every format.
+    pub const ALL: [Format; 2] = [Format::Raw, Format::Qcow2];
+
+    /// The name on the command line, as qemu's `-drive format=` spells it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Format::Raw => "raw",
+            Format::Qcow2 => "qcow2",
+        }
+    }
+
+    /// The format an output path asks for by its extension: `.qcow2` is qcow2, anything
+    /// else (`.img`, `.raw`, none) is raw.
+    pub fn from_path(path: &Path) -> Format {
+        match path.extension().and_then(|e| e.to_str()) {
+            Some("qcow2") => Format::Qcow2,
+            _ => Format::Raw,
+        }
+    }
+}
+
+impl fmt::Display for Format {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// Why a combination of choices cannot make a bootable image.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Incompatible {
+    /// The boot loader does not run on that firmware.
+    #[error("--bootloader {bootloader} does not boot with --firmware {firmware}; {hint}")]
+    Firmware {
+        /// The boot loader asked for.
+        bootloader: Bootloader,
+        /// The firmware asked for.
+        firmware: Firmware,
+        /// What would work.
+        hint: &'static str,
+    },
+    /// UEFI needs a GPT disk here; syslinux needs MBR.
+    #[error("--partition-table {table} does not go with --bootloader {bootloader} and --firmware {firmware}; {hint}")]
+    Table {
+        /// The table asked for.
+        table: PartitionTable,
+        /// The boot loader asked for.
+        bootloader: Bootloader,
+        /// The firmware asked for.
+        firmware: Firmware,
+        /// What would work.
+        hint: &'static str,
+    },
+}
+
+/// Check that `bootloader` on `firmware` with `table` can boot.
+pub fn check(
+    bootloader: Bootloader,
+    firmware: Firmware,
+    table: PartitionTable,
+) -> Result<(), Incompatible> {
+    if !bootloader.supports(firmware) {
+        return Err(Incompatible::Firmware {
+            bootloader,
+            firmware,
+            hint: "syslinux is BIOS only: use --bootloader grub for UEFI",
+        });
+    }
+    match (bootloader, table) {
+        (Bootloader::Syslinux, PartitionTable::Gpt) => Err(Incompatible::Table {
+            table,
+            bootloader,
+            firmware,
+            hint: "syslinux images use --partition-table mbr",
+        }),
+        (_, PartitionTable::Mbr) if firmware.boots_uefi() => Err(Incompatible::Table {
+            table,
+            bootloader,
+            firmware,
+            hint: "UEFI images use --partition-table gpt",
+        }),
+        _ => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_combination_is_decided() {
+        // (bootloader, firmware, table) -> boots?
+        for bootloader in Bootloader::ALL {
+            for firmware in Firmware::ALL {
+                for table in [PartitionTable::Mbr, PartitionTable::Gpt] {
+                    let expected = match (bootloader, firmware, table) {
+                        (Bootloader::Syslinux, Firmware::Bios, PartitionTable::Mbr) => true,
+                        (Bootloader::Syslinux, _, _) => false,
+                        (Bootloader::Grub, Firmware::Bios, _) => true,
+                        (Bootloader::Grub, _, PartitionTable::Gpt) => true,
+                        (Bootloader::Grub, _, PartitionTable::Mbr) => false,
+                    };
+                    let got = check(bootloader, firmware, table);
+                    assert_eq!(got.is_ok(), expected, "{bootloader} {firmware} {table}: {got:?}");
+                    if let Err(e) = got {
+                        let msg = e.to_string();
+                        assert!(msg.contains(bootloader.name()), "{msg}");
+                        assert!(msg.contains(firmware.name()), "{msg}");
+                    }
+                }
+            }
+            // The defaults always boot with the firmware the boot loader supports.
+            for firmware in Firmware::ALL.into_iter().filter(|f| bootloader.supports(*f)) {
+                check(bootloader, firmware, bootloader.default_table()).unwrap();
+            }
+        }
+    }
+
+    #[test]
+    fn format_from_extension() {
+        for format in Format::ALL {
+            let path = format!("disk.{}", format.name());
+            assert_eq!(Format::from_path(Path::new(&path)), format);
+        }
+        assert_eq!(Format::from_path(Path::new("disk.img")), Format::Raw);
+        assert_eq!(Format::from_path(Path::new("disk")), Format::Raw);
+    }
+
+    #[test]
+    fn names_round_trip_through_clap() {
+        use clap::ValueEnum;
+        for b in Bootloader::ALL {
+            assert_eq!(Bootloader::from_str(b.name(), false), Ok(b));
+        }
+        for f in Firmware::ALL {
+            assert_eq!(Firmware::from_str(f.name(), false), Ok(f));
+        }
+        for f in Format::ALL {
+            assert_eq!(Format::from_str(f.name(), false), Ok(f));
+        }
+    }
+}
