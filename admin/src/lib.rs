@@ -1,5 +1,7 @@
 //! The device side: what is deployed, what is booted, what comes next.
 
+pub mod bootmenu;
+pub mod device;
 mod status;
 
 pub use status::{status, Deployment, Status};

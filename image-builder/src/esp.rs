@@ -32,12 +32,8 @@ pub(crate) fn write(image: &Path, part: &Partition, files: &[(String, PathBuf)])
     }
     // BTreeSet order puts every parent before its children.
     for dir in &dirs {
-        cmd::run(
-            mtools("mmd")
-                .args(["-i", &target])
-                .arg(format!("::/{dir}")),
-        )
-        .with_context(|| format!("creating /{dir} on the EFI system partition"))?;
+        cmd::run(mtools("mmd").args(["-i", &target]).arg(format!("::/{dir}")))
+            .with_context(|| format!("creating /{dir} on the EFI system partition"))?;
     }
     for (dest, src) in files {
         cmd::run(

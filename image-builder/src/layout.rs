@@ -303,8 +303,8 @@ mod tests {
         assert_eq!(
             guid_bytes("C12A7328-F81F-11D2-BA4B-00A0C93EC93B").unwrap(),
             [
-                0x28, 0x73, 0x2a, 0xc1, 0x1f, 0xf8, 0xd2, 0x11, 0xba, 0x4b, 0x00, 0xa0, 0xc9,
-                0x3e, 0xc9, 0x3b
+                0x28, 0x73, 0x2a, 0xc1, 0x1f, 0xf8, 0xd2, 0x11, 0xba, 0x4b, 0x00, 0xa0, 0xc9, 0x3e,
+                0xc9, 0x3b
             ]
         );
         assert!(guid_bytes("nope").is_err());
@@ -319,8 +319,16 @@ mod tests {
         // (table, firmware) -> roles
         let cases = [
             (PartitionTable::Mbr, Firmware::Bios, vec![Role::Root]),
-            (PartitionTable::Gpt, Firmware::Bios, vec![Role::BiosBoot, Role::Root]),
-            (PartitionTable::Gpt, Firmware::Uefi, vec![Role::Esp, Role::Root]),
+            (
+                PartitionTable::Gpt,
+                Firmware::Bios,
+                vec![Role::BiosBoot, Role::Root],
+            ),
+            (
+                PartitionTable::Gpt,
+                Firmware::Uefi,
+                vec![Role::Esp, Role::Root],
+            ),
             (
                 PartitionTable::Gpt,
                 Firmware::Hybrid,

@@ -27,12 +27,12 @@ impl Bootloader {
     }
 
     /// The value of `sysroot.bootloader` in the sysroot's repo config: libostree's backend
-    /// that rewrites the menu on every deploy. GRUB reads the syslinux config that backend
-    /// writes (`syslinux_configfile`), so its menu follows the `/boot/loader` link swap of
-    /// every deploy with no hook.
+    /// that rewrites the menu on every deploy. GRUB's menu is generated from the boot
+    /// entries by osbuild (osbuild_admin::bootmenu), so libostree writes only those.
     pub fn ostree_backend(self) -> &'static str {
         match self {
-            Bootloader::Syslinux | Bootloader::Grub => "syslinux",
+            Bootloader::Syslinux => "syslinux",
+            Bootloader::Grub => "none",
         }
     }
 
@@ -237,7 +237,11 @@ mod tests {
                         (Bootloader::Grub, _, PartitionTable::Mbr) => false,
                     };
                     let got = check(bootloader, firmware, table);
-                    assert_eq!(got.is_ok(), expected, "{bootloader} {firmware} {table}: {got:?}");
+                    assert_eq!(
+                        got.is_ok(),
+                        expected,
+                        "{bootloader} {firmware} {table}: {got:?}"
+                    );
                     if let Err(e) = got {
                         let msg = e.to_string();
                         assert!(msg.contains(bootloader.name()), "{msg}");
@@ -246,7 +250,10 @@ mod tests {
                 }
             }
             // The defaults always boot with the firmware the boot loader supports.
-            for firmware in Firmware::ALL.into_iter().filter(|f| bootloader.supports(*f)) {
+            for firmware in Firmware::ALL
+                .into_iter()
+                .filter(|f| bootloader.supports(*f))
+            {
                 check(bootloader, firmware, bootloader.default_table()).unwrap();
             }
         }

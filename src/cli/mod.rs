@@ -255,9 +255,44 @@ impl TreeArgs {
                 },
             });
         }
+        spec.files.extend(device_files()?);
+        spec.services
+            .enable
+            .push(osbuild_admin::device::BOOT_MENU_PATH_UNIT.to_string());
         spec.cache = self.cache.cache();
         Ok(spec)
     }
+}
+
+/// What every tree carries so the device keeps its boot menu right after deploys
+/// (osbuild_admin::device); the menu generator is the binary built beside this one.
+fn device_files() -> Result<Vec<ostree_commit::ImageFile>> {
+    let exe = std::env::current_exe().context("finding the osbuild binary")?;
+    let bin = exe.with_file_name("osbuild-boot-menu");
+    anyhow::ensure!(
+        bin.is_file(),
+        "{} is missing: it is built with osbuild (cargo build --workspace) and goes into every tree",
+        bin.display()
+    );
+    Ok(osbuild_admin::device::files(bin)
+        .into_iter()
+        .map(|f| ostree_commit::ImageFile {
+            path: PathBuf::from(f.path),
+            content: match f.content {
+                osbuild_admin::device::DeviceContent::Text(t) => {
+                    ostree_commit::FileContent::Inline(t)
+                }
+                osbuild_admin::device::DeviceContent::Copy(p) => {
+                    ostree_commit::FileContent::Source(p)
+                }
+            },
+            mode: f.mode,
+            owner: ostree_commit::Owner {
+                user: "root".into(),
+                group: Some("root".into()),
+            },
+        })
+        .collect())
 }
 
 /// Commit a tree.
@@ -683,7 +718,10 @@ mod tests {
         };
         assert_eq!(
             (a.size, a.kargs.as_slice()),
-            (image_builder::Size::Bytes(512 << 20), &["quiet".to_string()][..])
+            (
+                image_builder::Size::Bytes(512 << 20),
+                &["quiet".to_string()][..]
+            )
         );
         assert!(parse(&["osbuild", "make-image", "--url", "u", "--size", "lots"]).is_err());
         // As users type it: the ref is the only one the server lists.

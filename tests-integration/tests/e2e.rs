@@ -75,7 +75,9 @@ fn rootfs(work: &Path) -> Result<PathBuf> {
     let examples = manifest.parent().and_then(Path::parent).context("path")?;
     let key = Key::new("sampleos")
         .path(examples)?
-        .path(&workspace_root().join("ostree-commit/src"))?;
+        .path(&workspace_root().join("ostree-commit/src"))?
+        // The boot menu generator and its units go into every tree.
+        .path(&workspace_root().join("admin/src"))?;
     let cache = Path::new(env!("CARGO_TARGET_TMPDIR")).join("fixtures");
     fixture::cached(&cache, "sampleos", key, |dest| {
         // mmdebstrap takes minutes: its progress goes to the terminal as it runs.

@@ -141,7 +141,9 @@ fn default_image_is_grub_on_a_hybrid_gpt_disk() {
         (image.bootloader, image.firmware, image.layout.table),
         (Bootloader::Grub, Firmware::Hybrid, PartitionTable::Gpt)
     );
-    let info = run(Command::new("qemu-img").args(["info", "--output=json"]).arg(&output));
+    let info = run(Command::new("qemu-img")
+        .args(["info", "--output=json"])
+        .arg(&output));
     assert!(info.contains("\"format\": \"qcow2\""), "{info}");
     // Back to raw to read the table and filesystems.
     let raw = dir.path().join("disk.raw");
@@ -176,23 +178,25 @@ fn default_image_is_grub_on_a_hybrid_gpt_disk() {
 
     // UEFI: GRUB at the removable-media path of a FAT ESP.
     let esp = format!("{}@@{}", raw.display(), parts[1].2);
-    let listing = run(Command::new("mdir")
-        .env("MTOOLS_SKIP_CHECK", "1")
-        .args(["-b", "-i", &esp, "::/EFI/BOOT"]));
+    let listing = run(Command::new("mdir").env("MTOOLS_SKIP_CHECK", "1").args([
+        "-b",
+        "-i",
+        &esp,
+        "::/EFI/BOOT",
+    ]));
     assert!(listing.contains("BOOTX64.EFI"), "{listing}");
     let label = run(Command::new("blkid")
         .args(["-o", "value", "-s", "LABEL", "--probe", "--offset"])
         .arg(parts[2].2.to_string())
         .arg(&raw));
     assert_eq!(label.trim(), "osbuild-root");
-    // GRUB's config on the root filesystem reads the menu libostree keeps.
+    // GRUB's menu on the root filesystem, generated from libostree's boot entry.
     let cfg = run(Command::new("debugfs")
         .args(["-R", "cat /boot/grub/grub.cfg"])
         .arg(format!("{}?offset={}", raw.display(), parts[2].2)));
-    assert!(
-        cfg.contains("syslinux_configfile /boot/syslinux/syslinux.cfg"),
-        "{cfg}"
-    );
+    assert!(cfg.starts_with(osbuild_admin::bootmenu::MARKER), "{cfg}");
+    assert!(cfg.contains("\tlinux /boot/ostree/debian-"), "{cfg}");
+    assert!(cfg.contains("root=LABEL=osbuild-root"), "{cfg}");
 }
 
 /// Choices that cannot boot, and sizes that cannot hold the commit, fail with a message

@@ -1,10 +1,10 @@
-//! GRUB on BIOS and UEFI, without Secure Boot. Its menu is libostree's syslinux config,
-//! read with `syslinux_configfile`: libostree rewrites it in a new `/boot/loader.N` and swaps
-//! the `/boot/loader` link on every deploy, so the menu is switched atomically with no hook.
+//! GRUB on BIOS and UEFI, without Secure Boot. Its menu, `/boot/grub/grub.cfg` on the
+//! root filesystem, is generated from libostree's boot entries by osbuild_admin::bootmenu:
+//! here at build time, and on the device after every deploy by the same code (GRUB 2.06's
+//! syslinux parser cannot read the syslinux config libostree writes: see that module).
 //!
 //! Both images embed every module they need and a two-line config that finds the root
-//! filesystem by label; GRUB's normal mode then reads `/boot/grub/grub.cfg` there, which
-//! this builder writes once and nothing rewrites. The BIOS boot code is written here, not
+//! filesystem by label; GRUB's normal mode then reads `/boot/grub/grub.cfg` there. The BIOS boot code is written here, not
 //! by grub-bios-setup (which refuses image files): boot.img into the MBR, core.img into the
 //! BIOS-boot partition (GPT) or the gap after the MBR, and the sector pointers patched.
 
@@ -22,7 +22,7 @@ const EFI_DIR: &str = "/usr/lib/grub/x86_64-efi";
 /// GRUB's search path for its config, on the root filesystem.
 const PREFIX: &str = "/boot/grub";
 
-/// Modules embedded in both images: disks, filesystems, the syslinux parser, the Linux
+/// Modules embedded in both images: disks, filesystems, the menu, the Linux
 /// loader, the serial console.
 const MODULES: &[&str] = &[
     "part_gpt",
@@ -32,7 +32,8 @@ const MODULES: &[&str] = &[
     "search_label",
     "normal",
     "configfile",
-    "syslinuxcfg",
+    "ls",
+    "cat",
     "linux",
     "boot",
     "serial",
@@ -41,9 +42,8 @@ const MODULES: &[&str] = &[
     "test",
     "gzio",
 ];
-/// BIOS only: disk access through the BIOS, and the 16-bit Linux boot protocol that the
-/// syslinux parser emits on i386-pc.
-const PC_MODULES: &[&str] = &["biosdisk", "linux16"];
+/// BIOS only: disk access through the BIOS.
+const PC_MODULES: &[&str] = &["biosdisk"];
 /// UEFI only: the ESP's filesystem and a graphics console.
 const EFI_MODULES: &[&str] = &["fat", "efi_gop"];
 
@@ -62,15 +62,18 @@ const BLOCKLIST_START: usize = 512 - 12;
 pub(super) fn needs(firmware: crate::Firmware) -> Vec<Needed> {
     let mut needs = vec![Needed::host("/usr/bin/grub-mkimage", "grub-common")];
     if firmware.boots_bios() {
-        needs.push(Needed::data("/usr/lib/grub/i386-pc/boot.img", "grub-pc-bin"));
         needs.push(Needed::data(
-            "/usr/lib/grub/i386-pc/syslinuxcfg.mod",
+            "/usr/lib/grub/i386-pc/boot.img",
+            "grub-pc-bin",
+        ));
+        needs.push(Needed::data(
+            "/usr/lib/grub/i386-pc/linux.mod",
             "grub-pc-bin",
         ));
     }
     if firmware.boots_uefi() {
         needs.push(Needed::data(
-            "/usr/lib/grub/x86_64-efi/syslinuxcfg.mod",
+            "/usr/lib/grub/x86_64-efi/linux.mod",
             "grub-efi-amd64-bin",
         ));
     }
@@ -86,24 +89,8 @@ fn embedded_config() -> String {
     )
 }
 
-/// The grub.cfg on the root filesystem: serial and screen console, then the menu that
-/// libostree keeps.
-fn grub_cfg() -> String {
-    "# Written once by osbuild make-image; nothing rewrites it. The menu is libostree's\n\
-     # syslinux config, which every deploy replaces atomically with the /boot/loader link.\n\
-     serial --unit=0 --speed=115200\n\
-     terminal_input serial console\n\
-     terminal_output serial console\n\
-     set timeout=3\n\
-     syslinux_configfile /boot/syslinux/syslinux.cfg\n"
-        .to_string()
-}
-
 pub(super) fn install_sysroot(sysroot: &Path) -> Result<()> {
-    let dir = sysroot.join(PREFIX.trim_start_matches('/'));
-    fs::create_dir_all(&dir)
-        .and_then(|()| fs::write(dir.join("grub.cfg"), grub_cfg()))
-        .with_context(|| format!("writing {}/grub.cfg", dir.display()))
+    osbuild_admin::bootmenu::write_grub_cfg(sysroot).context("writing GRUB's boot menu")
 }
 
 /// Run grub-mkimage for `format` with the modules of `dir`.

@@ -128,8 +128,10 @@ impl Boot {
     /// Prepare the sysroot before the first deploy, so that libostree's backend finds a
     /// config to keep up to date.
     pub(crate) fn prepare_sysroot(self, sysroot: &Path) -> Result<()> {
-        // Both loaders read the syslinux config libostree rewrites on each deploy.
-        syslinux::prepare_sysroot(sysroot)
+        match self.bootloader {
+            Bootloader::Syslinux => syslinux::prepare_sysroot(sysroot),
+            Bootloader::Grub => Ok(()),
+        }
     }
 
     /// Write the loader's own files into the sysroot after the deploy, before the root
@@ -142,7 +144,11 @@ impl Boot {
     }
 
     /// The files of the EFI system partition: (path on the ESP, content).
-    pub(crate) fn esp_files(self, sources: &Sources, work: &Path) -> Result<Vec<(String, PathBuf)>> {
+    pub(crate) fn esp_files(
+        self,
+        sources: &Sources,
+        work: &Path,
+    ) -> Result<Vec<(String, PathBuf)>> {
         match self.bootloader {
             Bootloader::Syslinux => Ok(Vec::new()),
             Bootloader::Grub => grub::esp_files(sources, work),
