@@ -229,7 +229,7 @@ impl fmt::Display for Layout {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         writeln!(
             f,
-            "  {:<3} {:<10} {:>9}  {:<6} {:<13} {}",
+            "  {:<3} {:<10} {:>10}  {:<6} {:<13} {}",
             "#", "name", "size", "fs", "label", "partition uuid"
         )?;
         for (i, p) in self.partitions.iter().enumerate() {

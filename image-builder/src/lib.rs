@@ -29,6 +29,10 @@ pub const ROOT_LABEL: &str = "osbuild-root";
 const OVMF_CODE: &str = "/usr/share/OVMF/OVMF_CODE_4M.fd";
 /// OVMF's variable store template; each VM needs a writable copy.
 const OVMF_VARS: &str = "/usr/share/OVMF/OVMF_VARS_4M.fd";
+/// OVMF built with Secure Boot (needs `-machine q35,smm=on`).
+const OVMF_CODE_SECURE: &str = "/usr/share/OVMF/OVMF_CODE_4M.secboot.fd";
+/// A variable store with Microsoft's keys enrolled and Secure Boot on.
+const OVMF_VARS_SECURE: &str = "/usr/share/OVMF/OVMF_VARS_4M.ms.fd";
 /// The EFI system partition's FAT label (at most 11 characters).
 pub const ESP_LABEL: &str = "ESP";
 
@@ -51,6 +55,8 @@ pub struct ImageSpec {
     pub bootloader: Bootloader,
     /// The firmware the disk boots under.
     pub firmware: Firmware,
+    /// UEFI boots through Debian's signed chain: shim, signed GRUB, the signed kernel.
+    pub secure_boot: bool,
     /// The partition table; when unset, the boot loader's usual one.
     pub partition_table: Option<PartitionTable>,
     /// The output's format.
@@ -74,6 +80,7 @@ impl ImageSpec {
             size: Size::Auto,
             bootloader: Bootloader::Grub,
             firmware: Firmware::Hybrid,
+            secure_boot: false,
             partition_table: None,
             format: Format::Raw,
             compress: false,
@@ -91,6 +98,7 @@ impl ImageSpec {
         Boot {
             bootloader: self.bootloader,
             firmware: self.firmware,
+            secure_boot: self.secure_boot,
         }
     }
 
@@ -98,6 +106,14 @@ impl ImageSpec {
     /// the host has the tools they need.
     pub fn check(&self) -> Result<()> {
         check(self.bootloader, self.firmware, self.table())?;
+        if self.secure_boot && (self.bootloader != Bootloader::Grub || !self.firmware.boots_uefi())
+        {
+            anyhow::bail!(
+                "--secure-boot needs --bootloader grub and --firmware uefi or hybrid (it was --bootloader {} --firmware {})",
+                self.bootloader,
+                self.firmware
+            );
+        }
         self.boot().check(&Sources { deployment: None })?;
         if self.format == Format::Qcow2 && !Path::new("/usr/bin/qemu-img").exists() {
             anyhow::bail!("--format qcow2 needs /usr/bin/qemu-img (install qemu-utils)");
@@ -128,6 +144,8 @@ pub struct Image {
     pub bootloader: Bootloader,
     /// The firmware it boots under.
     pub firmware: Firmware,
+    /// Whether UEFI boots through the signed chain.
+    pub secure_boot: bool,
     /// The file format.
     pub format: Format,
     /// The image's size in bytes as written (its apparent size).
@@ -141,7 +159,13 @@ impl Image {
     /// writable copy of OVMF's variable store).
     pub fn qemu_command(&self, path: &Path) -> String {
         let mut c = String::from("qemu-system-x86_64 -machine q35 -m 1024 -smp 2 -nographic");
-        if self.firmware == Firmware::Uefi {
+        if self.secure_boot {
+            c = c.replace("-machine q35", "-machine q35,smm=on");
+            c.push_str(" -global driver=cfi.pflash01,property=secure,value=on");
+            c.push_str(" -drive if=pflash,format=raw,unit=0,readonly=on,file=");
+            c.push_str(OVMF_CODE_SECURE);
+            c.push_str(" -drive if=pflash,format=raw,unit=1,file=vars.fd");
+        } else if self.firmware == Firmware::Uefi {
             c.push_str(" -drive if=pflash,format=raw,unit=0,readonly=on,file=");
             c.push_str(OVMF_CODE);
             c.push_str(" -drive if=pflash,format=raw,unit=1,file=vars.fd");
@@ -151,7 +175,9 @@ impl Image {
             osbuild_core::cmd::quote_word(&path.display().to_string()),
             self.format.name()
         ));
-        if self.firmware == Firmware::Uefi {
+        if self.secure_boot {
+            c = format!("cp {OVMF_VARS_SECURE} vars.fd && {c}");
+        } else if self.firmware == Firmware::Uefi {
             c = format!("cp {OVMF_VARS} vars.fd && {c}");
         }
         c
@@ -214,6 +240,7 @@ pub fn make_image(spec: &ImageSpec, output: &Path) -> Result<Image> {
         layout,
         bootloader: spec.bootloader,
         firmware: spec.firmware,
+        secure_boot: spec.secure_boot,
         format: spec.format,
         size: meta.len(),
         allocated: std::os::unix::fs::MetadataExt::blocks(&meta) * 512,

@@ -389,6 +389,10 @@ pub(crate) struct MakeImageArgs {
     /// The firmware the image boots under; hybrid boots under both BIOS and UEFI.
     #[arg(long, value_enum, default_value_t = image_builder::Firmware::Hybrid)]
     firmware: image_builder::Firmware,
+    /// Boot UEFI through Debian's signed chain (shim, signed GRUB, the tree's signed
+    /// kernel) for machines with Secure Boot on; needs --bootloader grub and UEFI firmware.
+    #[arg(long)]
+    secure_boot: bool,
     /// The partition table [default: gpt, mbr for syslinux].
     #[arg(long, value_enum)]
     partition_table: Option<image_builder::PartitionTable>,
@@ -427,6 +431,7 @@ impl MakeImageArgs {
         spec.bootloader = self.bootloader;
         spec.firmware = self.firmware;
         spec.partition_table = self.partition_table;
+        spec.secure_boot = self.secure_boot;
         spec.format = self
             .format
             .unwrap_or_else(|| image_builder::Format::from_path(&self.output));
@@ -446,8 +451,15 @@ impl MakeImageArgs {
             image.checksum
         );
         eprintln!(
-            "Boot loader {} for {} firmware, {} partition table:",
-            image.bootloader, image.firmware, image.layout.table
+            "Boot loader {}{} for {} firmware, {} partition table:",
+            image.bootloader,
+            if image.secure_boot {
+                " (Secure Boot: shim, signed GRUB)"
+            } else {
+                ""
+            },
+            image.firmware,
+            image.layout.table
         );
         eprint!("{}", image.layout);
         eprintln!("Boot it with:\n  {}", image.qemu_command(&self.output));

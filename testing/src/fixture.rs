@@ -86,6 +86,12 @@ pub fn cached(
     build: impl FnOnce(&Path) -> Result<()>,
 ) -> Result<PathBuf> {
     fs::create_dir_all(cache).with_context(|| format!("creating {}", cache.display()))?;
+    // Tests run in parallel: one builds, the others wait for it and reuse the result.
+    let lock_path = cache.join(format!(".{name}.lock"));
+    let lock = fs::File::create(&lock_path)
+        .with_context(|| format!("creating {}", lock_path.display()))?;
+    lock.lock()
+        .with_context(|| format!("locking {}", lock_path.display()))?;
     let dest = cache.join(format!("{name}-{}", key.hex()));
     if dest.exists() {
         eprintln!("fixture: reusing {}", dest.display());

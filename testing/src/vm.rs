@@ -47,6 +47,10 @@ pub const QEMU: &str = "/usr/bin/qemu-system-x86_64";
 pub const OVMF_CODE: &str = "/usr/share/OVMF/OVMF_CODE_4M.fd";
 /// Template for the UEFI variable store; each VM writes to its own copy.
 pub const OVMF_VARS: &str = "/usr/share/OVMF/OVMF_VARS_4M.fd";
+/// OVMF built with Secure Boot; needs SMM (`-machine q35,smm=on`).
+pub const OVMF_CODE_SECURE: &str = "/usr/share/OVMF/OVMF_CODE_4M.secboot.fd";
+/// A variable store with Microsoft's keys enrolled and Secure Boot enabled.
+pub const OVMF_VARS_SECURE: &str = "/usr/share/OVMF/OVMF_VARS_4M.ms.fd";
 
 /// How many lines of serial output error messages quote.
 const TAIL_LINES: usize = 40;
@@ -108,6 +112,8 @@ pub struct VmConfig {
     pub format: ImageFormat,
     /// Boot with OVMF instead of SeaBIOS.
     pub uefi: bool,
+    /// UEFI with Secure Boot on and Microsoft's keys enrolled (implies `uefi`).
+    pub secure_boot: bool,
     /// Guest memory.
     pub memory_mib: u32,
     /// Virtual CPUs.
@@ -125,6 +131,7 @@ impl Default for VmConfig {
             image: PathBuf::new(),
             format: ImageFormat::Raw,
             uefi: false,
+            secure_boot: false,
             memory_mib: 1024,
             cpus: 2,
             forwards: Vec::new(),
@@ -151,7 +158,14 @@ impl VmConfig {
         self
     }
 
-    /// Boots with OVMF (true) or SeaBIOS (false).
+    /// Boots with OVMF's Secure Boot build and Microsoft's keys enrolled (implies UEFI).
+    pub fn secure_boot(mut self, on: bool) -> Self {
+        self.secure_boot = on;
+        self.uefi |= on;
+        self
+    }
+
+    /// Boot with OVMF (UEFI) instead of SeaBIOS.
     pub fn uefi(mut self, uefi: bool) -> Self {
         self.uefi = uefi;
         self
@@ -253,7 +267,7 @@ impl Vm {
             );
         }
         let vars = if config.uefi {
-            Some(copy_ovmf_vars(runtime_dir.path())?)
+            Some(copy_ovmf_vars(runtime_dir.path(), config.secure_boot)?)
         } else {
             None
         };
@@ -590,19 +604,29 @@ fn connect_console(child: &mut Child, socket: &Path, qemu_output: &Path) -> Resu
 }
 
 /// Copies the OVMF variable store template to a private, writable file.
-fn copy_ovmf_vars(dir: &Path) -> Result<PathBuf> {
-    for firmware in [OVMF_CODE, OVMF_VARS] {
+fn copy_ovmf_vars(dir: &Path, secure_boot: bool) -> Result<PathBuf> {
+    let (code, template) = ovmf(secure_boot);
+    for firmware in [code, template] {
         if !Path::new(firmware).exists() {
             bail!("UEFI firmware {firmware} not found: install the `ovmf` package");
         }
     }
     let vars = dir.join("OVMF_VARS.fd");
-    fs::copy(OVMF_VARS, &vars)
-        .with_context(|| format!("copying {OVMF_VARS} to {}", vars.display()))?;
+    fs::copy(template, &vars)
+        .with_context(|| format!("copying {template} to {}", vars.display()))?;
     // The template may be read-only; qemu opens unit 1 read-write.
     fs::set_permissions(&vars, fs::Permissions::from_mode(0o600))
         .with_context(|| format!("making {} writable", vars.display()))?;
     Ok(vars)
+}
+
+/// The firmware code and variable store template.
+fn ovmf(secure_boot: bool) -> (&'static str, &'static str) {
+    if secure_boot {
+        (OVMF_CODE_SECURE, OVMF_VARS_SECURE)
+    } else {
+        (OVMF_CODE, OVMF_VARS)
+    }
 }
 
 fn open_log(path: &Path) -> Result<File> {
@@ -633,7 +657,12 @@ fn read_tail(path: &Path) -> String {
 fn qemu_args(config: &VmConfig, socket: &Path, uefi_vars: Option<&Path>) -> Vec<OsString> {
     let mut args: Vec<OsString> = [
         "-machine",
-        "q35",
+        // Secure Boot firmware keeps its variables in SMM.
+        if config.secure_boot {
+            "q35,smm=on"
+        } else {
+            "q35"
+        },
         // TCG only: KVM guests hang on the machines these tests run on.
         "-accel",
         "tcg",
@@ -652,10 +681,14 @@ fn qemu_args(config: &VmConfig, socket: &Path, uefi_vars: Option<&Path>) -> Vec<
     .map(OsString::from)
     .collect();
     if let Some(vars) = uefi_vars {
+        if config.secure_boot {
+            args.push("-global".into());
+            args.push("driver=cfi.pflash01,property=secure,value=on".into());
+        }
         args.push("-drive".into());
         args.push(opt(
             "if=pflash,format=raw,unit=0,readonly=on,file=",
-            Path::new(OVMF_CODE),
+            Path::new(ovmf(config.secure_boot).0),
             "",
         ));
         args.push("-drive".into());

@@ -236,6 +236,24 @@ fn impossible_images_are_refused_and_leave_nothing() {
             "UEFI images use --partition-table gpt",
         ),
         (
+            "Secure Boot on BIOS",
+            |s| {
+                s.secure_boot = true;
+                s.firmware = Firmware::Bios;
+            },
+            "--secure-boot needs --bootloader grub and --firmware uefi or hybrid",
+        ),
+        (
+            "Secure Boot with syslinux",
+            |s| {
+                s.secure_boot = true;
+                s.bootloader = Bootloader::Syslinux;
+                s.firmware = Firmware::Bios;
+                s.partition_table = Some(PartitionTable::Mbr);
+            },
+            "--secure-boot needs --bootloader grub",
+        ),
+        (
             "too small",
             |s| s.size = Size::Bytes(64 << 20),
             "--size 64 MiB is too small: this commit needs at least",

@@ -59,7 +59,7 @@ const MBR_CODE_LEN: usize = 440;
 /// sector count (u16) of the rest of core.img, and the segment to load it at (u16).
 const BLOCKLIST_START: usize = 512 - 12;
 
-pub(super) fn needs(firmware: crate::Firmware) -> Vec<Needed> {
+pub(super) fn needs(firmware: crate::Firmware, secure_boot: bool) -> Vec<Needed> {
     let mut needs = vec![Needed::host("/usr/bin/grub-mkimage", "grub-common")];
     if firmware.boots_bios() {
         needs.push(Needed::data(
@@ -71,7 +71,8 @@ pub(super) fn needs(firmware: crate::Firmware) -> Vec<Needed> {
             "grub-pc-bin",
         ));
     }
-    if firmware.boots_uefi() {
+    // Under Secure Boot the signed GRUB image is used as it is.
+    if firmware.boots_uefi() && !secure_boot {
         needs.push(Needed::data(
             "/usr/lib/grub/x86_64-efi/linux.mod",
             "grub-efi-amd64-bin",

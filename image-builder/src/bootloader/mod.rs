@@ -3,6 +3,7 @@
 //! right on every deploy, and what it writes to the disk.
 
 mod grub;
+mod shim;
 mod syslinux;
 
 use crate::layout::Layout;
@@ -46,6 +47,8 @@ impl Needed {
 pub(crate) struct Boot {
     pub(crate) bootloader: Bootloader,
     pub(crate) firmware: Firmware,
+    /// UEFI boots through the signed chain (shim, signed GRUB, signed kernel).
+    pub(crate) secure_boot: bool,
 }
 
 /// Where the boot loader's files come from: the deployed tree when it carries them (so the
@@ -74,8 +77,11 @@ impl Boot {
     pub(crate) fn needs(self) -> Vec<Needed> {
         let mut needs = match self.bootloader {
             Bootloader::Syslinux => syslinux::needs(),
-            Bootloader::Grub => grub::needs(self.firmware),
+            Bootloader::Grub => grub::needs(self.firmware, self.secure_boot),
         };
+        if self.secure_boot {
+            needs.extend(shim::needs());
+        }
         if self.firmware.boots_uefi() {
             needs.extend([
                 Needed::host("/usr/sbin/mkfs.vfat", "dosfstools"),
@@ -151,6 +157,7 @@ impl Boot {
     ) -> Result<Vec<(String, PathBuf)>> {
         match self.bootloader {
             Bootloader::Syslinux => Ok(Vec::new()),
+            Bootloader::Grub if self.secure_boot => shim::esp_files(sources, work),
             Bootloader::Grub => grub::esp_files(sources, work),
         }
     }
