@@ -16,8 +16,9 @@ cargo clippy --workspace --all-targets -- -D warnings
 # accept the unstable flags. stderr is merged so the report knows which binary runs and
 # which tests were skipped; everything else passes through unchanged.
 set +e
-# The end-to-end suite installs the fortune teller into SampleOS.
-cargo build -p fortuneteller
+# The end-to-end suite installs the fortune teller into SampleOS, and every tree gets the
+# boot menu generator (osbuild-admin's osbuild-boot-menu).
+cargo build -p fortuneteller -p osbuild-admin
 RUSTC_BOOTSTRAP=1 cargo test --workspace --no-fail-fast -- --test-threads=2 \
     -Z unstable-options --format json --report-time 2>&1 | python3 scripts/test-times.py
 status=("${PIPESTATUS[@]}")

@@ -75,7 +75,7 @@ pub fn read_entries(sysroot: &Path) -> Result<Vec<Entry>> {
             .with_context(|| format!("{} has no `linux` line", path.display()))?;
         entries.push(entry);
     }
-    entries.sort_by(|a, b| b.version.cmp(&a.version));
+    entries.sort_by_key(|e| std::cmp::Reverse(e.version));
     Ok(entries)
 }
 

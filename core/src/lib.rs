@@ -3,6 +3,7 @@
 //! Every crate uses the `ostree`, `gio` and `glib` re-exported here, so that the whole
 //! workspace agrees on one version of the GLib bindings (the ostree-rs-ext pattern).
 
+pub mod accounts;
 pub mod cmd;
 pub mod fsutil;
 pub mod progress;

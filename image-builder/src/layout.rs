@@ -229,8 +229,8 @@ impl fmt::Display for Layout {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         writeln!(
             f,
-            "  {:<3} {:<10} {:>10}  {:<6} {:<13} {}",
-            "#", "name", "size", "fs", "label", "partition uuid"
+            "  {:<3} {:<10} {:>10}  {:<6} {:<13} partition uuid",
+            "#", "name", "size", "fs", "label"
         )?;
         for (i, p) in self.partitions.iter().enumerate() {
             writeln!(

@@ -9,12 +9,14 @@ mod format;
 mod layout;
 mod mount;
 mod options;
+mod provision;
 mod pull;
 mod size;
 
 pub use deploy::{Deployed, Sysroot};
 pub use layout::{Layout, Partition, Role};
 pub use options::{check, Bootloader, Firmware, Format, Incompatible, PartitionTable};
+pub use provision::Provision;
 pub use size::{parse_size, Size};
 
 use anyhow::{Context, Result};
@@ -65,6 +67,8 @@ pub struct ImageSpec {
     pub compress: bool,
     /// Extra kernel arguments after the built-in root, rw and console ones.
     pub kargs: Vec<String>,
+    /// What this one device gets in its /etc and /var.
+    pub provision: Provision,
 }
 
 impl ImageSpec {
@@ -85,6 +89,7 @@ impl ImageSpec {
             format: Format::Raw,
             compress: false,
             kargs: Vec::new(),
+            provision: Provision::default(),
         }
     }
 
@@ -115,6 +120,7 @@ impl ImageSpec {
             );
         }
         self.boot().check(&Sources { deployment: None })?;
+        self.provision.check()?;
         if self.format == Format::Qcow2 && !Path::new("/usr/bin/qemu-img").exists() {
             anyhow::bail!("--format qcow2 needs /usr/bin/qemu-img (install qemu-utils)");
         }
@@ -207,6 +213,10 @@ pub fn make_image(spec: &ImageSpec, output: &Path) -> Result<Image> {
             deployment: Some(deployed.root.clone()),
         };
         boot.check(&sources)?;
+        let var = sysroot_dir.join("ostree/deploy").join(&spec.os).join("var");
+        spec.provision
+            .apply(&deployed.root, &var)
+            .context("provisioning the device")?;
         boot.install_sysroot(&sysroot_dir)?;
         let content = disk::content_size(&sysroot_dir)?;
         let layout = layout_for(spec, boot, content)?;

@@ -17,45 +17,7 @@ const AUTHORIZED_KEYS_DIR: &str = "etc/ssh/authorized_keys.d";
 const SSHD_DROP_IN: &str = "etc/ssh/sshd_config.d/50-osbuild-authorized-keys.conf";
 const USERS_TMPFILES: &str = "usr/lib/tmpfiles.d/osbuild-users.conf";
 
-/// One line of passwd or group: its fields.
-fn entries(root: &Path, file: &str) -> Result<Vec<Vec<String>>> {
-    let path = root.join(file);
-    let text = match fs::read_to_string(&path) {
-        Ok(t) => t,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
-        Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
-    };
-    Ok(text
-        .lines()
-        .filter(|l| !l.trim().is_empty() && !l.starts_with('#'))
-        .map(|l| l.split(':').map(str::to_string).collect())
-        .collect())
-}
-
-fn append(root: &Path, file: &str, line: &str) -> Result<()> {
-    use std::io::Write;
-    let path = root.join(file);
-    // A file that cannot be read is an error, never an empty file to append to.
-    let mut text = match fs::read(&path) {
-        Ok(bytes) => bytes,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
-        Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
-    };
-    if text.last().is_some_and(|&b| b != b'\n') {
-        text.push(b'\n');
-    }
-    text.extend_from_slice(line.as_bytes());
-    text.push(b'\n');
-    let mode = fs::metadata(&path).map(|m| m.permissions().mode()).ok();
-    let mut f = fs::File::create(&path).with_context(|| format!("writing {}", path.display()))?;
-    f.write_all(&text)
-        .with_context(|| format!("writing {}", path.display()))?;
-    if let Some(mode) = mode {
-        fs::set_permissions(&path, fs::Permissions::from_mode(mode))
-            .with_context(|| format!("setting the mode of {}", path.display()))?;
-    }
-    Ok(())
-}
+use osbuild_core::accounts::{entries, NewUser};
 
 /// Create `users` in the tree at `root` (a plain tree, /etc at /etc): passwd, group and
 /// shadow entries, a home directory made on the device by tmpfiles, and their SSH keys.
@@ -85,63 +47,19 @@ pub(crate) fn add_users(root: &Path, users: &[User]) -> Result<()> {
 }
 
 fn add_user(root: &Path, user: &User, tmpfiles: &mut String) -> Result<()> {
-    let passwd = entries(root, "etc/passwd")?;
-    let groups = entries(root, "etc/group")?;
-    if passwd.iter().any(|e| e[0] == user.name) {
-        bail!(
-            "the tree already has a user named {}: choose another name",
-            user.name
-        );
-    }
-    if groups.iter().any(|e| e[0] == user.name) {
-        bail!(
-            "the tree already has a group named {}: choose another user name",
-            user.name
-        );
-    }
-    let taken = |id: u32| {
-        passwd.iter().any(|e| e.get(2) == Some(&id.to_string()))
-            || groups.iter().any(|e| e.get(2) == Some(&id.to_string()))
-    };
-    let uid = match user.uid {
-        Some(uid) if taken(uid) => {
-            bail!("uid {uid} is already used in the tree's passwd or group: choose another")
-        }
-        Some(uid) => uid,
-        None => (1000..60000)
-            .find(|&id| !taken(id))
-            .context("no free uid between 1000 and 60000")?,
-    };
-    for group in &user.groups {
-        if !groups.iter().any(|e| &e[0] == group) {
-            bail!("group {group} does not exist in the tree: create it in a post script or install the package that does");
-        }
-    }
     let home = user.home();
-    let home = home.display();
-    let shell = &user.shell;
-    append(
+    let home = home.display().to_string();
+    osbuild_core::accounts::add_user(
         root,
-        "etc/passwd",
-        &format!("{}:x:{uid}:{uid}::{home}:{shell}", user.name),
+        &NewUser {
+            name: &user.name,
+            uid: user.uid,
+            groups: &user.groups,
+            home: &home,
+            shell: &user.shell,
+            password_hash: user.password_hash.as_deref(),
+        },
     )?;
-    append(root, "etc/group", &format!("{}:x:{uid}:", user.name))?;
-    // Days since the epoch of the last password change: from SOURCE_DATE_EPOCH when set, so
-    // the build is reproducible; empty (no aging) otherwise.
-    let changed = std::env::var("SOURCE_DATE_EPOCH")
-        .ok()
-        .and_then(|s| s.parse::<u64>().ok())
-        .map(|secs| (secs / 86400).to_string())
-        .unwrap_or_default();
-    let hash = user.password_hash.as_deref().unwrap_or("!");
-    append(
-        root,
-        "etc/shadow",
-        &format!("{}:{hash}:{changed}:0:99999:7:::", user.name),
-    )?;
-    if !user.groups.is_empty() {
-        add_to_groups(root, &user.name, &user.groups)?;
-    }
     let _ = writeln!(tmpfiles, "d {home} 0700 {} {} -", user.name, user.name);
     if !user.ssh_authorized_keys.is_empty() {
         let path = root.join(AUTHORIZED_KEYS_DIR).join(&user.name);
@@ -153,26 +71,6 @@ fn add_user(root: &Path, user: &User, tmpfiles: &mut String) -> Result<()> {
             .with_context(|| format!("setting the mode of {}", path.display()))?;
     }
     Ok(())
-}
-
-/// Add `name` to the member lists of `groups` in etc/group.
-fn add_to_groups(root: &Path, name: &str, groups: &[String]) -> Result<()> {
-    let path = root.join("etc/group");
-    let text = fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
-    let mut out = String::new();
-    for line in text.lines() {
-        let mut fields: Vec<String> = line.split(':').map(str::to_string).collect();
-        if fields.len() == 4 && groups.contains(&fields[0]) {
-            let mut members: Vec<&str> = fields[3].split(',').filter(|m| !m.is_empty()).collect();
-            if !members.contains(&name) {
-                members.push(name);
-            }
-            fields[3] = members.join(",");
-        }
-        out.push_str(&fields.join(":"));
-        out.push('\n');
-    }
-    fs::write(&path, out).with_context(|| format!("writing {}", path.display()))
 }
 
 /// The numeric uid and gid of `owner` in the tree: names are looked up in its own passwd

@@ -413,6 +413,21 @@ pub(crate) struct MakeImageArgs {
     /// Extra kernel argument (repeatable; after the manifest's `[kernel] args`).
     #[arg(long = "karg")]
     kargs: Vec<String>,
+    /// Provision this device: its host name (in the deployment's /etc, which upgrades keep).
+    #[arg(long)]
+    hostname: Option<String>,
+    /// Provision this device: root's password hash (e.g. from `openssl passwd -6`).
+    #[arg(long, value_name = "HASH")]
+    root_password_hash: Option<String>,
+    /// Provision this device: a user with a home in /var/home (in sudo when the OS has it).
+    #[arg(long, value_name = "NAME")]
+    user: Option<String>,
+    /// Provision this device: SSH public keys for --user (root's without it); repeatable.
+    #[arg(long = "ssh-authorized-key", value_name = "FILE")]
+    ssh_authorized_keys: Vec<PathBuf>,
+    /// Provision this device: cloud-init user-data, seeded for the NoCloud datasource.
+    #[arg(long, value_name = "FILE")]
+    cloud_init: Option<PathBuf>,
     #[command(flatten)]
     manifest: ManifestArg,
 }
@@ -436,6 +451,13 @@ impl MakeImageArgs {
             .format
             .unwrap_or_else(|| image_builder::Format::from_path(&self.output));
         spec.compress = self.compress;
+        spec.provision = image_builder::Provision {
+            hostname: self.hostname,
+            root_password_hash: self.root_password_hash,
+            user: self.user,
+            ssh_authorized_keys: self.ssh_authorized_keys,
+            cloud_init: self.cloud_init,
+        };
         spec.kargs = manifest
             .iter()
             .flat_map(|m| m.kernel_args().iter().cloned())

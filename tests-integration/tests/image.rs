@@ -276,3 +276,74 @@ fn impossible_images_are_refused_and_leave_nothing() {
         assert_eq!(left, ["repo", "tree"], "{what} left files behind");
     }
 }
+
+/// Provisioning writes the device's host name, root password, a user with its SSH key and
+/// cloud-init's seed into the deployment's /etc and the stateroot's /var, not the commit.
+#[test]
+fn provisioning_goes_into_etc_and_var() {
+    if !require(&[Need::Root, Need::Grub]) {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let tree = dir.path().join("tree");
+    stub_bootable_tree(&tree);
+    for (file, text) in [
+        ("passwd", "root:x:0:0:root:/root:/bin/sh\n"),
+        ("group", "root:x:0:\nsudo:x:27:\n"),
+        ("shadow", "root:*:19000:0:99999:7:::\n"),
+    ] {
+        fs::write(tree.join("usr/etc").join(file), text).unwrap();
+    }
+    let repo = dir.path().join("repo");
+    init_archive(&repo);
+    let csum = commit_tree(&repo, "test/x86_64", &tree, None);
+    let key = dir.path().join("id.pub");
+    fs::write(
+        &key,
+        "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIEBxUCG+EvIBVs8G+PGgr1TSoEXDMXXn3UBpoSNrKQ2j me@host\n",
+    )
+    .unwrap();
+    let user_data = dir.path().join("user-data");
+    fs::write(&user_data, "#cloud-config\nruncmd: [true]\n").unwrap();
+    let mut spec = image_builder::ImageSpec::new(&format!("file://{}", repo.display()), None);
+    spec.provision = image_builder::Provision {
+        hostname: Some("device-7".into()),
+        root_password_hash: Some("$6$salt$hash".into()),
+        user: Some("admin".into()),
+        ssh_authorized_keys: vec![key],
+        cloud_init: Some(user_data),
+    };
+    let output = dir.path().join("disk.img");
+    let image = image_builder::make_image(&spec, &output).unwrap();
+    let root = image.layout.root().start;
+    let fs_at = format!("{}?offset={root}", output.display());
+    let debugfs = |request: &str| run(Command::new("debugfs").args(["-R", request]).arg(&fs_at));
+    let etc = format!("/ostree/deploy/debian/deploy/{csum}.0/etc");
+    assert_eq!(debugfs(&format!("cat {etc}/hostname")).trim(), "device-7");
+    let shadow = debugfs(&format!("cat {etc}/shadow"));
+    assert!(shadow.starts_with("root:$6$salt$hash:19000:"), "{shadow}");
+    assert!(shadow.contains("\nadmin:*:"), "{shadow}");
+    let passwd = debugfs(&format!("cat {etc}/passwd"));
+    assert!(
+        passwd.contains("admin:x:1000:1000::/var/home/admin:/bin/sh"),
+        "{passwd}"
+    );
+    assert!(debugfs(&format!("cat {etc}/group")).contains("sudo:x:27:admin"));
+    let keys = "/ostree/deploy/debian/var/home/admin/.ssh/authorized_keys";
+    assert!(debugfs(&format!("cat {keys}")).contains("me@host"));
+    let stat = debugfs(&format!("stat {keys}"));
+    assert!(
+        stat.contains("User:  1000") && stat.contains("Mode:  0600"),
+        "{stat}"
+    );
+    let seed = debugfs("cat /ostree/deploy/debian/var/lib/cloud/seed/nocloud/user-data");
+    assert!(seed.starts_with("#cloud-config"), "{seed}");
+    // The commit itself is unchanged: its /usr/etc has no admin.
+    let committed = ostree(&[
+        "cat",
+        &format!("--repo={}", repo.display()),
+        &csum,
+        "/usr/etc/passwd",
+    ]);
+    assert!(!committed.contains("admin"), "{committed}");
+}

@@ -177,7 +177,7 @@ pub(super) fn install_bios(
 
 /// Point boot.img at core.img's first sector `lba`, and core.img's block list at the rest
 /// of itself, which follows contiguously. grub-mkimage already wrote the sector count.
-fn patch<'a>(boot: &'a mut [u8], mut core: Vec<u8>, lba: u64) -> (&'a [u8], Vec<u8>) {
+fn patch(boot: &mut [u8], mut core: Vec<u8>, lba: u64) -> (&[u8], Vec<u8>) {
     let k = KERNEL_SECTOR as usize;
     boot[k..k + 8].copy_from_slice(&lba.to_le_bytes());
     boot[DRIVE_CHECK] = 0x90;
