@@ -1,12 +1,13 @@
 //! trixie from a manifest, end to end: a small trixie OS with an extra APT repository
 //! (trixie-backports, signed by Debian's archive keyring) is bootstrapped, committed,
-//! served, made into a syslinux/BIOS image by make-image and booted in qemu, where
+//! served, made into an image with make-image's default flags and booted in qemu, where
 //! the guest must run trixie, have the package that only the extra repository has, keep
 //! that repository configured for its own apt, and resolve names through
 //! systemd-resolved's stub rather than the build host's DNS.
 //!
 //! One bootstrap and one boot: the bootstrapped tree is cached under
-//! target/tmp/fixtures, keyed by the manifest, the overlay and ostree-commit's source.
+//! target/tmp/fixtures, keyed by the manifest, the overlay and the sources that shape a
+//! tree (ostree-commit, admin, the CLI).
 //! Needs root, mmdebstrap, qemu and the Debian mirror (deb.debian.org).
 
 use anyhow::{Context, Result};
@@ -70,7 +71,11 @@ fn rootfs(manifest: &Path) -> Result<PathBuf> {
     let key = Key::new("trixie")
         .path(src)?
         .path(Path::new(KEYRING))?
-        .path(&workspace_root().join("ostree-commit/src"))?;
+        .path(&workspace_root().join("ostree-commit/src"))?
+        // What the CLI adds to every tree: the boot menu generator and its units, the
+        // completions, the flags laid over the manifest.
+        .path(&workspace_root().join("admin/src"))?
+        .path(&workspace_root().join("src/cli"))?;
     let cache = Path::new(env!("CARGO_TARGET_TMPDIR")).join("fixtures");
     fixture::cached(&cache, "trixie", key, |dest| {
         // mmdebstrap takes minutes: its progress goes to the terminal as it runs.
@@ -157,9 +162,8 @@ fn trixie_with_backports_boots() -> Result<()> {
         None,
     )?;
     let image = work.path().join("disk.img");
-    // The only ref the server lists, as users type it. syslinux on BIOS: GRUB, the
-    // default since d366502, stops at its prompt on this image (its syslinux_configfile
-    // reads no entry from libostree's menu); back to the default once GRUB boots.
+    // make-image's defaults (GRUB on a hybrid disk, booted by SeaBIOS here), and the only
+    // ref the server lists, as users type it.
     t.time("make-image", || {
         osbuild(&[
             "make-image",
@@ -167,10 +171,6 @@ fn trixie_with_backports_boots() -> Result<()> {
             &format!("http://127.0.0.1:{port}/repo/"),
             "--output",
             &path(&image)?,
-            "--bootloader",
-            "syslinux",
-            "--firmware",
-            "bios",
         ])
     })?;
 
