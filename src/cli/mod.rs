@@ -11,7 +11,7 @@ mod shell;
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 use std::ffi::OsString;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use ostree_commit::Manifest;
@@ -292,7 +292,13 @@ impl TreeArgs {
 /// (osbuild_admin::device); the menu generator is the binary built beside this one.
 fn device_files() -> Result<Vec<ostree_commit::ImageFile>> {
     let exe = std::env::current_exe().context("finding the osbuild binary")?;
-    let bin = exe.with_file_name("osbuild-boot-menu");
+    let mut bin = exe.with_file_name("osbuild-boot-menu");
+    // cargo's unit-test binaries run from target/<profile>/deps, one below the binaries.
+    if !bin.is_file() && exe.parent().is_some_and(|d| d.ends_with("deps")) {
+        if let Some(profile) = exe.parent().and_then(Path::parent) {
+            bin = profile.join("osbuild-boot-menu");
+        }
+    }
     anyhow::ensure!(
         bin.is_file(),
         "{} is missing: it is built with osbuild (cargo build --workspace) and goes into every tree",
