@@ -735,6 +735,14 @@ fn manifest_errors_name_file_key_line_and_column_and_leave_nothing() {
             "name = \"demo\"\n[base]\ndistro = \"debian\"\n[[users]]\nname = \"Bad Name\"\n",
             &["osbuild.toml:5:", "users[0].name"][..],
         ),
+        (
+            "name = \"demo\"\n[base]\ndistro = \"debian\"\n[[users]]\nname = \"alice\"\nuid = \"1000\"\n",
+            &["osbuild.toml:6:7", "users[0].uid", "invalid type"][..],
+        ),
+        (
+            "name = \"demo\"\n[base]\ndistro = \"debian\"\n[[base.repositories]]\nsources = \"deb http://deb.debian.org/debian trixie-backports main\"\nkeyring = \"keys/missing.gpg\"\n",
+            &["osbuild.toml:6:11", "base.repositories[0].keyring", "keys/missing.gpg", "does not exist"][..],
+        ),
     ] {
         fs::write(&manifest, text).unwrap();
         let out = output(Command::new(OSBUILD)

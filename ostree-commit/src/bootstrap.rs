@@ -37,14 +37,6 @@ pub struct Bootstrap {
 impl Bootstrap {
     /// What `manifest` describes.
     pub fn from_manifest(manifest: &Manifest) -> Result<Self> {
-        if let Some(repo) = manifest.repositories().first() {
-            // Refused rather than ignored: packages from it would be missing.
-            anyhow::bail!(
-                "{}: extra APT repositories (`[[base.repositories]]`, keyring {}) are not supported yet: install the packages from an overlay or a post script",
-                manifest.path().display(),
-                repo.keyring.display()
-            );
-        }
         Ok(Bootstrap {
             base: manifest.base().clone(),
             // mmdebstrap copies the build host's name: never let it into an image.

@@ -6,16 +6,20 @@
 //! a [`ManifestError`] naming the key and its line and column. Paths in the manifest are
 //! relative to its directory; the loaded manifest holds them absolute.
 //!
-//! The keys are declared once, in `manifest/raw.rs`; docs/manifest.md's reference is
-//! generated from those declarations and a test keeps the two equal.
+//! The keys are declared once, in `manifest/raw.rs`, with the command-line flags that
+//! override them ([`key_flags`], applied by [`Overrides`]); docs/manifest.md's reference
+//! is generated from those declarations and a test keeps the two equal.
 
 mod check;
 #[cfg(test)]
 mod docs;
+mod flags;
 mod load;
 mod raw;
 #[cfg(test)]
 mod tests;
+
+pub use flags::{key_flags, FlagAction, FlagScope, KeyFlag, Overrides};
 
 use crate::{Base, Destination};
 use load::parse;
@@ -46,7 +50,6 @@ pub struct Manifest {
     hostname: Option<String>,
     ostree_ref: String,
     base: Base,
-    repositories: Vec<AptRepository>,
     overlays: Vec<PathBuf>,
     files: Vec<ImageFile>,
     users: Vec<User>,
@@ -301,7 +304,10 @@ impl Manifest {
 
     /// Extra APT repositories for a Debian base (none for other bases).
     pub fn repositories(&self) -> &[AptRepository] {
-        &self.repositories
+        match &self.base {
+            Base::Debian(d) => &d.repositories,
+            Base::Tarball(_) | Base::Directory(_) => &[],
+        }
     }
 
     /// Directories copied over the tree, absolute, in order.

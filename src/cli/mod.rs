@@ -11,7 +11,7 @@ mod shell;
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 use std::ffi::OsString;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use ostree_commit::Manifest;
@@ -137,28 +137,77 @@ pub(crate) struct BootstrapArgs {
     tree: TreeArgs,
 }
 
+/// The flags that override manifest keys, built from the manifest's own table
+/// ([`ostree_commit::key_flags`]): those of the tree (`COMMIT` false) or of the commit.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct KeyFlags<const COMMIT: bool>(ostree_commit::Overrides);
+
+/// `--suite`, `--package`, `--hostname`, …: for every verb that builds a tree.
+pub(crate) type TreeKeyFlags = KeyFlags<false>;
+/// `--branch`, `--version`: for every verb that commits.
+pub(crate) type CommitKeyFlags = KeyFlags<true>;
+
+impl<const COMMIT: bool> KeyFlags<COMMIT> {
+    fn flags() -> impl Iterator<Item = ostree_commit::KeyFlag> {
+        let scope = if COMMIT {
+            ostree_commit::FlagScope::Commit
+        } else {
+            ostree_commit::FlagScope::Tree
+        };
+        ostree_commit::key_flags()
+            .into_iter()
+            .filter(move |f| f.scope == scope)
+    }
+}
+
+impl<const COMMIT: bool> clap::FromArgMatches for KeyFlags<COMMIT> {
+    fn from_arg_matches(matches: &clap::ArgMatches) -> Result<Self, clap::Error> {
+        let mut overrides = ostree_commit::Overrides::default();
+        for flag in Self::flags() {
+            let values = matches
+                .get_many::<String>(flag.name)
+                .map(|v| v.cloned().collect())
+                .unwrap_or_default();
+            overrides.insert(flag, values);
+        }
+        Ok(KeyFlags(overrides))
+    }
+
+    fn update_from_arg_matches(&mut self, matches: &clap::ArgMatches) -> Result<(), clap::Error> {
+        *self = Self::from_arg_matches(matches)?;
+        Ok(())
+    }
+}
+
+impl<const COMMIT: bool> clap::Args for KeyFlags<COMMIT> {
+    fn augment_args(mut cmd: clap::Command) -> clap::Command {
+        use clap::{Arg, ArgAction};
+        for flag in Self::flags() {
+            let arg = Arg::new(flag.name)
+                .long(flag.name)
+                .value_name(flag.value_name)
+                .help(flag.help);
+            cmd = cmd.arg(match flag.action {
+                ostree_commit::FlagAction::Set => arg.action(ArgAction::Set),
+                ostree_commit::FlagAction::Add => arg.action(ArgAction::Append),
+                ostree_commit::FlagAction::AddList => {
+                    arg.action(ArgAction::Append).value_delimiter(',')
+                }
+            });
+        }
+        cmd
+    }
+
+    fn augment_args_for_update(cmd: clap::Command) -> clap::Command {
+        Self::augment_args(cmd)
+    }
+}
+
 /// The flags that describe a tree without a manifest, or override the manifest's keys.
 #[derive(Debug, Clone, Default, clap::Args)]
 pub(crate) struct TreeArgs {
-    /// Debian suite [default: bookworm; the manifest's `[base] suite`].
-    #[arg(long)]
-    suite: Option<String>,
-    /// Archive mirror [default: mmdebstrap's; the manifest's `[base] mirror`].
-    #[arg(long)]
-    mirror: Option<String>,
-    /// Kernel package [default: linux-image-cloud-amd64; the manifest's `[kernel] package`].
-    #[arg(long)]
-    kernel: Option<String>,
-    /// Extra package to install (repeatable, or comma-separated; added to the manifest's).
-    #[arg(long = "package", value_delimiter = ',')]
-    packages: Vec<String>,
-    /// Static hostname [default: osbuild; the manifest's `hostname`].
-    #[arg(long)]
-    hostname: Option<String>,
-    /// Directory copied over the tree before conversion (with /etc at /etc); repeatable,
-    /// applied in order, after the manifest's overlays.
-    #[arg(long = "overlay")]
-    overlays: Vec<PathBuf>,
+    #[command(flatten)]
+    keys: TreeKeyFlags,
     // Boxed: every verb's arguments live in one enum, which clippy wants of even sizes.
     #[command(flatten)]
     cache: Box<CacheArgs>,
@@ -215,32 +264,7 @@ impl TreeArgs {
             Some(m) => ostree_commit::Bootstrap::from_manifest(m)?,
             None => ostree_commit::Bootstrap::default(),
         };
-        let debian_flags = self.suite.is_some()
-            || self.mirror.is_some()
-            || self.kernel.is_some()
-            || !self.packages.is_empty();
-        match &mut spec.base {
-            ostree_commit::Base::Debian(debian) => {
-                if let Some(suite) = &self.suite {
-                    debian.suite.clone_from(suite);
-                }
-                if let Some(mirror) = &self.mirror {
-                    debian.mirror = Some(mirror.clone());
-                }
-                if let Some(kernel) = &self.kernel {
-                    debian.kernel.clone_from(kernel);
-                }
-                debian.packages.extend(self.packages.iter().cloned());
-            }
-            _ if debian_flags => anyhow::bail!(
-                "--suite, --mirror, --kernel and --package are for a Debian base; the manifest's base is a tarball or directory"
-            ),
-            _ => {}
-        }
-        if let Some(hostname) = &self.hostname {
-            spec.hostname = Some(hostname.clone());
-        }
-        spec.overlays.extend(self.overlays.iter().cloned());
+        self.keys.0.apply(&mut spec)?;
         // Every tree gets osbuild's completions and man pages, for when osbuild runs there.
         for (path, content) in shell_files()? {
             spec.files.push(ostree_commit::ImageFile {
@@ -268,7 +292,13 @@ impl TreeArgs {
 /// (osbuild_admin::device); the menu generator is the binary built beside this one.
 fn device_files() -> Result<Vec<ostree_commit::ImageFile>> {
     let exe = std::env::current_exe().context("finding the osbuild binary")?;
-    let bin = exe.with_file_name("osbuild-boot-menu");
+    let mut bin = exe.with_file_name("osbuild-boot-menu");
+    // cargo's unit-test binaries run from target/<profile>/deps, one below the binaries.
+    if !bin.is_file() && exe.parent().is_some_and(|d| d.ends_with("deps")) {
+        if let Some(profile) = exe.parent().and_then(Path::parent) {
+            bin = profile.join("osbuild-boot-menu");
+        }
+    }
     anyhow::ensure!(
         bin.is_file(),
         "{} is missing: it is built with osbuild (cargo build --workspace) and goes into every tree",
@@ -301,18 +331,14 @@ pub(crate) struct CommitArgs {
     /// Archive repository; created if it does not exist.
     #[arg(long, default_value = "repo")]
     repo: PathBuf,
-    /// The ref to commit to, e.g. debian/bookworm/x86_64 [default: the manifest's `ref`].
-    #[arg(long)]
-    branch: Option<String>,
     /// The OSTree-ready tree to commit [default: bootstrap the manifest's OS first].
     #[arg(long)]
     tree: Option<PathBuf>,
     /// The commit's subject line.
     #[arg(long)]
     subject: Option<String>,
-    /// Version metadata shown by `ostree admin status` [default: the manifest's `version`].
-    #[arg(long)]
-    version: Option<String>,
+    #[command(flatten)]
+    keys: CommitKeyFlags,
     #[command(flatten)]
     manifest: ManifestArg,
     #[command(flatten)]
@@ -323,16 +349,18 @@ impl CommitArgs {
     /// Commit (bootstrapping first when there is a manifest and no --tree), print the
     /// checksum, and return the branch committed to.
     fn run(&self, manifest: Option<&Manifest>) -> Result<String> {
-        let branch = match (&self.branch, manifest) {
-            (Some(branch), _) => branch.clone(),
+        let branch = match (self.keys.0.value("ref"), manifest) {
+            (Some(branch), _) => branch.to_string(),
             (None, Some(m)) => m.ostree_ref().to_string(),
             (None, None) => anyhow::bail!(
                 "commit needs --branch REF, or a manifest with a `ref` (--manifest FILE, or ./osbuild.toml)"
             ),
         };
         let version = self
-            .version
-            .clone()
+            .keys
+            .0
+            .value("version")
+            .map(str::to_string)
             .or_else(|| manifest.and_then(|m| m.render_version(std::time::SystemTime::now())));
         let opts = ostree_commit::CommitOptions {
             branch: branch.clone(),
@@ -586,11 +614,19 @@ mod tests {
 
     #[test]
     fn bootstrap_and_commit_parse() {
-        let cli = parse(&["osbuild", "bootstrap", "--output", "t", "--package", "a,b"]).unwrap();
+        let cli = parse(&[
+            "osbuild",
+            "bootstrap",
+            "--output",
+            "t",
+            "--package",
+            "jq,vim",
+        ])
+        .unwrap();
         let Command::Bootstrap(a) = cli.verb() else {
             panic!("{cli:?}")
         };
-        assert_eq!(a.tree.packages, ["a", "b"]);
+        assert_eq!(a.tree.keys.0.values("packages"), ["jq", "vim"]);
         // Flags alone: a Debian bookworm tree with the extra packages.
         let spec = a.tree.bootstrap(None).unwrap();
         let ostree_commit::Base::Debian(debian) = &spec.base else {
@@ -598,7 +634,7 @@ mod tests {
         };
         assert_eq!(
             (debian.suite.as_str(), debian.packages.as_slice()),
-            ("bookworm", &["a".to_string(), "b".to_string()][..])
+            ("bookworm", &["jq".to_string(), "vim".to_string()][..])
         );
         assert_eq!(spec.hostname.as_deref(), Some("osbuild"));
         let paths: Vec<_> = spec
@@ -626,13 +662,13 @@ mod tests {
         ])
         .unwrap();
         assert!(
-            matches!(cli.verb(), Command::Bootstrap(a) if a.tree.overlays == [PathBuf::from("x"), PathBuf::from("y")])
+            matches!(cli.verb(), Command::Bootstrap(a) if a.tree.keys.0.values("overlays") == ["x", "y"])
         );
         let cli = parse(&[
             "osbuild", "commit", "--repo", "r", "--branch", "b", "--tree", "t",
         ])
         .unwrap();
-        assert!(matches!(cli.verb(), Command::Commit(a) if a.branch.as_deref() == Some("b")));
+        assert!(matches!(cli.verb(), Command::Commit(a) if a.keys.0.value("ref") == Some("b")));
         // Branch and tree may come from a manifest: checked when it runs.
         let cli = parse(&["osbuild", "commit", "--manifest", "os.toml"]).unwrap();
         assert!(matches!(cli.verb(), Command::Commit(a) if a.tree.is_none()
@@ -680,7 +716,105 @@ mod tests {
         let text = "name = \"demo\"\nref = \"demo/{arch}\"\n[base]\ndirectory = \"overlay\"\n";
         let manifest = Manifest::from_str_at(text, &path).unwrap();
         let err = a.tree.bootstrap(Some(&manifest)).unwrap_err().to_string();
-        assert!(err.contains("--suite"), "{err}");
+        assert!(
+            err.contains("--package, --suite only apply to a Debian base"),
+            "{err}"
+        );
+        // Values are checked as the manifest's are, naming the flag.
+        for (flag, value) in [
+            ("--hostname", "a_b"),
+            ("--suite", "Trixie"),
+            ("--mirror", "deb.debian.org"),
+            ("--kernel", "Linux"),
+            ("--package", "jq,Emacs"),
+        ] {
+            let cli = parse(&["osbuild", "bootstrap", "--output", "t", flag, value]).unwrap();
+            let Command::Bootstrap(a) = cli.verb() else {
+                panic!("{cli:?}")
+            };
+            let err = a.tree.bootstrap(None).unwrap_err().to_string();
+            assert!(err.starts_with(&format!("{flag} ")), "{err}");
+        }
+    }
+
+    /// The help of `verb`, as `osbuild VERB --help` prints it.
+    fn help(verb: &str) -> String {
+        let mut cmd = Cli::command();
+        cmd.find_subcommand_mut(verb)
+            .unwrap_or_else(|| panic!("no verb {verb}"))
+            .render_long_help()
+            .to_string()
+    }
+
+    #[test]
+    fn every_key_flag_is_in_the_help_and_overrides_its_key() {
+        let flags = ostree_commit::key_flags();
+        // The keys the issue names as overridable, with the spellings scripts use.
+        let names: Vec<&str> = flags.iter().map(|f| f.name).collect();
+        for name in [
+            "suite", "mirror", "kernel", "package", "hostname", "overlay", "branch", "version",
+        ] {
+            assert!(names.contains(&name), "no --{name}: {names:?}");
+        }
+        for flag in &flags {
+            let verbs: &[&str] = match flag.scope {
+                ostree_commit::FlagScope::Tree => &["bootstrap", "commit", "commit-push"],
+                ostree_commit::FlagScope::Commit => &["commit", "commit-push"],
+            };
+            for verb in verbs {
+                let help = help(verb);
+                assert!(
+                    help.contains(&format!("--{} <{}>", flag.name, flag.value_name)),
+                    "{verb}: --{}",
+                    flag.name
+                );
+                assert!(
+                    help.contains(&format!("`{}`", flag.key)),
+                    "{verb}: --{} does not name {}",
+                    flag.name,
+                    flag.key
+                );
+            }
+            // Each flag reaches its key: a tree flag changes the Debian tree, a commit flag
+            // the branch or version.
+            let value = match flag.key.as_str() {
+                "base.mirror" => "http://mirror.example/debian",
+                _ => "xy",
+            };
+            let arg = format!("--{}={value}", flag.name);
+            match flag.scope {
+                ostree_commit::FlagScope::Tree => {
+                    let cli = parse(&["osbuild", "bootstrap", "--output", "t", &arg]).unwrap();
+                    let Command::Bootstrap(a) = cli.verb() else {
+                        panic!()
+                    };
+                    let spec = a.tree.bootstrap(None).unwrap();
+                    let plain = TreeArgs::default().bootstrap(None).unwrap();
+                    assert_ne!(
+                        format!("{spec:?}"),
+                        format!("{plain:?}"),
+                        "--{} changed nothing",
+                        flag.name
+                    );
+                }
+                ostree_commit::FlagScope::Commit => {
+                    let cli = parse(&["osbuild", "commit", &arg]).unwrap();
+                    let Command::Commit(a) = cli.verb() else {
+                        panic!()
+                    };
+                    assert_eq!(a.keys.0.value(&flag.key), Some(value), "--{}", flag.name);
+                }
+            }
+        }
+        // --branch and --version are what commit uses.
+        let cli = parse(&["osbuild", "commit", "--branch", "a/b", "--version", "7"]).unwrap();
+        let Command::Commit(a) = cli.verb() else {
+            panic!()
+        };
+        assert_eq!(
+            (a.keys.0.value("ref"), a.keys.0.value("version")),
+            (Some("a/b"), Some("7"))
+        );
     }
 
     #[test]

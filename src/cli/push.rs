@@ -318,7 +318,7 @@ mod tests {
         let Command::CommitPush(a) = cli.verb() else {
             panic!("{cli:?}")
         };
-        assert_eq!(a.commit.branch.as_deref(), Some("b"));
+        assert_eq!(a.commit.keys.0.value("ref"), Some("b"));
         assert_eq!(a.commit.repo, Path::new("r"));
         assert_eq!(a.ssh.commands, ["ostree-receive"]);
         assert_eq!(

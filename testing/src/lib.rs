@@ -7,11 +7,13 @@
 //! - [`gpg`]: a throwaway signing key shared by a test process;
 //! - [`fixture`]: slow fixtures cached under target/, keyed by their inputs;
 //! - [`vm`]: the qemu VM harness;
+//! - [`guest`]: booting an example OS and running checks in its serial shell;
 //! - [`sshd`]: SSH keys and a real OpenSSH sshd;
 //! - [`ostree_push`]: the reference ostree-push client and receiver.
 
 pub mod fixture;
 pub mod gpg;
+pub mod guest;
 pub mod helpers;
 pub mod need;
 pub mod ostree_push;

@@ -11,6 +11,7 @@ use anyhow::{Context, Result};
 use image_builder::{Bootloader, Firmware, Format};
 use osbuild_core::cmd;
 use osbuild_testing::fixture::{self, Key};
+use osbuild_testing::guest::{boot_into, check_all, osbuild, probe, shell_ready, Timings};
 use osbuild_testing::helpers::{free_port, osbuild_bin, workspace_root, Daemon};
 use osbuild_testing::vm::{Vm, VmConfig};
 use osbuild_testing::{require, Need};
@@ -21,27 +22,6 @@ use std::time::{Duration, Instant};
 
 /// SampleOS's ref: the manifest's default `{name}/{suite}/{arch}`.
 const BRANCH: &str = "sampleos/bookworm/x86_64";
-const BOOT_TIMEOUT: Duration = Duration::from_secs(420);
-
-/// Run osbuild, failing with its command line and stderr; returns the last line of stdout.
-fn osbuild(args: &[&str]) -> Result<String> {
-    let out = cmd::run(Command::new(osbuild_bin()).args(args))?;
-    Ok(out.lines().last().unwrap_or_default().trim().to_string())
-}
-
-/// Step timings, printed at the end for the record.
-struct Timings(Vec<(String, Duration)>);
-
-impl Timings {
-    fn time<T>(&mut self, step: &str, f: impl FnOnce() -> Result<T>) -> Result<T> {
-        let start = Instant::now();
-        let r = f().with_context(|| format!("step {step}"))?;
-        let took = start.elapsed();
-        eprintln!("e2e: {step}: {:.1}s", took.as_secs_f64());
-        self.0.push((step.to_string(), took));
-        Ok(r)
-    }
-}
 
 /// examples/sampleos and the overlay it names, copied to `dest` with the fortuneteller
 /// binary where the manifest expects it (bin/ is not in the source tree).
@@ -97,35 +77,6 @@ fn rootfs(work: &Path) -> Result<PathBuf> {
     })
 }
 
-/// Wait until the serial console's root shell answers. The boot marker and the autologin
-/// race: input typed before the getty starts is thrown away, and the prompt may come
-/// before the marker or after it, so ask until the shell echoes.
-fn shell_ready(vm: &mut Vm) -> Result<()> {
-    let deadline = Instant::now() + BOOT_TIMEOUT;
-    loop {
-        // Split by quotes: what is typed cannot match, only what the shell prints.
-        vm.send_line("echo SHELL''-READY")?;
-        match vm.wait_for("SHELL-READY", Duration::from_secs(10)) {
-            Ok(_) => return Ok(()),
-            Err(e) if Instant::now() > deadline => return Err(e),
-            Err(_) => {}
-        }
-    }
-}
-
-/// Run `command` in the guest's root shell (see [`shell_ready`]) and return what it
-/// printed, on one line. The marker is split by quotes in what is typed, so only the
-/// output can match it.
-fn probe(vm: &mut Vm, name: &str, command: &str) -> Result<String> {
-    vm.send_line(&format!(
-        "echo \"PROBE\"\"-{name}=$({command} 2>&1 | tr '\\n' ' ')\""
-    ))?;
-    let marker = format!("PROBE-{name}=");
-    let line = vm.wait_for(&marker, Duration::from_secs(120))?;
-    let value = line.split_once(&marker).map(|(_, v)| v).unwrap_or_default();
-    Ok(value.trim().to_string())
-}
-
 /// Every feature SampleOS's manifest asks for, seen from inside the booted guest, and the
 /// fortune teller answering through qemu's port forward.
 fn check_sampleos(vm: &mut Vm, host_port: u16) -> Result<()> {
@@ -177,21 +128,7 @@ fn check_sampleos(vm: &mut Vm, host_port: u16) -> Result<()> {
             "osbuild",
         ),
     ];
-    let mut failed = Vec::new();
-    for (name, command, expected) in checks {
-        let got = probe(vm, name, command)?;
-        eprintln!("e2e: {name}: {got}");
-        if !got.contains(expected) {
-            failed.push(format!(
-                "{name}: `{command}` gave {got:?}, expected {expected:?}"
-            ));
-        }
-    }
-    anyhow::ensure!(
-        failed.is_empty(),
-        "SampleOS checks failed:\n{}",
-        failed.join("\n")
-    );
+    check_all(vm, "SampleOS", checks)?;
     // From the host, as the README's main job does.
     let reply = http_get(host_port, "/fortuneteller")?;
     anyhow::ensure!(
@@ -219,43 +156,13 @@ fn http_get(port: u16, path: &str) -> Result<String> {
     Ok(out)
 }
 
-/// The value of `key=` in the report line the example OS prints at boot.
-fn field<'a>(line: &'a str, key: &str) -> Option<&'a str> {
-    line.split_whitespace()
-        .find_map(|w| w.strip_prefix(key)?.strip_prefix('='))
-}
-
-/// Boot the image and check the report line: the booted commit and the release file.
-fn boot_into(image: &Path, log: &Path, commit: &str, release: &str, port: u16) -> Result<Vm> {
-    boot_config(
-        VmConfig::new(image).log(log).forward(port, 8090),
-        commit,
-        release,
-    )
-}
-
-/// Boot as `config` says and check the report line.
-fn boot_config(config: VmConfig, commit: &str, release: &str) -> Result<Vm> {
-    let mut vm = Vm::boot(config)?;
-    let line = vm.wait_for("OSBUILD-BOOTED", BOOT_TIMEOUT)?;
-    anyhow::ensure!(
-        field(&line, "commit") == Some(commit),
-        "booted {line:?}, expected commit {commit}"
-    );
-    anyhow::ensure!(
-        field(&line, "release") == Some(release),
-        "booted {line:?}, expected release {release}"
-    );
-    Ok(vm)
-}
-
 #[test]
 fn bootstrap_commit_serve_image_boot_upgrade() -> Result<()> {
     // Root for loop mounts and chroot.
     if !require(&[Need::Root, Need::Mmdebstrap, Need::Qemu]) {
         return Ok(());
     }
-    let mut t = Timings(Vec::new());
+    let mut t = Timings::default();
     let work = tempfile::Builder::new()
         .prefix("e2e-")
         .tempdir_in(env!("CARGO_TARGET_TMPDIR"))?;
@@ -328,11 +235,11 @@ fn bootstrap_commit_serve_image_boot_upgrade() -> Result<()> {
     let fortune_port = free_port();
     let mut vm = t.time("first boot to marker", || {
         boot_into(
-            &image,
-            &work.path().join("boot1.log"),
+            VmConfig::new(&image)
+                .log(work.path().join("boot1.log"))
+                .forward(fortune_port, 8090),
             &c1,
             "1",
-            fortune_port,
         )
     })?;
     t.time("SampleOS checks in the guest", || {
@@ -376,11 +283,9 @@ fn bootstrap_commit_serve_image_boot_upgrade() -> Result<()> {
 
     let mut vm = t.time("boot after upgrade", || {
         boot_into(
-            &image,
-            &work.path().join("boot2.log"),
+            VmConfig::new(&image).log(work.path().join("boot2.log")),
             &c2,
             "2",
-            free_port(),
         )
     })?;
     shell_ready(&mut vm)?;
@@ -396,10 +301,7 @@ fn bootstrap_commit_serve_image_boot_upgrade() -> Result<()> {
         "no rollback deployment of {c1}: {status}"
     );
 
-    eprintln!("e2e timings:");
-    for (step, d) in &t.0 {
-        eprintln!("  {step}: {:.1}s", d.as_secs_f64());
-    }
+    t.report("e2e");
     Ok(())
 }
 
@@ -511,7 +413,7 @@ fn boot_and_upgrade(
             .secure_boot(v.secure_boot)
             .log(dir.join(format!("{}-boot{n}.log", v.name)))
     };
-    let mut vm = boot_config(config(1), c1, "1")?;
+    let mut vm = boot_into(config(1), c1, "1")?;
     shell_ready(&mut vm)?;
     if v.secure_boot {
         // The kernel says so; efivarfs reads come back empty under TCG (field notes).
@@ -528,7 +430,7 @@ fn boot_and_upgrade(
     vm.wait_exit(Duration::from_secs(300))?;
     drop(vm);
     // A fresh qemu per boot: warm reboots under OVMF sometimes hang in the firmware.
-    let vm = boot_config(config(2), c2, "2")?;
+    let vm = boot_into(config(2), c2, "2")?;
     drop(vm);
     fs::remove_file(&image).with_context(|| format!("removing {}", image.display()))?;
     Ok(())

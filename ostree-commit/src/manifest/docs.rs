@@ -1,6 +1,7 @@
 //! The reference section of docs/manifest.md, generated from the `section!`
 //! declarations in `raw.rs`; the docs test compares it with the committed file.
 
+use super::flags::FlagAction;
 use super::raw::SECTIONS;
 use std::fmt::Write as _;
 
@@ -14,7 +15,8 @@ fn paragraph(lines: &[&str]) -> String {
     lines.iter().map(|l| l.trim()).collect::<Vec<_>>().join(" ")
 }
 
-/// The reference: per table, its description and a table of key, type, default, meaning.
+/// The reference: per table, its description and a table of key, type, default, the flag
+/// that overrides it, meaning.
 pub(crate) fn reference() -> String {
     let mut out = String::new();
     for section in SECTIONS {
@@ -24,15 +26,24 @@ pub(crate) fn reference() -> String {
             "Top level".to_string()
         };
         let _ = writeln!(out, "### {title}\n\n{}\n", paragraph(section.doc));
-        out.push_str("| Key | Type | Default | Meaning |\n|---|---|---|---|\n");
+        out.push_str("| Key | Type | Default | Flag | Meaning |\n|---|---|---|---|---|\n");
         for key in section.keys {
             let cell = |s: &str| s.replace('|', "\\|");
+            let flag = key.flag.map_or(String::new(), |f| {
+                let how = match f.action {
+                    FlagAction::Set => "",
+                    FlagAction::Add => " (adds; repeatable)",
+                    FlagAction::AddList => " (adds; repeatable, comma-separated)",
+                };
+                format!("`--{} {}`{how}", f.name, f.value_name)
+            });
             let _ = writeln!(
                 out,
-                "| `{}` | {} | {} | {} |",
+                "| `{}` | {} | {} | {} | {} |",
                 key.name.trim_start_matches("r#"),
                 cell(key.ty),
                 cell(key.default),
+                flag,
                 cell(&paragraph(key.doc)),
             );
         }

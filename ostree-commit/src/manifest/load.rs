@@ -225,7 +225,7 @@ impl Cx<'_> {
             packages,
             kernel: kernel_package,
         };
-        let (base, repositories) = self.base(raw_base, installs)?;
+        let base = self.base(raw_base, installs)?;
 
         let ostree_ref = self.ostree_ref(raw.r#ref.as_ref(), &raw.name, &name, &base, base_span)?;
         let (version, source_date_epoch) = match &raw.version {
@@ -329,7 +329,6 @@ impl Cx<'_> {
             hostname,
             ostree_ref,
             base,
-            repositories,
             overlays,
             files,
             users,
@@ -341,13 +340,8 @@ impl Cx<'_> {
         })
     }
 
-    /// The base; its extra repositories; and what the base key needs beyond them: the
-    /// SHA-256 of each repository's keyring, or a tarball's size and modification time.
-    fn base(
-        &self,
-        raw: Spanned<RawBase>,
-        installs: Installs,
-    ) -> Result<(Base, Vec<AptRepository>), ManifestError> {
+    /// The base, a Debian one with its extra repositories.
+    fn base(&self, raw: Spanned<RawBase>, installs: Installs) -> Result<Base, ManifestError> {
         let span = raw.span();
         let b = raw.into_inner();
         let kinds = [
@@ -449,7 +443,7 @@ impl Cx<'_> {
                         .map_err(|m| self.invalid(format!("{key}.sources"), r.sources.span(), m))?;
                     let keyring =
                         self.existing(format!("{key}.keyring"), &r.keyring, Want::File)?;
-                    std::fs::read(&keyring).map_err(|e| {
+                    let bytes = std::fs::read(&keyring).map_err(|e| {
                         self.err(
                             format!("{key}.keyring"),
                             r.keyring.span(),
@@ -459,6 +453,23 @@ impl Cx<'_> {
                             },
                         )
                     })?;
+                    // apt tells an armored keyring from a binary one by its name alone.
+                    let armored = bytes.starts_with(b"-----BEGIN PGP");
+                    let named_asc = keyring.extension().is_some_and(|e| e == "asc");
+                    if armored != named_asc {
+                        return Err(self.err(
+                            format!("{key}.keyring"),
+                            r.keyring.span(),
+                            ManifestErrorKind::MissingFile {
+                                path: keyring.clone(),
+                                reason: if armored {
+                                    "is an armored key: name it *.asc (apt reads other names as binary keyrings)".into()
+                                } else {
+                                    "is not an armored key: give the armored key (-----BEGIN PGP …), or a binary keyring not named *.asc".into()
+                                },
+                            },
+                        ));
+                    }
                     repositories.push(AptRepository { sources, keyring });
                 }
                 Base::Debian(Debian {
@@ -467,6 +478,7 @@ impl Cx<'_> {
                     components,
                     kernel: installs.kernel.map_or(defaults.kernel, |(k, _)| k),
                     packages: installs.packages,
+                    repositories,
                 })
             }
         };
@@ -474,7 +486,7 @@ impl Cx<'_> {
         base.source()
             .check()
             .map_err(|e| self.invalid(format!("base.{kind}"), value.span(), format!("{e:#}")))?;
-        Ok((base, repositories))
+        Ok(base)
     }
 
     fn ostree_ref(
@@ -728,6 +740,13 @@ impl Cx<'_> {
 /// Classify an APT source entry: one `deb`/`deb-src` line, or a deb822 stanza.
 fn sources(text: &str) -> Result<AptSources, String> {
     let trimmed = text.trim();
+    // The repository's `keyring` is what signs it: a second, different answer would be
+    // confusing at best.
+    if trimmed.to_ascii_lowercase().contains("signed-by") {
+        return Err(
+            "leave signed-by out: the `keyring` key says which key signs the repository".into(),
+        );
+    }
     let first = trimmed.split_whitespace().next().unwrap_or_default();
     if (first == "deb" || first == "deb-src")
         && !trimmed.contains('\n')
@@ -741,6 +760,9 @@ fn sources(text: &str) -> Result<AptSources, String> {
                 .is_some_and(|(f, v)| f.trim().eq_ignore_ascii_case(field) && !v.trim().is_empty())
         })
     };
+    if trimmed.lines().any(|l| l.trim().is_empty()) {
+        return Err("one deb822 stanza per [[base.repositories]]: remove the blank line, or add another [[base.repositories]] for the next stanza".into());
+    }
     if has("Types") && has("URIs") && has("Suites") {
         return Ok(AptSources::Deb822(format!("{trimmed}\n")));
     }

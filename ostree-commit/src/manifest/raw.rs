@@ -3,39 +3,69 @@
 //! reference in docs/manifest.md (see `docs.rs`). Values that a later check may reject
 //! are [`Spanned`], so that the error can point at them.
 
+use super::flags::{FlagAction, FlagScope};
 use serde::de::{self, Deserializer, Visitor};
 use serde::Deserialize;
 use std::fmt;
 use toml::Spanned;
 
 /// One key of a table, as the reference lists it.
-#[cfg(test)]
 #[derive(Debug)]
 pub(crate) struct Key {
     pub(crate) name: &'static str,
+    // The type and default are only for the reference, which tests generate.
+    #[cfg_attr(not(test), allow(dead_code))]
     pub(crate) ty: &'static str,
+    #[cfg_attr(not(test), allow(dead_code))]
     pub(crate) default: &'static str,
     pub(crate) doc: &'static [&'static str],
+    /// The command-line flag that overrides the key, if any.
+    pub(crate) flag: Option<FlagDecl>,
+}
+
+/// A flag as a key declares it: `flag Tree "suite" "SUITE" Set`.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct FlagDecl {
+    pub(crate) scope: FlagScope,
+    pub(crate) name: &'static str,
+    pub(crate) value_name: &'static str,
+    pub(crate) action: FlagAction,
 }
 
 /// One table of the manifest, as the reference lists it.
-#[cfg(test)]
 #[derive(Debug)]
 pub(crate) struct Section {
     pub(crate) table: &'static str,
+    #[cfg_attr(not(test), allow(dead_code))]
     pub(crate) doc: &'static [&'static str],
     pub(crate) keys: &'static [Key],
 }
 
-/// Declares a table's struct and, for the docs test, its [`Section`]: each field is
-/// `/// doc` lines, then `name: RustType, "type in the docs", "default in the docs";`.
+impl Section {
+    /// What a key of this table is called in errors: `base.` for `[base]`, nothing at the
+    /// top level.
+    pub(crate) fn key_prefix(&self) -> String {
+        let name = self.table.trim_matches(|c| c == '[' || c == ']');
+        if self.table.starts_with('[') {
+            format!("{name}.")
+        } else {
+            String::new()
+        }
+    }
+}
+
+/// Declares a table's struct and its [`Section`] (for the reference in docs/manifest.md
+/// and the flags that override keys): each field is `/// doc` lines, then
+/// `name: RustType, "type in the docs", "default in the docs";`, with
+/// `, flag SCOPE "flag" "VALUE" ACTION` before the `;` when a flag overrides the key.
 macro_rules! section {
     (
         $(#[doc = $sdoc:literal])*
         $table:literal struct $name:ident {
             $(
                 $(#[doc = $doc:literal])*
-                $field:ident : $ty:ty, $tyname:literal, $default:literal;
+                $field:ident : $ty:ty, $tyname:literal, $default:literal
+                    $(, flag $scope:ident $flag:literal $value:literal $action:ident)?;
             )*
         }
     ) => {
@@ -46,7 +76,6 @@ macro_rules! section {
             $( $(#[doc = $doc])* pub(crate) $field: $ty, )*
         }
 
-        #[cfg(test)]
         impl $name {
             pub(crate) const SECTION: Section = Section {
                 table: $table,
@@ -56,9 +85,19 @@ macro_rules! section {
                     ty: $tyname,
                     default: $default,
                     doc: &[$($doc),*],
+                    flag: section!(@flag $($scope $flag $value $action)?),
                 }),*],
             };
         }
+    };
+    (@flag) => { None };
+    (@flag $scope:ident $flag:literal $value:literal $action:ident) => {
+        Some(FlagDecl {
+            scope: FlagScope::$scope,
+            name: $flag,
+            value_name: $value,
+            action: FlagAction::$action,
+        })
     };
 }
 
@@ -72,23 +111,24 @@ section! {
         name: Str, "string", "required";
         /// The commit's version, shown by `ostree admin status`. `{date}` becomes the build
         /// time in UTC as `YYYYMMDD.HHMM`, taken from `SOURCE_DATE_EPOCH` when it is set.
-        version: Option<Str>, "string", "none: commits carry no version";
+        version: Option<Str>, "string", "none: commits carry no version", flag Commit "version" "VERSION" Set;
         /// The image's host name (RFC 1123: letters, digits and `-`, dot-separated labels).
-        hostname: Option<Str>, "string", "`localhost` on a Debian base (never the build host's name); a tarball's or directory's own";
+        hostname: Option<Str>, "string", "`localhost` on a Debian base (never the build host's name); a tarball's or directory's own; `osbuild` without a manifest", flag Tree "hostname" "HOSTNAME" Set;
         /// The branch commits go to. `{name}`, `{suite}` (the Debian suite) and `{arch}`
         /// (`x86_64`) are replaced; a tarball or directory base has no suite, so its
         /// manifest must set a `ref` without `{suite}`. The result must be a valid ostree
         /// ref: segments of letters, digits, `-`, `.`, `_` separated by `/`.
-        r#ref: Option<Str>, "string", "`\"{name}/{suite}/{arch}\"`";
+        r#ref: Option<Str>, "string", "`\"{name}/{suite}/{arch}\"`", flag Commit "branch" "REF" Set;
         /// What the tree is built from: see `[base]`.
         base: Option<Spanned<RawBase>>, "table", "required";
         /// Debian packages installed into a distro base, by name, besides the kernel and
         /// the packages every bootable tree gets. A tarball or directory base brings its
         /// own system: packages are an error there.
-        packages: List, "list of strings", "`[]`";
-        /// Directories (beside the manifest) copied over the tree with their modes and
-        /// owners: `OVERLAY/etc/x` becomes `/etc/x`.
-        overlays: List, "list of paths", "`[]`";
+        packages: List, "list of strings", "`[]`", flag Tree "package" "PACKAGE" AddList;
+        /// Directories copied over the tree in order with their modes and owners,
+        /// `OVERLAY/etc/x` becoming `/etc/x` (the manifest's beside it, then `--overlay`'s
+        /// from the current directory).
+        overlays: List, "list of paths", "`[]`", flag Tree "overlay" "DIR" Add;
         /// Single files written into the tree: see `[[files]]`.
         files: Option<Vec<Spanned<RawFile>>>, "array of tables", "`[]`";
         /// Login users: see `[[users]]`.
@@ -114,9 +154,9 @@ section! {
         /// Bootstrap a distribution with mmdebstrap. Only `"debian"` is supported.
         distro: Option<Str>, "string", "none";
         /// The Debian suite (codename), e.g. `bookworm` or `trixie`.
-        suite: Option<Str>, "string", "`\"bookworm\"`";
+        suite: Option<Str>, "string", "`\"bookworm\"`", flag Tree "suite" "SUITE" Set;
         /// The Debian mirror: an `http://`, `https://` or `file:/` URL.
-        mirror: Option<Str>, "string", "mmdebstrap's (`http://deb.debian.org/debian`)";
+        mirror: Option<Str>, "string", "mmdebstrap's (`http://deb.debian.org/debian`)", flag Tree "mirror" "URL" Set;
         /// The archive components enabled from the mirror.
         components: List, "list of strings", "`[\"main\"]`";
         /// Extra APT repositories: see `[[base.repositories]]`.
@@ -195,7 +235,7 @@ section! {
     /// The kernel installed into the base and its command line.
     "[kernel]" struct RawKernel {
         /// The Debian kernel package (distro bases only).
-        package: Option<Str>, "string", "`\"linux-image-cloud-amd64\"`";
+        package: Option<Str>, "string", "`\"linux-image-cloud-amd64\"`", flag Tree "kernel" "PACKAGE" Set;
         /// Arguments added to every image's kernel command line, one per entry, without
         /// spaces.
         args: List, "list of strings", "`[]`";
@@ -234,7 +274,6 @@ section! {
 }
 
 /// Every table, in the order the reference lists them.
-#[cfg(test)]
 pub(crate) const SECTIONS: &[Section] = &[
     RawManifest::SECTION,
     RawBase::SECTION,

@@ -96,6 +96,84 @@ fn docs_reference_matches_the_structs() {
     }
 }
 
+#[test]
+fn docs_list_each_keys_flag() {
+    let text = fs::read_to_string(docs_path()).unwrap();
+    let flags = key_flags();
+    assert!(!flags.is_empty());
+    for flag in &flags {
+        // The key's row, under its table's heading, names the flag.
+        let (table, key) = match flag.key.rsplit_once('.') {
+            Some((table, key)) => (format!("### `[{table}]`"), key),
+            None => ("### Top level".to_string(), flag.key.as_str()),
+        };
+        let section = text
+            .split_once(&table)
+            .map(|(_, s)| s.split("\n### ").next().unwrap_or_default())
+            .unwrap_or_else(|| panic!("docs/manifest.md has no {table}"));
+        let row = section
+            .lines()
+            .find(|l| l.starts_with(&format!("| `{key}` |")))
+            .unwrap_or_else(|| panic!("no row for {} under {table}", flag.key));
+        assert!(
+            row.contains(&format!("`--{} {}`", flag.name, flag.value_name)),
+            "{}: {row}",
+            flag.key
+        );
+    }
+    // Flags on keys the CLI cannot apply would be dead: each has a test in src/cli.
+    let tree: Vec<&str> = flags
+        .iter()
+        .filter(|f| f.scope == FlagScope::Tree)
+        .map(|f| f.key.as_str())
+        .collect();
+    assert_eq!(
+        tree,
+        [
+            "hostname",
+            "packages",
+            "overlays",
+            "base.suite",
+            "base.mirror",
+            "kernel.package"
+        ]
+    );
+}
+
+#[test]
+fn overrides_apply_to_a_manifests_tree() {
+    let dir = fixture();
+    let m = load(
+        &dir,
+        &format!("hostname = \"a\"\npackages = [\"curl\"]\n{MINIMAL}"),
+    )
+    .unwrap();
+    let mut spec = crate::Bootstrap::from_manifest(&m).unwrap();
+    let mut overrides = Overrides::default();
+    for flag in key_flags() {
+        let values = match flag.key.as_str() {
+            "hostname" => vec!["b".to_string()],
+            "packages" => vec!["jq".into(), "curl".into()],
+            "base.suite" => vec!["bookworm".into(), "trixie".into()],
+            _ => vec![],
+        };
+        overrides.insert(flag, values);
+    }
+    assert_eq!(overrides.value("base.suite"), Some("trixie"));
+    overrides.apply(&mut spec).unwrap();
+    assert_eq!(spec.hostname.as_deref(), Some("b"));
+    let Base::Debian(d) = &spec.base else {
+        panic!()
+    };
+    assert_eq!(
+        (d.suite.as_str(), d.packages.as_slice()),
+        (
+            "trixie",
+            &["curl".to_string(), "jq".into(), "curl".into()][..]
+        )
+    );
+}
+
 /// Every key path a TOML document sets, array indices dropped: `base.repositories.sources`.
 fn keys_set(text: &str) -> BTreeSet<String> {
     use toml::de::{DeTable, DeValue};
@@ -171,6 +249,12 @@ fn docs_example_sets_every_key_and_loads() {
             components: vec!["main".into(), "contrib".into()],
             kernel: "linux-image-cloud-amd64".into(),
             packages: vec!["openssh-server".into(), "curl".into(), "vim-tiny".into()],
+            repositories: vec![AptRepository {
+                sources: AptSources::OneLine(
+                    "deb https://apt.example.com/debian bookworm main".into()
+                ),
+                keyring: d.join("keyrings/vendor.asc"),
+            }],
         }
     );
     assert_eq!(
@@ -245,6 +329,22 @@ fn docs_example_sets_every_key_and_loads() {
     );
     let at = UNIX_EPOCH + std::time::Duration::from_secs(1_796_157_900);
     assert_eq!(m.render_version(at).as_deref(), Some("20261201.2045"));
+
+    // The third: trixie with backports, signed by Debian's keyring where Debian installs
+    // it (an absolute path stays as written).
+    let keyring = Path::new("/usr/share/keyrings/debian-archive-keyring.gpg");
+    if keyring.is_file() {
+        let m = load(&dir, &examples[2]).unwrap();
+        assert_eq!(
+            m.repositories(),
+            [AptRepository {
+                sources: AptSources::OneLine(
+                    "deb http://deb.debian.org/debian trixie-backports main".into()
+                ),
+                keyring: keyring.to_path_buf(),
+            }]
+        );
+    }
 
     // The second example: a tarball base.
     let m = load(&dir, &examples[1]).unwrap();
@@ -425,6 +525,26 @@ fn missing_files_name_key_line_and_column() {
             other => panic!("{key}: {other:?}"),
         }
     }
+    // apt reads a keyring as armored by its name alone: the name must match the content.
+    fs::write(
+        dir.path().join("keyrings/armored.gpg"),
+        "-----BEGIN PGP PUBLIC KEY BLOCK-----\n",
+    )
+    .unwrap();
+    fs::write(dir.path().join("keyrings/binary.asc"), b"\x99\x01\x0d").unwrap();
+    for (file, says) in [
+        ("armored.gpg", "name it *.asc"),
+        ("binary.asc", "not an armored key"),
+    ] {
+        let text = format!("{MINIMAL}[[base.repositories]]\nsources = \"deb http://x bookworm main\"\nkeyring = \"keyrings/{file}\"\n");
+        match error_at(&dir, &text, "base.repositories[0].keyring", 6, 11) {
+            ManifestErrorKind::MissingFile { path, reason } => {
+                assert_eq!(path, dir.path().join("keyrings").join(file));
+                assert!(reason.contains(says), "{reason}");
+            }
+            other => panic!("{file}: {other:?}"),
+        }
+    }
 }
 
 #[test]
@@ -460,6 +580,8 @@ fn invalid_values_name_key_line_and_column() {
         (format!("{MINIMAL}components = []\n"), "base.components", 2, 1),
         ("name = \"edge\"\n[base]\ndistro = \"ubuntu\"\n".to_string(), "base.distro", 3, 10),
         (format!("{MINIMAL}[[base.repositories]]\nsources = \"http://x bookworm\"\nkeyring = \"keyrings/vendor.asc\"\n"), "base.repositories[0].sources", 5, 11),
+        (format!("{MINIMAL}[[base.repositories]]\nsources = \"deb [signed-by=/k.gpg] http://x bookworm main\"\nkeyring = \"keyrings/vendor.asc\"\n"), "base.repositories[0].sources", 5, 11),
+        (format!("{MINIMAL}[[base.repositories]]\nsources = \"Types: deb\\nURIs: http://x\\nSuites: a\\n\\nTypes: deb\\nURIs: http://y\\nSuites: b\"\nkeyring = \"keyrings/vendor.asc\"\n"), "base.repositories[0].sources", 5, 11),
         (format!("{MINIMAL}[[files]]\npath = \"etc/motd\"\ncontent = \"\"\n"), "files[0].path", 5, 8),
         (format!("{MINIMAL}[[files]]\npath = \"/etc/../motd\"\ncontent = \"\"\n"), "files[0].path", 5, 8),
         (format!("{MINIMAL}[[files]]\npath = \"/a\"\ncontent = \"\"\nmode = 644\n"), "files[0].mode", 7, 8),

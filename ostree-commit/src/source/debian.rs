@@ -2,8 +2,11 @@
 //! and rebuilds the initramfs generic, with ostree's dracut module.
 
 use super::Source;
+use crate::manifest::{AptRepository, AptSources};
 use anyhow::{Context, Result};
 use osbuild_core::cmd;
+use sha2::{Digest, Sha256};
+use std::fs;
 use std::path::Path;
 use std::process::Command;
 
@@ -34,6 +37,9 @@ pub struct Debian {
     pub kernel: String,
     /// Packages beyond the kernel and the base set.
     pub packages: Vec<String>,
+    /// Extra APT repositories, used while packages are installed and left configured in
+    /// the tree.
+    pub repositories: Vec<AptRepository>,
 }
 
 impl Default for Debian {
@@ -44,6 +50,7 @@ impl Default for Debian {
             components: vec!["main".into()],
             kernel: "linux-image-cloud-amd64".into(),
             packages: Vec::new(),
+            repositories: Vec::new(),
         }
     }
 }
@@ -85,6 +92,17 @@ impl Debian {
                     "--customize-hook=sync-out /var/cache/apt/archives {packages}"
                 ));
         }
+        // Each extra repository is written where apt looks before `apt update` runs; the
+        // build's apt runs outside the chroot, so its Signed-By is the keyring's path on
+        // this machine until `install_repositories` points it into the tree.
+        for (i, repo) in self.repositories.iter().enumerate() {
+            let file = repository_files(i, repo).0;
+            let stanza = deb822(&repo.sources, &repo.keyring.to_string_lossy());
+            cmd.arg(format!(
+                "--setup-hook=mkdir -p \"$1\"/etc/apt/sources.list.d && printf '%s' {} > \"$1\"/{file}",
+                shell_quote(&stanza)
+            ));
+        }
         // dracut needs /proc, /sys and /dev, which mmdebstrap mounts only while hooks run.
         // The distro initramfs is host-only at best: rebuild it generic, with the ostree
         // module that ostree-boot ships. --reproducible clamps the archive's times to
@@ -109,13 +127,136 @@ fn shell_quote(s: &str) -> String {
     format!("'{}'", s.replace('\'', r"'\''"))
 }
 
+/// The extra repository number `i`'s files in the tree: its deb822 sources and its
+/// keyring (`.asc` when armored, as apt tells them by name).
+fn repository_files(i: usize, repo: &AptRepository) -> (String, String) {
+    let n = i + 1;
+    let ext = if repo.keyring.extension().is_some_and(|e| e == "asc") {
+        "asc"
+    } else {
+        "gpg"
+    };
+    (
+        format!("etc/apt/sources.list.d/osbuild-{n}.sources"),
+        format!("etc/apt/keyrings/osbuild-{n}.{ext}"),
+    )
+}
+
+/// `sources` as one deb822 stanza signed by the keyring at `signed_by`.
+fn deb822(sources: &AptSources, signed_by: &str) -> String {
+    let mut out = match sources {
+        AptSources::Deb822(stanza) => stanza.clone(),
+        AptSources::OneLine(line) => {
+            // deb [opt=v ...] URI SUITE [COMPONENT...]; the load checked the shape.
+            let (kind, rest) = line.split_once(char::is_whitespace).unwrap_or((line, ""));
+            let rest = rest.trim_start();
+            let (options, rest) = match rest.strip_prefix('[') {
+                Some(r) => r.split_once(']').unwrap_or((r, "")),
+                None => ("", rest),
+            };
+            let mut out = format!("Types: {kind}\n");
+            let words: Vec<&str> = rest.split_whitespace().collect();
+            if let [uri, suite, components @ ..] = words.as_slice() {
+                out += &format!("URIs: {uri}\nSuites: {suite}\n");
+                if !components.is_empty() {
+                    out += &format!("Components: {}\n", components.join(" "));
+                }
+            }
+            for option in options.split_whitespace() {
+                let (k, v) = option.split_once('=').unwrap_or((option, ""));
+                // The one-line names whose deb822 field is spelt differently.
+                let field = match k {
+                    "arch" => "Architectures",
+                    "lang" => "Languages",
+                    "target" => "Targets",
+                    other => other,
+                };
+                out += &format!("{field}: {}\n", v.replace(',', " "));
+            }
+            out
+        }
+    };
+    if !out.ends_with('\n') {
+        out.push('\n');
+    }
+    out + &format!("Signed-By: {signed_by}\n")
+}
+
+/// The keyring's SHA-256, for the base key: the key's content, not where it lies,
+/// determines the base.
+fn keyring_digest(path: &Path) -> String {
+    match fs::read(path) {
+        Ok(bytes) => Sha256::digest(bytes)
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect(),
+        // `check` refuses it before any build.
+        Err(_) => "unreadable".into(),
+    }
+}
+
+/// Leave the extra repositories configured for apt on the device: the keyrings copied
+/// to /etc/apt/keyrings and the sources signed by them there.
+fn install_repositories(repos: &[AptRepository], dir: &Path) -> Result<()> {
+    for (i, repo) in repos.iter().enumerate() {
+        let (sources, keyring) = repository_files(i, repo);
+        let target = dir.join(&keyring);
+        fs::create_dir_all(dir.join("etc/apt/keyrings"))
+            .with_context(|| format!("creating {}", dir.join("etc/apt/keyrings").display()))?;
+        fs::copy(&repo.keyring, &target).with_context(|| {
+            format!(
+                "copying keyring {} to {}",
+                repo.keyring.display(),
+                target.display()
+            )
+        })?;
+        let path = dir.join(&sources);
+        fs::write(&path, deb822(&repo.sources, &format!("/{keyring}")))
+            .with_context(|| format!("writing {}", path.display()))?;
+    }
+    Ok(())
+}
+
+/// Where a device's /etc/resolv.conf points when systemd-resolved is in the tree.
+const RESOLVED_STUB: &str = "../run/systemd/resolve/stub-resolv.conf";
+
+/// mmdebstrap copies the build host's /etc/resolv.conf into the tree (and
+/// systemd-resolved's postinst keeps a backup of it): the build host's DNS is no
+/// device's. With systemd-resolved, /etc/resolv.conf is its stub (the link the package
+/// makes); without it, there is none, and the device has no DNS until it gets one.
+fn resolv_conf(dir: &Path) -> Result<()> {
+    let etc = dir.join("etc");
+    osbuild_core::fsutil::remove_all(&etc.join(".resolv.conf.systemd-resolved.bak"))?;
+    let conf = etc.join("resolv.conf");
+    let is_link = fs::symlink_metadata(&conf).is_ok_and(|m| m.file_type().is_symlink());
+    if !is_link {
+        osbuild_core::fsutil::remove_all(&conf)?;
+        if dir.join("usr/lib/systemd/systemd-resolved").exists() {
+            std::os::unix::fs::symlink(RESOLVED_STUB, &conf)
+                .with_context(|| format!("linking {} to {RESOLVED_STUB}", conf.display()))?;
+        }
+    }
+    Ok(())
+}
+
 impl Debian {
     /// The base cache key with SOURCE_DATE_EPOCH at `epoch`: exactly what determines the
     /// tree, that is the command line, with the paths that vary from build to build
-    /// replaced, and SOURCE_DATE_EPOCH, which mmdebstrap, dpkg and dracut write into it.
+    /// replaced (keyrings by their digest), and SOURCE_DATE_EPOCH, which mmdebstrap, dpkg
+    /// and dracut write into it.
     fn key_at(&self, epoch: Option<&str>) -> String {
-        let line =
+        let mut line =
             cmd::display(&self.mmdebstrap(Path::new("@TARGET@"), Some(Path::new("@PACKAGES@"))));
+        for (i, repo) in self.repositories.iter().enumerate() {
+            line = line.replace(
+                &*repo.keyring.to_string_lossy(),
+                &format!(
+                    "@KEYRING-{} sha256:{}@",
+                    i + 1,
+                    keyring_digest(&repo.keyring)
+                ),
+            );
+        }
         format!("{line}\nSOURCE_DATE_EPOCH={epoch:?}\n")
     }
 }
@@ -131,6 +272,14 @@ impl Source for Debian {
                 "no archive components for Debian {}: give at least main",
                 self.suite
             );
+        }
+        for repo in &self.repositories {
+            fs::File::open(&repo.keyring).with_context(|| {
+                format!(
+                    "keyring {} of an extra repository cannot be read: fix the path in [[base.repositories]] keyring",
+                    repo.keyring.display()
+                )
+            })?;
         }
         Ok(())
     }
@@ -148,6 +297,8 @@ impl Source for Debian {
         // failure the tail of its stderr is in the error.
         cmd::run_inherit(&mut self.mmdebstrap(dir, packages))
             .with_context(|| format!("bootstrapping Debian {} with mmdebstrap", self.suite))?;
+        install_repositories(&self.repositories, dir)?;
+        resolv_conf(dir).context("removing the build host's /etc/resolv.conf")?;
         Ok(())
     }
 }
@@ -259,5 +410,127 @@ mod tests {
             base.key_at(Some("1700000001"))
         );
         assert!(ab.package_list().ends_with(&["curl".into(), "jq".into()]));
+    }
+
+    fn repo(keyring: &Path) -> AptRepository {
+        AptRepository {
+            sources: AptSources::OneLine(
+                "deb [arch=amd64,i386 trusted=yes] http://deb.debian.org/debian trixie-backports main contrib".into(),
+            ),
+            keyring: keyring.to_path_buf(),
+        }
+    }
+
+    #[test]
+    fn one_line_sources_become_deb822_signed_by_the_keyring() {
+        let stanza = deb822(
+            &repo(Path::new("/k.gpg")).sources,
+            "/etc/apt/keyrings/osbuild-1.gpg",
+        );
+        assert_eq!(
+            stanza,
+            "Types: deb\nURIs: http://deb.debian.org/debian\nSuites: trixie-backports\n\
+             Components: main contrib\nArchitectures: amd64 i386\ntrusted: yes\n\
+             Signed-By: /etc/apt/keyrings/osbuild-1.gpg\n"
+        );
+        let own = AptSources::Deb822("Types: deb\nURIs: http://x\nSuites: y\n".into());
+        assert!(deb822(&own, "/k.asc").ends_with("Suites: y\nSigned-By: /k.asc\n"));
+    }
+
+    #[test]
+    fn extra_repositories_reach_mmdebstrap_and_the_base_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let keyring = dir.path().join("vendor.gpg");
+        fs::write(&keyring, b"key one").unwrap();
+        let debian = Debian {
+            repositories: vec![repo(&keyring)],
+            ..Debian::default()
+        };
+        let args: Vec<String> = debian
+            .mmdebstrap(Path::new("/t"), None)
+            .get_args()
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect();
+        let hook = args
+            .iter()
+            .find(|a| a.contains("osbuild-1.sources"))
+            .unwrap_or_else(|| panic!("{args:?}"));
+        assert!(hook.starts_with("--setup-hook="), "{hook}");
+        // While building, apt runs outside the chroot: the keyring where it lies here.
+        assert!(
+            hook.contains(&format!("Signed-By: {}", keyring.display())),
+            "{hook}"
+        );
+        // No mirror is given, so mmdebstrap still adds the updates and security suites.
+        assert!(args.last().is_some_and(|a| a == "/t"), "{args:?}");
+        assert_eq!(
+            repository_files(0, &debian.repositories[0]).1,
+            "etc/apt/keyrings/osbuild-1.gpg"
+        );
+
+        // The key holds the keyring's digest, not its path: moved, the same base;
+        // changed, another.
+        let key = debian.cache_key().unwrap();
+        assert!(!key.contains(&*keyring.to_string_lossy()), "{key}");
+        assert_ne!(key, Debian::default().cache_key().unwrap());
+        let moved = dir.path().join("elsewhere.gpg");
+        fs::copy(&keyring, &moved).unwrap();
+        let same = Debian {
+            repositories: vec![repo(&moved)],
+            ..Debian::default()
+        };
+        assert_eq!(same.cache_key(), debian.cache_key());
+        fs::write(&moved, b"key two").unwrap();
+        assert_ne!(same.cache_key(), debian.cache_key());
+
+        // A keyring that went away is refused before anything runs, by its path.
+        fs::remove_file(&moved).unwrap();
+        let err = format!("{:#}", same.check().unwrap_err());
+        assert!(err.contains(&*moved.to_string_lossy()), "{err}");
+    }
+
+    #[test]
+    fn install_repositories_points_apt_at_the_copied_keyring() {
+        let dir = tempfile::tempdir().unwrap();
+        let keyring = dir.path().join("vendor.gpg");
+        fs::write(&keyring, b"key").unwrap();
+        let tree = dir.path().join("tree");
+        fs::create_dir_all(tree.join("etc/apt/sources.list.d")).unwrap();
+        install_repositories(&[repo(&keyring)], &tree).unwrap();
+        assert_eq!(
+            fs::read(tree.join("etc/apt/keyrings/osbuild-1.gpg")).unwrap(),
+            b"key"
+        );
+        let sources =
+            fs::read_to_string(tree.join("etc/apt/sources.list.d/osbuild-1.sources")).unwrap();
+        assert!(
+            sources.ends_with("Signed-By: /etc/apt/keyrings/osbuild-1.gpg\n"),
+            "{sources}"
+        );
+    }
+
+    #[test]
+    fn the_build_hosts_resolv_conf_is_removed() {
+        let dir = tempfile::tempdir().unwrap();
+        let etc = dir.path().join("etc");
+        fs::create_dir_all(&etc).unwrap();
+        fs::write(etc.join("resolv.conf"), "nameserver 10.255.255.53\n").unwrap();
+        fs::write(
+            etc.join(".resolv.conf.systemd-resolved.bak"),
+            "nameserver 10.255.255.53\n",
+        )
+        .unwrap();
+        resolv_conf(dir.path()).unwrap();
+        assert!(fs::symlink_metadata(etc.join("resolv.conf")).is_err());
+        assert!(!etc.join(".resolv.conf.systemd-resolved.bak").exists());
+        // With systemd-resolved: its stub, as the package itself links it.
+        fs::write(etc.join("resolv.conf"), "nameserver 10.255.255.53\n").unwrap();
+        fs::create_dir_all(dir.path().join("usr/lib/systemd")).unwrap();
+        fs::write(dir.path().join("usr/lib/systemd/systemd-resolved"), "").unwrap();
+        resolv_conf(dir.path()).unwrap();
+        assert_eq!(
+            fs::read_link(etc.join("resolv.conf")).unwrap(),
+            Path::new(RESOLVED_STUB)
+        );
     }
 }

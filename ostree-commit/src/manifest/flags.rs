@@ -1,0 +1,171 @@
+//! The command-line flags that override manifest keys. Which keys have one, the flag's
+//! name and what it does are declared with the key in `raw.rs`; its help is the key's doc
+//! comment. The CLI builds its arguments from [`key_flags`] and hands what was given back
+//! as [`Overrides`], which [`Overrides::apply`] lays over a [`Bootstrap`].
+
+use super::check;
+use super::raw::SECTIONS;
+use crate::{Base, Bootstrap};
+use anyhow::{bail, Result};
+use std::path::PathBuf;
+
+/// Which command a flag belongs to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FlagScope {
+    /// What the tree is built from and holds: `bootstrap`, `commit`, `commit-push`.
+    Tree,
+    /// The commit made of the tree: `commit`, `commit-push`.
+    Commit,
+}
+
+/// What a flag does to its key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FlagAction {
+    /// Given once; replaces the key's value.
+    Set,
+    /// Repeatable; each value is added after the key's.
+    Add,
+    /// Repeatable or comma-separated; each value is added after the key's.
+    AddList,
+}
+
+/// A flag that overrides a manifest key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyFlag {
+    /// The key as errors and docs/manifest.md name it: `base.suite`.
+    pub key: String,
+    /// The long flag without its dashes: `suite`.
+    pub name: &'static str,
+    /// The placeholder for its value in the help: `SUITE`.
+    pub value_name: &'static str,
+    /// What it does to the key.
+    pub action: FlagAction,
+    /// Which commands take it.
+    pub scope: FlagScope,
+    /// The key's documentation and what the flag does to it.
+    pub help: String,
+}
+
+/// Every flag that overrides a key, in the reference's order.
+pub fn key_flags() -> Vec<KeyFlag> {
+    let mut flags = Vec::new();
+    for section in SECTIONS {
+        for key in section.keys {
+            let Some(decl) = key.flag else { continue };
+            let name = format!(
+                "{}{}",
+                section.key_prefix(),
+                key.name.trim_start_matches("r#")
+            );
+            let doc = first_sentence(key.doc);
+            let how = match decl.action {
+                FlagAction::Set => format!("Overrides the manifest's `{name}`."),
+                FlagAction::Add => {
+                    format!("Repeatable; added after the manifest's `{name}`.")
+                }
+                FlagAction::AddList => {
+                    format!("Repeatable, or comma-separated; added to the manifest's `{name}`.")
+                }
+            };
+            flags.push(KeyFlag {
+                help: format!("{doc} {how}"),
+                key: name,
+                name: decl.name,
+                value_name: decl.value_name,
+                action: decl.action,
+                scope: decl.scope,
+            });
+        }
+    }
+    flags
+}
+
+/// The first sentence of a key's doc comment: the rest is about the manifest's value
+/// (templates, paths beside the manifest), which a flag's value is not.
+fn first_sentence(doc: &[&str]) -> String {
+    let text = doc.iter().map(|l| l.trim()).collect::<Vec<_>>().join(" ");
+    let mut from = 0;
+    while let Some(i) = text[from..].find(". ").map(|i| i + from) {
+        if !(text[..i].ends_with("e.g") || text[..i].ends_with("i.e")) {
+            return text[..=i].to_string();
+        }
+        from = i + 2;
+    }
+    text
+}
+
+/// The values given on the command line for keys' flags.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Overrides {
+    values: Vec<(KeyFlag, Vec<String>)>,
+}
+
+impl Overrides {
+    /// Record `values` given for `flag` (none: the flag was not given).
+    pub fn insert(&mut self, flag: KeyFlag, values: Vec<String>) {
+        if !values.is_empty() {
+            self.values.push((flag, values));
+        }
+    }
+
+    /// The values given for `key` (`base.suite`), in order; empty when none were.
+    pub fn values(&self, key: &str) -> &[String] {
+        self.values
+            .iter()
+            .find(|(f, _)| f.key == key)
+            .map_or(&[], |(_, v)| v.as_slice())
+    }
+
+    /// The value given for `key`, the last one if it was given several times.
+    pub fn value(&self, key: &str) -> Option<&str> {
+        self.values(key).last().map(String::as_str)
+    }
+
+    /// Lay the tree's flags over `spec` (what a manifest describes, or the default
+    /// Debian tree without one), checking their values as the manifest's are checked.
+    pub fn apply(&self, spec: &mut Bootstrap) -> Result<()> {
+        let mut debian_only = Vec::new();
+        for (flag, values) in &self.values {
+            if flag.scope != FlagScope::Tree {
+                continue;
+            }
+            let checked = |r: Result<(), String>, v: &str| match r {
+                Ok(()) => Ok(v.to_string()),
+                Err(m) => Err(anyhow::anyhow!("--{} {v:?}: {m}", flag.name)),
+            };
+            let last = values.last().map(String::as_str).unwrap_or_default();
+            match (flag.key.as_str(), &mut spec.base) {
+                ("hostname", _) => spec.hostname = Some(checked(check::hostname(last), last)?),
+                ("overlays", _) => spec.overlays.extend(values.iter().map(PathBuf::from)),
+                ("base.suite", Base::Debian(d)) => {
+                    d.suite = checked(check::archive_word(last, "suite"), last)?;
+                }
+                ("base.mirror", Base::Debian(d)) => {
+                    let schemes = ["http://", "https://", "file:/"];
+                    d.mirror = Some(checked(check::url(last, &schemes), last)?);
+                }
+                ("kernel.package", Base::Debian(d)) => {
+                    d.kernel = checked(check::package_name(last), last)?;
+                }
+                ("packages", Base::Debian(d)) => {
+                    for v in values {
+                        d.packages.push(checked(check::package_name(v), v)?);
+                    }
+                }
+                ("base.suite" | "base.mirror" | "kernel.package" | "packages", _) => {
+                    debian_only.push(format!("--{}", flag.name));
+                }
+                // A key declared with a tree flag in raw.rs and no arm here: the
+                // flags test fails first.
+                (other, _) => bail!("--{}: overriding {other} is not implemented", flag.name),
+            }
+        }
+        if !debian_only.is_empty() {
+            bail!(
+                "{} only apply to a Debian base, and the manifest's base is a tarball or directory: leave them out",
+                debian_only.join(", ")
+            );
+        }
+        Ok(())
+    }
+}
