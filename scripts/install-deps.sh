@@ -9,8 +9,10 @@ PACKAGES=(
   # the pipeline's external tools
   ostree mmdebstrap e2fsprogs dosfstools mtools syslinux syslinux-common extlinux
   util-linux kmod curl fdisk
-  # boot loaders make-image installs (GRUB for BIOS and UEFI)
-  grub-common grub-pc-bin grub-efi-amd64-bin
+  # boot loaders make-image installs (GRUB for BIOS and UEFI; Debian's signed shim and
+  # GRUB for Secure Boot)
+  grub-common grub-pc-bin grub-efi-amd64-bin grub-efi-amd64-signed shim-signed
+  shim-helpers-amd64-signed
   # signed commits in tests (a throwaway key per run)
   gnupg
   # booting images in tests and in the quick start

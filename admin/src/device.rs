@@ -1,13 +1,20 @@
 //! What osbuild puts into every tree it builds so that the device keeps its boot menu
 //! right on its own: the menu generator and the units that run it after deploys.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 /// Where the menu generator is installed in the tree.
 pub const BOOT_MENU_BIN: &str = "/usr/libexec/osbuild/boot-menu";
-/// The path unit that regenerates the menu when libostree swaps `/boot/loader`; to be
-/// enabled in the tree.
-pub const BOOT_MENU_PATH_UNIT: &str = "osbuild-boot-menu.path";
+/// Where the root grower is installed in the tree.
+pub const GROW_ROOT_BIN: &str = "/usr/libexec/osbuild/grow-root";
+/// The binaries built with osbuild that go into every tree: (cargo's name, path in the tree).
+pub const BINARIES: &[(&str, &str)] = &[
+    ("osbuild-boot-menu", BOOT_MENU_BIN),
+    ("osbuild-grow-root", GROW_ROOT_BIN),
+];
+/// The units to enable in the tree: the path unit that regenerates the menu when
+/// libostree swaps `/boot/loader`, and the root grower.
+pub const ENABLED_UNITS: &[&str] = &["osbuild-boot-menu.path", "osbuild-grow-root.service"];
 
 /// A file of the tree.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -29,19 +36,22 @@ pub enum DeviceContent {
     Copy(PathBuf),
 }
 
-/// The files, with the menu generator copied from `boot_menu_bin` on the build host.
-pub fn files(boot_menu_bin: PathBuf) -> Vec<DeviceFile> {
+/// The files, with the [`BINARIES`] copied from `bin_dir` on the build host.
+pub fn files(bin_dir: &Path) -> Vec<DeviceFile> {
     let text = |path, content: &str, mode| DeviceFile {
         path,
         content: DeviceContent::Text(content.to_string()),
         mode,
     };
-    vec![
-        DeviceFile {
-            path: BOOT_MENU_BIN,
-            content: DeviceContent::Copy(boot_menu_bin),
+    let mut files: Vec<DeviceFile> = BINARIES
+        .iter()
+        .map(|(name, path)| DeviceFile {
+            path,
+            content: DeviceContent::Copy(bin_dir.join(name)),
             mode: 0o755,
-        },
+        })
+        .collect();
+    files.extend([
         // Staged deploys (`ostree admin upgrade`) write their entries at shutdown.
         text(
             "/usr/lib/systemd/system/ostree-finalize-staged.service.d/50-osbuild-boot-menu.conf",
@@ -67,5 +77,17 @@ pub fn files(boot_menu_bin: PathBuf) -> Vec<DeviceFile> {
             ),
             0o644,
         ),
-    ]
+        // An image written to a larger disk uses all of it, from the first boot on.
+        text(
+            "/usr/lib/systemd/system/osbuild-grow-root.service",
+            &format!(
+                "[Unit]\nDescription=Grow the root partition and filesystem to fill the disk\n\
+                 After=local-fs.target\nBefore=multi-user.target\n\n\
+                 [Service]\nType=oneshot\nRemainAfterExit=yes\nExecStart={GROW_ROOT_BIN}\n\n\
+                 [Install]\nWantedBy=multi-user.target\n"
+            ),
+            0o644,
+        ),
+    ]);
+    files
 }

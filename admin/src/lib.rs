@@ -2,6 +2,7 @@
 
 pub mod bootmenu;
 pub mod device;
+pub mod growroot;
 mod status;
 
 pub use status::{status, Deployment, Status};

@@ -11,7 +11,7 @@ mod shell;
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 use std::ffi::OsString;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::ExitCode;
 
 use ostree_commit::Manifest;
@@ -280,9 +280,11 @@ impl TreeArgs {
             });
         }
         spec.files.extend(device_files()?);
-        spec.services
-            .enable
-            .push(osbuild_admin::device::BOOT_MENU_PATH_UNIT.to_string());
+        spec.services.enable.extend(
+            osbuild_admin::device::ENABLED_UNITS
+                .iter()
+                .map(|u| u.to_string()),
+        );
         spec.cache = self.cache.cache();
         Ok(spec)
     }
@@ -292,19 +294,25 @@ impl TreeArgs {
 /// (osbuild_admin::device); the menu generator is the binary built beside this one.
 fn device_files() -> Result<Vec<ostree_commit::ImageFile>> {
     let exe = std::env::current_exe().context("finding the osbuild binary")?;
-    let mut bin = exe.with_file_name("osbuild-boot-menu");
+    let mut dir = exe
+        .parent()
+        .context("the osbuild binary has a directory")?
+        .to_path_buf();
     // cargo's unit-test binaries run from target/<profile>/deps, one below the binaries.
-    if !bin.is_file() && exe.parent().is_some_and(|d| d.ends_with("deps")) {
-        if let Some(profile) = exe.parent().and_then(Path::parent) {
-            bin = profile.join("osbuild-boot-menu");
+    if dir.ends_with("deps") && !dir.join(osbuild_admin::device::BINARIES[0].0).is_file() {
+        if let Some(profile) = dir.parent() {
+            dir = profile.to_path_buf();
         }
     }
-    anyhow::ensure!(
-        bin.is_file(),
-        "{} is missing: it is built with osbuild (cargo build --workspace) and goes into every tree",
-        bin.display()
-    );
-    Ok(osbuild_admin::device::files(bin)
+    for (name, _) in osbuild_admin::device::BINARIES {
+        let bin = dir.join(name);
+        anyhow::ensure!(
+            bin.is_file(),
+            "{} is missing: it is built with osbuild (cargo build --workspace) and goes into every tree",
+            bin.display()
+        );
+    }
+    Ok(osbuild_admin::device::files(&dir)
         .into_iter()
         .map(|f| ostree_commit::ImageFile {
             path: PathBuf::from(f.path),

@@ -46,7 +46,8 @@ pub enum Need {
     Ostree,
     /// The Debian archive at deb.debian.org, for tests that bootstrap.
     DebianMirror,
-    /// GRUB for BIOS and UEFI images and the tools for the ESP and qcow2 images.
+    /// GRUB for BIOS and UEFI images, Debian's signed shim and GRUB for Secure Boot, and
+    /// the tools for the ESP and qcow2 images.
     Grub,
 }
 
@@ -87,6 +88,15 @@ impl Need {
                 ("/usr/bin/mcopy", "mtools"),
                 ("/usr/sbin/mkfs.vfat", "dosfstools"),
                 ("/usr/bin/qemu-img", "qemu-utils"),
+                ("/usr/lib/shim/shimx64.efi.signed", "shim-signed"),
+                (
+                    "/usr/lib/shim/mmx64.efi.signed",
+                    "shim-helpers-amd64-signed",
+                ),
+                (
+                    "/usr/lib/grub/x86_64-efi-signed/grubx64.efi.signed",
+                    "grub-efi-amd64-signed",
+                ),
             ]
             .into_iter()
             .find(|(f, _)| !Path::new(f).exists())

@@ -406,6 +406,22 @@ fn boot_and_upgrade(
         ]
         .concat(),
     )?;
+    // Written to a disk 1 GiB larger than the image: the root grows into it at first boot.
+    let made = fs::metadata(&image)?.len();
+    match v.format {
+        Format::Raw => fs::OpenOptions::new()
+            .write(true)
+            .open(&image)?
+            .set_len(made + (1 << 30))?,
+        Format::Qcow2 => {
+            cmd::run(
+                Command::new("qemu-img")
+                    .arg("resize")
+                    .arg(&image)
+                    .arg("+1G"),
+            )?;
+        }
+    }
     let uefi = v.uefi || v.firmware == Firmware::Uefi;
     let config = |n: u32| {
         VmConfig::new(&image)
@@ -415,6 +431,21 @@ fn boot_and_upgrade(
     };
     let mut vm = boot_into(config(1), c1, "1")?;
     shell_ready(&mut vm)?;
+    // Waits for the grower if it still runs; it is a oneshot that stays active.
+    let root_mib = probe(
+        &mut vm,
+        "rootsize",
+        "systemctl start osbuild-grow-root.service; df -B1M --output=size /sysroot | tail -1",
+    )?;
+    let root_mib: u64 = root_mib
+        .trim()
+        .parse()
+        .with_context(|| format!("df said {root_mib:?}"))?;
+    let disk_mib = (made >> 20) + 1024;
+    anyhow::ensure!(
+        root_mib + 400 > disk_mib,
+        "the root filesystem has {root_mib} MiB on a {disk_mib} MiB disk: it did not grow"
+    );
     if v.secure_boot {
         // The kernel says so; efivarfs reads come back empty under TCG (field notes).
         let said = probe(&mut vm, "secureboot", "dmesg | grep -i 'secure boot'")?;
