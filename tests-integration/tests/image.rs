@@ -347,3 +347,68 @@ fn provisioning_goes_into_etc_and_var() {
     ]);
     assert!(!committed.contains("admin"), "{committed}");
 }
+
+/// Ctrl-C while extlinux's loop mount exists: the build stops with an error, and neither
+/// the mount nor its loop device nor any file is left behind.
+#[test]
+fn interrupting_the_mount_leaves_nothing_mounted() {
+    if !require(&[Need::Root]) {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let (url, _) = commit_tiny(dir.path());
+    let output = dir.path().join("out.img");
+    let mounted = || {
+        fs::read_to_string("/proc/self/mountinfo")
+            .unwrap()
+            .lines()
+            .any(|l| l.contains("/osbuild-mnt-"))
+    };
+    // The mount lasts about as long as extlinux runs: try until a signal lands in it.
+    for _attempt in 0..20 {
+        let mut child = Command::new(osbuild_testing::helpers::osbuild_bin())
+            .args(["make-image", "--url", &url, "--bootloader", "syslinux"])
+            .args(["--firmware", "bios", "--size", "512M", "--output"])
+            .arg(&output)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let caught = loop {
+            if mounted() {
+                run(Command::new("kill").args(["-INT", &child.id().to_string()]));
+                break true;
+            }
+            if child.try_wait().unwrap().is_some() {
+                break false;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        };
+        let out = child.wait_with_output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        if !caught {
+            assert!(out.status.success(), "{stderr}");
+            fs::remove_file(&output).unwrap();
+            continue;
+        }
+        assert!(
+            !out.status.success(),
+            "interrupted, yet it succeeded: {stderr}"
+        );
+        assert!(stderr.contains("interrupted by a signal"), "{stderr}");
+        assert!(!mounted(), "the mount outlived the build");
+        let loops = run(Command::new("losetup").arg("-a"));
+        assert!(
+            !loops.contains(&dir.path().display().to_string()),
+            "a loop device is left: {loops}"
+        );
+        let mut left: Vec<_> = fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        left.sort();
+        assert_eq!(left, ["repo", "tree"]);
+        return;
+    }
+    panic!("20 builds ended before a signal could be sent during the mount");
+}

@@ -51,12 +51,17 @@ pub(super) fn install_disk(layout: &Layout, image: &Path) -> Result<()> {
 
     let root = layout.root();
     let mount = LoopMount::new(image, root.start, root.size)?;
-    cmd::run(
+    let installed = cmd::run(
         Command::new("extlinux")
             .arg("--install")
             .arg(mount.path().join("boot/syslinux")),
-    )
-    .context("installing extlinux")?;
+    );
+    if installed.is_err() && mount.interrupted() {
+        // Ctrl-C reached extlinux too; say why, once the mount is undone.
+        drop(mount);
+        anyhow::bail!("interrupted by a signal; the root partition was unmounted");
+    }
+    installed.context("installing extlinux")?;
     mount.unmount()?;
     // The partition's boot sector must know where the partition starts; the loop mount of
     // a partition at an offset reports 0.
