@@ -15,9 +15,9 @@ pub use cache::{Cache, KEEP_BASES};
 pub use commit::{commit, Commit, CommitOptions};
 pub use layout::{convert, validate, TreeError, TreeInfo};
 pub use manifest::{
-    key_flags, AptRepository, AptSources, FileContent, FlagAction, FlagScope, ImageFile, KeyFlag,
-    Manifest, ManifestError, ManifestErrorKind, Overrides, Owner, PushTarget, Remote, Scripts,
-    Services, User,
+    key_flags, AptRepository, AptSources, FileContent, FlagAction, FlagScope, ImageFile,
+    ImageSettings, KeyFlag, Manifest, ManifestError, ManifestErrorKind, Overrides, Owner,
+    PushTarget, Remote, Scripts, Services, User,
 };
 pub use push::{push, Destination, PushOptions, PushOutcome};
 pub use source::{Base, Debian, Directory, Tarball};

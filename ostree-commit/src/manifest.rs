@@ -58,6 +58,27 @@ pub struct Manifest {
     scripts: Scripts,
     remote: Option<Remote>,
     push: Option<PushTarget>,
+    image: ImageSettings,
+}
+
+/// The `[image]` table: make-image's settings for this OS, each unset when the manifest
+/// leaves it to make-image's default.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ImageSettings {
+    /// The boot loader.
+    pub bootloader: Option<image_builder::Bootloader>,
+    /// The firmware.
+    pub firmware: Option<image_builder::Firmware>,
+    /// The partition table.
+    pub partition_table: Option<image_builder::PartitionTable>,
+    /// The output format.
+    pub format: Option<image_builder::Format>,
+    /// The disk size.
+    pub size: Option<image_builder::Size>,
+    /// Secure Boot.
+    pub secure_boot: Option<bool>,
+    /// The stateroot name.
+    pub os: Option<String>,
 }
 
 /// An extra APT repository for a Debian base, and the key that signs it.
@@ -343,6 +364,11 @@ impl Manifest {
     /// The remote devices upgrade from, if set.
     pub fn remote(&self) -> Option<&Remote> {
         self.remote.as_ref()
+    }
+
+    /// make-image's settings from `[image]`.
+    pub fn image(&self) -> &ImageSettings {
+        &self.image
     }
 
     /// Where `osbuild push` sends commits, if set.

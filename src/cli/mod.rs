@@ -413,23 +413,27 @@ pub(crate) struct MakeImageArgs {
     /// The disk image to write.
     #[arg(long)]
     output: PathBuf,
-    /// The output's format [default: from the output's extension (.qcow2), else raw].
+    /// The output's format [default: the manifest's `[image] format`, else from the
+    /// output's extension (.qcow2), else raw].
     #[arg(long, value_enum)]
     format: Option<image_builder::Format>,
     /// Compress a qcow2 image.
     #[arg(long)]
     compress: bool,
-    /// The boot loader.
-    #[arg(long, value_enum, default_value_t = image_builder::Bootloader::Grub)]
-    bootloader: image_builder::Bootloader,
-    /// The firmware the image boots under; hybrid boots under both BIOS and UEFI.
-    #[arg(long, value_enum, default_value_t = image_builder::Firmware::Hybrid)]
-    firmware: image_builder::Firmware,
+    /// The boot loader [default: the manifest's `[image] bootloader`, else grub].
+    #[arg(long, value_enum)]
+    bootloader: Option<image_builder::Bootloader>,
+    /// The firmware the image boots under; hybrid boots under both BIOS and UEFI
+    /// [default: the manifest's `[image] firmware`, else hybrid].
+    #[arg(long, value_enum)]
+    firmware: Option<image_builder::Firmware>,
     /// Boot UEFI through Debian's signed chain (shim, signed GRUB, the tree's signed
     /// kernel) for machines with Secure Boot on; needs --bootloader grub and UEFI firmware.
+    /// [default: the manifest's `[image] secure_boot`].
     #[arg(long)]
     secure_boot: bool,
-    /// The partition table [default: gpt, mbr for syslinux].
+    /// The partition table [default: the manifest's `[image] partition_table`, else gpt;
+    /// mbr for syslinux].
     #[arg(long, value_enum)]
     partition_table: Option<image_builder::PartitionTable>,
     /// Repository URL the device pulls upgrades from [default: the manifest's `[remote]
@@ -440,12 +444,13 @@ pub(crate) struct MakeImageArgs {
     /// name`, else origin].
     #[arg(long)]
     remote_name: Option<String>,
-    /// Disk size, e.g. 4G, or auto: the content plus 1 GiB of headroom.
-    #[arg(long, default_value = "auto")]
-    size: image_builder::Size,
-    /// The OS (stateroot) name.
-    #[arg(long, default_value = "debian")]
-    os: String,
+    /// Disk size, e.g. 4G, or auto: the content plus 1 GiB of headroom [default: the
+    /// manifest's `[image] size`, else auto].
+    #[arg(long)]
+    size: Option<image_builder::Size>,
+    /// The OS (stateroot) name [default: the manifest's `[image] os`, else debian].
+    #[arg(long)]
+    os: Option<String>,
     /// Extra kernel argument (repeatable; after the manifest's `[kernel] args`).
     #[arg(long = "karg")]
     kargs: Vec<String>,
@@ -477,14 +482,28 @@ impl MakeImageArgs {
         if let Some(name) = self.remote_name.or_else(|| remote.map(|r| r.name.clone())) {
             spec.remote_name = name;
         }
-        spec.size = self.size;
-        spec.os = self.os;
-        spec.bootloader = self.bootloader;
-        spec.firmware = self.firmware;
-        spec.partition_table = self.partition_table;
-        spec.secure_boot = self.secure_boot;
+        // Flags first, then the manifest's [image], then make-image's defaults.
+        let image = manifest
+            .as_ref()
+            .map(|m| m.image().clone())
+            .unwrap_or_default();
+        if let Some(size) = self.size.or(image.size) {
+            spec.size = size;
+        }
+        if let Some(os) = self.os.or(image.os) {
+            spec.os = os;
+        }
+        if let Some(bootloader) = self.bootloader.or(image.bootloader) {
+            spec.bootloader = bootloader;
+        }
+        if let Some(firmware) = self.firmware.or(image.firmware) {
+            spec.firmware = firmware;
+        }
+        spec.partition_table = self.partition_table.or(image.partition_table);
+        spec.secure_boot = self.secure_boot || image.secure_boot.unwrap_or(false);
         spec.format = self
             .format
+            .or(image.format)
             .unwrap_or_else(|| image_builder::Format::from_path(&self.output));
         spec.compress = self.compress;
         spec.provision = image_builder::Provision {
@@ -895,7 +914,7 @@ mod tests {
         assert_eq!(
             (a.size, a.kargs.as_slice()),
             (
-                image_builder::Size::Bytes(512 << 20),
+                Some(image_builder::Size::Bytes(512 << 20)),
                 &["quiet".to_string()][..]
             )
         );

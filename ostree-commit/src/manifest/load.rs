@@ -1,7 +1,7 @@
 //! Loading: the TOML is parsed into the `raw` structs, then each value is checked and
 //! turned into the public types, every error carrying its key path and position.
 
-use super::raw::{RawBase, RawFile, RawManifest, RawMode, RawUser};
+use super::raw::{RawBase, RawFile, RawImage, RawManifest, RawMode, RawUser};
 use super::*;
 use crate::{Debian, Directory, Tarball};
 use std::fmt::Write as _;
@@ -321,6 +321,11 @@ impl Cx<'_> {
             })
             .transpose()?;
 
+        let image = match raw.image {
+            Some(i) => self.image(i)?,
+            None => ImageSettings::default(),
+        };
+
         Ok(Manifest {
             path: self.path.clone(),
             name,
@@ -337,6 +342,50 @@ impl Cx<'_> {
             scripts,
             remote,
             push,
+            image,
+        })
+    }
+
+    /// `[image]`: each value one make-image accepts for its flag.
+    fn image(&self, raw: RawImage) -> Result<ImageSettings, ManifestError> {
+        fn choice<T: clap::ValueEnum>(
+            cx: &Cx<'_>,
+            key: &str,
+            value: &Option<Str>,
+        ) -> Result<Option<T>, ManifestError> {
+            let Some(v) = value else { return Ok(None) };
+            T::from_str(v.get_ref(), false).map(Some).map_err(|_| {
+                let names: Vec<String> = T::value_variants()
+                    .iter()
+                    .filter_map(|x| x.to_possible_value().map(|p| p.get_name().to_string()))
+                    .collect();
+                cx.invalid(
+                    key,
+                    v.span(),
+                    format!("{:?} is not one of {}", v.get_ref(), names.join(", ")),
+                )
+            })
+        }
+        Ok(ImageSettings {
+            bootloader: choice(self, "image.bootloader", &raw.bootloader)?,
+            firmware: choice(self, "image.firmware", &raw.firmware)?,
+            partition_table: choice(self, "image.partition_table", &raw.partition_table)?,
+            format: choice(self, "image.format", &raw.format)?,
+            size: raw
+                .size
+                .as_ref()
+                .map(|v| {
+                    v.get_ref()
+                        .parse::<image_builder::Size>()
+                        .map_err(|e| self.invalid("image.size", v.span(), format!("{e:#}")))
+                })
+                .transpose()?,
+            secure_boot: raw.secure_boot,
+            os: raw
+                .os
+                .as_ref()
+                .map(|o| self.checked("image.os", o, |s| check::segment(s, "stateroot name")))
+                .transpose()?,
         })
     }
 

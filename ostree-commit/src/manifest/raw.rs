@@ -143,6 +143,8 @@ section! {
         remote: Option<Spanned<RawRemote>>, "table", "no remote configured";
         /// Where `osbuild push` sends commits: see `[push]`.
         push: Option<Spanned<RawPush>>, "table", "no destination";
+        /// How `osbuild make-image` makes disk images of this OS: see `[image]`.
+        image: Option<RawImage>, "table", "make-image's defaults";
     }
 }
 
@@ -273,6 +275,28 @@ section! {
     }
 }
 
+section! {
+    /// How `osbuild make-image --manifest FILE` makes this OS's disk images. Each key has
+    /// the make-image flag of the same name (`partition_table` is
+    /// `--partition-table`), which overrides it.
+    "[image]" struct RawImage {
+        /// The boot loader: `grub` or `syslinux`.
+        bootloader: Option<Str>, "string", "`\"grub\"`";
+        /// The firmware the image boots under: `hybrid` (BIOS and UEFI), `bios` or `uefi`.
+        firmware: Option<Str>, "string", "`\"hybrid\"`";
+        /// The partition table: `gpt` or `mbr`.
+        partition_table: Option<Str>, "string", "`\"gpt\"`, `\"mbr\"` for syslinux";
+        /// The output's format: `raw` or `qcow2`.
+        format: Option<Str>, "string", "from the output's extension";
+        /// The disk size, such as `"4G"`, or `"auto"`: the content plus 1 GiB.
+        size: Option<Str>, "string", "`\"auto\"`";
+        /// Boot UEFI through Debian's signed shim and GRUB, for Secure Boot.
+        secure_boot: Option<bool>, "boolean", "`false`";
+        /// The stateroot (`ostree admin os-init`) name.
+        os: Option<Str>, "string", "`\"debian\"`";
+    }
+}
+
 /// Every table, in the order the reference lists them.
 pub(crate) const SECTIONS: &[Section] = &[
     RawManifest::SECTION,
@@ -285,6 +309,7 @@ pub(crate) const SECTIONS: &[Section] = &[
     RawScripts::SECTION,
     RawRemote::SECTION,
     RawPush::SECTION,
+    RawImage::SECTION,
 ];
 
 /// A file mode as written: an octal string or an integer.
