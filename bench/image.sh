@@ -49,16 +49,23 @@ size_of() { # IMAGE -> "allocated_MiB apparent_MiB"
   echo "$(( $(du -k "$1" | cut -f1) / 1024 )) $(( $(stat -c %s "$1") / 1048576 ))"
 }
 
+# Whatever happens, leave no mount and no loop device of the seed flow behind.
+mnt="" loop=""
+undo_seed() {
+  if [ -n "$mnt" ]; then umount "$mnt" 2>/dev/null || true; rmdir "$mnt" 2>/dev/null || true; fi
+  if [ -n "$loop" ]; then losetup -d "$loop" 2>/dev/null || true; fi
+  mnt="" loop=""
+}
+trap undo_seed EXIT
+
 # The seed's flow, scripted as its README does it.
 seed() { # IMAGE
-  local img=$1 mnt loop
+  local img=$1
   rm -f "$img"
   truncate -s "$SIZE" "$img"
   echo 'start=2048, type=83, bootable' | sfdisk -q "$img"
   loop=$(losetup --find --show --offset $((2048 * 512)) "$img")
   mnt=$(mktemp -d)
-  # Whatever happens, leave no mount and no loop device behind.
-  trap 'umount "$mnt" 2>/dev/null || true; losetup -d "$loop" 2>/dev/null || true; rmdir "$mnt" 2>/dev/null || true' RETURN
   mkfs.ext4 -q -L osbuild-root -O ^64bit "$loop"
   mount "$loop" "$mnt"
   ostree admin init-fs "$mnt"
@@ -75,8 +82,8 @@ seed() { # IMAGE
     --karg=rw --karg=console=ttyS0,115200 "origin:$REF" >/dev/null
   extlinux --install "$mnt/boot/syslinux" >/dev/null 2>&1
   dd if=/usr/lib/syslinux/mbr/mbr.bin of="$img" bs=440 count=1 conv=notrunc status=none
-  # ostree marks deployments immutable; a later `rm` of the image is not affected.
   sync
+  undo_seed
 }
 
 osbuild_image() { # IMAGE [FLAGS…]
@@ -90,7 +97,7 @@ run_timed() { # NAME CMD…
   local name=$1 start end
   shift
   start=$(now)
-  "$@"
+  "$@" >&2
   end=$(now)
   echo "$end - $start" | bc
 }

@@ -207,6 +207,7 @@ fn bootstrap_commit_serve_image_boot_upgrade() -> Result<()> {
         None,
     )?;
     let image = work.path().join("disk.img");
+    let device_key = osbuild_testing::sshd::KeyPair::generate(&work.path().join("device_key"))?;
     t.time("make-image", || {
         osbuild(&[
             "make-image",
@@ -223,6 +224,11 @@ fn bootstrap_commit_serve_image_boot_upgrade() -> Result<()> {
             // For its kernel arguments; --remote-url overrides its [remote].
             "--manifest",
             manifest.to_str().context("path")?,
+            // Provisioned into this device only: a user who logs in with this key.
+            "--user",
+            "admin",
+            "--ssh-authorized-key",
+            device_key.public.to_str().context("path")?,
         ])
     })?;
     let allocated = cmd::run(Command::new("du").arg("-k").arg(&image))?;
@@ -233,11 +239,13 @@ fn bootstrap_commit_serve_image_boot_upgrade() -> Result<()> {
     );
 
     let fortune_port = free_port();
+    let ssh_port = free_port();
     let mut vm = t.time("first boot to marker", || {
         boot_into(
             VmConfig::new(&image)
                 .log(work.path().join("boot1.log"))
-                .forward(fortune_port, 8090),
+                .forward(fortune_port, 8090)
+                .forward(ssh_port, 22),
             &c1,
             "1",
         )
@@ -245,6 +253,9 @@ fn bootstrap_commit_serve_image_boot_upgrade() -> Result<()> {
     t.time("SampleOS checks in the guest", || {
         shell_ready(&mut vm)?;
         check_sampleos(&mut vm, fortune_port)
+    })?;
+    t.time("SSH login as the provisioned user", || {
+        ssh_login(&device_key.private, ssh_port)
     })?;
 
     // The second commit changes one file and adds another.
@@ -303,6 +314,41 @@ fn bootstrap_commit_serve_image_boot_upgrade() -> Result<()> {
 
     t.report("e2e");
     Ok(())
+}
+
+/// Log in over qemu's port forward with the key make-image provisioned for `admin`, as a
+/// user would: the guest's sshd may still be starting, so try for a while.
+fn ssh_login(key: &Path, port: u16) -> Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(180);
+    loop {
+        let out = cmd::output(
+            Command::new("ssh")
+                .arg("-i")
+                .arg(key)
+                .args(["-p", &port.to_string()])
+                .args([
+                    "-o",
+                    "StrictHostKeyChecking=no",
+                    "-o",
+                    "UserKnownHostsFile=/dev/null",
+                ])
+                .args(["-o", "BatchMode=yes", "-o", "ConnectTimeout=20"])
+                .args(["admin@127.0.0.1", "id -un; cat /etc/hostname"]),
+        )?;
+        let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+        if out.status.success() {
+            eprintln!("e2e: ssh as admin: {}", stdout.replace('\n', " "));
+            anyhow::ensure!(stdout.starts_with("admin\n"), "ssh ran as {stdout:?}");
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            anyhow::bail!(
+                "ssh admin@127.0.0.1 -p {port} failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        std::thread::sleep(Duration::from_secs(5));
+    }
 }
 
 /// One row of the boot matrix: how the image is made and which firmware boots it.
