@@ -9,9 +9,12 @@
 //! path unit on `/boot/loader`).
 //!
 //! The replacement is fail-safe, not atomic with libostree's `/boot/loader` link swap:
-//! the new `grub.cfg` is written beside the old one, synced, and renamed over it. Until
-//! that happens, the old menu's default is the deployment that was booted, which libostree
-//! keeps as the rollback, so a power cut in between boots the previous OS.
+//! the new `grub.cfg` is written beside the old one, synced, and renamed over it. A menu
+//! that is stale (a power cut between the swap and the rename) still boots, because no
+//! entry names the boot version that every deploy flips: GRUB finds the current
+//! `/ostree/boot.N` link at boot, and an entry's `BOOTCSUM/SERIAL` then names the newest
+//! deployment with that kernel (the new default when the kernel is unchanged, the previous
+//! OS, kept as the rollback, when it changed).
 
 use anyhow::{Context, Result};
 use std::fs::{self, File};
@@ -93,7 +96,9 @@ pub fn grub_cfg(entries: &[Entry], boot: &str, timeout: u32) -> String {
          terminal_input serial console\n\
          terminal_output serial console\n\
          set default=0\n\
-         set timeout={timeout}\n"
+         set timeout={timeout}\n\
+         # libostree flips /ostree/boot.0 and boot.1 on every deploy: follow it here.\n\
+         if [ -e /ostree/boot.1 ]; then set ostree_boot=boot.1; else set ostree_boot=boot.0; fi\n"
     );
     let path = |p: &str| {
         if p.starts_with(&format!("{boot}/")) || boot.is_empty() {
@@ -104,13 +109,34 @@ pub fn grub_cfg(entries: &[Entry], boot: &str, timeout: u32) -> String {
     };
     for e in entries {
         out.push_str(&format!("menuentry {} {{\n", quote(&e.title)));
-        out.push_str(&format!("\tlinux {} {}\n", path(&e.linux), e.options));
+        out.push_str(&format!(
+            "\tlinux {} {}\n",
+            path(&e.linux),
+            unversioned(&e.options)
+        ));
         if let Some(initrd) = &e.initrd {
             out.push_str(&format!("\tinitrd {}\n", path(initrd)));
         }
         out.push_str("}\n");
     }
     out
+}
+
+/// `options` with `ostree=/ostree/boot.N/…` naming the boot version GRUB found instead.
+fn unversioned(options: &str) -> String {
+    options
+        .split(' ')
+        .map(|arg| match arg.strip_prefix("ostree=/ostree/boot.") {
+            Some(rest) => match rest.split_once('/') {
+                Some((n, tail)) if n.chars().all(|c| c.is_ascii_digit()) => {
+                    format!("ostree=/ostree/${{ostree_boot}}/{tail}")
+                }
+                _ => arg.to_string(),
+            },
+            None => arg.to_string(),
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 /// Where the generated menu lives in a sysroot.
@@ -187,8 +213,9 @@ mod tests {
         assert!(first < second, "{cfg}");
         assert!(cfg.contains("menuentry 'Debian GNU/Linux 12 (bookworm) (ostree:0)' {"));
         assert!(cfg.contains(
-            "\tlinux /boot/ostree/debian-abc/vmlinuz-6.1 root=LABEL=r rw ostree=/ostree/boot.1/debian/abc/0\n"
+            "\tlinux /boot/ostree/debian-abc/vmlinuz-6.1 root=LABEL=r rw ostree=/ostree/${ostree_boot}/debian/abc/0\n"
         ));
+        assert!(cfg.contains("if [ -e /ostree/boot.1 ]; then set ostree_boot=boot.1;"));
         assert!(cfg.contains("\tinitrd /boot/ostree/debian-abc/initramfs-6.1.img\n"));
 
         // update() only replaces a menu it generated.

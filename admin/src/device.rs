@@ -61,11 +61,13 @@ pub fn files(bin_dir: &Path) -> Vec<DeviceFile> {
             ),
             0o644,
         ),
-        // Deploys made while the system runs (`ostree admin deploy`, undeploy).
+        // Deploys made while the system runs (`ostree admin upgrade` and `deploy` without
+        // --stage, undeploy): libostree writes a new /boot/loader.N and swaps the
+        // /boot/loader link, which changes the directory watched.
         text(
             "/usr/lib/systemd/system/osbuild-boot-menu.path",
             "[Unit]\nDescription=Watch for new ostree boot entries\n\n\
-             [Path]\nPathChanged=/sysroot/boot/loader\nUnit=osbuild-boot-menu.service\n\n\
+             [Path]\nPathChanged=/sysroot/boot\nUnit=osbuild-boot-menu.service\n\n\
              [Install]\nWantedBy=multi-user.target\n",
             0o644,
         ),
