@@ -513,6 +513,80 @@ fn boot_and_upgrade(
     Ok(())
 }
 
+/// Remove the Authenticode signature from a PE image (a signed kernel): zero the
+/// certificate table's entry in the optional header and cut the file where it began.
+fn strip_signature(kernel: &[u8]) -> Result<Vec<u8>> {
+    let u32_at = |at: usize| -> Result<usize> {
+        let b = kernel.get(at..at + 4).context("truncated PE image")?;
+        Ok(u32::from_le_bytes(b.try_into()?) as usize)
+    };
+    let pe = u32_at(0x3c)?;
+    anyhow::ensure!(kernel.get(pe..pe + 4) == Some(b"PE\0\0"), "not a PE image");
+    let optional = pe + 24;
+    anyhow::ensure!(
+        kernel.get(optional..optional + 2) == Some(&[0x0b, 0x02]),
+        "not a PE32+ image"
+    );
+    // Data directory 4 of a PE32+ optional header: the certificate table.
+    let entry = optional + 112 + 4 * 8;
+    let (offset, size) = (u32_at(entry)?, u32_at(entry + 4)?);
+    anyhow::ensure!(size > 0, "the kernel is not signed");
+    let mut out = kernel[..offset.min(kernel.len())].to_vec();
+    out[entry..entry + 8].fill(0);
+    Ok(out)
+}
+
+/// Secure Boot refuses a kernel that is not signed: commit the tree with its kernel's
+/// signature removed, make a --secure-boot image of it and see GRUB (through shim) refuse
+/// to load the kernel, and the OS never come up.
+fn unsigned_kernel_is_refused(dir: &Path, tree: &Path) -> Result<()> {
+    let unsigned = dir.join("unsigned-tree");
+    cmd::run(Command::new("cp").arg("-al").arg(tree).arg(&unsigned))?;
+    let modules = unsigned.join("usr/lib/modules");
+    let kver = fs::read_dir(&modules)?
+        .next()
+        .context("no kernel in the tree")??
+        .file_name();
+    let kernel = modules.join(kver).join("vmlinuz");
+    let stripped = strip_signature(&fs::read(&kernel)?)?;
+    // A new file: the old one is a hard link into the cached fixture.
+    fs::remove_file(&kernel)?;
+    fs::write(&kernel, stripped)?;
+    let repo = dir.join("unsigned-repo");
+    osbuild(&[
+        "commit",
+        "--repo",
+        repo.to_str().context("path")?,
+        "--branch",
+        BRANCH,
+        "--tree",
+        unsigned.to_str().context("path")?,
+    ])?;
+    let image = dir.join("unsigned.raw");
+    osbuild(&[
+        "make-image",
+        "--url",
+        &format!("file://{}", repo.display()),
+        "--firmware",
+        "uefi",
+        "--secure-boot",
+        "--output",
+        image.to_str().context("path")?,
+    ])?;
+    let mut vm = Vm::boot(
+        VmConfig::new(&image)
+            .secure_boot(true)
+            .log(dir.join("unsigned-boot.log")),
+    )?;
+    vm.wait_for("bad shim signature", Duration::from_secs(300))?;
+    // The menu falls back to nothing that boots: give it time to prove it.
+    let booted = vm.wait_for("OSBUILD-BOOTED", Duration::from_secs(30));
+    anyhow::ensure!(booted.is_err(), "the unsigned kernel booted");
+    drop(vm);
+    fs::remove_file(&image)?;
+    Ok(())
+}
+
 /// The boot matrix: every boot loader, firmware and format made from one commit, booted
 /// in qemu, upgraded in the guest with `ostree admin upgrade`, and booted into the new
 /// commit.
@@ -593,6 +667,17 @@ fn boot_matrix() -> Result<()> {
         if let Err(e) = result {
             failed.push(format!("{}: {e:#}", v.name));
         }
+    }
+    let start = Instant::now();
+    let result = unsigned_kernel_is_refused(work.path(), &tree);
+    eprintln!(
+        "matrix: secure boot with an unsigned kernel: {} in {:.0}s",
+        if result.is_ok() { "refused" } else { "FAILED" },
+        start.elapsed().as_secs_f64()
+    );
+    times.push(("secure-boot-unsigned-kernel", start.elapsed()));
+    if let Err(e) = result {
+        failed.push(format!("secure boot with an unsigned kernel: {e:#}"));
     }
     eprintln!("boot matrix timings:");
     for (name, took) in &times {
