@@ -364,7 +364,9 @@ struct Variant {
 }
 
 /// Every bootable variant but GRUB on a hybrid disk under BIOS, which the SampleOS test
-/// above boots and upgrades (it uses make-image's defaults).
+/// above boots and upgrades (it uses make-image's defaults). qcow2 rides with BIOS-only
+/// GRUB: each row costs three TCG boots' worth of CPU, and the format is independent of
+/// the boot path.
 const VARIANTS: &[Variant] = &[
     Variant {
         name: "grub-uefi-secureboot",
@@ -383,10 +385,10 @@ const VARIANTS: &[Variant] = &[
         secure_boot: false,
     },
     Variant {
-        name: "grub-bios-gpt",
+        name: "grub-bios-gpt-qcow2",
         bootloader: Bootloader::Grub,
         firmware: Firmware::Bios,
-        format: Format::Raw,
+        format: Format::Qcow2,
         uefi: false,
         secure_boot: false,
     },
@@ -404,14 +406,6 @@ const VARIANTS: &[Variant] = &[
         firmware: Firmware::Hybrid,
         format: Format::Raw,
         uefi: true,
-        secure_boot: false,
-    },
-    Variant {
-        name: "grub-hybrid-qcow2",
-        bootloader: Bootloader::Grub,
-        firmware: Firmware::Hybrid,
-        format: Format::Qcow2,
-        uefi: false,
         secure_boot: false,
     },
 ];
