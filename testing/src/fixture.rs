@@ -111,3 +111,30 @@ pub fn cached(
     }
     Ok(dest)
 }
+
+/// The tree `osbuild bootstrap --manifest MANIFEST` builds, cached as the fixture `name`
+/// under `tmp/fixtures` (`tmp` is the test's CARGO_TARGET_TMPDIR) and reused while `key`
+/// and osbuild's own tree-building code (ostree-commit, the CLI, and the admin crate's
+/// files every tree gets) are unchanged. Downloaded packages are kept in
+/// `tmp/osbuild-cache`, with the build, not in the user's ~/.cache.
+pub fn bootstrapped(tmp: &Path, name: &str, manifest: &Path, key: Key) -> Result<PathBuf> {
+    let ws = crate::helpers::workspace_root();
+    let key = key
+        .path(&ws.join("ostree-commit/src"))?
+        .path(&ws.join("admin/src"))?
+        .path(&ws.join("src/cli"))?;
+    cached(&tmp.join("fixtures"), name, key, |dest| {
+        // mmdebstrap takes minutes: its progress goes to the terminal as it runs.
+        osbuild_core::cmd::run_inherit(
+            std::process::Command::new(crate::helpers::osbuild_bin())
+                .arg("bootstrap")
+                .arg("--manifest")
+                .arg(manifest)
+                .arg("--cache-dir")
+                .arg(tmp.join("osbuild-cache"))
+                .arg("--output")
+                .arg(dest),
+        )?;
+        Ok(())
+    })
+}

@@ -2,10 +2,11 @@
 //! a unit that reports the booted commit) from a test: boot to the report line, wait for
 //! the shell, run commands and read their output. Shared by the end-to-end suites.
 
-use crate::helpers::osbuild_bin;
+use crate::helpers::{free_port, osbuild_bin, Daemon};
 use crate::vm::{Vm, VmConfig};
 use anyhow::{Context, Result};
 use osbuild_core::cmd;
+use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -16,6 +17,43 @@ pub const BOOT_TIMEOUT: Duration = Duration::from_secs(420);
 pub fn osbuild(args: &[&str]) -> Result<String> {
     let out = cmd::run(Command::new(osbuild_bin()).args(args))?;
     Ok(out.lines().last().unwrap_or_default().trim().to_string())
+}
+
+/// `osbuild commit` of `tree` to `branch` in `repo` (created when missing), with `version`
+/// when given; returns the checksum it printed.
+pub fn commit(repo: &Path, branch: &str, tree: &Path, version: Option<&str>) -> Result<String> {
+    let mut c = Command::new(osbuild_bin());
+    c.arg("commit")
+        .arg("--repo")
+        .arg(repo)
+        .args(["--branch", branch])
+        .arg("--tree")
+        .arg(tree);
+    if let Some(v) = version {
+        c.args(["--version", v]);
+    }
+    let out = cmd::run(&mut c)?;
+    let checksum = out.lines().last().unwrap_or_default().trim().to_string();
+    anyhow::ensure!(
+        checksum.len() == 64,
+        "commit printed {checksum:?}, not a checksum"
+    );
+    Ok(checksum)
+}
+
+/// `osbuild serve` of `repo` over HTTP on a free loopback port, until the [`Daemon`] is
+/// dropped; the URL is `http://127.0.0.1:PORT/repo/`.
+pub fn serve(repo: &Path) -> Result<(Daemon, u16)> {
+    let port = free_port();
+    let daemon = Daemon::start(
+        Command::new(osbuild_bin())
+            .args(["serve", "--access-log", "off", "--repo"])
+            .arg(repo)
+            .args(["--http", &format!("127.0.0.1:{port}")]),
+        port,
+        None,
+    )?;
+    Ok((daemon, port))
 }
 
 /// Step timings, printed as they end and listed at the end for the record.

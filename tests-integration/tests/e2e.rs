@@ -11,8 +11,10 @@ use anyhow::{Context, Result};
 use image_builder::{Bootloader, Firmware, Format};
 use osbuild_core::cmd;
 use osbuild_testing::fixture::{self, Key};
-use osbuild_testing::guest::{boot_into, check_all, osbuild, probe, shell_ready, Timings};
-use osbuild_testing::helpers::{free_port, osbuild_bin, workspace_root, Daemon};
+use osbuild_testing::guest::{
+    boot_into, check_all, commit, osbuild, probe, serve, shell_ready, Timings,
+};
+use osbuild_testing::helpers::{free_port, osbuild_bin, workspace_root};
 use osbuild_testing::vm::{Vm, VmConfig};
 use osbuild_testing::{require, Need};
 use std::fs;
@@ -54,27 +56,12 @@ fn sampleos(dest: &Path) -> Result<PathBuf> {
 fn rootfs(work: &Path) -> Result<PathBuf> {
     let manifest = sampleos(&work.join("src"))?;
     let examples = manifest.parent().and_then(Path::parent).context("path")?;
-    let key = Key::new("sampleos")
-        .path(examples)?
-        .path(&workspace_root().join("ostree-commit/src"))?
-        // The boot menu generator and its units go into every tree.
-        .path(&workspace_root().join("admin/src"))?;
-    let cache = Path::new(env!("CARGO_TARGET_TMPDIR")).join("fixtures");
-    fixture::cached(&cache, "sampleos", key, |dest| {
-        // mmdebstrap takes minutes: its progress goes to the terminal as it runs.
-        cmd::run_inherit(
-            Command::new(osbuild_bin())
-                .arg("bootstrap")
-                .arg("--manifest")
-                .arg(&manifest)
-                // Kept with the build, not in the user's ~/.cache.
-                .arg("--cache-dir")
-                .arg(Path::new(env!("CARGO_TARGET_TMPDIR")).join("osbuild-cache"))
-                .arg("--output")
-                .arg(dest),
-        )?;
-        Ok(())
-    })
+    fixture::bootstrapped(
+        Path::new(env!("CARGO_TARGET_TMPDIR")),
+        "sampleos",
+        &manifest,
+        Key::new("sampleos").path(examples)?,
+    )
 }
 
 /// Every feature SampleOS's manifest asks for, seen from inside the booted guest, and the
@@ -178,34 +165,9 @@ fn bootstrap_commit_serve_image_boot_upgrade() -> Result<()> {
     fs::write(&release, "1\n")?;
 
     let repo = work.path().join("repo");
-    let (repo_s, tree_s) = (
-        repo.to_str().context("path")?,
-        tree.to_str().context("path")?,
-    );
-    let c1 = t.time("first commit", || {
-        osbuild(&[
-            "commit",
-            "--repo",
-            repo_s,
-            "--branch",
-            BRANCH,
-            "--tree",
-            tree_s,
-            "--version",
-            "1",
-        ])
-    })?;
-    anyhow::ensure!(c1.len() == 64, "commit printed {c1:?}, not a checksum");
+    let c1 = t.time("first commit", || commit(&repo, BRANCH, &tree, Some("1")))?;
 
-    let port = free_port();
-    let _server = Daemon::start(
-        Command::new(osbuild_bin())
-            .args(["serve", "--access-log", "off", "--repo"])
-            .arg(&repo)
-            .args(["--http", &format!("127.0.0.1:{port}")]),
-        port,
-        None,
-    )?;
+    let (_server, port) = serve(&repo)?;
     let image = work.path().join("disk.img");
     let device_key = osbuild_testing::sshd::KeyPair::generate(&work.path().join("device_key"))?;
     t.time("make-image", || {
@@ -266,19 +228,7 @@ fn bootstrap_commit_serve_image_boot_upgrade() -> Result<()> {
         tree.join("usr/share/osbuild-e2e/added"),
         "e2e-added-file-contents\n",
     )?;
-    let c2 = t.time("second commit", || {
-        osbuild(&[
-            "commit",
-            "--repo",
-            repo_s,
-            "--branch",
-            BRANCH,
-            "--tree",
-            tree_s,
-            "--version",
-            "2",
-        ])
-    })?;
+    let c2 = t.time("second commit", || commit(&repo, BRANCH, &tree, Some("2")))?;
     anyhow::ensure!(c2 != c1, "the second commit has the first one's checksum");
 
     t.time("ostree admin upgrade in the guest", || {
@@ -547,15 +497,7 @@ fn unsigned_kernel_is_refused(dir: &Path, tree: &Path) -> Result<()> {
     fs::remove_file(&kernel)?;
     fs::write(&kernel, stripped)?;
     let repo = dir.join("unsigned-repo");
-    osbuild(&[
-        "commit",
-        "--repo",
-        repo.to_str().context("path")?,
-        "--branch",
-        BRANCH,
-        "--tree",
-        unsigned.to_str().context("path")?,
-    ])?;
+    commit(&repo, BRANCH, &unsigned, None)?;
     let image = dir.join("unsigned.raw");
     osbuild(&[
         "make-image",
@@ -606,37 +548,13 @@ fn boot_matrix() -> Result<()> {
     // Images are made from `first` (c1); the devices upgrade from `second` (c1, then c2).
     let first = work.path().join("first");
     let second = work.path().join("second");
-    let commit = |repo: &Path, version: &str| {
-        osbuild(&[
-            "commit",
-            "--repo",
-            repo.to_str().context("path")?,
-            "--branch",
-            BRANCH,
-            "--tree",
-            tree.to_str().context("path")?,
-            "--version",
-            version,
-        ])
-    };
+    let commit = |repo: &Path, version: &str| commit(repo, BRANCH, &tree, Some(version));
     let c1 = commit(&first, "1")?;
     cmd::run(Command::new("cp").arg("-a").arg(&first).arg(&second))?;
     fs::remove_file(&release)?;
     fs::write(&release, "2\n")?;
     let c2 = commit(&second, "2")?;
     anyhow::ensure!(c1 != c2, "both commits are {c1}");
-    let serve = |repo: &Path| -> Result<(Daemon, u16)> {
-        let port = free_port();
-        let d = Daemon::start(
-            Command::new(osbuild_bin())
-                .args(["serve", "--access-log", "off", "--repo"])
-                .arg(repo)
-                .args(["--http", &format!("127.0.0.1:{port}")]),
-            port,
-            None,
-        )?;
-        Ok((d, port))
-    };
     let (_first_server, first_port) = serve(&first)?;
     let (_second_server, second_port) = serve(&second)?;
     let url = format!("http://127.0.0.1:{first_port}/repo/");

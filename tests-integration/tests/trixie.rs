@@ -14,7 +14,7 @@ use anyhow::{Context, Result};
 use osbuild_core::cmd;
 use osbuild_testing::fixture::{self, Key};
 use osbuild_testing::guest::{boot_into, check_all, osbuild, shell_ready, Timings};
-use osbuild_testing::helpers::{free_port, osbuild_bin, output, workspace_root, Daemon};
+use osbuild_testing::helpers::{output, workspace_root};
 use osbuild_testing::vm::VmConfig;
 use osbuild_testing::{require, Need};
 use std::fs;
@@ -68,29 +68,12 @@ fn write_manifest(dir: &Path) -> Result<PathBuf> {
 /// The bootstrapped tree, built once and reused while its inputs are unchanged.
 fn rootfs(manifest: &Path) -> Result<PathBuf> {
     let src = manifest.parent().context("path")?;
-    let key = Key::new("trixie")
-        .path(src)?
-        .path(Path::new(KEYRING))?
-        .path(&workspace_root().join("ostree-commit/src"))?
-        // What the CLI adds to every tree: the boot menu generator and its units, the
-        // completions, the flags laid over the manifest.
-        .path(&workspace_root().join("admin/src"))?
-        .path(&workspace_root().join("src/cli"))?;
-    let cache = Path::new(env!("CARGO_TARGET_TMPDIR")).join("fixtures");
-    fixture::cached(&cache, "trixie", key, |dest| {
-        // mmdebstrap takes minutes: its progress goes to the terminal as it runs.
-        cmd::run_inherit(
-            Command::new(osbuild_bin())
-                .arg("bootstrap")
-                .arg("--manifest")
-                .arg(manifest)
-                .arg("--cache-dir")
-                .arg(Path::new(env!("CARGO_TARGET_TMPDIR")).join("osbuild-cache"))
-                .arg("--output")
-                .arg(dest),
-        )?;
-        Ok(())
-    })
+    fixture::bootstrapped(
+        Path::new(env!("CARGO_TARGET_TMPDIR")),
+        "trixie",
+        manifest,
+        Key::new("trixie").path(src)?.path(Path::new(KEYRING))?,
+    )
 }
 
 /// The build host's DNS must not be in the tree: /etc/resolv.conf is resolved's stub,
@@ -152,15 +135,7 @@ fn trixie_with_backports_boots() -> Result<()> {
     })?;
     anyhow::ensure!(commit.len() == 64, "commit printed {commit:?}");
 
-    let port = free_port();
-    let _server = Daemon::start(
-        Command::new(osbuild_bin())
-            .args(["serve", "--access-log", "off", "--repo"])
-            .arg(&repo)
-            .args(["--http", &format!("127.0.0.1:{port}")]),
-        port,
-        None,
-    )?;
+    let (_server, port) = osbuild_testing::guest::serve(&repo)?;
     let image = work.path().join("disk.img");
     // make-image's defaults (GRUB on a hybrid disk, booted by SeaBIOS here), and the only
     // ref the server lists, as users type it.
