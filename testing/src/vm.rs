@@ -69,39 +69,9 @@ const POLL: Duration = Duration::from_millis(50);
 /// Unix socket paths longer than this do not fit `sockaddr_un`.
 const MAX_SOCKET_PATH: usize = 107;
 
-/// Disk image format, as passed to qemu's `-drive format=`.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub enum ImageFormat {
-    /// A raw disk image.
-    #[default]
-    Raw,
-    /// qemu's copy-on-write format.
-    Qcow2,
-}
-
-impl ImageFormat {
-    /// Guesses from the extension: `.qcow2` is qcow2, anything else raw.
-    pub fn from_path(path: &Path) -> Self {
-        match path.extension() {
-            Some(ext) if ext == "qcow2" => Self::Qcow2,
-            _ => Self::Raw,
-        }
-    }
-
-    /// The name qemu uses.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Raw => "raw",
-            Self::Qcow2 => "qcow2",
-        }
-    }
-}
-
-impl fmt::Display for ImageFormat {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
+/// Disk image format, as passed to qemu's `-drive format=`: make-image's own output
+/// formats, so the harness boots whatever it writes.
+pub use image_builder::Format as ImageFormat;
 
 /// What to boot and how. Build with [`VmConfig::new`] and the chained setters.
 #[derive(Debug, Clone, PartialEq, Eq)]
