@@ -6,6 +6,7 @@ use crate::layout::{Layout, Role};
 use crate::options::Bootloader;
 use anyhow::{Context, Result};
 use osbuild_core::cmd;
+use osbuild_core::progress::Progress;
 use std::collections::HashSet;
 use std::fs::{self, File};
 use std::os::unix::fs::MetadataExt;
@@ -28,6 +29,15 @@ pub(crate) fn write(
     path: &Path,
     work: &Path,
 ) -> Result<()> {
+    let esp = layout.get(Role::Esp);
+    // mkfs and the boot loader tools report nothing while they run: count the steps.
+    let steps = 3 + u64::from(esp.is_some());
+    let bar = Progress::counter("Writing the disk image");
+    let step = |n: u64, what: &str| {
+        bar.set(n, steps);
+        bar.set_message(what.to_string());
+    };
+    step(0, "partition table");
     let mut file = File::options()
         .create_new(true)
         .read(true)
@@ -38,12 +48,24 @@ pub(crate) fn write(
         .with_context(|| format!("sizing {} to {} bytes", path.display(), layout.size))?;
     layout.write_table(&mut file)?;
     drop(file);
+    step(
+        1,
+        &format!("root filesystem, {} MiB", layout.root().size >> 20),
+    );
     mkfs_root(boot.bootloader, layout, sysroot, path)?;
-    if let Some(esp) = layout.get(Role::Esp) {
+    if let Some(esp) = esp {
+        step(2, "EFI system partition");
         let files = boot.esp_files(sources, work)?;
         crate::esp::write(path, esp, &files)?;
     }
-    boot.install_disk(sources, layout, path, work)
+    step(steps - 1, &format!("boot loader {}", boot.bootloader));
+    boot.install_disk(sources, layout, path, work)?;
+    bar.finish(format!(
+        "Wrote {} partitions and the {} boot loader",
+        layout.partitions.len(),
+        boot.bootloader
+    ));
+    Ok(())
 }
 
 /// Build the root filesystem from the directory, directly inside the image file.
