@@ -198,8 +198,9 @@ impl Layout {
         file.seek(SeekFrom::Start(0))
             .and_then(|_| file.read_exact(&mut code))
             .context("reading the MBR boot code")?;
-        let mut mbr = mbrman::MBR::new_from(file, SECTOR as u32, disk_signature()?)
-            .context("creating the partition table")?;
+        let mut mbr =
+            mbrman::MBR::new_from(file, SECTOR as u32, random_bytes("the disk signature")?)
+                .context("creating the partition table")?;
         for (i, p) in self.partitions.iter().enumerate() {
             mbr[i + 1] = mbrman::MBRPartitionEntry {
                 boot: if p.role == Role::Root {
@@ -251,12 +252,18 @@ impl fmt::Display for Layout {
     }
 }
 
-/// A random (version 4) UUID as text.
-fn random_uuid() -> Result<String> {
-    let mut b = [0u8; 16];
+/// `N` random bytes, for GUIDs and the MBR disk signature.
+fn random_bytes<const N: usize>(what: &str) -> Result<[u8; N]> {
+    let mut b = [0u8; N];
     File::open("/dev/urandom")
         .and_then(|mut f| f.read_exact(&mut b))
-        .context("reading /dev/urandom for a partition UUID")?;
+        .with_context(|| format!("reading /dev/urandom for {what}"))?;
+    Ok(b)
+}
+
+/// A random (version 4) UUID as text.
+fn random_uuid() -> Result<String> {
+    let mut b: [u8; 16] = random_bytes("a partition UUID")?;
     b[6] = (b[6] & 0x0f) | 0x40;
     b[8] = (b[8] & 0x3f) | 0x80;
     let hex: String = b.iter().map(|x| format!("{x:02x}")).collect();
@@ -282,14 +289,6 @@ fn guid_bytes(text: &str) -> Result<[u8; 16]> {
     b[0..4].reverse();
     b[4..6].reverse();
     b[6..8].reverse();
-    Ok(b)
-}
-
-fn disk_signature() -> Result<[u8; 4]> {
-    let mut b = [0u8; 4];
-    File::open("/dev/urandom")
-        .and_then(|mut f| f.read_exact(&mut b))
-        .context("reading /dev/urandom for the disk signature")?;
     Ok(b)
 }
 
