@@ -49,6 +49,9 @@ pub struct ImageSpec {
     pub remote_url: Option<String>,
     /// The remote's name in the device's repo config.
     pub remote_name: String,
+    /// The GPG public key the device's remote verifies commits with (the build's pull
+    /// too); none leaves verification off.
+    pub gpg_key: Option<std::path::PathBuf>,
     /// The stateroot (`ostree admin os-init` name).
     pub os: String,
     /// Disk size, or `auto`: the content plus headroom.
@@ -80,6 +83,7 @@ impl ImageSpec {
             branch: branch.map(str::to_string),
             remote_url: None,
             remote_name: "origin".into(),
+            gpg_key: None,
             os: "debian".into(),
             size: Size::Auto,
             bootloader: Bootloader::Grub,
@@ -121,6 +125,18 @@ impl ImageSpec {
         }
         self.boot().check(&Sources { deployment: None })?;
         self.provision.check()?;
+        if let Some(key) = &self.gpg_key {
+            anyhow::ensure!(
+                key.is_file(),
+                "--gpg-key {}: no such file (give the public key that signs the commits, e.g. from `gpg --export KEYID`)",
+                key.display()
+            );
+            // It lists the key's fingerprints for the import.
+            anyhow::ensure!(
+                Path::new("/usr/bin/gpg").exists(),
+                "--gpg-key needs /usr/bin/gpg (install gpg)"
+            );
+        }
         if self.format == Format::Qcow2 && !Path::new("/usr/bin/qemu-img").exists() {
             anyhow::bail!("--format qcow2 needs /usr/bin/qemu-img (install qemu-utils)");
         }

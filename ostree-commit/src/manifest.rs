@@ -177,6 +177,8 @@ pub struct Remote {
     pub name: String,
     /// The repository URL.
     pub url: String,
+    /// The public key commits are verified with, absolute; none turns verification off.
+    pub gpg_key: Option<PathBuf>,
 }
 
 /// Where `osbuild push` sends commits.

@@ -405,8 +405,12 @@ impl CommitArgs {
 #[derive(Debug, clap::Args)]
 pub(crate) struct MakeImageArgs {
     /// Repository URL the builder pulls from, e.g. http://127.0.0.1:8080/repo/.
-    #[arg(long)]
-    url: String,
+    #[arg(long, required_unless_present = "repo", conflicts_with = "repo")]
+    url: Option<String>,
+    /// A local repository directory the builder pulls from, instead of --url (give
+    /// --remote-url for the device's upgrades).
+    #[arg(long, value_name = "DIR")]
+    repo: Option<PathBuf>,
     /// The ref to deploy [default: the only ref the server lists].
     #[arg(long)]
     branch: Option<String>,
@@ -444,6 +448,11 @@ pub(crate) struct MakeImageArgs {
     /// name`, else origin].
     #[arg(long)]
     remote_name: Option<String>,
+    /// GPG public key the device's remote verifies commits with: unsigned upgrades are
+    /// refused on the device, and the commit imaged must be signed by it [default: the
+    /// manifest's `[remote] gpg_key`, else no verification].
+    #[arg(long, value_name = "FILE")]
+    gpg_key: Option<PathBuf>,
     /// Disk size, e.g. 4G, or auto: the content plus 1 GiB of headroom [default: the
     /// manifest's `[image] size`, else auto].
     #[arg(long)]
@@ -477,8 +486,30 @@ impl MakeImageArgs {
     fn run(self) -> Result<()> {
         let manifest = self.manifest.load()?;
         let remote = manifest.as_ref().and_then(|m| m.remote());
-        let mut spec = image_builder::ImageSpec::new(&self.url, self.branch.as_deref());
+        let url = match (self.url, &self.repo) {
+            (Some(url), _) => url,
+            (None, Some(dir)) => {
+                let dir = std::path::absolute(dir)
+                    .with_context(|| format!("resolving --repo {}", dir.display()))?;
+                anyhow::ensure!(
+                    dir.join("config").is_file(),
+                    "--repo {}: not an ostree repository (no config file in it)",
+                    dir.display()
+                );
+                format!("file://{}", dir.display())
+            }
+            (None, None) => anyhow::bail!("give --url URL or --repo DIR"),
+        };
+        let mut spec = image_builder::ImageSpec::new(&url, self.branch.as_deref());
         spec.remote_url = self.remote_url.or_else(|| remote.map(|r| r.url.clone()));
+        if spec.remote_url.is_none() && self.repo.is_some() {
+            tracing::warn!(
+                "the device's remote is {url}, a directory on this machine: give --remote-url for its upgrades"
+            );
+        }
+        spec.gpg_key = self
+            .gpg_key
+            .or_else(|| remote.and_then(|r| r.gpg_key.clone()));
         if let Some(name) = self.remote_name.or_else(|| remote.map(|r| r.name.clone())) {
             spec.remote_name = name;
         }

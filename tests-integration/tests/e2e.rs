@@ -167,6 +167,18 @@ fn bootstrap_commit_serve_image_boot_upgrade() -> Result<()> {
     let repo = work.path().join("repo");
     let c1 = t.time("first commit", || commit(&repo, BRANCH, &tree, Some("1")))?;
 
+    // Signed: the device gets the key and refuses what it did not sign.
+    let key = osbuild_testing::gpg::throwaway_key();
+    let sign = |checksum: &str| {
+        cmd::run(
+            Command::new("ostree")
+                .arg("gpg-sign")
+                .arg(format!("--repo={}", repo.display()))
+                .arg(format!("--gpg-homedir={}", key.home.display()))
+                .args([checksum, &key.key_id]),
+        )
+    };
+    sign(&c1)?;
     let (_server, port) = serve(&repo)?;
     let image = work.path().join("disk.img");
     let device_key = osbuild_testing::sshd::KeyPair::generate(&work.path().join("device_key"))?;
@@ -191,6 +203,8 @@ fn bootstrap_commit_serve_image_boot_upgrade() -> Result<()> {
             "admin",
             "--ssh-authorized-key",
             device_key.public.to_str().context("path")?,
+            "--gpg-key",
+            key.keyring.to_str().context("path")?,
         ])
     })?;
     let allocated = cmd::run(Command::new("du").arg("-k").arg(&image))?;
@@ -231,6 +245,16 @@ fn bootstrap_commit_serve_image_boot_upgrade() -> Result<()> {
     let c2 = t.time("second commit", || commit(&repo, BRANCH, &tree, Some("2")))?;
     anyhow::ensure!(c2 != c1, "the second commit has the first one's checksum");
 
+    t.time("unsigned upgrade refused in the guest", || {
+        vm.send_line("ostree admin upgrade && echo UPGRADE''-OK || echo UPGRADE''-FAILED")?;
+        let result = vm.wait_for("UPGRADE-", Duration::from_secs(600))?;
+        anyhow::ensure!(
+            result.contains("UPGRADE-FAILED") && result.contains("GPG"),
+            "the device took an unsigned commit: {result}"
+        );
+        Ok(())
+    })?;
+    sign(&c2)?;
     t.time("ostree admin upgrade in the guest", || {
         // Quoting splits the marker so the echoed command line cannot match it.
         vm.send_line("ostree admin upgrade && echo UPGRADE''-OK || echo UPGRADE''-FAILED")?;

@@ -412,3 +412,79 @@ fn interrupting_the_mount_leaves_nothing_mounted() {
     }
     panic!("20 builds ended before a signal could be sent during the mount");
 }
+
+/// `--gpg-key`: the build refuses a commit the key did not sign and leaves nothing; a
+/// signed commit is imaged with the key in the device's remote and verification on, so
+/// the device refuses unsigned upgrades (the boot test shows that part in the guest).
+#[test]
+fn gpg_key_makes_the_device_verify_commits() {
+    if !require(&[Need::Root, Need::Grub]) {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let (_, csum) = commit_tiny(dir.path());
+    let repo = dir.path().join("repo");
+    let key = osbuild_testing::gpg::throwaway_key();
+    let output = dir.path().join("disk.img");
+    let make_image = |key: &Path| {
+        osbuild_testing::helpers::output(
+            Command::new(osbuild_testing::helpers::osbuild_bin())
+                .args(["make-image", "--branch", "test/x86_64", "--repo"])
+                .arg(&repo)
+                .arg("--gpg-key")
+                .arg(key)
+                .arg("--output")
+                .arg(&output),
+        )
+    };
+    let leftovers = || {
+        let mut names: Vec<String> = fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        names
+    };
+
+    // Not a key at all: refused before the pull.
+    let garbage = dir.path().join("not-a-key");
+    fs::write(&garbage, "hello\n").unwrap();
+    let out = make_image(&garbage);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        err.contains("--gpg-key") && err.contains("not-a-key"),
+        "{err}"
+    );
+
+    // An unsigned commit: refused, naming the key and what to do.
+    let out = make_image(&key.keyring);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "an unsigned commit was imaged");
+    assert!(
+        err.contains("must be signed by the key in --gpg-key"),
+        "{err}"
+    );
+    assert_eq!(leftovers(), ["not-a-key", "repo", "tree"]);
+
+    ostree(&[
+        "gpg-sign",
+        &format!("--repo={}", repo.display()),
+        &format!("--gpg-homedir={}", key.home.display()),
+        &csum,
+        &key.key_id,
+    ]);
+    let out = make_image(&key.keyring);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let root = partitions(&output).into_iter().last().map(|p| p.2).unwrap();
+    let fs_at = format!("{}?offset={root}", output.display());
+    let debugfs = |request: &str| run(Command::new("debugfs").args(["-R", request]).arg(&fs_at));
+    let config = debugfs("cat /ostree/repo/config");
+    assert!(config.contains("gpg-verify=true"), "{config}");
+    let keyring = debugfs("stat /ostree/repo/origin.trustedkeys.gpg");
+    assert!(keyring.contains("Type: regular"), "{keyring}");
+}

@@ -291,6 +291,11 @@ impl Cx<'_> {
                                 .checked("remote.name", n, |s| check::segment(s, "remote name"))?,
                             None => DEFAULT_REMOTE.into(),
                         },
+                        gpg_key: r
+                            .gpg_key
+                            .as_ref()
+                            .map(|k| self.existing("remote.gpg_key", k, Want::File))
+                            .transpose()?,
                     })
                 })
                 .transpose()?;

@@ -260,6 +260,10 @@ section! {
         url: Str, "string", "required";
         /// The remote's name.
         name: Option<Str>, "string", "`\"origin\"`";
+        /// A GPG public key (binary or armored) beside the manifest: make-image imports
+        /// it into the device's remote and turns signature verification on, so the device
+        /// refuses unsigned commits. Same as make-image's `--gpg-key`.
+        gpg_key: Option<Str>, "path", "none: signatures are not verified";
     }
 }
 

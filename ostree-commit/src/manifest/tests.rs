@@ -48,6 +48,7 @@ fn fixture() -> TempDir {
     )
     .unwrap();
     fs::write(d.join("keys/deploy_ed25519"), "key").unwrap();
+    fs::write(d.join("keys/updates.gpg"), "key").unwrap();
     fs::write(d.join("keys/known_hosts"), "").unwrap();
     // The zstd magic is what the tarball base checks at load.
     fs::write(d.join("rootfs.tar.zst"), b"\x28\xb5\x2f\xfdnot really zstd").unwrap();
@@ -312,7 +313,8 @@ fn docs_example_sets_every_key_and_loads() {
         m.remote(),
         Some(&Remote {
             name: "origin".into(),
-            url: "https://updates.example.com/repo".into()
+            url: "https://updates.example.com/repo".into(),
+            gpg_key: Some(d.join("keys/updates.gpg")),
         })
     );
     let push = m.push().unwrap();
