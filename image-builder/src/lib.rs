@@ -72,6 +72,8 @@ pub struct ImageSpec {
     pub kargs: Vec<String>,
     /// What this one device gets in its /etc and /var.
     pub provision: Provision,
+    /// Where the scratch sysroot is built; beside the output when unset.
+    pub work_dir: Option<std::path::PathBuf>,
 }
 
 impl ImageSpec {
@@ -94,6 +96,7 @@ impl ImageSpec {
             compress: false,
             kargs: Vec::new(),
             provision: Provision::default(),
+            work_dir: None,
         }
     }
 
@@ -216,11 +219,13 @@ pub fn make_image(spec: &ImageSpec, output: &Path) -> Result<Image> {
         .parent()
         .context("output has no parent directory")?
         .to_path_buf();
-    // The sysroot is built beside the output, on the same filesystem, and removed after.
+    // The sysroot is built in the work directory (beside the output unless told), and
+    // removed after.
+    let work_parent = spec.work_dir.as_deref().unwrap_or(&parent);
     let work = tempfile::Builder::new()
         .prefix(".osbuild-sysroot-")
-        .tempdir_in(&parent)
-        .with_context(|| format!("creating a work directory in {}", parent.display()))?;
+        .tempdir_in(work_parent)
+        .with_context(|| format!("creating a work directory in {}", work_parent.display()))?;
     let sysroot_dir = work.path().join("sysroot");
     let sysroot = Sysroot::create(&sysroot_dir, boot)?;
     let result = (|| -> Result<(Deployed, Layout)> {

@@ -246,12 +246,16 @@ fn bootstrap_commit_serve_image_boot_upgrade() -> Result<()> {
     anyhow::ensure!(c2 != c1, "the second commit has the first one's checksum");
 
     t.time("unsigned upgrade refused in the guest", || {
-        vm.send_line("ostree admin upgrade && echo UPGRADE''-OK || echo UPGRADE''-FAILED")?;
+        vm.send_line(
+            "ostree admin upgrade >/tmp/unsigned.log 2>&1 && echo UPGRADE''-OK || echo UPGRADE''-FAILED",
+        )?;
         let result = vm.wait_for("UPGRADE-", Duration::from_secs(600))?;
+        let said = probe(&mut vm, "unsigned", "cat /tmp/unsigned.log")?;
         anyhow::ensure!(
-            result.contains("UPGRADE-FAILED") && result.contains("GPG"),
-            "the device took an unsigned commit: {result}"
+            result.contains("UPGRADE-FAILED") && said.contains("GPG"),
+            "the device took an unsigned commit: {result} {said}"
         );
+        eprintln!("e2e: unsigned upgrade refused: {}", said.trim());
         Ok(())
     })?;
     sign(&c2)?;
