@@ -22,7 +22,7 @@ pub use size::{parse_size, Size};
 use anyhow::{Context, Result};
 use bootloader::{Boot, Sources};
 use osbuild_core::fsutil::Staging;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 /// The filesystem label of the root partition; the kernel finds it with `root=LABEL=…`,
 /// GRUB with `search --label`.
@@ -72,8 +72,9 @@ pub struct ImageSpec {
     pub kargs: Vec<String>,
     /// What this one device gets in its /etc and /var.
     pub provision: Provision,
-    /// Where the scratch sysroot is built; beside the output when unset.
-    pub work_dir: Option<std::path::PathBuf>,
+    /// Where the scratch sysroot is built; when unset, /dev/shm if it has room (see
+    /// [`default_work_dir`]), else beside the output.
+    pub work_dir: Option<PathBuf>,
 }
 
 impl ImageSpec {
@@ -219,9 +220,13 @@ pub fn make_image(spec: &ImageSpec, output: &Path) -> Result<Image> {
         .parent()
         .context("output has no parent directory")?
         .to_path_buf();
-    // The sysroot is built in the work directory (beside the output unless told), and
-    // removed after.
-    let work_parent = spec.work_dir.as_deref().unwrap_or(&parent);
+    // The sysroot is built in the work directory and removed after.
+    let in_memory = default_work_dir();
+    let work_parent = spec
+        .work_dir
+        .as_deref()
+        .or(in_memory.as_deref())
+        .unwrap_or(&parent);
     let work = tempfile::Builder::new()
         .prefix(".osbuild-sysroot-")
         .tempdir_in(work_parent)
@@ -253,6 +258,13 @@ pub fn make_image(spec: &ImageSpec, output: &Path) -> Result<Image> {
     // Deployments are immutable (chattr +i); the work directory cannot be removed otherwise.
     // A failure to release must not hide why the build failed.
     let released = sysroot.release();
+    let result = result.map_err(|e| match (&spec.work_dir, &in_memory) {
+        (None, Some(shm)) if is_out_of_space(&e) => e.context(format!(
+            "the scratch sysroot filled {}: pass --work-dir DIR on a disk with room",
+            shm.display()
+        )),
+        _ => e,
+    });
     let (deployed, layout) = match (result, released) {
         (Ok(done), Ok(())) => done,
         (Ok(_), Err(e)) => return Err(e),
@@ -275,6 +287,40 @@ pub fn make_image(spec: &ImageSpec, output: &Path) -> Result<Image> {
         format: spec.format,
         size: meta.len(),
         allocated: std::os::unix::fs::MetadataExt::blocks(&meta) * 512,
+    })
+}
+
+/// The memory a tmpfs work directory must have free, for the scratch sysroot (a pulled
+/// and deployed OS: a Debian server is well under 2 GiB) with room to spare.
+const WORK_IN_MEMORY: u64 = 4 << 30;
+
+/// The default work directory: /dev/shm when it is a tmpfs with [`WORK_IN_MEMORY`] free
+/// and as much memory available. The scratch sysroot is written once and read once by
+/// mkfs; on a disk its writes compete with the image's own (measured in bench/image.sh:
+/// half the build's time under load).
+pub fn default_work_dir() -> Option<PathBuf> {
+    let shm = Path::new("/dev/shm");
+    let fs = rustix::fs::statfs(shm).ok()?;
+    // TMPFS_MAGIC: a tmpfs, not a disk mounted there.
+    if fs.f_type as i64 != 0x0102_1994 {
+        return None;
+    }
+    let free = fs.f_bavail.saturating_mul(fs.f_bsize as u64);
+    let meminfo = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let available = meminfo
+        .lines()
+        .find_map(|l| l.strip_prefix("MemAvailable:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())?
+        * 1024;
+    (free >= WORK_IN_MEMORY && available >= WORK_IN_MEMORY).then(|| shm.to_path_buf())
+}
+
+/// Whether `e` was caused by a full filesystem.
+fn is_out_of_space(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| {
+        c.downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.raw_os_error() == Some(rustix::io::Errno::NOSPC.raw_os_error()))
+            || c.to_string().contains("No space left on device")
     })
 }
 

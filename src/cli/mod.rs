@@ -478,6 +478,11 @@ pub(crate) struct MakeImageArgs {
     /// Provision this device: cloud-init user-data, seeded for the NoCloud datasource.
     #[arg(long, value_name = "FILE")]
     cloud_init: Option<PathBuf>,
+    /// Where the scratch sysroot is built (a pulled copy of the OS, removed at the end)
+    /// [default: /dev/shm when it and the memory available have 4 GiB free, else beside
+    /// --output].
+    #[arg(long, value_name = "DIR")]
+    work_dir: Option<PathBuf>,
     #[command(flatten)]
     manifest: ManifestArg,
 }
@@ -537,6 +542,7 @@ impl MakeImageArgs {
             .or(image.format)
             .unwrap_or_else(|| image_builder::Format::from_path(&self.output));
         spec.compress = self.compress;
+        spec.work_dir = self.work_dir;
         spec.provision = image_builder::Provision {
             hostname: self.hostname,
             root_password_hash: self.root_password_hash,
