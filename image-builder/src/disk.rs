@@ -55,7 +55,7 @@ pub(crate) fn write(
     mkfs_root(boot.bootloader, layout, sysroot, path)?;
     if let Some(esp) = esp {
         step(2, "EFI system partition");
-        let files = boot.esp_files(sources, work)?;
+        let files = boot.esp_files(sources, sysroot, work)?;
         crate::esp::write(path, esp, &files)?;
     }
     step(steps - 1, &format!("boot loader {}", boot.bootloader));

@@ -110,15 +110,12 @@ impl ImageSpec {
     /// Check everything that can be checked before pulling: the choices go together and
     /// the host has the tools they need.
     pub fn check(&self) -> Result<()> {
-        check(self.bootloader, self.firmware, self.table())?;
-        if self.secure_boot && (self.bootloader != Bootloader::Grub || !self.firmware.boots_uefi())
-        {
-            anyhow::bail!(
-                "--secure-boot needs --bootloader grub and --firmware uefi or hybrid (it was --bootloader {} --firmware {})",
-                self.bootloader,
-                self.firmware
-            );
-        }
+        check(
+            self.bootloader,
+            self.firmware,
+            self.table(),
+            self.secure_boot,
+        )?;
         self.boot().check(&Sources { deployment: None })?;
         self.provision.check()?;
         if self.format == Format::Qcow2 && !Path::new("/usr/bin/qemu-img").exists() {
@@ -134,6 +131,9 @@ impl ImageSpec {
             "rw".to_string(),
             "console=ttyS0,115200".to_string(),
         ];
+        if self.bootloader == Bootloader::SystemdBoot {
+            args.extend(bootloader::SYSTEMD_BOOT_KARGS.iter().map(|a| a.to_string()));
+        }
         args.extend(self.kargs.iter().cloned());
         args
     }
@@ -217,9 +217,9 @@ pub fn make_image(spec: &ImageSpec, output: &Path) -> Result<Image> {
         spec.provision
             .apply(&deployed.root, &var)
             .context("provisioning the device")?;
-        boot.install_sysroot(&sysroot_dir)?;
         let content = disk::content_size(&sysroot_dir)?;
-        let layout = layout_for(spec, boot, content)?;
+        let layout = layout_for(spec, content, boot.esp_size(&sysroot_dir)?)?;
+        boot.install_sysroot(&sysroot_dir, &layout)?;
         let raw = match spec.format {
             Format::Raw => staging.path().to_path_buf(),
             _ => work.path().join("disk.raw"),
@@ -259,10 +259,10 @@ pub fn make_image(spec: &ImageSpec, output: &Path) -> Result<Image> {
 
 /// The partitions for `content` bytes of sysroot: `--size auto` fits the content with
 /// headroom; a given size must hold the content.
-fn layout_for(spec: &ImageSpec, boot: Boot, content: u64) -> Result<Layout> {
+fn layout_for(spec: &ImageSpec, content: u64, esp_size: u64) -> Result<Layout> {
     let table = spec.table();
     // Everything before the root and after it: a layout of the smallest size tells.
-    let probe = Layout::new(1 << 30, table, spec.firmware, boot.esp_size())?;
+    let probe = Layout::new((1 << 30) + esp_size, table, spec.firmware, esp_size)?;
     let other = probe.size - probe.root().size;
     let min = disk::min_root(content) + other;
     let size = match spec.size {
@@ -277,5 +277,5 @@ fn layout_for(spec: &ImageSpec, boot: Boot, content: u64) -> Result<Layout> {
             size
         }
     };
-    Layout::new(size, table, spec.firmware, boot.esp_size())
+    Layout::new(size, table, spec.firmware, esp_size)
 }
