@@ -101,3 +101,29 @@ pub fn files(bin_dir: &Path) -> Vec<DeviceFile> {
     ]);
     files
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_enabled_unit_is_shipped_and_installable() {
+        let files = files(Path::new("/nonexistent"));
+        for unit in ENABLED_UNITS {
+            let path = format!("/usr/lib/systemd/system/{unit}");
+            let file = files
+                .iter()
+                .find(|f| f.path == path)
+                .unwrap_or_else(|| panic!("{unit} is enabled but not shipped"));
+            match &file.content {
+                DeviceContent::Text(text) => assert!(
+                    text.contains("\n[Install]\nWantedBy=multi-user.target\n"),
+                    "{unit} cannot be enabled:\n{text}"
+                ),
+                DeviceContent::Copy(p) => panic!("{unit} is copied from {}", p.display()),
+            }
+        }
+        // The menu's hook runs the binary shipped beside it.
+        assert!(files.iter().any(|f| f.path == BOOT_MENU_BIN));
+    }
+}

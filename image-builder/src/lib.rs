@@ -279,3 +279,36 @@ fn layout_for(spec: &ImageSpec, content: u64, esp_size: u64) -> Result<Layout> {
     };
     Layout::new(size, table, spec.firmware, esp_size)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn systemd_boot_keeps_systemd_off_the_esp_and_needs_its_package() {
+        for bootloader in Bootloader::ALL {
+            let mut spec = ImageSpec::new("http://example/repo/", None);
+            spec.bootloader = bootloader;
+            spec.kargs = vec!["quiet".into()];
+            let args = spec.kernel_args();
+            assert_eq!(
+                args.contains(&"systemd.gpt_auto=0".to_string()),
+                bootloader == Bootloader::SystemdBoot,
+                "{bootloader}: {args:?}"
+            );
+            assert_eq!(args.last().map(String::as_str), Some("quiet"));
+        }
+        let boot = Boot {
+            bootloader: Bootloader::SystemdBoot,
+            firmware: Firmware::Uefi,
+            secure_boot: false,
+        };
+        let loader = boot
+            .needs()
+            .into_iter()
+            .find(|n| n.path.ends_with("systemd-bootx64.efi"))
+            .expect("systemd-boot needs its EFI binary");
+        assert_eq!(loader.package, "systemd-boot-efi");
+        assert!(loader.in_tree, "the tree may carry its own systemd-boot");
+    }
+}
