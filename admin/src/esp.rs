@@ -37,6 +37,9 @@
 //! deployment) except when it was explicitly undeployed; entries of deployments that
 //! libostree has already pruned fail in the initramfs and the menu offers the others. The
 //! device also syncs at every boot, so an interrupted sync is completed by the next boot.
+//! The ordering holds file by file; FAT itself has no journal, so a cut in the middle of
+//! one rename or removal can leave the ESP needing `fsck.vfat` (systemd-boot still reads
+//! it; the entries and kernels it names were complete before their names appeared).
 //!
 //! Order: every entry carries `sort-key osbuild` and libostree's `version` (highest for the
 //! default deployment); systemd-boot sorts entries with the same sort key by version,
