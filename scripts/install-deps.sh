@@ -10,9 +10,9 @@ PACKAGES=(
   ostree mmdebstrap e2fsprogs dosfstools mtools syslinux syslinux-common extlinux
   util-linux kmod curl fdisk
   # boot loaders make-image installs (GRUB for BIOS and UEFI; Debian's signed shim and
-  # GRUB for Secure Boot)
+  # GRUB for Secure Boot; systemd-boot for UEFI)
   grub-common grub-pc-bin grub-efi-amd64-bin grub-efi-amd64-signed shim-signed
-  shim-helpers-amd64-signed
+  shim-helpers-amd64-signed systemd-boot-efi
   # signed commits in tests (a throwaway key per run)
   gnupg
   # booting images in tests and in the quick start

@@ -12,9 +12,14 @@ pub const BINARIES: &[(&str, &str)] = &[
     ("osbuild-boot-menu", BOOT_MENU_BIN),
     ("osbuild-grow-root", GROW_ROOT_BIN),
 ];
-/// The units to enable in the tree: the path unit that regenerates the menu when
-/// libostree swaps `/boot/loader`, and the root grower.
-pub const ENABLED_UNITS: &[&str] = &["osbuild-boot-menu.path", "osbuild-grow-root.service"];
+/// The units to enable in the tree: the path unit that updates the menu when libostree
+/// swaps `/boot/loader`, the menu's update at every boot (which completes one a power cut
+/// interrupted), and the root grower.
+pub const ENABLED_UNITS: &[&str] = &[
+    "osbuild-boot-menu.path",
+    "osbuild-boot-menu.service",
+    "osbuild-grow-root.service",
+];
 
 /// A file of the tree.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -56,7 +61,8 @@ pub fn files(bin_dir: &Path) -> Vec<DeviceFile> {
         text(
             "/usr/lib/systemd/system/ostree-finalize-staged.service.d/50-osbuild-boot-menu.conf",
             &format!(
-                "# osbuild: GRUB's menu follows the entries finalize-staged has just written.\n\
+                "# osbuild: the boot menu (GRUB's, or systemd-boot's on the ESP) follows the\n\
+                 # entries finalize-staged has just written.\n\
                  [Service]\nExecStop={BOOT_MENU_BIN}\n"
             ),
             0o644,
@@ -74,8 +80,10 @@ pub fn files(bin_dir: &Path) -> Vec<DeviceFile> {
         text(
             "/usr/lib/systemd/system/osbuild-boot-menu.service",
             &format!(
-                "[Unit]\nDescription=Regenerate GRUB's menu from ostree's boot entries\n\n\
-                 [Service]\nType=oneshot\nExecStart={BOOT_MENU_BIN}\n"
+                "[Unit]\nDescription=Update the boot menu from ostree's boot entries\n\
+                 After=local-fs.target\n\n\
+                 [Service]\nType=oneshot\nExecStart={BOOT_MENU_BIN}\n\n\
+                 [Install]\nWantedBy=multi-user.target\n"
             ),
             0o644,
         ),
@@ -92,4 +100,30 @@ pub fn files(bin_dir: &Path) -> Vec<DeviceFile> {
         ),
     ]);
     files
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_enabled_unit_is_shipped_and_installable() {
+        let files = files(Path::new("/nonexistent"));
+        for unit in ENABLED_UNITS {
+            let path = format!("/usr/lib/systemd/system/{unit}");
+            let file = files
+                .iter()
+                .find(|f| f.path == path)
+                .unwrap_or_else(|| panic!("{unit} is enabled but not shipped"));
+            match &file.content {
+                DeviceContent::Text(text) => assert!(
+                    text.contains("\n[Install]\nWantedBy=multi-user.target\n"),
+                    "{unit} cannot be enabled:\n{text}"
+                ),
+                DeviceContent::Copy(p) => panic!("{unit} is copied from {}", p.display()),
+            }
+        }
+        // The menu's hook runs the binary shipped beside it.
+        assert!(files.iter().any(|f| f.path == BOOT_MENU_BIN));
+    }
 }

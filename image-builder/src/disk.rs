@@ -48,6 +48,12 @@ pub(crate) fn write(
         .with_context(|| format!("sizing {} to {} bytes", path.display(), layout.size))?;
     layout.write_table(&mut file)?;
     drop(file);
+    // The ESP's files are gathered before the root filesystem is made from the sysroot:
+    // systemd-boot's sync writes its boot links into the sysroot.
+    let esp_files = match esp {
+        Some(_) => boot.esp_files(sources, sysroot, work)?,
+        None => Vec::new(),
+    };
     step(
         1,
         &format!("root filesystem, {} MiB", layout.root().size >> 20),
@@ -55,8 +61,7 @@ pub(crate) fn write(
     mkfs_root(boot.bootloader, layout, sysroot, path)?;
     if let Some(esp) = esp {
         step(2, "EFI system partition");
-        let files = boot.esp_files(sources, work)?;
-        crate::esp::write(path, esp, &files)?;
+        crate::esp::write(path, esp, &esp_files)?;
     }
     step(steps - 1, &format!("boot loader {}", boot.bootloader));
     boot.install_disk(sources, layout, path, work)?;

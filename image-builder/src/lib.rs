@@ -118,15 +118,12 @@ impl ImageSpec {
     /// Check everything that can be checked before pulling: the choices go together and
     /// the host has the tools they need.
     pub fn check(&self) -> Result<()> {
-        check(self.bootloader, self.firmware, self.table())?;
-        if self.secure_boot && (self.bootloader != Bootloader::Grub || !self.firmware.boots_uefi())
-        {
-            anyhow::bail!(
-                "--secure-boot needs --bootloader grub and --firmware uefi or hybrid (it was --bootloader {} --firmware {})",
-                self.bootloader,
-                self.firmware
-            );
-        }
+        check(
+            self.bootloader,
+            self.firmware,
+            self.table(),
+            self.secure_boot,
+        )?;
         self.boot().check(&Sources { deployment: None })?;
         self.provision.check()?;
         if let Some(key) = &self.gpg_key {
@@ -154,6 +151,9 @@ impl ImageSpec {
             "rw".to_string(),
             "console=ttyS0,115200".to_string(),
         ];
+        if self.bootloader == Bootloader::SystemdBoot {
+            args.extend(bootloader::SYSTEMD_BOOT_KARGS.iter().map(|a| a.to_string()));
+        }
         args.extend(self.kargs.iter().cloned());
         args
     }
@@ -243,9 +243,9 @@ pub fn make_image(spec: &ImageSpec, output: &Path) -> Result<Image> {
         spec.provision
             .apply(&deployed.root, &var)
             .context("provisioning the device")?;
-        boot.install_sysroot(&sysroot_dir)?;
         let content = disk::content_size(&sysroot_dir)?;
-        let layout = layout_for(spec, boot, content)?;
+        let layout = layout_for(spec, content, boot.esp_size(&sysroot_dir)?)?;
+        boot.install_sysroot(&sysroot_dir, &layout)?;
         let raw = match spec.format {
             Format::Raw => staging.path().to_path_buf(),
             _ => work.path().join("disk.raw"),
@@ -326,10 +326,10 @@ fn is_out_of_space(e: &anyhow::Error) -> bool {
 
 /// The partitions for `content` bytes of sysroot: `--size auto` fits the content with
 /// headroom; a given size must hold the content.
-fn layout_for(spec: &ImageSpec, boot: Boot, content: u64) -> Result<Layout> {
+fn layout_for(spec: &ImageSpec, content: u64, esp_size: u64) -> Result<Layout> {
     let table = spec.table();
     // Everything before the root and after it: a layout of the smallest size tells.
-    let probe = Layout::new(1 << 30, table, spec.firmware, boot.esp_size())?;
+    let probe = Layout::new((1 << 30) + esp_size, table, spec.firmware, esp_size)?;
     let other = probe.size - probe.root().size;
     let min = disk::min_root(content) + other;
     let size = match spec.size {
@@ -344,5 +344,38 @@ fn layout_for(spec: &ImageSpec, boot: Boot, content: u64) -> Result<Layout> {
             size
         }
     };
-    Layout::new(size, table, spec.firmware, boot.esp_size())
+    Layout::new(size, table, spec.firmware, esp_size)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn systemd_boot_keeps_systemd_off_the_esp_and_needs_its_package() {
+        for bootloader in Bootloader::ALL {
+            let mut spec = ImageSpec::new("http://example/repo/", None);
+            spec.bootloader = bootloader;
+            spec.kargs = vec!["quiet".into()];
+            let args = spec.kernel_args();
+            assert_eq!(
+                args.contains(&"systemd.gpt_auto=0".to_string()),
+                bootloader == Bootloader::SystemdBoot,
+                "{bootloader}: {args:?}"
+            );
+            assert_eq!(args.last().map(String::as_str), Some("quiet"));
+        }
+        let boot = Boot {
+            bootloader: Bootloader::SystemdBoot,
+            firmware: Firmware::Uefi,
+            secure_boot: false,
+        };
+        let loader = boot
+            .needs()
+            .into_iter()
+            .find(|n| n.path.ends_with("systemd-bootx64.efi"))
+            .expect("systemd-boot needs its EFI binary");
+        assert_eq!(loader.package, "systemd-boot-efi");
+        assert!(loader.in_tree, "the tree may carry its own systemd-boot");
+    }
 }

@@ -12,27 +12,36 @@ pub enum Bootloader {
     Syslinux,
     /// GRUB; BIOS (core.img in a BIOS-boot partition), UEFI (on the ESP) or both.
     Grub,
+    /// systemd-boot on the ESP, with the kernels and boot entries copied there after every
+    /// deploy; UEFI only, GPT only, no Secure Boot (Debian 12's is not signed).
+    SystemdBoot,
 }
 
 impl Bootloader {
     /// Every boot loader, for table-driven tests and help texts.
-    pub const ALL: [Bootloader; 2] = [Bootloader::Syslinux, Bootloader::Grub];
+    pub const ALL: [Bootloader; 3] = [
+        Bootloader::Syslinux,
+        Bootloader::Grub,
+        Bootloader::SystemdBoot,
+    ];
 
     /// The name on the command line and in the manifest.
     pub fn name(self) -> &'static str {
         match self {
             Bootloader::Syslinux => "syslinux",
             Bootloader::Grub => "grub",
+            Bootloader::SystemdBoot => "systemd-boot",
         }
     }
 
     /// The value of `sysroot.bootloader` in the sysroot's repo config: libostree's backend
     /// that rewrites the menu on every deploy. GRUB's menu is generated from the boot
-    /// entries by osbuild (osbuild_admin::bootmenu), so libostree writes only those.
+    /// entries by osbuild (osbuild_admin::bootmenu), and systemd-boot's are copied to the
+    /// ESP by osbuild (osbuild_admin::esp), so libostree writes only those.
     pub fn ostree_backend(self) -> &'static str {
         match self {
             Bootloader::Syslinux => "syslinux",
-            Bootloader::Grub => "none",
+            Bootloader::Grub | Bootloader::SystemdBoot => "none",
         }
     }
 
@@ -41,6 +50,23 @@ impl Bootloader {
         match self {
             Bootloader::Syslinux => firmware == Firmware::Bios,
             Bootloader::Grub => true,
+            Bootloader::SystemdBoot => firmware == Firmware::Uefi,
+        }
+    }
+
+    /// Whether it boots through a signed chain under Secure Boot.
+    pub fn supports_secure_boot(self) -> bool {
+        self == Bootloader::Grub
+    }
+
+    /// What to use instead when it does not boot with some firmware.
+    fn firmware_hint(self) -> &'static str {
+        match self {
+            Bootloader::Syslinux => "syslinux is BIOS only: use --bootloader grub for UEFI",
+            Bootloader::SystemdBoot => {
+                "systemd-boot is UEFI only: use --firmware uefi, or --bootloader grub for BIOS"
+            }
+            Bootloader::Grub => "GRUB boots with every firmware",
         }
     }
 
@@ -48,7 +74,7 @@ impl Bootloader {
     pub fn default_table(self) -> PartitionTable {
         match self {
             Bootloader::Syslinux => PartitionTable::Mbr,
-            Bootloader::Grub => PartitionTable::Gpt,
+            Bootloader::Grub | Bootloader::SystemdBoot => PartitionTable::Gpt,
         }
     }
 }
@@ -187,19 +213,31 @@ pub enum Incompatible {
         /// What would work.
         hint: &'static str,
     },
+    /// Secure Boot needs GRUB (Debian's signed chain) and UEFI firmware.
+    #[error("--secure-boot needs --bootloader grub and --firmware uefi or hybrid (it was --bootloader {bootloader} --firmware {firmware}){hint}")]
+    SecureBoot {
+        /// The boot loader asked for.
+        bootloader: Bootloader,
+        /// The firmware asked for.
+        firmware: Firmware,
+        /// Why, when the boot loader is the reason.
+        hint: &'static str,
+    },
 }
 
-/// Check that `bootloader` on `firmware` with `table` can boot.
+/// Check that `bootloader` on `firmware` with `table` can boot, with Secure Boot on when
+/// `secure_boot`.
 pub fn check(
     bootloader: Bootloader,
     firmware: Firmware,
     table: PartitionTable,
+    secure_boot: bool,
 ) -> Result<(), Incompatible> {
     if !bootloader.supports(firmware) {
         return Err(Incompatible::Firmware {
             bootloader,
             firmware,
-            hint: "syslinux is BIOS only: use --bootloader grub for UEFI",
+            hint: bootloader.firmware_hint(),
         });
     }
     match (bootloader, table) {
@@ -215,6 +253,16 @@ pub fn check(
             firmware,
             hint: "UEFI images use --partition-table gpt",
         }),
+        _ if secure_boot && !(bootloader.supports_secure_boot() && firmware.boots_uefi()) => {
+            Err(Incompatible::SecureBoot {
+                bootloader,
+                firmware,
+                hint: match bootloader {
+                    Bootloader::SystemdBoot => "; Debian 12's systemd-boot is not signed",
+                    _ => "",
+                },
+            })
+        }
         _ => Ok(()),
     }
 }
@@ -225,27 +273,43 @@ mod tests {
 
     #[test]
     fn every_combination_is_decided() {
-        // (bootloader, firmware, table) -> boots?
+        // (bootloader, firmware, table, secure boot) -> boots?
         for bootloader in Bootloader::ALL {
             for firmware in Firmware::ALL {
                 for table in [PartitionTable::Mbr, PartitionTable::Gpt] {
-                    let expected = match (bootloader, firmware, table) {
-                        (Bootloader::Syslinux, Firmware::Bios, PartitionTable::Mbr) => true,
-                        (Bootloader::Syslinux, _, _) => false,
-                        (Bootloader::Grub, Firmware::Bios, _) => true,
-                        (Bootloader::Grub, _, PartitionTable::Gpt) => true,
-                        (Bootloader::Grub, _, PartitionTable::Mbr) => false,
-                    };
-                    let got = check(bootloader, firmware, table);
-                    assert_eq!(
-                        got.is_ok(),
-                        expected,
-                        "{bootloader} {firmware} {table}: {got:?}"
-                    );
-                    if let Err(e) = got {
-                        let msg = e.to_string();
-                        assert!(msg.contains(bootloader.name()), "{msg}");
-                        assert!(msg.contains(firmware.name()), "{msg}");
+                    for secure_boot in [false, true] {
+                        use Bootloader::*;
+                        use Firmware::*;
+                        use PartitionTable::*;
+                        let boots = match (bootloader, firmware, table) {
+                            (Syslinux, Bios, Mbr) => true,
+                            (Syslinux, _, _) => false,
+                            (Grub, Bios, _) => true,
+                            (Grub, _, Gpt) => true,
+                            (Grub, _, Mbr) => false,
+                            (SystemdBoot, Uefi, Gpt) => true,
+                            (SystemdBoot, _, _) => false,
+                        };
+                        let signed = bootloader == Grub && firmware != Bios;
+                        let expected = boots && (!secure_boot || signed);
+                        let got = check(bootloader, firmware, table, secure_boot);
+                        assert_eq!(
+                            got.is_ok(),
+                            expected,
+                            "{bootloader} {firmware} {table} secure_boot={secure_boot}: {got:?}"
+                        );
+                        if let Err(e) = got {
+                            let msg = e.to_string();
+                            assert!(msg.contains(bootloader.name()), "{msg}");
+                            assert!(msg.contains(firmware.name()), "{msg}");
+                            if bootloader == SystemdBoot && !matches!(e, Incompatible::Table { .. })
+                            {
+                                assert!(
+                                    msg.contains("UEFI only") || msg.contains("not signed"),
+                                    "{msg}"
+                                );
+                            }
+                        }
                     }
                 }
             }
@@ -254,7 +318,7 @@ mod tests {
                 .into_iter()
                 .filter(|f| bootloader.supports(*f))
             {
-                check(bootloader, firmware, bootloader.default_table()).unwrap();
+                check(bootloader, firmware, bootloader.default_table(), false).unwrap();
             }
         }
     }

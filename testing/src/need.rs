@@ -46,8 +46,8 @@ pub enum Need {
     Ostree,
     /// The Debian archive at deb.debian.org, for tests that bootstrap.
     DebianMirror,
-    /// GRUB for BIOS and UEFI images, Debian's signed shim and GRUB for Secure Boot, and
-    /// the tools for the ESP and qcow2 images.
+    /// GRUB for BIOS and UEFI images, Debian's signed shim and GRUB for Secure Boot,
+    /// systemd-boot, and the tools for the ESP and qcow2 images.
     Grub,
 }
 
@@ -96,6 +96,10 @@ impl Need {
                 (
                     "/usr/lib/grub/x86_64-efi-signed/grubx64.efi.signed",
                     "grub-efi-amd64-signed",
+                ),
+                (
+                    "/usr/lib/systemd/boot/efi/systemd-bootx64.efi",
+                    "systemd-boot-efi",
                 ),
             ]
             .into_iter()

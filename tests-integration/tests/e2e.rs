@@ -379,6 +379,14 @@ const VARIANTS: &[Variant] = &[
         secure_boot: false,
     },
     Variant {
+        name: "systemd-boot-uefi",
+        bootloader: Bootloader::SystemdBoot,
+        firmware: Firmware::Uefi,
+        format: Format::Raw,
+        uefi: true,
+        secure_boot: false,
+    },
+    Variant {
         name: "grub-hybrid-on-uefi",
         bootloader: Bootloader::Grub,
         firmware: Firmware::Hybrid,
@@ -472,6 +480,9 @@ fn boot_and_upgrade(
             "the kernel does not report Secure Boot: {said:?}"
         );
     }
+    if v.bootloader == Bootloader::SystemdBoot {
+        check_systemd_boot(&mut vm, c1)?;
+    }
     vm.send_line("ostree admin upgrade && echo UPGRADE''-OK || echo UPGRADE''-FAILED")?;
     let result = vm.wait_for("UPGRADE-", Duration::from_secs(600))?;
     anyhow::ensure!(result.contains("UPGRADE-OK"), "upgrade failed: {result}");
@@ -479,9 +490,51 @@ fn boot_and_upgrade(
     vm.wait_exit(Duration::from_secs(300))?;
     drop(vm);
     // A fresh qemu per boot: warm reboots under OVMF sometimes hang in the firmware.
-    let vm = boot_into(config(2), c2, "2")?;
+    let mut vm = boot_into(config(2), c2, "2")?;
+    if v.bootloader == Bootloader::SystemdBoot {
+        // Booted by default from the entry finalize-staged's hook wrote to the ESP.
+        shell_ready(&mut vm)?;
+        check_systemd_boot(&mut vm, c2)?;
+    }
     drop(vm);
     fs::remove_file(&image).with_context(|| format!("removing {}", image.display()))?;
+    Ok(())
+}
+
+/// systemd-boot booted `commit` from the ESP through osbuild's boot link, and the ESP
+/// holds an entry for every deployment.
+fn check_systemd_boot(vm: &mut Vm, commit: &str) -> Result<()> {
+    let cmdline = probe(vm, "cmdline", "cat /proc/cmdline")?;
+    anyhow::ensure!(
+        cmdline.contains("ostree=/ostree/boot-0/") && cmdline.contains("systemd.gpt_auto=0"),
+        "not booted through the ESP's entry: {cmdline}"
+    );
+    anyhow::ensure!(
+        cmdline.contains(commit),
+        "the kernel command line does not name {commit}: {cmdline}"
+    );
+    // Only the ESP's entries name osbuild's boot links: the kernel was started by
+    // systemd-boot from the ESP. (efivarfs reads, LoaderInfo included, come back empty
+    // under TCG here.)
+    let entries = probe(
+        vm,
+        "espentries",
+        "u=$(sed -n 's/^PARTUUID=//p' /sysroot/boot/osbuild-systemd-boot); \
+         mkdir -p /run/esp-probe && mount -o ro /dev/disk/by-partuuid/$u /run/esp-probe && \
+         ls /run/esp-probe/loader/entries | wc -l; umount /run/esp-probe",
+    )?;
+    let deployments = probe(
+        vm,
+        "deployments",
+        "ls -d /sysroot/ostree/deploy/*/deploy/*.? | wc -l",
+    )?;
+    anyhow::ensure!(
+        entries.trim() == deployments.trim(),
+        "{} entries on the ESP for {} deployments",
+        entries.trim(),
+        deployments.trim()
+    );
+    eprintln!("e2e: systemd-boot: {cmdline}; {entries} ESP entries");
     Ok(())
 }
 

@@ -254,6 +254,23 @@ fn impossible_images_are_refused_and_leave_nothing() {
             "--secure-boot needs --bootloader grub",
         ),
         (
+            "systemd-boot on BIOS",
+            |s| {
+                s.bootloader = Bootloader::SystemdBoot;
+                s.firmware = Firmware::Hybrid;
+            },
+            "systemd-boot is UEFI only",
+        ),
+        (
+            "systemd-boot with Secure Boot",
+            |s| {
+                s.bootloader = Bootloader::SystemdBoot;
+                s.firmware = Firmware::Uefi;
+                s.secure_boot = true;
+            },
+            "Debian 12's systemd-boot is not signed",
+        ),
+        (
             "too small",
             |s| s.size = Size::Bytes(64 << 20),
             "--size 64 MiB is too small: this commit needs at least",

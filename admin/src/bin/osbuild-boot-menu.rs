@@ -1,6 +1,8 @@
-//! `osbuild-boot-menu [SYSROOT]`: regenerate GRUB's menu from libostree's boot entries.
-//! Runs on the device after deploys (see osbuild_admin::bootmenu); SYSROOT is the physical
-//! root, `/sysroot` in a booted deployment.
+//! `osbuild-boot-menu [SYSROOT]`: keep the boot menu in step with libostree's boot
+//! entries. Runs on the device after deploys and at boot (see osbuild_admin::device);
+//! SYSROOT is the physical root, `/sysroot` in a booted deployment. A sysroot marked for
+//! systemd-boot gets its ESP synced (osbuild_admin::esp), one with a generated GRUB menu
+//! gets it regenerated (osbuild_admin::bootmenu); any other is left alone.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -10,15 +12,19 @@ fn main() -> ExitCode {
         .nth(1)
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from("/sysroot"));
-    match osbuild_admin::bootmenu::update(&sysroot) {
-        Ok(true) => {
-            eprintln!(
-                "osbuild-boot-menu: updated GRUB's menu in {}",
-                sysroot.display()
-            );
+    let result = osbuild_admin::esp::update(&sysroot).and_then(|synced| match synced {
+        Some(steps) => Ok(Some(format!(
+            "synced systemd-boot's entries on the ESP ({steps} changes)"
+        ))),
+        None => osbuild_admin::bootmenu::update(&sysroot)
+            .map(|updated| updated.then(|| "updated GRUB's menu".to_string())),
+    });
+    match result {
+        Ok(Some(what)) => {
+            eprintln!("osbuild-boot-menu: {what} for {}", sysroot.display());
             ExitCode::SUCCESS
         }
-        Ok(false) => ExitCode::SUCCESS,
+        Ok(None) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("osbuild-boot-menu: {e:#}");
             ExitCode::FAILURE

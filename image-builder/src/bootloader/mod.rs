@@ -5,6 +5,9 @@
 mod grub;
 mod shim;
 mod syslinux;
+mod systemd_boot;
+
+pub(crate) use systemd_boot::KARGS as SYSTEMD_BOOT_KARGS;
 
 use crate::layout::Layout;
 use crate::options::{Bootloader, Firmware};
@@ -78,6 +81,7 @@ impl Boot {
         let mut needs = match self.bootloader {
             Bootloader::Syslinux => syslinux::needs(),
             Bootloader::Grub => grub::needs(self.firmware, self.secure_boot),
+            Bootloader::SystemdBoot => systemd_boot::needs(),
         };
         if self.secure_boot {
             needs.extend(shim::needs());
@@ -126,9 +130,12 @@ impl Boot {
         )
     }
 
-    /// The ESP's size when the disk has one.
-    pub(crate) fn esp_size(self) -> u64 {
-        128 << 20
+    /// The ESP's size when the disk has one: systemd-boot's holds the kernels too.
+    pub(crate) fn esp_size(self, sysroot: &Path) -> Result<u64> {
+        match self.bootloader {
+            Bootloader::SystemdBoot => systemd_boot::esp_size(sysroot),
+            Bootloader::Syslinux | Bootloader::Grub => Ok(128 << 20),
+        }
     }
 
     /// Prepare the sysroot before the first deploy, so that libostree's backend finds a
@@ -136,16 +143,17 @@ impl Boot {
     pub(crate) fn prepare_sysroot(self, sysroot: &Path) -> Result<()> {
         match self.bootloader {
             Bootloader::Syslinux => syslinux::prepare_sysroot(sysroot),
-            Bootloader::Grub => Ok(()),
+            Bootloader::Grub | Bootloader::SystemdBoot => Ok(()),
         }
     }
 
-    /// Write the loader's own files into the sysroot after the deploy, before the root
-    /// filesystem is made from it.
-    pub(crate) fn install_sysroot(self, sysroot: &Path) -> Result<()> {
+    /// Write the loader's own files into the sysroot after the deploy, once the disk is
+    /// laid out and before the root filesystem is made from it.
+    pub(crate) fn install_sysroot(self, sysroot: &Path, layout: &Layout) -> Result<()> {
         match self.bootloader {
             Bootloader::Syslinux => Ok(()),
             Bootloader::Grub => grub::install_sysroot(sysroot),
+            Bootloader::SystemdBoot => systemd_boot::install_sysroot(sysroot, layout),
         }
     }
 
@@ -153,10 +161,12 @@ impl Boot {
     pub(crate) fn esp_files(
         self,
         sources: &Sources,
+        sysroot: &Path,
         work: &Path,
     ) -> Result<Vec<(String, PathBuf)>> {
         match self.bootloader {
             Bootloader::Syslinux => Ok(Vec::new()),
+            Bootloader::SystemdBoot => systemd_boot::esp_files(sources, sysroot, work),
             Bootloader::Grub if self.secure_boot => shim::esp_files(sources, work),
             Bootloader::Grub => grub::esp_files(sources, work),
         }
@@ -176,7 +186,7 @@ impl Boot {
             Bootloader::Grub if self.firmware.boots_bios() => {
                 grub::install_bios(sources, layout, image, work)
             }
-            Bootloader::Grub => Ok(()),
+            Bootloader::Grub | Bootloader::SystemdBoot => Ok(()),
         }
     }
 }

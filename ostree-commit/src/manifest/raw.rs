@@ -284,7 +284,7 @@ section! {
     /// the make-image flag of the same name (`partition_table` is
     /// `--partition-table`), which overrides it.
     "[image]" struct RawImage {
-        /// The boot loader: `grub` or `syslinux`.
+        /// The boot loader: `grub`, `syslinux` or `systemd-boot` (UEFI only).
         bootloader: Option<Str>, "string", "`\"grub\"`";
         /// The firmware the image boots under: `hybrid` (BIOS and UEFI), `bios` or `uefi`.
         firmware: Option<Str>, "string", "`\"hybrid\"`";
