@@ -138,7 +138,11 @@ fn default_image_is_grub_on_a_hybrid_gpt_disk() {
     let image = image_builder::make_image(&spec, &output).unwrap();
     assert_eq!(image.checksum, csum);
     assert_eq!(
-        (image.bootloader, image.firmware, image.layout.table),
+        (
+            image.bootloader,
+            image.firmware,
+            image.layout.unwrap().table
+        ),
         (Bootloader::Grub, Firmware::Hybrid, PartitionTable::Gpt)
     );
     let info = run(Command::new("qemu-img")
@@ -315,7 +319,7 @@ fn provisioning_goes_into_etc_and_var() {
     };
     let output = dir.path().join("disk.img");
     let image = image_builder::make_image(&spec, &output).unwrap();
-    let root = image.layout.root().start;
+    let root = image.layout.unwrap().root().start;
     let fs_at = format!("{}?offset={root}", output.display());
     let debugfs = |request: &str| run(Command::new("debugfs").args(["-R", request]).arg(&fs_at));
     let etc = format!("/ostree/deploy/debian/deploy/{csum}.0/etc");

@@ -2,6 +2,7 @@
 //! needs from the host or the tree, how it prepares the sysroot so libostree keeps its menu
 //! right on every deploy, and what it writes to the disk.
 
+pub(crate) mod eltorito;
 mod grub;
 mod shim;
 mod syslinux;
@@ -95,34 +96,13 @@ impl Boot {
     /// anything is pulled (`sources` without a deployment), the boot loader's own files
     /// once the deployment shows whether the tree carries them.
     pub(crate) fn check(self, sources: &Sources) -> Result<()> {
-        let missing: Vec<Needed> = self
-            .needs()
-            .into_iter()
-            .filter(|n| {
-                let early = sources.deployment.is_none();
-                match (n.in_tree, early) {
-                    // Data files may still come with the tree: checked after the deploy.
-                    (true, true) => false,
-                    (true, false) => !sources.find(n.path).exists(),
-                    (false, _) => !Path::new(n.path).exists(),
-                }
-            })
-            .collect();
-        if missing.is_empty() {
-            return Ok(());
-        }
-        let mut packages: Vec<&str> = missing.iter().map(|n| n.package).collect();
-        packages.dedup();
-        anyhow::bail!(
-            "--bootloader {} --firmware {} needs {} (install {})",
-            self.bootloader,
-            self.firmware,
-            missing
-                .iter()
-                .map(|n| n.path)
-                .collect::<Vec<_>>()
-                .join(", "),
-            packages.join(" ")
+        check_needs(
+            &format!(
+                "--bootloader {} --firmware {}",
+                self.bootloader, self.firmware
+            ),
+            &self.needs(),
+            sources,
         )
     }
 
@@ -179,6 +159,39 @@ impl Boot {
             Bootloader::Grub => Ok(()),
         }
     }
+}
+
+/// Fail when a needed file is missing, naming `what` needs it, the files and the packages
+/// to install: the host's files before anything is pulled (`sources` without a
+/// deployment), the data files once the deployment shows whether the tree carries them.
+pub(crate) fn check_needs(what: &str, needs: &[Needed], sources: &Sources) -> Result<()> {
+    let missing: Vec<&Needed> = needs
+        .iter()
+        .filter(|n| {
+            let early = sources.deployment.is_none();
+            match (n.in_tree, early) {
+                // Data files may still come with the tree: checked after the deploy.
+                (true, true) => false,
+                (true, false) => !sources.find(n.path).exists(),
+                (false, _) => !Path::new(n.path).exists(),
+            }
+        })
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    let mut packages: Vec<&str> = missing.iter().map(|n| n.package).collect();
+    packages.sort_unstable();
+    packages.dedup();
+    anyhow::bail!(
+        "{what} needs {} (install {})",
+        missing
+            .iter()
+            .map(|n| n.path)
+            .collect::<Vec<_>>()
+            .join(", "),
+        packages.join(" ")
+    )
 }
 
 /// Open the image for patching boot code in place.
