@@ -111,11 +111,11 @@ mount -t iso9660 -o ro "$dev" "$live/medium"
 mount -t squashfs -o ro,loop "$live/medium/live/root.squashfs" "$live/root"
 mount -t tmpfs -o mode=0755,size=50% osbuild-live "$live/rw"
 mkdir -p "$live/rw/upper" "$live/rw/work"
-mkdir -p "${{RUN_MARKER%/*}}"
+mkdir -p {run_dir}
 echo "{NOTICE} Medium: $label ($dev)." > {RUN_MARKER}
 echo "osbuild-live: root image on $dev mounted read-only; changes go to memory"
 "#,
-        RUN_MARKER = RUN_MARKER,
+        run_dir = RUN_MARKER.rsplit_once('/').map_or("/run", |(d, _)| d),
     )
 }
 
@@ -351,6 +351,18 @@ kernel/drivers/virtio/virtio-foo.ko:
         let script = mount_script();
         assert!(script.contains(&format!("/{MODULE_DIR}/order")));
         assert!(script.contains("/live/root.squashfs"));
+        assert!(script.contains("mkdir -p /run/osbuild\n"), "{script}");
+        // Every shell expansion is the script's own variables.
+        for var in script.split("${").skip(1) {
+            let name: String = var
+                .chars()
+                .take_while(|c| c.is_alphanumeric() || *c == '_')
+                .collect();
+            assert!(
+                ["arg", "name", "file"].contains(&name.as_str()),
+                "${{{name}}} in {script}"
+            );
+        }
         for dir in ["/run/osbuild-live/root", "/run/osbuild-live/rw/upper"] {
             assert!(SYSROOT_MOUNT.contains(dir), "{dir}");
         }
