@@ -202,3 +202,40 @@ pub(crate) fn open_rw(image: &Path) -> Result<File> {
         .open(image)
         .with_context(|| format!("opening {}", image.display()))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn missing_files_name_their_packages_once() {
+        let needs = [
+            Needed::host("/nonexistent/usr/bin/xorriso", "xorriso"),
+            Needed::host("/nonexistent/usr/lib/ISOLINUX/isolinux.bin", "isolinux"),
+            Needed::host("/nonexistent/usr/lib/ISOLINUX/isohdpfx.bin", "isolinux"),
+            Needed::data(
+                "/nonexistent/usr/lib/grub/x86_64-efi/linux.mod",
+                "grub-efi-amd64-bin",
+            ),
+        ];
+        let early = Sources { deployment: None };
+        let err = check_needs("--format iso --firmware hybrid", &needs, &early)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.starts_with("--format iso --firmware hybrid needs /nonexistent/usr/bin/xorriso, "),
+            "{err}"
+        );
+        assert!(err.ends_with("(install isolinux xorriso)"), "{err}");
+        // Files the tree may carry are checked once it is deployed.
+        assert!(!err.contains("linux.mod"), "{err}");
+        let dir = tempfile::tempdir().unwrap();
+        let deployed = Sources {
+            deployment: Some(dir.path().to_path_buf()),
+        };
+        let err = check_needs("x", &needs[3..], &deployed)
+            .unwrap_err()
+            .to_string();
+        assert!(err.ends_with("(install grub-efi-amd64-bin)"), "{err}");
+    }
+}
