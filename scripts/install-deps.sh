@@ -13,6 +13,9 @@ PACKAGES=(
   # GRUB for Secure Boot; systemd-boot for UEFI)
   grub-common grub-pc-bin grub-efi-amd64-bin grub-efi-amd64-signed shim-signed
   shim-helpers-amd64-signed systemd-boot-efi
+  # make-image --format iso: the ISO (xorriso), its root image (squashfs-tools), isolinux
+  # for BIOS (isolinux, syslinux-common); cpio for the live archive's unit test
+  xorriso squashfs-tools isolinux cpio
   # signed commits in tests (a throwaway key per run)
   gnupg
   # booting images in tests and in the quick start

@@ -31,8 +31,9 @@ pub struct Deployed {
 
 impl Sysroot {
     /// Create the physical root's directories and an initialized sysroot at `path`, with
-    /// the boot loader configuration libostree will maintain.
-    pub(crate) fn create(path: &Path, boot: Boot) -> Result<Self> {
+    /// the boot loader configuration libostree will maintain (none without `boot`: a live
+    /// ISO's loaders boot the one deployment it has).
+    pub(crate) fn create(path: &Path, boot: Option<Boot>) -> Result<Self> {
         fs::create_dir_all(path).with_context(|| format!("creating {}", path.display()))?;
         // The mount points of the physical root, as `ostree admin init-fs` makes them.
         for (dir, mode) in [
@@ -54,12 +55,15 @@ impl Sysroot {
         inner
             .ensure_initialized(gio::Cancellable::NONE)
             .context("initializing the sysroot")?;
-        boot.prepare_sysroot(path)?;
+        if let Some(boot) = boot {
+            boot.prepare_sysroot(path)?;
+        }
         let repo = ostree::Repo::new_for_path(path.join("ostree/repo"));
         repo.open(gio::Cancellable::NONE)
             .context("opening the sysroot repository")?;
         let config = repo.copy_config();
-        config.set_string("sysroot", "bootloader", boot.bootloader.ostree_backend());
+        let backend = boot.map_or("none", |b| b.bootloader.ostree_backend());
+        config.set_string("sysroot", "bootloader", backend);
         // /boot lives on the root filesystem, so boot entries must name /boot/ostree/….
         config.set_boolean("sysroot", "bootprefix", true);
         repo.write_config(&config)

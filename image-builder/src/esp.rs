@@ -21,7 +21,25 @@ pub(crate) fn write(image: &Path, part: &Partition, files: &[(String, PathBuf)])
     )
     .context("creating the EFI system partition's filesystem")?;
     // mtools names a filesystem inside a file as FILE@@OFFSET.
-    let target = format!("{}@@{}", image.display(), part.start);
+    fill(&format!("{}@@{}", image.display(), part.start), files)
+}
+
+/// A FAT image file of its own, `size` bytes, holding `files`: the El Torito EFI boot
+/// image of an ISO.
+pub(crate) fn write_image(image: &Path, size: u64, files: &[(String, PathBuf)]) -> Result<()> {
+    cmd::run(
+        Command::new("mkfs.vfat")
+            .arg("-C")
+            .arg(image)
+            .arg((size / 1024).to_string()),
+    )
+    .with_context(|| format!("creating the FAT image {}", image.display()))?;
+    fill(&image.display().to_string(), files)
+}
+
+/// Copy `files` (path in the filesystem, source) into the FAT filesystem mtools names
+/// `target`, creating their directories.
+fn fill(target: &str, files: &[(String, PathBuf)]) -> Result<()> {
     let mut dirs = BTreeSet::new();
     for (dest, _) in files {
         let mut parts: Vec<&str> = dest.split('/').collect();
@@ -32,17 +50,17 @@ pub(crate) fn write(image: &Path, part: &Partition, files: &[(String, PathBuf)])
     }
     // BTreeSet order puts every parent before its children.
     for dir in &dirs {
-        cmd::run(mtools("mmd").args(["-i", &target]).arg(format!("::/{dir}")))
-            .with_context(|| format!("creating /{dir} on the EFI system partition"))?;
+        cmd::run(mtools("mmd").args(["-i", target]).arg(format!("::/{dir}")))
+            .with_context(|| format!("creating /{dir} in {target}"))?;
     }
     for (dest, src) in files {
         cmd::run(
             mtools("mcopy")
-                .args(["-i", &target])
+                .args(["-i", target])
                 .arg(src)
                 .arg(format!("::/{dest}")),
         )
-        .with_context(|| format!("copying {} to the EFI system partition", src.display()))?;
+        .with_context(|| format!("copying {} to {target}", src.display()))?;
     }
     Ok(())
 }

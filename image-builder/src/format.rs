@@ -11,6 +11,7 @@ use std::process::Command;
 pub(crate) fn convert(raw: &Path, output: &Path, format: Format, compress: bool) -> Result<()> {
     match format {
         Format::Raw => Ok(()),
+        Format::Iso => anyhow::bail!("an ISO is not converted from a disk image"),
         Format::Qcow2 => {
             let mut c = Command::new("qemu-img");
             c.args(["convert", "-f", "raw", "-O", "qcow2"]);

@@ -2,11 +2,14 @@
 //! libostree, and lay that sysroot out on a bootable disk image.
 
 mod bootloader;
+mod cpio;
 mod deploy;
 mod disk;
 mod esp;
 mod format;
+mod iso;
 mod layout;
+mod live;
 mod mount;
 mod options;
 mod provision;
@@ -14,8 +17,11 @@ mod pull;
 mod size;
 
 pub use deploy::{Deployed, Sysroot};
+pub use iso::ISO_LABEL;
 pub use layout::{Layout, Partition, Role};
-pub use options::{check, Bootloader, Firmware, Format, Incompatible, PartitionTable};
+pub use options::{
+    check, check_format, Bootloader, DiskOnly, Firmware, Format, Incompatible, PartitionTable,
+};
 pub use provision::Provision;
 pub use size::{parse_size, Size};
 
@@ -54,7 +60,7 @@ pub struct ImageSpec {
     pub gpg_key: Option<std::path::PathBuf>,
     /// The stateroot (`ostree admin os-init` name).
     pub os: String,
-    /// Disk size, or `auto`: the content plus headroom.
+    /// Disk size, or `auto`: the content plus headroom (an ISO takes only `auto`).
     pub size: Size,
     /// The boot loader installed on the disk.
     pub bootloader: Bootloader,
@@ -118,13 +124,17 @@ impl ImageSpec {
     /// Check everything that can be checked before pulling: the choices go together and
     /// the host has the tools they need.
     pub fn check(&self) -> Result<()> {
-        check(
-            self.bootloader,
-            self.firmware,
-            self.table(),
-            self.secure_boot,
-        )?;
-        self.boot().check(&Sources { deployment: None })?;
+        if !self.format.is_disk() {
+            self.check_iso()?;
+        } else {
+            check(
+                self.bootloader,
+                self.firmware,
+                self.table(),
+                self.secure_boot,
+            )?;
+            self.boot().check(&Sources { deployment: None })?;
+        }
         self.provision.check()?;
         if let Some(key) = &self.gpg_key {
             anyhow::ensure!(
@@ -144,14 +154,47 @@ impl ImageSpec {
         Ok(())
     }
 
+    /// The disk-only options this spec sets.
+    fn disk_only(&self) -> Vec<DiskOnly> {
+        [
+            (DiskOnly::Size, self.size != Size::Auto),
+            (DiskOnly::PartitionTable, self.partition_table.is_some()),
+            (DiskOnly::SecureBoot, self.secure_boot),
+            (DiskOnly::Compress, self.compress),
+        ]
+        .into_iter()
+        .filter_map(|(o, set)| set.then_some(o))
+        .collect()
+    }
+
+    /// The checks of a live ISO: no disk-only option, a boot loader that runs on the
+    /// firmware (the ISO boots BIOS through isolinux and UEFI through GRUB, whichever
+    /// --bootloader names; syslinux still means BIOS only), and the host's tools.
+    fn check_iso(&self) -> Result<()> {
+        check_format(self.format, &self.disk_only())?;
+        if !self.bootloader.supports(self.firmware) {
+            return Err(Incompatible::Firmware {
+                bootloader: self.bootloader,
+                firmware: self.firmware,
+                hint: "a live ISO boots UEFI through GRUB: use --bootloader grub (the default)",
+            }
+            .into());
+        }
+        iso::check(self.firmware, &Sources { deployment: None })
+    }
+
     /// The kernel command line of the deployment.
     pub fn kernel_args(&self) -> Vec<String> {
-        let mut args = vec![
-            format!("root=LABEL={ROOT_LABEL}"),
-            "rw".to_string(),
-            "console=ttyS0,115200".to_string(),
-        ];
-        if self.bootloader == Bootloader::SystemdBoot {
+        let mut args = if self.format.is_disk() {
+            vec![
+                format!("root=LABEL={ROOT_LABEL}"),
+                "rw".to_string(),
+                "console=ttyS0,115200".to_string(),
+            ]
+        } else {
+            live::kernel_args(ISO_LABEL)
+        };
+        if self.format.is_disk() && self.bootloader == Bootloader::SystemdBoot {
             args.extend(bootloader::SYSTEMD_BOOT_KARGS.iter().map(|a| a.to_string()));
         }
         args.extend(self.kargs.iter().cloned());
@@ -164,8 +207,8 @@ impl ImageSpec {
 pub struct Image {
     /// The deployed commit.
     pub checksum: String,
-    /// The partitions.
-    pub layout: Layout,
+    /// The partitions; none on an ISO.
+    pub layout: Option<Layout>,
     /// The boot loader.
     pub bootloader: Bootloader,
     /// The firmware it boots under.
@@ -196,11 +239,20 @@ impl Image {
             c.push_str(OVMF_CODE);
             c.push_str(" -drive if=pflash,format=raw,unit=1,file=vars.fd");
         }
-        c.push_str(&format!(
-            " -drive file={},format={},if=virtio -nic user,model=virtio-net-pci",
-            osbuild_core::cmd::quote_word(&path.display().to_string()),
-            self.format.name()
-        ));
+        let file = osbuild_core::cmd::quote_word(&path.display().to_string());
+        if self.format.is_disk() {
+            c.push_str(&format!(
+                " -drive file={file},format={},if=virtio",
+                self.format.qemu_format()
+            ));
+        } else {
+            // A CD-ROM on virtio-scsi: Debian's cloud kernel has no AHCI driver.
+            c.push_str(&format!(
+                " -drive file={file},format=raw,if=none,id=cd0,media=cdrom,readonly=on \
+                 -device virtio-scsi-pci -device scsi-cd,drive=cd0"
+            ));
+        }
+        c.push_str(" -nic user,model=virtio-net-pci");
         if self.secure_boot {
             c = format!("cp {OVMF_VARS_SECURE} vars.fd && {c}");
         } else if self.firmware == Firmware::Uefi {
@@ -213,6 +265,9 @@ impl Image {
 /// Build the image at `output`. Nothing is left at `output`, nor beside it, on failure.
 pub fn make_image(spec: &ImageSpec, output: &Path) -> Result<Image> {
     spec.check()?;
+    if !spec.format.is_disk() {
+        return make_iso(spec, output);
+    }
     let boot = spec.boot();
     let staging = Staging::new(output)?;
     let parent = staging
@@ -232,7 +287,7 @@ pub fn make_image(spec: &ImageSpec, output: &Path) -> Result<Image> {
         .tempdir_in(work_parent)
         .with_context(|| format!("creating a work directory in {}", work_parent.display()))?;
     let sysroot_dir = work.path().join("sysroot");
-    let sysroot = Sysroot::create(&sysroot_dir, boot)?;
+    let sysroot = Sysroot::create(&sysroot_dir, Some(boot))?;
     let result = (|| -> Result<(Deployed, Layout)> {
         let deployed = sysroot.deploy_from_remote(spec)?;
         let sources = Sources {
@@ -280,7 +335,7 @@ pub fn make_image(spec: &ImageSpec, output: &Path) -> Result<Image> {
     staging.commit()?;
     Ok(Image {
         checksum: deployed.checksum,
-        layout,
+        layout: Some(layout),
         bootloader: spec.bootloader,
         firmware: spec.firmware,
         secure_boot: spec.secure_boot,
@@ -321,6 +376,63 @@ fn is_out_of_space(e: &anyhow::Error) -> bool {
         c.downcast_ref::<std::io::Error>()
             .is_some_and(|io| io.raw_os_error() == Some(rustix::io::Errno::NOSPC.raw_os_error()))
             || c.to_string().contains("No space left on device")
+    })
+}
+
+/// Build the live ISO at `output`: deploy into a sysroot as for a disk (no boot loader
+/// backend: the ISO's loaders boot its one entry), mark the deployment live, squash the
+/// sysroot and write the ISO. Nothing is left at `output`, nor beside it, on failure.
+fn make_iso(spec: &ImageSpec, output: &Path) -> Result<Image> {
+    let staging = Staging::new(output)?;
+    let parent = staging
+        .path()
+        .parent()
+        .context("output has no parent directory")?
+        .to_path_buf();
+    let work = tempfile::Builder::new()
+        .prefix(".osbuild-sysroot-")
+        .tempdir_in(&parent)
+        .with_context(|| format!("creating a work directory in {}", parent.display()))?;
+    let sysroot_dir = work.path().join("sysroot");
+    let sysroot = Sysroot::create(&sysroot_dir, None)?;
+    let result = (|| -> Result<Deployed> {
+        let deployed = sysroot.deploy_from_remote(spec)?;
+        let var = sysroot_dir.join("ostree/deploy").join(&spec.os).join("var");
+        spec.provision
+            .apply(&deployed.root, &var)
+            .context("provisioning the device")?;
+        live::prepare_deployment(&deployed.root).context("marking the deployment live")?;
+        iso::write(
+            &sysroot_dir,
+            &deployed.root,
+            spec.firmware,
+            staging.path(),
+            work.path(),
+        )
+        .with_context(|| format!("writing the live ISO {}", output.display()))?;
+        Ok(deployed)
+    })();
+    let released = sysroot.release();
+    let deployed = match (result, released) {
+        (Ok(done), Ok(())) => done,
+        (Ok(_), Err(e)) | (Err(e), Ok(())) => return Err(e),
+        (Err(e), Err(cleanup)) => {
+            tracing::warn!("cleaning up after the failed build: {cleanup:#}");
+            return Err(e);
+        }
+    };
+    let meta = std::fs::metadata(staging.path())
+        .with_context(|| format!("reading {}", staging.path().display()))?;
+    staging.commit()?;
+    Ok(Image {
+        checksum: deployed.checksum,
+        layout: None,
+        bootloader: spec.bootloader,
+        firmware: spec.firmware,
+        secure_boot: false,
+        format: spec.format,
+        size: meta.len(),
+        allocated: std::os::unix::fs::MetadataExt::blocks(&meta) * 512,
     })
 }
 

@@ -158,26 +158,92 @@ pub enum Format {
     Raw,
     /// qemu's copy-on-write format (`qemu-img convert`).
     Qcow2,
+    /// A live ISO 9660 image (xorriso): isolinux for BIOS and GRUB for UEFI in El Torito
+    /// boot images; it boots the deployment from a read-only root image on the ISO with
+    /// /etc and /var writable in memory.
+    Iso,
 }
 
 impl Format {
     /// Every format.
-    pub const ALL: [Format; 2] = [Format::Raw, Format::Qcow2];
+    pub const ALL: [Format; 3] = [Format::Raw, Format::Qcow2, Format::Iso];
 
-    /// The name on the command line, as qemu's `-drive format=` spells it.
+    /// The name on the command line, and the usual file extension.
     pub fn name(self) -> &'static str {
         match self {
             Format::Raw => "raw",
             Format::Qcow2 => "qcow2",
+            Format::Iso => "iso",
         }
     }
 
-    /// The format an output path asks for by its extension: `.qcow2` is qcow2, anything
-    /// else (`.img`, `.raw`, none) is raw.
+    /// The format an output path asks for by its extension: `.qcow2` is qcow2, `.iso` an
+    /// ISO, anything else (`.img`, `.raw`, none) is raw.
     pub fn from_path(path: &Path) -> Format {
         match path.extension().and_then(|e| e.to_str()) {
             Some("qcow2") => Format::Qcow2,
+            Some("iso") => Format::Iso,
             _ => Format::Raw,
+        }
+    }
+
+    /// Whether it is a disk (partitions, a writable root filesystem), not a live medium.
+    pub fn is_disk(self) -> bool {
+        !matches!(self, Format::Iso)
+    }
+
+    /// How qemu's `-drive format=` reads it.
+    pub fn qemu_format(self) -> &'static str {
+        match self {
+            Format::Raw | Format::Iso => "raw",
+            Format::Qcow2 => "qcow2",
+        }
+    }
+}
+
+/// The options that shape a disk and mean nothing on a live ISO.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum DiskOnly {
+    /// `--size`: an ISO is as large as what it holds.
+    Size,
+    /// `--partition-table`: the ISO's layout is fixed (ISO 9660, El Torito).
+    PartitionTable,
+    /// `--secure-boot`: the live ISO does not boot through shim.
+    SecureBoot,
+    /// `--compress`: qcow2 only.
+    Compress,
+}
+
+impl DiskOnly {
+    /// Every such option.
+    pub const ALL: [DiskOnly; 4] = [
+        DiskOnly::Size,
+        DiskOnly::PartitionTable,
+        DiskOnly::SecureBoot,
+        DiskOnly::Compress,
+    ];
+
+    /// The flag on the command line.
+    pub fn flag(self) -> &'static str {
+        match self {
+            DiskOnly::Size => "--size",
+            DiskOnly::PartitionTable => "--partition-table",
+            DiskOnly::SecureBoot => "--secure-boot",
+            DiskOnly::Compress => "--compress",
+        }
+    }
+
+    /// What to do instead.
+    pub fn hint(self) -> &'static str {
+        match self {
+            DiskOnly::Size => "an ISO is as large as its content; leave --size out",
+            DiskOnly::PartitionTable => {
+                "an ISO's layout is fixed (ISO 9660 with El Torito boot images); leave --partition-table out"
+            }
+            DiskOnly::SecureBoot => {
+                "the live ISO does not boot through shim; make a disk image (--format raw or qcow2) for Secure Boot"
+            }
+            DiskOnly::Compress => "--compress is for qcow2 images",
         }
     }
 }
@@ -223,6 +289,20 @@ pub enum Incompatible {
         /// Why, when the boot loader is the reason.
         hint: &'static str,
     },
+    /// An option that shapes a disk, given for a live ISO.
+    #[error("--format iso does not take {}: {}", .option.flag(), .option.hint())]
+    Iso {
+        /// The option given.
+        option: DiskOnly,
+    },
+}
+
+/// Check that none of the disk-only options `given` is used with `format`.
+pub fn check_format(format: Format, given: &[DiskOnly]) -> Result<(), Incompatible> {
+    match given.first() {
+        Some(&option) if format == Format::Iso => Err(Incompatible::Iso { option }),
+        _ => Ok(()),
+    }
 }
 
 /// Check that `bootloader` on `firmware` with `table` can boot, with Secure Boot on when
@@ -330,7 +410,29 @@ mod tests {
             assert_eq!(Format::from_path(Path::new(&path)), format);
         }
         assert_eq!(Format::from_path(Path::new("disk.img")), Format::Raw);
+        assert_eq!(Format::from_path(Path::new("live.iso")), Format::Iso);
         assert_eq!(Format::from_path(Path::new("disk")), Format::Raw);
+    }
+
+    #[test]
+    fn disk_only_options_are_refused_for_iso_only() {
+        for format in Format::ALL {
+            assert_eq!(check_format(format, &[]), Ok(()));
+            for option in DiskOnly::ALL {
+                let got = check_format(format, &[option]);
+                assert_eq!(got.is_err(), !format.is_disk(), "{format} {option:?}");
+                if let Err(e) = got {
+                    let msg = e.to_string();
+                    assert!(msg.starts_with("--format iso does not take "), "{msg}");
+                    assert!(msg.contains(option.flag()), "{msg}");
+                    assert!(!msg.contains('\n'), "one line: {msg}");
+                }
+            }
+        }
+        // qemu reads every format; an ISO as raw bytes.
+        for format in Format::ALL {
+            assert!(["raw", "qcow2"].contains(&format.qemu_format()));
+        }
     }
 
     #[test]

@@ -417,8 +417,8 @@ pub(crate) struct MakeImageArgs {
     /// The disk image to write.
     #[arg(long)]
     output: PathBuf,
-    /// The output's format [default: the manifest's `[image] format`, else from the
-    /// output's extension (.qcow2), else raw].
+    /// The output's format: a raw or qcow2 disk, or a live ISO [default: the manifest's
+    /// `[image] format`, else from the output's extension (.qcow2, .iso), else raw].
     #[arg(long, value_enum)]
     format: Option<image_builder::Format>,
     /// Compress a qcow2 image.
@@ -564,18 +564,27 @@ impl MakeImageArgs {
             image.allocated,
             image.checksum
         );
-        eprintln!(
-            "Boot loader {}{} for {} firmware, {} partition table:",
-            image.bootloader,
-            if image.secure_boot {
-                " (Secure Boot: shim, signed GRUB)"
-            } else {
-                ""
-            },
-            image.firmware,
-            image.layout.table
-        );
-        eprint!("{}", image.layout);
+        match &image.layout {
+            Some(layout) => {
+                eprintln!(
+                    "Boot loader {}{} for {} firmware, {} partition table:",
+                    image.bootloader,
+                    if image.secure_boot {
+                        " (Secure Boot: shim, signed GRUB)"
+                    } else {
+                        ""
+                    },
+                    image.firmware,
+                    layout.table
+                );
+                eprint!("{layout}");
+            }
+            None => eprintln!(
+                "Live ISO for {} firmware (isolinux for BIOS, GRUB for UEFI), volume label {}",
+                image.firmware,
+                image_builder::ISO_LABEL
+            ),
+        }
         eprintln!("Boot it with:\n  {}", image.qemu_command(&self.output));
         println!("{}", self.output.display());
         Ok(())

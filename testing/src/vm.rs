@@ -76,7 +76,8 @@ pub use image_builder::Format as ImageFormat;
 /// What to boot and how. Build with [`VmConfig::new`] and the chained setters.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct VmConfig {
-    /// Disk image; qemu writes to it (no snapshot), so a reboot keeps changes.
+    /// Disk image; qemu writes to it (no snapshot), so a reboot keeps changes. A live ISO
+    /// ([`ImageFormat::Iso`]) is attached read-only as a CD-ROM and booted from.
     pub image: PathBuf,
     /// The image's format.
     pub format: ImageFormat,
@@ -665,11 +666,30 @@ fn qemu_args(config: &VmConfig, socket: &Path, uefi_vars: Option<&Path>) -> Vec<
         args.push(opt("if=pflash,format=raw,unit=1,file=", vars, ""));
     }
     args.push("-drive".into());
-    args.push(opt(
-        "file=",
-        &config.image,
-        &format!(",format={},if=virtio", config.format),
-    ));
+    if config.format.is_disk() {
+        args.push(opt(
+            "file=",
+            &config.image,
+            &format!(",format={},if=virtio", config.format.qemu_format()),
+        ));
+    } else {
+        // A CD-ROM on virtio-scsi, which SeaBIOS and OVMF boot from (El Torito) and
+        // Debian's cloud kernel reads (it has no AHCI driver for q35's own controller).
+        args.push(opt(
+            "file=",
+            &config.image,
+            ",format=raw,if=none,id=cd0,media=cdrom,readonly=on",
+        ));
+        args.extend(
+            [
+                "-device",
+                "virtio-scsi-pci,id=scsi0",
+                "-device",
+                "scsi-cd,drive=cd0,bus=scsi0.0,bootindex=0",
+            ]
+            .map(OsString::from),
+        );
+    }
     let mut nic = String::from("user,model=virtio-net-pci");
     for (host, guest) in &config.forwards {
         nic.push_str(&format!(",hostfwd=tcp:127.0.0.1:{host}-:{guest}"));

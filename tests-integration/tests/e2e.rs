@@ -394,6 +394,16 @@ const VARIANTS: &[Variant] = &[
         uefi: true,
         secure_boot: false,
     },
+    // Live ISO (boot only): one hybrid ISO, booted through isolinux under SeaBIOS and
+    // through GRUB from the El Torito EFI image under OVMF.
+    Variant {
+        name: "live-iso",
+        bootloader: Bootloader::Grub,
+        firmware: Firmware::Hybrid,
+        format: Format::Iso,
+        uefi: false,
+        secure_boot: false,
+    },
 ];
 
 /// Make the variant's image from `url`, boot it to commit `c1`, upgrade in the guest to
@@ -432,6 +442,9 @@ fn boot_and_upgrade(
         ]
         .concat(),
     )?;
+    if v.format == Format::Iso {
+        return boot_live(v, dir, &image, c1);
+    }
     // Written to a disk 1 GiB larger than the image: the root grows into it at first boot.
     let made = fs::metadata(&image)?.len();
     match v.format {
@@ -447,6 +460,7 @@ fn boot_and_upgrade(
                     .arg("+1G"),
             )?;
         }
+        Format::Iso => unreachable!("booted above"),
     }
     let uefi = v.uefi || v.firmware == Firmware::Uefi;
     let config = |n: u32| {
@@ -536,6 +550,60 @@ fn check_systemd_boot(vm: &mut Vm, commit: &str) -> Result<()> {
     );
     eprintln!("e2e: systemd-boot: {cmdline}; {entries} ESP entries");
     Ok(())
+}
+
+/// Boot a live ISO to the deployment's marker and check it is live: it says so, /etc and
+/// /var take writes (in memory), /sysroot is the overlay on the read-only image, and
+/// ostree sees the deployment. No upgrade: a live system's changes are lost at shutdown.
+fn boot_live(v: &Variant, dir: &Path, image: &Path, c1: &str) -> Result<()> {
+    for uefi in [false, true] {
+        let firmware = if uefi { "uefi" } else { "bios" };
+        let start = Instant::now();
+        let config = VmConfig::new(image)
+            .uefi(uefi)
+            .log(dir.join(format!("{}-{firmware}.log", v.name)));
+        check_live(config, &format!("{} ({firmware})", v.name), c1)
+            .with_context(|| format!("booting the live ISO under {firmware}"))?;
+        eprintln!(
+            "matrix: {} under {firmware}: booted live and checked in {:.0}s",
+            v.name,
+            start.elapsed().as_secs_f64()
+        );
+    }
+    fs::remove_file(image).with_context(|| format!("removing {}", image.display()))?;
+    Ok(())
+}
+
+fn check_live(config: VmConfig, what: &str, c1: &str) -> Result<()> {
+    let mut vm = boot_into(config, c1, "1")?;
+    shell_ready(&mut vm)?;
+    let checks: &[(&str, &str, &str)] = &[
+        ("cmdline", "cat /proc/cmdline", "osbuild.live"),
+        (
+            "marker",
+            "cat /run/osbuild/live",
+            "This is a live system (osbuild live ISO)",
+        ),
+        ("motd", "cat /etc/motd", "lost at shutdown"),
+        (
+            "writable",
+            "touch /etc/osbuild-x /var/osbuild-x && echo WROTE",
+            "WROTE",
+        ),
+        ("sysroot", "findmnt -n -o FSTYPE /sysroot", "overlay"),
+        (
+            "image",
+            "findmnt -n -o FSTYPE,OPTIONS /run/osbuild-live/root",
+            "squashfs ro",
+        ),
+        ("status", "ostree admin status", c1),
+        (
+            "no-grow",
+            "systemctl is-enabled osbuild-grow-root.service",
+            "masked",
+        ),
+    ];
+    check_all(&mut vm, what, checks)
 }
 
 /// Remove the Authenticode signature from a PE image (a signed kernel): zero the
@@ -640,19 +708,24 @@ fn boot_matrix() -> Result<()> {
     let (_second_server, second_port) = serve(&second)?;
     let url = format!("http://127.0.0.1:{first_port}/repo/");
 
+    // OSBUILD_MATRIX=name,… runs only those rows (for development; CI runs all).
+    let only: Option<Vec<String>> = std::env::var("OSBUILD_MATRIX")
+        .ok()
+        .map(|v| v.split(',').map(|s| s.trim().to_string()).collect());
+    let wanted = |name: &str| only.as_ref().is_none_or(|o| o.iter().any(|n| n == name));
     let mut failed = Vec::new();
     let mut times = Vec::new();
-    for v in VARIANTS {
+    for v in VARIANTS.iter().filter(|v| wanted(v.name)) {
         let start = Instant::now();
         let result = boot_and_upgrade(v, work.path(), &url, second_port, (&c1, &c2));
         let took = start.elapsed();
         eprintln!(
             "matrix: {}: {} in {:.0}s",
             v.name,
-            if result.is_ok() {
-                "booted, upgraded, rebooted"
-            } else {
-                "FAILED"
+            match (result.is_ok(), v.format) {
+                (true, Format::Iso) => "booted live",
+                (true, _) => "booted, upgraded, rebooted",
+                (false, _) => "FAILED",
             },
             took.as_secs_f64()
         );
@@ -661,16 +734,18 @@ fn boot_matrix() -> Result<()> {
             failed.push(format!("{}: {e:#}", v.name));
         }
     }
-    let start = Instant::now();
-    let result = unsigned_kernel_is_refused(work.path(), &tree);
-    eprintln!(
-        "matrix: secure boot with an unsigned kernel: {} in {:.0}s",
-        if result.is_ok() { "refused" } else { "FAILED" },
-        start.elapsed().as_secs_f64()
-    );
-    times.push(("secure-boot-unsigned-kernel", start.elapsed()));
-    if let Err(e) = result {
-        failed.push(format!("secure boot with an unsigned kernel: {e:#}"));
+    if wanted("secure-boot-unsigned-kernel") {
+        let start = Instant::now();
+        let result = unsigned_kernel_is_refused(work.path(), &tree);
+        eprintln!(
+            "matrix: secure boot with an unsigned kernel: {} in {:.0}s",
+            if result.is_ok() { "refused" } else { "FAILED" },
+            start.elapsed().as_secs_f64()
+        );
+        times.push(("secure-boot-unsigned-kernel", start.elapsed()));
+        if let Err(e) = result {
+            failed.push(format!("secure boot with an unsigned kernel: {e:#}"));
+        }
     }
     eprintln!("boot matrix timings:");
     for (name, took) in &times {

@@ -138,7 +138,11 @@ fn default_image_is_grub_on_a_hybrid_gpt_disk() {
     let image = image_builder::make_image(&spec, &output).unwrap();
     assert_eq!(image.checksum, csum);
     assert_eq!(
-        (image.bootloader, image.firmware, image.layout.table),
+        (
+            image.bootloader,
+            image.firmware,
+            image.layout.unwrap().table
+        ),
         (Bootloader::Grub, Firmware::Hybrid, PartitionTable::Gpt)
     );
     let info = run(Command::new("qemu-img")
@@ -275,6 +279,39 @@ fn impossible_images_are_refused_and_leave_nothing() {
             |s| s.size = Size::Bytes(64 << 20),
             "--size 64 MiB is too small: this commit needs at least",
         ),
+        (
+            "ISO with a size",
+            |s| {
+                s.format = Format::Iso;
+                s.size = Size::Bytes(2 << 30);
+            },
+            "--format iso does not take --size: an ISO is as large as its content",
+        ),
+        (
+            "ISO with a partition table",
+            |s| {
+                s.format = Format::Iso;
+                s.partition_table = Some(PartitionTable::Gpt);
+            },
+            "--format iso does not take --partition-table",
+        ),
+        (
+            "ISO with Secure Boot",
+            |s| {
+                s.format = Format::Iso;
+                s.secure_boot = true;
+            },
+            "--format iso does not take --secure-boot",
+        ),
+        (
+            "syslinux ISO on UEFI",
+            |s| {
+                s.format = Format::Iso;
+                s.bootloader = Bootloader::Syslinux;
+                s.firmware = Firmware::Hybrid;
+            },
+            "a live ISO boots UEFI through GRUB",
+        ),
     ];
     for (what, setup, expected) in cases {
         let mut spec = image_builder::ImageSpec::new(&url, None);
@@ -332,7 +369,7 @@ fn provisioning_goes_into_etc_and_var() {
     };
     let output = dir.path().join("disk.img");
     let image = image_builder::make_image(&spec, &output).unwrap();
-    let root = image.layout.root().start;
+    let root = image.layout.unwrap().root().start;
     let fs_at = format!("{}?offset={root}", output.display());
     let debugfs = |request: &str| run(Command::new("debugfs").args(["-R", request]).arg(&fs_at));
     let etc = format!("/ostree/deploy/debian/deploy/{csum}.0/etc");
@@ -504,4 +541,131 @@ fn gpg_key_makes_the_device_verify_commits() {
     assert!(config.contains("gpg-verify=true"), "{config}");
     let keyring = debugfs("stat /ostree/repo/origin.trustedkeys.gpg");
     assert!(keyring.contains("Type: regular"), "{keyring}");
+}
+
+/// A live ISO of the stand-in tree: the El Torito images for both firmwares, the kernel,
+/// the tree's initramfs and the live archive after it, and the sysroot squashed into the
+/// root image; nothing left beside it.
+#[test]
+fn live_iso_holds_the_boot_files_and_the_root_image() {
+    if !require(&[Need::Root, Need::Grub]) {
+        return;
+    }
+    for tool in [
+        "/usr/bin/xorriso",
+        "/usr/bin/mksquashfs",
+        "/usr/bin/unsquashfs",
+    ] {
+        if !Path::new(tool).exists() {
+            eprintln!("skipped: {tool} is missing (scripts/install-deps.sh installs it)");
+            return;
+        }
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let tree = dir.path().join("tree");
+    stub_bootable_tree(&tree);
+    // The live archive copies the modules a CD needs from the tree's kernel: none here.
+    fs::write(tree.join("usr/lib/modules/6.1.0-test/modules.dep"), "").unwrap();
+    let repo = dir.path().join("repo");
+    init_archive(&repo);
+    let csum = commit_tree(&repo, "test/x86_64", &tree, None);
+    let url = format!("file://{}", repo.display());
+    let output = dir.path().join("live.iso");
+    let mut spec = image_builder::ImageSpec::new(&url, None);
+    spec.format = Format::from_path(&output);
+    assert_eq!(spec.format, Format::Iso);
+    let image = image_builder::make_image(&spec, &output).unwrap();
+    assert_eq!(image.checksum, csum);
+    assert!(image.layout.is_none());
+    let mut left: Vec<_> = fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    left.sort();
+    assert_eq!(left, ["live.iso", "repo", "tree"]);
+
+    let files = run(Command::new("xorriso")
+        .arg("-indev")
+        .arg(&output)
+        .args(["-find", "/", "-type", "f"]));
+    for f in [
+        "/live/root.squashfs",
+        "/live/vmlinuz",
+        "/live/initrd.img",
+        "/live/live.img",
+        "/isolinux/isolinux.bin",
+        "/isolinux/ldlinux.c32",
+        "/isolinux/isolinux.cfg",
+        "/boot/efiboot.img",
+        "/boot/grub/grub.cfg",
+    ] {
+        assert!(
+            files.contains(&format!("'{f}'")),
+            "{f} is not on the ISO: {files}"
+        );
+    }
+    let report = run(Command::new("xorriso")
+        .arg("-indev")
+        .arg(&output)
+        .args(["-report_el_torito", "plain"]));
+    assert!(report.contains("BIOS"), "{report}");
+    assert!(report.contains("UEFI"), "{report}");
+    // The primary volume descriptor at sector 16 (2 KiB sectors): the label GRUB and the
+    // live initramfs look for.
+    let iso = fs::read(&output).unwrap();
+    let pvd = &iso[16 * 2048..17 * 2048];
+    assert_eq!(&pvd[1..6], b"CD001");
+    let volume_id = String::from_utf8_lossy(&pvd[40..72]);
+    assert_eq!(volume_id.trim_end(), image_builder::ISO_LABEL);
+
+    // The root image is the sysroot: the repo, the deployment marked live.
+    let extract = dir.path().join("extract");
+    run(Command::new("xorriso")
+        .arg("-osirrox")
+        .arg("on")
+        .arg("-indev")
+        .arg(&output)
+        .args(["-extract", "/live"])
+        .arg(&extract));
+    let listing = run(Command::new("unsquashfs")
+        .arg("-l")
+        .arg(extract.join("root.squashfs")));
+    assert!(listing.contains("ostree/repo/config"), "{listing}");
+    assert!(listing.contains(&format!("{csum}.0/etc/motd")), "{listing}");
+    assert_eq!(
+        fs::read(extract.join("vmlinuz")).unwrap(),
+        b"kernel",
+        "the tree's kernel"
+    );
+    let live = fs::read(extract.join("live.img")).unwrap();
+    assert!(
+        live.starts_with(b"070701"),
+        "the live archive is a newc cpio"
+    );
+}
+
+/// An ISO with --size is one line on stderr from the CLI, before anything is written.
+#[test]
+fn cli_refuses_an_iso_with_a_size() {
+    let dir = tempfile::tempdir().unwrap();
+    let output = dir.path().join("live.iso");
+    let out = Command::new(osbuild_testing::helpers::osbuild_bin())
+        .args([
+            "make-image",
+            "--url",
+            "http://127.0.0.1:9/repo/",
+            "--size",
+            "2G",
+        ])
+        .arg("--output")
+        .arg(&output)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(
+        stderr.trim_end(),
+        "error: --format iso does not take --size: an ISO is as large as its content; leave --size out"
+    );
+    assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 0);
 }

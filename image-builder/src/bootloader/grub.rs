@@ -17,10 +17,10 @@ use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-const PC_DIR: &str = "/usr/lib/grub/i386-pc";
-const EFI_DIR: &str = "/usr/lib/grub/x86_64-efi";
+pub(super) const PC_DIR: &str = "/usr/lib/grub/i386-pc";
+pub(super) const EFI_DIR: &str = "/usr/lib/grub/x86_64-efi";
 /// GRUB's search path for its config, on the root filesystem.
-const PREFIX: &str = "/boot/grub";
+pub(super) const PREFIX: &str = "/boot/grub";
 
 /// Modules embedded in both images: disks, filesystems, the menu, the Linux
 /// loader, the serial console.
@@ -96,19 +96,31 @@ pub(super) fn install_sysroot(sysroot: &Path) -> Result<()> {
 
 /// Run grub-mkimage for `format` with the modules of `dir`.
 fn mkimage(format: &str, dir: &Path, modules: &[&str], out: &Path, work: &Path) -> Result<()> {
-    let config = work.join("grub-embedded.cfg");
-    fs::write(&config, embedded_config())
-        .with_context(|| format!("writing {}", config.display()))?;
+    let all: Vec<&str> = MODULES.iter().chain(modules).copied().collect();
+    mkimage_with(format, dir, &all, &embedded_config(), out, work)
+}
+
+/// Run grub-mkimage for `format` with exactly `modules` of `dir` and `config` embedded.
+pub(super) fn mkimage_with(
+    format: &str,
+    dir: &Path,
+    modules: &[&str],
+    config: &str,
+    out: &Path,
+    work: &Path,
+) -> Result<()> {
+    let config_path = work.join("grub-embedded.cfg");
+    fs::write(&config_path, config)
+        .with_context(|| format!("writing {}", config_path.display()))?;
     cmd::run(
         Command::new("grub-mkimage")
             .args(["-O", format, "-p", PREFIX])
             .arg("-d")
             .arg(dir)
             .arg("-c")
-            .arg(&config)
+            .arg(&config_path)
             .arg("-o")
             .arg(out)
-            .args(MODULES)
             .args(modules),
     )
     .with_context(|| format!("making GRUB's {format} image"))?;

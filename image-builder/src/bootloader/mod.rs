@@ -2,6 +2,7 @@
 //! needs from the host or the tree, how it prepares the sysroot so libostree keeps its menu
 //! right on every deploy, and what it writes to the disk.
 
+pub(crate) mod eltorito;
 mod grub;
 mod shim;
 mod syslinux;
@@ -99,34 +100,13 @@ impl Boot {
     /// anything is pulled (`sources` without a deployment), the boot loader's own files
     /// once the deployment shows whether the tree carries them.
     pub(crate) fn check(self, sources: &Sources) -> Result<()> {
-        let missing: Vec<Needed> = self
-            .needs()
-            .into_iter()
-            .filter(|n| {
-                let early = sources.deployment.is_none();
-                match (n.in_tree, early) {
-                    // Data files may still come with the tree: checked after the deploy.
-                    (true, true) => false,
-                    (true, false) => !sources.find(n.path).exists(),
-                    (false, _) => !Path::new(n.path).exists(),
-                }
-            })
-            .collect();
-        if missing.is_empty() {
-            return Ok(());
-        }
-        let mut packages: Vec<&str> = missing.iter().map(|n| n.package).collect();
-        packages.dedup();
-        anyhow::bail!(
-            "--bootloader {} --firmware {} needs {} (install {})",
-            self.bootloader,
-            self.firmware,
-            missing
-                .iter()
-                .map(|n| n.path)
-                .collect::<Vec<_>>()
-                .join(", "),
-            packages.join(" ")
+        check_needs(
+            &format!(
+                "--bootloader {} --firmware {}",
+                self.bootloader, self.firmware
+            ),
+            &self.needs(),
+            sources,
         )
     }
 
@@ -191,6 +171,39 @@ impl Boot {
     }
 }
 
+/// Fail when a needed file is missing, naming `what` needs it, the files and the packages
+/// to install: the host's files before anything is pulled (`sources` without a
+/// deployment), the data files once the deployment shows whether the tree carries them.
+pub(crate) fn check_needs(what: &str, needs: &[Needed], sources: &Sources) -> Result<()> {
+    let missing: Vec<&Needed> = needs
+        .iter()
+        .filter(|n| {
+            let early = sources.deployment.is_none();
+            match (n.in_tree, early) {
+                // Data files may still come with the tree: checked after the deploy.
+                (true, true) => false,
+                (true, false) => !sources.find(n.path).exists(),
+                (false, _) => !Path::new(n.path).exists(),
+            }
+        })
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    let mut packages: Vec<&str> = missing.iter().map(|n| n.package).collect();
+    packages.sort_unstable();
+    packages.dedup();
+    anyhow::bail!(
+        "{what} needs {} (install {})",
+        missing
+            .iter()
+            .map(|n| n.path)
+            .collect::<Vec<_>>()
+            .join(", "),
+        packages.join(" ")
+    )
+}
+
 /// Open the image for patching boot code in place.
 pub(crate) fn open_rw(image: &Path) -> Result<File> {
     fs::OpenOptions::new()
@@ -198,4 +211,41 @@ pub(crate) fn open_rw(image: &Path) -> Result<File> {
         .write(true)
         .open(image)
         .with_context(|| format!("opening {}", image.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn missing_files_name_their_packages_once() {
+        let needs = [
+            Needed::host("/nonexistent/usr/bin/xorriso", "xorriso"),
+            Needed::host("/nonexistent/usr/lib/ISOLINUX/isolinux.bin", "isolinux"),
+            Needed::host("/nonexistent/usr/lib/ISOLINUX/isohdpfx.bin", "isolinux"),
+            Needed::data(
+                "/nonexistent/usr/lib/grub/x86_64-efi/linux.mod",
+                "grub-efi-amd64-bin",
+            ),
+        ];
+        let early = Sources { deployment: None };
+        let err = check_needs("--format iso --firmware hybrid", &needs, &early)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.starts_with("--format iso --firmware hybrid needs /nonexistent/usr/bin/xorriso, "),
+            "{err}"
+        );
+        assert!(err.ends_with("(install isolinux xorriso)"), "{err}");
+        // Files the tree may carry are checked once it is deployed.
+        assert!(!err.contains("linux.mod"), "{err}");
+        let dir = tempfile::tempdir().unwrap();
+        let deployed = Sources {
+            deployment: Some(dir.path().to_path_buf()),
+        };
+        let err = check_needs("x", &needs[3..], &deployed)
+            .unwrap_err()
+            .to_string();
+        assert!(err.ends_with("(install grub-efi-amd64-bin)"), "{err}");
+    }
 }

@@ -290,7 +290,7 @@ section! {
         firmware: Option<Str>, "string", "`\"hybrid\"`";
         /// The partition table: `gpt` or `mbr`.
         partition_table: Option<Str>, "string", "`\"gpt\"`, `\"mbr\"` for syslinux";
-        /// The output's format: `raw` or `qcow2`.
+        /// The output's format: `raw`, `qcow2` or `iso` (a live ISO).
         format: Option<Str>, "string", "from the output's extension";
         /// The disk size, such as `"4G"`, or `"auto"`: the content plus 1 GiB.
         size: Option<Str>, "string", "`\"auto\"`";

@@ -97,3 +97,29 @@ fn boot_fails_clearly_for_missing_image() {
     let msg = format!("{err:#}");
     assert!(msg.contains("/nonexistent/osbuild-test.img"), "{msg}");
 }
+
+/// A live ISO is a read-only CD-ROM on virtio-scsi, booted first.
+#[test]
+fn qemu_args_iso_is_a_cdrom() {
+    let config = VmConfig::new("/img/live.iso");
+    assert_eq!(config.format, ImageFormat::Iso);
+    let args = qemu_args(&config, Path::new("/run/s.sock"), None);
+    let args: Vec<String> = args
+        .iter()
+        .map(|a| a.to_string_lossy().into_owned())
+        .collect();
+    let at = args.iter().position(|a| a == "-drive").unwrap();
+    assert_eq!(
+        args[at + 1],
+        "file=/img/live.iso,format=raw,if=none,id=cd0,media=cdrom,readonly=on"
+    );
+    assert_eq!(
+        args[at + 2..at + 6],
+        [
+            "-device",
+            "virtio-scsi-pci,id=scsi0",
+            "-device",
+            "scsi-cd,drive=cd0,bus=scsi0.0,bootindex=0"
+        ]
+    );
+}
