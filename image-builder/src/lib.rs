@@ -491,3 +491,49 @@ mod tests {
         assert!(loader.in_tree, "the tree may carry its own systemd-boot");
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn live_iso_spec_boots_from_its_label_and_takes_no_disk_options() {
+        let mut spec = ImageSpec::new("http://h/repo/", None);
+        spec.format = Format::Iso;
+        let args = spec.kernel_args();
+        assert!(
+            args.contains(&format!("root=osbuild-live:{ISO_LABEL}")),
+            "{args:?}"
+        );
+        assert!(args.contains(&"osbuild.live".to_string()), "{args:?}");
+        assert!(!args
+            .iter()
+            .any(|a| a == "rw" || a.starts_with("root=LABEL=")));
+        assert!(spec.disk_only().is_empty());
+        spec.size = Size::Bytes(1 << 30);
+        spec.compress = true;
+        assert_eq!(spec.disk_only(), [DiskOnly::Size, DiskOnly::Compress]);
+        let err = spec.check().unwrap_err().to_string();
+        assert!(
+            err.starts_with("--format iso does not take --size"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn qemu_command_attaches_an_iso_as_a_cdrom() {
+        let image = Image {
+            checksum: "abc".into(),
+            layout: None,
+            bootloader: Bootloader::Grub,
+            firmware: Firmware::Hybrid,
+            secure_boot: false,
+            format: Format::Iso,
+            size: 0,
+            allocated: 0,
+        };
+        let c = image.qemu_command(Path::new("/o/live.iso"));
+        assert!(c.contains("-drive file=/o/live.iso,format=raw,if=none,id=cd0,media=cdrom,readonly=on -device virtio-scsi-pci -device scsi-cd,drive=cd0"), "{c}");
+        assert!(!c.contains("if=virtio"), "{c}");
+    }
+}
