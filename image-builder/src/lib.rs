@@ -269,6 +269,66 @@ pub fn make_image(spec: &ImageSpec, output: &Path) -> Result<Image> {
         return make_iso(spec, output);
     }
     let boot = spec.boot();
+    build(spec, output, Some(boot), |scratch| {
+        let sysroot = scratch.sysroot;
+        let sources = Sources {
+            deployment: Some(scratch.deployed.root.clone()),
+        };
+        boot.check(&sources)?;
+        let content = disk::content_size(sysroot)?;
+        let layout = layout_for(spec, content, boot.esp_size(sysroot)?)?;
+        boot.install_sysroot(sysroot, &layout)?;
+        let raw = match spec.format {
+            Format::Raw => scratch.output.to_path_buf(),
+            _ => scratch.work.join("disk.raw"),
+        };
+        disk::write(boot, &sources, &layout, sysroot, &raw, scratch.work)
+            .with_context(|| format!("writing the disk image {}", output.display()))?;
+        format::convert(&raw, scratch.output, spec.format, spec.compress)?;
+        Ok(Some(layout))
+    })
+}
+
+/// Build the live ISO at `output`: deploy into a sysroot as for a disk (no boot loader
+/// backend: the ISO's loaders boot its one entry), mark the deployment live, squash the
+/// sysroot and write the ISO.
+fn make_iso(spec: &ImageSpec, output: &Path) -> Result<Image> {
+    build(spec, output, None, |scratch| {
+        live::prepare_deployment(&scratch.deployed.root).context("marking the deployment live")?;
+        iso::write(
+            scratch.sysroot,
+            &scratch.deployed.root,
+            spec.firmware,
+            scratch.output,
+            scratch.work,
+        )
+        .with_context(|| format!("writing the live ISO {}", output.display()))?;
+        Ok(None)
+    })
+}
+
+/// What an image writer works with: the provisioned deployment in its scratch sysroot.
+struct Scratch<'a> {
+    /// The sysroot's directory.
+    sysroot: &'a Path,
+    /// The deployment in it.
+    deployed: &'a Deployed,
+    /// Where to write the image (moved into place at the end).
+    output: &'a Path,
+    /// A directory for the writer's own temporary files.
+    work: &'a Path,
+}
+
+/// Pull and deploy the commit into a scratch sysroot set up for `boot` (none: no boot
+/// loader configuration), provision it, let `write` make the image from it, then move the
+/// image into place. Nothing is left at `output`, beside it, or in the work directory on
+/// failure.
+fn build(
+    spec: &ImageSpec,
+    output: &Path,
+    boot: Option<Boot>,
+    write: impl FnOnce(&Scratch) -> Result<Option<Layout>>,
+) -> Result<Image> {
     let staging = Staging::new(output)?;
     let parent = staging
         .path()
@@ -287,27 +347,19 @@ pub fn make_image(spec: &ImageSpec, output: &Path) -> Result<Image> {
         .tempdir_in(work_parent)
         .with_context(|| format!("creating a work directory in {}", work_parent.display()))?;
     let sysroot_dir = work.path().join("sysroot");
-    let sysroot = Sysroot::create(&sysroot_dir, Some(boot))?;
-    let result = (|| -> Result<(Deployed, Layout)> {
+    let sysroot = Sysroot::create(&sysroot_dir, boot)?;
+    let result = (|| -> Result<(Deployed, Option<Layout>)> {
         let deployed = sysroot.deploy_from_remote(spec)?;
-        let sources = Sources {
-            deployment: Some(deployed.root.clone()),
-        };
-        boot.check(&sources)?;
         let var = sysroot_dir.join("ostree/deploy").join(&spec.os).join("var");
         spec.provision
             .apply(&deployed.root, &var)
             .context("provisioning the device")?;
-        let content = disk::content_size(&sysroot_dir)?;
-        let layout = layout_for(spec, content, boot.esp_size(&sysroot_dir)?)?;
-        boot.install_sysroot(&sysroot_dir, &layout)?;
-        let raw = match spec.format {
-            Format::Raw => staging.path().to_path_buf(),
-            _ => work.path().join("disk.raw"),
-        };
-        disk::write(boot, &sources, &layout, &sysroot_dir, &raw, work.path())
-            .with_context(|| format!("writing the disk image {}", output.display()))?;
-        format::convert(&raw, staging.path(), spec.format, spec.compress)?;
+        let layout = write(&Scratch {
+            sysroot: &sysroot_dir,
+            deployed: &deployed,
+            output: staging.path(),
+            work: work.path(),
+        })?;
         Ok((deployed, layout))
     })();
     // Deployments are immutable (chattr +i); the work directory cannot be removed otherwise.
@@ -322,8 +374,7 @@ pub fn make_image(spec: &ImageSpec, output: &Path) -> Result<Image> {
     });
     let (deployed, layout) = match (result, released) {
         (Ok(done), Ok(())) => done,
-        (Ok(_), Err(e)) => return Err(e),
-        (Err(e), Ok(())) => return Err(e),
+        (Ok(_), Err(e)) | (Err(e), Ok(())) => return Err(e),
         (Err(e), Err(cleanup)) => {
             tracing::warn!("cleaning up after the failed build: {cleanup:#}");
             return Err(e);
@@ -335,10 +386,10 @@ pub fn make_image(spec: &ImageSpec, output: &Path) -> Result<Image> {
     staging.commit()?;
     Ok(Image {
         checksum: deployed.checksum,
-        layout: Some(layout),
+        layout,
         bootloader: spec.bootloader,
         firmware: spec.firmware,
-        secure_boot: spec.secure_boot,
+        secure_boot: spec.secure_boot && spec.format.is_disk(),
         format: spec.format,
         size: meta.len(),
         allocated: std::os::unix::fs::MetadataExt::blocks(&meta) * 512,
@@ -376,63 +427,6 @@ fn is_out_of_space(e: &anyhow::Error) -> bool {
         c.downcast_ref::<std::io::Error>()
             .is_some_and(|io| io.raw_os_error() == Some(rustix::io::Errno::NOSPC.raw_os_error()))
             || c.to_string().contains("No space left on device")
-    })
-}
-
-/// Build the live ISO at `output`: deploy into a sysroot as for a disk (no boot loader
-/// backend: the ISO's loaders boot its one entry), mark the deployment live, squash the
-/// sysroot and write the ISO. Nothing is left at `output`, nor beside it, on failure.
-fn make_iso(spec: &ImageSpec, output: &Path) -> Result<Image> {
-    let staging = Staging::new(output)?;
-    let parent = staging
-        .path()
-        .parent()
-        .context("output has no parent directory")?
-        .to_path_buf();
-    let work = tempfile::Builder::new()
-        .prefix(".osbuild-sysroot-")
-        .tempdir_in(&parent)
-        .with_context(|| format!("creating a work directory in {}", parent.display()))?;
-    let sysroot_dir = work.path().join("sysroot");
-    let sysroot = Sysroot::create(&sysroot_dir, None)?;
-    let result = (|| -> Result<Deployed> {
-        let deployed = sysroot.deploy_from_remote(spec)?;
-        let var = sysroot_dir.join("ostree/deploy").join(&spec.os).join("var");
-        spec.provision
-            .apply(&deployed.root, &var)
-            .context("provisioning the device")?;
-        live::prepare_deployment(&deployed.root).context("marking the deployment live")?;
-        iso::write(
-            &sysroot_dir,
-            &deployed.root,
-            spec.firmware,
-            staging.path(),
-            work.path(),
-        )
-        .with_context(|| format!("writing the live ISO {}", output.display()))?;
-        Ok(deployed)
-    })();
-    let released = sysroot.release();
-    let deployed = match (result, released) {
-        (Ok(done), Ok(())) => done,
-        (Ok(_), Err(e)) | (Err(e), Ok(())) => return Err(e),
-        (Err(e), Err(cleanup)) => {
-            tracing::warn!("cleaning up after the failed build: {cleanup:#}");
-            return Err(e);
-        }
-    };
-    let meta = std::fs::metadata(staging.path())
-        .with_context(|| format!("reading {}", staging.path().display()))?;
-    staging.commit()?;
-    Ok(Image {
-        checksum: deployed.checksum,
-        layout: None,
-        bootloader: spec.bootloader,
-        firmware: spec.firmware,
-        secure_boot: false,
-        format: spec.format,
-        size: meta.len(),
-        allocated: std::os::unix::fs::MetadataExt::blocks(&meta) * 512,
     })
 }
 
@@ -490,11 +484,6 @@ mod tests {
         assert_eq!(loader.package, "systemd-boot-efi");
         assert!(loader.in_tree, "the tree may carry its own systemd-boot");
     }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
 
     #[test]
     fn live_iso_spec_boots_from_its_label_and_takes_no_disk_options() {
