@@ -669,3 +669,54 @@ fn cli_refuses_an_iso_with_a_size() {
     );
     assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 0);
 }
+
+/// Boot loader files the committed tree carries are the ones installed (so the boot
+/// loader is updated with the OS); the host's fill in what the tree lacks.
+#[test]
+fn bootloader_files_come_from_the_tree_when_it_has_them() {
+    if !require(&[Need::Root, Need::Grub]) {
+        return;
+    }
+    let cases: &[(&str, &[&str], &str)] = &[
+        (
+            "usr/lib/systemd/boot/efi/systemd-bootx64.efi",
+            &["--bootloader", "systemd-boot", "--firmware", "uefi"],
+            "EFI/BOOT/BOOTX64.EFI",
+        ),
+        (
+            "usr/lib/shim/shimx64.efi.signed",
+            &["--firmware", "uefi", "--secure-boot"],
+            "EFI/BOOT/BOOTX64.EFI",
+        ),
+    ];
+    for (in_tree, flags, on_esp) in cases {
+        let dir = tempfile::tempdir().unwrap();
+        let tree = dir.path().join("tree");
+        stub_bootable_tree(&tree);
+        let marker = format!("the tree's own {in_tree}\n");
+        osbuild_testing::helpers::write_file(&tree.join(in_tree), &marker);
+        let repo = dir.path().join("repo");
+        init_archive(&repo);
+        commit_tree(&repo, "test/x86_64", &tree, None);
+        let output = dir.path().join("disk.img");
+        run(Command::new(osbuild_testing::helpers::osbuild_bin())
+            .args(["make-image", "--repo"])
+            .arg(&repo)
+            .args(*flags)
+            .arg("--output")
+            .arg(&output));
+        let esp = partitions(&output)
+            .into_iter()
+            .find(|p| p.0 == "ESP")
+            .unwrap_or_else(|| panic!("{flags:?}: no ESP"));
+        let copied = run(Command::new("mtype")
+            .arg("-i")
+            .arg(format!("{}@@{}", output.display(), esp.2))
+            .arg(format!("::/{on_esp}")));
+        assert_eq!(
+            copied.trim(),
+            marker.trim(),
+            "{flags:?}: {on_esp} is not the tree's"
+        );
+    }
+}
