@@ -61,10 +61,11 @@ impl Entry {
     }
 }
 
-/// The entries of the sysroot at `sysroot`, default first.
-pub fn read_entries(sysroot: &Path) -> Result<Vec<Entry>> {
+/// The boot loader entry files libostree wrote in the sysroot at `sysroot`
+/// (`/boot/loader/entries/*.conf`), each with its text, in no particular order.
+pub(crate) fn entry_files(sysroot: &Path) -> Result<Vec<(PathBuf, String)>> {
     let dir = sysroot.join("boot/loader/entries");
-    let mut entries = Vec::new();
+    let mut files = Vec::new();
     for item in fs::read_dir(&dir).with_context(|| format!("reading {}", dir.display()))? {
         let path = item
             .with_context(|| format!("reading {}", dir.display()))?
@@ -74,6 +75,15 @@ pub fn read_entries(sysroot: &Path) -> Result<Vec<Entry>> {
         }
         let text =
             fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+        files.push((path, text));
+    }
+    Ok(files)
+}
+
+/// The entries of the sysroot at `sysroot`, default first.
+pub fn read_entries(sysroot: &Path) -> Result<Vec<Entry>> {
+    let mut entries = Vec::new();
+    for (path, text) in entry_files(sysroot)? {
         let entry = Entry::parse(&text)
             .with_context(|| format!("{} has no `linux` line", path.display()))?;
         entries.push(entry);

@@ -187,15 +187,7 @@ pub fn esp_entry(sysroot: &Path, text: &str) -> Result<EspEntry> {
 pub fn entries(sysroot: &Path) -> Result<Vec<EspEntry>> {
     let dir = sysroot.join("boot/loader/entries");
     let mut found = Vec::new();
-    for item in fs::read_dir(&dir).with_context(|| format!("reading {}", dir.display()))? {
-        let path = item
-            .with_context(|| format!("reading {}", dir.display()))?
-            .path();
-        if path.extension().is_none_or(|e| e != "conf") {
-            continue;
-        }
-        let text =
-            fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+    for (path, text) in crate::bootmenu::entry_files(sysroot)? {
         found.push(esp_entry(sysroot, &text).with_context(|| format!("{}", path.display()))?);
     }
     found.sort_by(|a, b| a.file_name.cmp(&b.file_name));
