@@ -168,13 +168,13 @@ mod tests {
         std::fs::write(&img, archive(&entries)).unwrap();
         let out = dir.path().join("out");
         std::fs::create_dir(&out).unwrap();
-        let status = Command::new("sh")
-            .arg("-c")
-            .arg(format!("cpio -id --quiet < {}", img.display()))
-            .current_dir(&out)
-            .status()
-            .unwrap();
-        assert!(status.success());
+        osbuild_core::cmd::run(
+            Command::new("sh")
+                .arg("-c")
+                .arg(format!("cpio -id --quiet < {}", img.display()))
+                .current_dir(&out),
+        )
+        .unwrap();
         assert_eq!(
             std::fs::read_to_string(out.join("etc/x/script.sh")).unwrap(),
             "#!/bin/sh\necho hi\n"

@@ -17,7 +17,7 @@ pub use layout::{convert, validate, TreeError, TreeInfo};
 pub use manifest::{
     key_flags, AptRepository, AptSources, FileContent, FlagAction, FlagScope, ImageFile,
     ImageSettings, KeyFlag, Manifest, ManifestError, ManifestErrorKind, Overrides, Owner,
-    PushTarget, Remote, Scripts, Services, User,
+    PushTarget, Remote, RemoteFlags, Scripts, Services, User,
 };
 pub use push::{push, Destination, PushOptions, PushOutcome};
 pub use source::{Base, Debian, Directory, Tarball};

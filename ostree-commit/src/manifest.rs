@@ -19,7 +19,7 @@ mod raw;
 #[cfg(test)]
 mod tests;
 
-pub use flags::{key_flags, FlagAction, FlagScope, KeyFlag, Overrides};
+pub use flags::{key_flags, FlagAction, FlagScope, KeyFlag, Overrides, RemoteFlags};
 
 use crate::{Base, Destination};
 use load::parse;

@@ -138,36 +138,48 @@ pub(crate) struct BootstrapArgs {
 }
 
 /// The flags that override manifest keys, built from the manifest's own table
-/// ([`ostree_commit::key_flags`]): those of the tree (`COMMIT` false) or of the commit.
+/// ([`ostree_commit::key_flags`]): those of one [`ostree_commit::FlagScope`], numbered
+/// as [`KeyFlags::SCOPES`] lists them.
 #[derive(Debug, Clone, Default)]
-pub(crate) struct KeyFlags<const COMMIT: bool>(ostree_commit::Overrides);
+pub(crate) struct KeyFlags<const SCOPE: usize>(ostree_commit::Overrides);
 
 /// `--suite`, `--package`, `--hostname`, …: for every verb that builds a tree.
-pub(crate) type TreeKeyFlags = KeyFlags<false>;
+pub(crate) type TreeKeyFlags = KeyFlags<0>;
 /// `--branch`, `--version`: for every verb that commits.
-pub(crate) type CommitKeyFlags = KeyFlags<true>;
+pub(crate) type CommitKeyFlags = KeyFlags<1>;
+/// `--bootloader`, `--size`, `--remote-url`, …: for make-image.
+pub(crate) type ImageKeyFlags = KeyFlags<2>;
 
-impl<const COMMIT: bool> KeyFlags<COMMIT> {
+impl<const SCOPE: usize> KeyFlags<SCOPE> {
+    const SCOPES: [ostree_commit::FlagScope; 3] = [
+        ostree_commit::FlagScope::Tree,
+        ostree_commit::FlagScope::Commit,
+        ostree_commit::FlagScope::Image,
+    ];
+
     fn flags() -> impl Iterator<Item = ostree_commit::KeyFlag> {
-        let scope = if COMMIT {
-            ostree_commit::FlagScope::Commit
-        } else {
-            ostree_commit::FlagScope::Tree
-        };
         ostree_commit::key_flags()
             .into_iter()
-            .filter(move |f| f.scope == scope)
+            .filter(|f| f.scope == Self::SCOPES[SCOPE])
     }
 }
 
-impl<const COMMIT: bool> clap::FromArgMatches for KeyFlags<COMMIT> {
+impl<const SCOPE: usize> clap::FromArgMatches for KeyFlags<SCOPE> {
     fn from_arg_matches(matches: &clap::ArgMatches) -> Result<Self, clap::Error> {
         let mut overrides = ostree_commit::Overrides::default();
         for flag in Self::flags() {
-            let values = matches
-                .get_many::<String>(flag.name)
-                .map(|v| v.cloned().collect())
-                .unwrap_or_default();
+            let values = if flag.action == ostree_commit::FlagAction::Switch {
+                if matches.get_flag(flag.name) {
+                    vec!["true".to_string()]
+                } else {
+                    Vec::new()
+                }
+            } else {
+                matches
+                    .get_many::<String>(flag.name)
+                    .map(|v| v.cloned().collect())
+                    .unwrap_or_default()
+            };
             overrides.insert(flag, values);
         }
         Ok(KeyFlags(overrides))
@@ -179,20 +191,23 @@ impl<const COMMIT: bool> clap::FromArgMatches for KeyFlags<COMMIT> {
     }
 }
 
-impl<const COMMIT: bool> clap::Args for KeyFlags<COMMIT> {
+impl<const SCOPE: usize> clap::Args for KeyFlags<SCOPE> {
     fn augment_args(mut cmd: clap::Command) -> clap::Command {
         use clap::{Arg, ArgAction};
         for flag in Self::flags() {
-            let arg = Arg::new(flag.name)
-                .long(flag.name)
-                .value_name(flag.value_name)
-                .help(flag.help);
+            let arg = Arg::new(flag.name).long(flag.name).help(flag.help);
             cmd = cmd.arg(match flag.action {
-                ostree_commit::FlagAction::Set => arg.action(ArgAction::Set),
-                ostree_commit::FlagAction::Add => arg.action(ArgAction::Append),
-                ostree_commit::FlagAction::AddList => {
-                    arg.action(ArgAction::Append).value_delimiter(',')
+                ostree_commit::FlagAction::Switch => arg.action(ArgAction::SetTrue),
+                ostree_commit::FlagAction::Set => {
+                    arg.value_name(flag.value_name).action(ArgAction::Set)
                 }
+                ostree_commit::FlagAction::Add => {
+                    arg.value_name(flag.value_name).action(ArgAction::Append)
+                }
+                ostree_commit::FlagAction::AddList => arg
+                    .value_name(flag.value_name)
+                    .action(ArgAction::Append)
+                    .value_delimiter(','),
             });
         }
         cmd
@@ -417,49 +432,15 @@ pub(crate) struct MakeImageArgs {
     /// The disk image to write.
     #[arg(long)]
     output: PathBuf,
-    /// The output's format: a raw or qcow2 disk, or a live ISO [default: the manifest's
-    /// `[image] format`, else from the output's extension (.qcow2, .iso), else raw].
-    #[arg(long, value_enum)]
-    format: Option<image_builder::Format>,
     /// Compress a qcow2 image.
     #[arg(long)]
     compress: bool,
-    /// The boot loader [default: the manifest's `[image] bootloader`, else grub].
-    #[arg(long, value_enum)]
-    bootloader: Option<image_builder::Bootloader>,
-    /// The firmware the image boots under; hybrid boots under both BIOS and UEFI
-    /// [default: the manifest's `[image] firmware`, else hybrid].
-    #[arg(long, value_enum)]
-    firmware: Option<image_builder::Firmware>,
-    /// Boot UEFI through Debian's signed chain (shim, signed GRUB, the tree's signed
-    /// kernel) for machines with Secure Boot on; needs --bootloader grub and UEFI firmware.
-    /// [default: the manifest's `[image] secure_boot`].
-    #[arg(long)]
-    secure_boot: bool,
-    /// The partition table [default: the manifest's `[image] partition_table`, else gpt;
-    /// mbr for syslinux].
-    #[arg(long, value_enum)]
-    partition_table: Option<image_builder::PartitionTable>,
-    /// Repository URL the device pulls upgrades from [default: the manifest's `[remote]
-    /// url`, else --url].
-    #[arg(long)]
-    remote_url: Option<String>,
-    /// Name of the remote in the device's repo config [default: the manifest's `[remote]
-    /// name`, else origin].
-    #[arg(long)]
-    remote_name: Option<String>,
-    /// GPG public key the device's remote verifies commits with: unsigned upgrades are
-    /// refused on the device, and the commit imaged must be signed by it [default: the
-    /// manifest's `[remote] gpg_key`, else no verification].
-    #[arg(long, value_name = "FILE")]
-    gpg_key: Option<PathBuf>,
-    /// Disk size, e.g. 4G, or auto: the content plus 1 GiB of headroom [default: the
-    /// manifest's `[image] size`, else auto].
-    #[arg(long)]
-    size: Option<image_builder::Size>,
-    /// The OS (stateroot) name [default: the manifest's `[image] os`, else debian].
-    #[arg(long)]
-    os: Option<String>,
+    /// The image's and the device remote's settings, from the manifest's `[image]` and
+    /// `[remote]` tables' keys: `--format`, `--bootloader`, `--firmware`, `--secure-boot`,
+    /// `--partition-table`, `--size`, `--os`, `--remote-url`, `--remote-name`,
+    /// `--gpg-key`.
+    #[command(flatten)]
+    keys: ImageKeyFlags,
     /// Extra kernel argument (repeatable; after the manifest's `[kernel] args`).
     #[arg(long = "karg")]
     kargs: Vec<String>,
@@ -506,40 +487,42 @@ impl MakeImageArgs {
             (None, None) => anyhow::bail!("give --url URL or --repo DIR"),
         };
         let mut spec = image_builder::ImageSpec::new(&url, self.branch.as_deref());
-        spec.remote_url = self.remote_url.or_else(|| remote.map(|r| r.url.clone()));
+        // Flags first, then the manifest's [remote] and [image], then make-image's
+        // defaults.
+        let flags = self.keys.0.remote()?;
+        spec.remote_url = flags.url.or_else(|| remote.map(|r| r.url.clone()));
         if spec.remote_url.is_none() && self.repo.is_some() {
             tracing::warn!(
                 "the device's remote is {url}, a directory on this machine: give --remote-url for its upgrades"
             );
         }
-        spec.gpg_key = self
+        spec.gpg_key = flags
             .gpg_key
             .or_else(|| remote.and_then(|r| r.gpg_key.clone()));
-        if let Some(name) = self.remote_name.or_else(|| remote.map(|r| r.name.clone())) {
+        if let Some(name) = flags.name.or_else(|| remote.map(|r| r.name.clone())) {
             spec.remote_name = name;
         }
-        // Flags first, then the manifest's [image], then make-image's defaults.
-        let image = manifest
+        let mut image = manifest
             .as_ref()
             .map(|m| m.image().clone())
             .unwrap_or_default();
-        if let Some(size) = self.size.or(image.size) {
+        self.keys.0.apply_image(&mut image)?;
+        if let Some(size) = image.size {
             spec.size = size;
         }
-        if let Some(os) = self.os.or(image.os) {
+        if let Some(os) = image.os {
             spec.os = os;
         }
-        if let Some(bootloader) = self.bootloader.or(image.bootloader) {
+        if let Some(bootloader) = image.bootloader {
             spec.bootloader = bootloader;
         }
-        if let Some(firmware) = self.firmware.or(image.firmware) {
+        if let Some(firmware) = image.firmware {
             spec.firmware = firmware;
         }
-        spec.partition_table = self.partition_table.or(image.partition_table);
-        spec.secure_boot = self.secure_boot || image.secure_boot.unwrap_or(false);
-        spec.format = self
+        spec.partition_table = image.partition_table;
+        spec.secure_boot = image.secure_boot.unwrap_or(false);
+        spec.format = image
             .format
-            .or(image.format)
             .unwrap_or_else(|| image_builder::Format::from_path(&self.output));
         spec.compress = self.compress;
         spec.work_dir = self.work_dir;
@@ -833,14 +816,15 @@ mod tests {
             let verbs: &[&str] = match flag.scope {
                 ostree_commit::FlagScope::Tree => &["bootstrap", "commit", "commit-push"],
                 ostree_commit::FlagScope::Commit => &["commit", "commit-push"],
+                ostree_commit::FlagScope::Image => &["make-image"],
+            };
+            let usage = match flag.action {
+                ostree_commit::FlagAction::Switch => format!("--{}\n", flag.name),
+                _ => format!("--{} <{}>", flag.name, flag.value_name),
             };
             for verb in verbs {
                 let help = help(verb);
-                assert!(
-                    help.contains(&format!("--{} <{}>", flag.name, flag.value_name)),
-                    "{verb}: --{}",
-                    flag.name
-                );
+                assert!(help.contains(&usage), "{verb}: {usage}");
                 assert!(
                     help.contains(&format!("`{}`", flag.key)),
                     "{verb}: --{} does not name {}",
@@ -877,6 +861,35 @@ mod tests {
                     };
                     assert_eq!(a.keys.0.value(&flag.key), Some(value), "--{}", flag.name);
                 }
+                ostree_commit::FlagScope::Image => {
+                    // A valid value of each key, different from its default.
+                    let arg = match flag.key.as_str() {
+                        "image.bootloader" => "--bootloader=syslinux".to_string(),
+                        "image.firmware" => "--firmware=bios".to_string(),
+                        "image.partition_table" => "--partition-table=mbr".to_string(),
+                        "image.format" => "--format=qcow2".to_string(),
+                        "image.size" => "--size=4G".to_string(),
+                        "image.secure_boot" => "--secure-boot".to_string(),
+                        "remote.url" => "--remote-url=http://example.com/repo".to_string(),
+                        _ => arg.clone(),
+                    };
+                    let argv = ["osbuild", "make-image", "--url", "u", "--output", "o", &arg];
+                    let cli = parse(&argv).unwrap();
+                    let Command::MakeImage(a) = cli.verb() else {
+                        panic!()
+                    };
+                    let mut image = ostree_commit::ImageSettings::default();
+                    a.keys.0.apply_image(&mut image).unwrap();
+                    let remote = a.keys.0.remote().unwrap();
+                    assert_ne!(
+                        (format!("{image:?}"), format!("{remote:?}")),
+                        (
+                            format!("{:?}", ostree_commit::ImageSettings::default()),
+                            format!("{:?}", ostree_commit::RemoteFlags::default())
+                        ),
+                        "{arg} changed nothing"
+                    );
+                }
             }
         }
         // --branch and --version are what commit uses.
@@ -888,6 +901,49 @@ mod tests {
             (a.keys.0.value("ref"), a.keys.0.value("version")),
             (Some("a/b"), Some("7"))
         );
+    }
+
+    #[test]
+    fn image_flags_are_checked_as_the_manifest_keys_are() {
+        for (flag, value, says) in [
+            (
+                "--bootloader",
+                "lilo",
+                "is not one of syslinux, grub, systemd-boot",
+            ),
+            ("--format", "vdi", "is not one of"),
+            ("--size", "huge", ""),
+            ("--os", "a/b", "stateroot name"),
+            ("--remote-url", "ftp://h/r", ""),
+            ("--remote-name", "a b", "remote name"),
+        ] {
+            let argv = [
+                "osbuild",
+                "make-image",
+                "--url",
+                "u",
+                "--output",
+                "o",
+                flag,
+                value,
+            ];
+            let cli = parse(&argv).unwrap();
+            let Command::MakeImage(a) = cli.verb() else {
+                panic!("{cli:?}")
+            };
+            let mut image = ostree_commit::ImageSettings::default();
+            let err = a
+                .keys
+                .0
+                .apply_image(&mut image)
+                .and_then(|()| a.keys.0.remote().map(|_| ()))
+                .unwrap_err()
+                .to_string();
+            assert!(
+                err.starts_with(&format!("{flag} {value:?}: ")) && err.contains(says),
+                "{err}"
+            );
+        }
     }
 
     #[test]
@@ -957,14 +1013,15 @@ mod tests {
         let Command::MakeImage(a) = cli.verb() else {
             panic!("{cli:?}")
         };
+        let mut image = ostree_commit::ImageSettings::default();
+        a.keys.0.apply_image(&mut image).unwrap();
         assert_eq!(
-            (a.size, a.kargs.as_slice()),
+            (image.size, a.kargs.as_slice()),
             (
                 Some(image_builder::Size::Bytes(512 << 20)),
                 &["quiet".to_string()][..]
             )
         );
-        assert!(parse(&["osbuild", "make-image", "--url", "u", "--size", "lots"]).is_err());
         // As users type it: the ref is the only one the server lists.
         let cli = parse(&[
             "osbuild",

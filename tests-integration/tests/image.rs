@@ -649,18 +649,18 @@ fn live_iso_holds_the_boot_files_and_the_root_image() {
 fn cli_refuses_an_iso_with_a_size() {
     let dir = tempfile::tempdir().unwrap();
     let output = dir.path().join("live.iso");
-    let out = Command::new(osbuild_testing::helpers::osbuild_bin())
-        .args([
-            "make-image",
-            "--url",
-            "http://127.0.0.1:9/repo/",
-            "--size",
-            "2G",
-        ])
-        .arg("--output")
-        .arg(&output)
-        .output()
-        .unwrap();
+    let out = osbuild_testing::helpers::output(
+        Command::new(osbuild_testing::helpers::osbuild_bin())
+            .args([
+                "make-image",
+                "--url",
+                "http://127.0.0.1:9/repo/",
+                "--size",
+                "2G",
+            ])
+            .arg("--output")
+            .arg(&output),
+    );
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(

@@ -149,6 +149,17 @@ pub(crate) fn hostname(s: &str) -> Result<(), String> {
 }
 
 /// A URL with one of the given schemes and something after it.
+/// One of the enum's values, by its command-line name (`systemd-boot`).
+pub(crate) fn choice<T: clap::ValueEnum>(s: &str) -> Result<T, String> {
+    T::from_str(s, false).map_err(|_| {
+        let names: Vec<String> = T::value_variants()
+            .iter()
+            .filter_map(|x| x.to_possible_value().map(|p| p.get_name().to_string()))
+            .collect();
+        format!("{s:?} is not one of {}", names.join(", "))
+    })
+}
+
 pub(crate) fn url(s: &str, schemes: &[&str]) -> Result<(), String> {
     let ok = schemes.iter().any(|scheme| {
         s.strip_prefix(scheme)

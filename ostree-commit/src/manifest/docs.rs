@@ -1,7 +1,7 @@
 //! The reference section of docs/manifest.md, generated from the `section!`
 //! declarations in `raw.rs`; the docs test compares it with the committed file.
 
-use super::flags::FlagAction;
+use super::flags::{FlagAction, FlagScope};
 use super::raw::SECTIONS;
 use std::fmt::Write as _;
 
@@ -31,11 +31,18 @@ pub(crate) fn reference() -> String {
             let cell = |s: &str| s.replace('|', "\\|");
             let flag = key.flag.map_or(String::new(), |f| {
                 let how = match f.action {
-                    FlagAction::Set => "",
+                    FlagAction::Set | FlagAction::Switch => "",
                     FlagAction::Add => " (adds; repeatable)",
                     FlagAction::AddList => " (adds; repeatable, comma-separated)",
                 };
-                format!("`--{} {}`{how}", f.name, f.value_name)
+                let verb = match f.scope {
+                    FlagScope::Image => " (make-image)",
+                    FlagScope::Tree | FlagScope::Commit => "",
+                };
+                match f.action {
+                    FlagAction::Switch => format!("`--{}`{verb}", f.name),
+                    _ => format!("`--{} {}`{how}{verb}", f.name, f.value_name),
+                }
             });
             let _ = writeln!(
                 out,

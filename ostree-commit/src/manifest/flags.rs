@@ -5,7 +5,7 @@
 
 use super::check;
 use super::raw::SECTIONS;
-use crate::{Base, Bootstrap};
+use crate::{Base, Bootstrap, ImageSettings};
 use anyhow::{bail, Result};
 use std::path::PathBuf;
 
@@ -16,6 +16,8 @@ pub enum FlagScope {
     Tree,
     /// The commit made of the tree: `commit`, `commit-push`.
     Commit,
+    /// The disk image made of a commit, and the device's remote: `make-image`.
+    Image,
 }
 
 /// What a flag does to its key.
@@ -27,6 +29,8 @@ pub enum FlagAction {
     Add,
     /// Repeatable or comma-separated; each value is added after the key's.
     AddList,
+    /// Takes no value; given, it turns the (boolean) key on.
+    Switch,
 }
 
 /// A flag that overrides a manifest key.
@@ -66,6 +70,7 @@ pub fn key_flags() -> Vec<KeyFlag> {
                 FlagAction::AddList => {
                     format!("Repeatable, or comma-separated; added to the manifest's `{name}`.")
                 }
+                FlagAction::Switch => format!("Turns on the manifest's `{name}`."),
             };
             flags.push(KeyFlag {
                 help: format!("{doc} {how}"),
@@ -78,6 +83,17 @@ pub fn key_flags() -> Vec<KeyFlag> {
         }
     }
     flags
+}
+
+/// What make-image's flags say of the device's remote; each unset when not given.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RemoteFlags {
+    /// `--remote-url`.
+    pub url: Option<String>,
+    /// `--remote-name`.
+    pub name: Option<String>,
+    /// `--gpg-key`.
+    pub gpg_key: Option<PathBuf>,
 }
 
 /// The first sentence of a key's doc comment: the rest is about the manifest's value
@@ -119,6 +135,61 @@ impl Overrides {
     /// The value given for `key`, the last one if it was given several times.
     pub fn value(&self, key: &str) -> Option<&str> {
         self.values(key).last().map(String::as_str)
+    }
+
+    /// Lay make-image's flags over `image` (the manifest's `[image]`, or the defaults),
+    /// checking their values as the manifest's are checked.
+    pub fn apply_image(&self, image: &mut ImageSettings) -> Result<()> {
+        for (flag, values) in &self.values {
+            if flag.scope != FlagScope::Image || !flag.key.starts_with("image.") {
+                continue;
+            }
+            let v = values.last().map(String::as_str).unwrap_or_default();
+            let named = |m: String| anyhow::anyhow!("--{} {v:?}: {m}", flag.name);
+            match flag.key.as_str() {
+                "image.bootloader" => image.bootloader = Some(check::choice(v).map_err(named)?),
+                "image.firmware" => image.firmware = Some(check::choice(v).map_err(named)?),
+                "image.partition_table" => {
+                    image.partition_table = Some(check::choice(v).map_err(named)?);
+                }
+                "image.format" => image.format = Some(check::choice(v).map_err(named)?),
+                "image.size" => {
+                    image.size = Some(v.parse().map_err(|e| named(format!("{e:#}")))?);
+                }
+                "image.secure_boot" => image.secure_boot = Some(true),
+                "image.os" => {
+                    check::segment(v, "stateroot name").map_err(named)?;
+                    image.os = Some(v.to_string());
+                }
+                // A key declared with an image flag in raw.rs and no arm here: the flags
+                // test fails first.
+                other => bail!("--{}: overriding {other} is not implemented", flag.name),
+            }
+        }
+        Ok(())
+    }
+
+    /// What make-image's flags say of the device's remote, checked as the manifest's
+    /// `[remote]` is.
+    pub fn remote(&self) -> Result<RemoteFlags> {
+        let named = |key: &str, check: &dyn Fn(&str) -> Result<(), String>| {
+            self.value(key)
+                .map(|v| {
+                    let flag = self.values.iter().find(|(f, _)| f.key == key);
+                    let name = flag.map_or("", |(f, _)| f.name);
+                    check(v)
+                        .map(|()| v.to_string())
+                        .map_err(|m| anyhow::anyhow!("--{name} {v:?}: {m}"))
+                })
+                .transpose()
+        };
+        Ok(RemoteFlags {
+            url: named("remote.url", &|u| {
+                check::url(u, &["http://", "https://", "file://"])
+            })?,
+            name: named("remote.name", &|n| check::segment(n, "remote name"))?,
+            gpg_key: self.value("remote.gpg_key").map(PathBuf::from),
+        })
     }
 
     /// Lay the tree's flags over `spec` (what a manifest describes, or the default

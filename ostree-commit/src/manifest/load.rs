@@ -359,17 +359,9 @@ impl Cx<'_> {
             value: &Option<Str>,
         ) -> Result<Option<T>, ManifestError> {
             let Some(v) = value else { return Ok(None) };
-            T::from_str(v.get_ref(), false).map(Some).map_err(|_| {
-                let names: Vec<String> = T::value_variants()
-                    .iter()
-                    .filter_map(|x| x.to_possible_value().map(|p| p.get_name().to_string()))
-                    .collect();
-                cx.invalid(
-                    key,
-                    v.span(),
-                    format!("{:?} is not one of {}", v.get_ref(), names.join(", ")),
-                )
-            })
+            check::choice(v.get_ref())
+                .map(Some)
+                .map_err(|m| cx.invalid(key, v.span(), m))
         }
         Ok(ImageSettings {
             bootloader: choice(self, "image.bootloader", &raw.bootloader)?,

@@ -256,14 +256,15 @@ section! {
 section! {
     /// The ostree remote devices upgrade from, written into the image.
     "[remote]" struct RawRemote {
-        /// The repository URL: `http://`, `https://` or `file://`.
-        url: Str, "string", "required";
-        /// The remote's name.
-        name: Option<Str>, "string", "`\"origin\"`";
-        /// A GPG public key (binary or armored) beside the manifest: make-image imports
-        /// it into the device's remote and turns signature verification on, so the device
-        /// refuses unsigned commits. Same as make-image's `--gpg-key`.
-        gpg_key: Option<Str>, "path", "none: signatures are not verified";
+        /// The repository URL devices pull upgrades from: `http://`, `https://` or
+        /// `file://`.
+        url: Str, "string", "required", flag Image "remote-url" "URL" Set;
+        /// The remote's name in the device's repository config.
+        name: Option<Str>, "string", "`\"origin\"`", flag Image "remote-name" "NAME" Set;
+        /// The GPG public key (binary or armored) devices verify commits with: make-image
+        /// imports it into the device's remote and turns verification on, so unsigned
+        /// commits are refused. In the manifest, a path beside it.
+        gpg_key: Option<Str>, "path", "none: signatures are not verified", flag Image "gpg-key" "FILE" Set;
     }
 }
 
@@ -281,23 +282,22 @@ section! {
 
 section! {
     /// How `osbuild make-image --manifest FILE` makes this OS's disk images. Each key has
-    /// the make-image flag of the same name (`partition_table` is
-    /// `--partition-table`), which overrides it.
+    /// a make-image flag, which overrides it.
     "[image]" struct RawImage {
         /// The boot loader: `grub`, `syslinux` or `systemd-boot` (UEFI only).
-        bootloader: Option<Str>, "string", "`\"grub\"`";
+        bootloader: Option<Str>, "string", "`\"grub\"`", flag Image "bootloader" "BOOTLOADER" Set;
         /// The firmware the image boots under: `hybrid` (BIOS and UEFI), `bios` or `uefi`.
-        firmware: Option<Str>, "string", "`\"hybrid\"`";
+        firmware: Option<Str>, "string", "`\"hybrid\"`", flag Image "firmware" "FIRMWARE" Set;
         /// The partition table: `gpt` or `mbr`.
-        partition_table: Option<Str>, "string", "`\"gpt\"`, `\"mbr\"` for syslinux";
+        partition_table: Option<Str>, "string", "`\"gpt\"`, `\"mbr\"` for syslinux", flag Image "partition-table" "TABLE" Set;
         /// The output's format: `raw`, `qcow2` or `iso` (a live ISO).
-        format: Option<Str>, "string", "from the output's extension";
+        format: Option<Str>, "string", "from the output's extension", flag Image "format" "FORMAT" Set;
         /// The disk size, such as `"4G"`, or `"auto"`: the content plus 1 GiB.
-        size: Option<Str>, "string", "`\"auto\"`";
+        size: Option<Str>, "string", "`\"auto\"`", flag Image "size" "SIZE" Set;
         /// Boot UEFI through Debian's signed shim and GRUB, for Secure Boot.
-        secure_boot: Option<bool>, "boolean", "`false`";
+        secure_boot: Option<bool>, "boolean", "`false`", flag Image "secure-boot" "" Switch;
         /// The stateroot (`ostree admin os-init`) name.
-        os: Option<Str>, "string", "`\"debian\"`";
+        os: Option<Str>, "string", "`\"debian\"`", flag Image "os" "NAME" Set;
     }
 }
 
