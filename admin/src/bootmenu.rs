@@ -17,7 +17,7 @@
 //! OS, kept as the rollback, when it changed).
 
 use anyhow::{Context, Result};
-use std::fs::{self, File};
+use std::fs;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
@@ -164,18 +164,7 @@ pub fn write_grub_cfg(sysroot: &Path) -> Result<()> {
         sysroot.join("boot/loader/entries").display()
     );
     let text = grub_cfg(&entries, "/boot", 3);
-    let path = grub_cfg_path(sysroot);
-    let dir = path.parent().context("grub.cfg has a parent")?;
-    fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    let tmp = dir.join("grub.cfg.new");
-    (|| -> std::io::Result<()> {
-        let mut f = File::create(&tmp)?;
-        f.write_all(text.as_bytes())?;
-        f.sync_all()?;
-        fs::rename(&tmp, &path)?;
-        File::open(dir)?.sync_all()
-    })()
-    .with_context(|| format!("writing {}", path.display()))
+    crate::durable::replace(&grub_cfg_path(sysroot), |f| f.write_all(text.as_bytes()))
 }
 
 /// On the device: regenerate the menu when the sysroot boots with a generated one, and

@@ -45,6 +45,7 @@
 //! default deployment); systemd-boot sorts entries with the same sort key by version,
 //! newest first, and boots the first.
 
+use crate::durable::{replace, sync_dir, TMP_SUFFIX};
 use anyhow::{Context, Result};
 use osbuild_core::cmd;
 use std::collections::BTreeSet;
@@ -63,8 +64,6 @@ pub const MARKER: &str = "boot/osbuild-systemd-boot";
 pub const SORT_KEY: &str = "osbuild";
 /// Only entries whose file names start with this are osbuild's (and removed when stale).
 const ENTRY_PREFIX: &str = "osbuild-";
-/// The suffix of files being written; left over only by an interrupted sync.
-const TMP_SUFFIX: &str = ".osbuild-tmp";
 /// systemd-boot's configuration: a short menu on the serial console too, no editor.
 pub const LOADER_CONF: &str = "# Written by osbuild: the entries follow ostree's deployments.\n\
 timeout 3\nconsole-mode keep\neditor no\n";
@@ -302,29 +301,6 @@ pub fn plan(sysroot: &Path, esp: &Path) -> Result<Vec<Step>> {
         }
     }
     Ok(steps)
-}
-
-/// Sync a directory's entries to disk (a rename or removal in it).
-fn sync_dir(dir: &Path) -> std::io::Result<()> {
-    File::open(dir)?.sync_all()
-}
-
-/// Write `dest` through a temporary file beside it: written, synced, renamed.
-fn replace(dest: &Path, write: impl FnOnce(&mut File) -> std::io::Result<()>) -> Result<()> {
-    let dir = dest.parent().context("a file has a parent")?;
-    let mut tmp = dest.as_os_str().to_owned();
-    tmp.push(TMP_SUFFIX);
-    let tmp = PathBuf::from(tmp);
-    (|| -> std::io::Result<()> {
-        fs::create_dir_all(dir)?;
-        let mut f = File::create(&tmp)?;
-        write(&mut f)?;
-        f.sync_all()?;
-        drop(f);
-        fs::rename(&tmp, dest)?;
-        sync_dir(dir)
-    })()
-    .with_context(|| format!("writing {}", dest.display()))
 }
 
 /// Do one step.

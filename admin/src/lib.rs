@@ -2,6 +2,7 @@
 
 pub mod bootmenu;
 pub mod device;
+mod durable;
 pub mod esp;
 pub mod growroot;
 mod status;
