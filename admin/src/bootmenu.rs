@@ -80,6 +80,13 @@ pub(crate) fn entry_files(sysroot: &Path) -> Result<Vec<(PathBuf, String)>> {
     Ok(files)
 }
 
+/// `path` of a `linux`/`initrd` line relative to the boot filesystem's root: libostree
+/// writes `/boot/ostree/…` when `sysroot.bootprefix` is set, `/ostree/…` otherwise.
+pub fn boot_relative(path: &str) -> &str {
+    let p = path.strip_prefix("/boot/").unwrap_or(path);
+    p.trim_start_matches('/')
+}
+
 /// The entries of the sysroot at `sysroot`, default first.
 pub fn read_entries(sysroot: &Path) -> Result<Vec<Entry>> {
     let mut entries = Vec::new();

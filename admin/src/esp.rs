@@ -45,6 +45,7 @@
 //! default deployment); systemd-boot sorts entries with the same sort key by version,
 //! newest first, and boots the first.
 
+use crate::bootmenu::boot_relative;
 use crate::durable::{replace, sync_dir, TMP_SUFFIX};
 use anyhow::{Context, Result};
 use osbuild_core::cmd;
@@ -96,13 +97,6 @@ pub enum Step {
     RemoveDir(String),
     /// Remove a boot link from the sysroot.
     Unlink(String),
-}
-
-/// `path` of a `linux`/`initrd` line relative to the boot filesystem's root: libostree
-/// writes `/boot/ostree/…` when `sysroot.bootprefix` is set, `/ostree/…` otherwise.
-fn boot_relative(path: &str) -> &str {
-    let p = path.strip_prefix("/boot/").unwrap_or(path);
-    p.trim_start_matches('/')
 }
 
 /// The deployment the entry's `ostree=` names: (stateroot, commit, deploy serial), found

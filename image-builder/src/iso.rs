@@ -62,12 +62,11 @@ fn boot_files(sysroot: &Path) -> Result<Boot> {
     let entry = entries
         .first()
         .context("the sysroot has no boot loader entry after the deploy")?;
-    // Entries name paths on the boot filesystem, which is the sysroot's /boot here
-    // (libostree 2022.7 writes them without the /boot prefix).
+    // Entries name paths on the boot filesystem, which is the sysroot's /boot here.
     let on_boot = |p: &str| {
-        let p = p.trim_start_matches('/');
-        let p = p.strip_prefix("boot/").unwrap_or(p);
-        sysroot.join("boot").join(p)
+        sysroot
+            .join("boot")
+            .join(osbuild_admin::bootmenu::boot_relative(p))
     };
     let kernel = on_boot(&entry.linux);
     let initrd = on_boot(
