@@ -186,6 +186,38 @@ pub fn update(sysroot: &Path) -> Result<bool> {
     }
 }
 
+/// What [`refresh`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refreshed {
+    /// Synced systemd-boot's entries onto the ESP, in this many steps.
+    Esp(usize),
+    /// Regenerated GRUB's menu.
+    Grub,
+    /// Nothing to regenerate (syslinux reads libostree's own config, or the menu is not
+    /// ours).
+    Nothing,
+}
+
+/// On the device (`osbuild-boot-menu`): bring the boot menu in step with libostree's
+/// entries, then make the boot filesystem readable as the boot loader reads it.
+///
+/// It waits for libostree's sysroot lock, so that a deploy that triggered it (the path
+/// unit fires on the `/boot/loader` swap) has finished its cleanup first, and ends with a
+/// freeze and thaw of the boot filesystem: GRUB and syslinux do not replay the ext4
+/// journal, and libostree's swap and cleanup come after its own flush, so without it a
+/// reboot soon after a deploy can find the old `/ostree/boot.N` link still in place and
+/// boot the previous deployment.
+pub fn refresh(sysroot: &Path) -> Result<Refreshed> {
+    let _lock = crate::sysroot::WaitedLock::acquire(sysroot, std::time::Duration::from_secs(120));
+    let done = match crate::esp::update(sysroot)? {
+        Some(steps) => Refreshed::Esp(steps),
+        None if update(sysroot)? => Refreshed::Grub,
+        None => Refreshed::Nothing,
+    };
+    crate::durable::flush_for_bootloader(&sysroot.join("boot"))?;
+    Ok(done)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

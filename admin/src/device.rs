@@ -9,9 +9,13 @@ pub const BOOT_MENU_BIN: &str = "/usr/libexec/osbuild/boot-menu";
 pub const GROW_ROOT_BIN: &str = "/usr/libexec/osbuild/grow-root";
 /// The binaries built with osbuild that go into every tree: (cargo's name, path in the tree).
 pub const BINARIES: &[(&str, &str)] = &[
+    // `osbuild admin …` on the device: the device build of osbuild.
+    ("osbuild-device", "/usr/bin/osbuild"),
     ("osbuild-boot-menu", BOOT_MENU_BIN),
     ("osbuild-grow-root", GROW_ROOT_BIN),
 ];
+/// libostree's unit that writes a staged deployment at shutdown (its ExecStop).
+pub const FINALIZE_STAGED: &str = "ostree-finalize-staged.service";
 /// The units to enable in the tree: the path unit that updates the menu when libostree
 /// swaps `/boot/loader`, the menu's update at every boot (which completes one a power cut
 /// interrupted), and the root grower.
@@ -81,7 +85,11 @@ pub fn files(bin_dir: &Path) -> Vec<DeviceFile> {
             "/usr/lib/systemd/system/osbuild-boot-menu.service",
             &format!(
                 "[Unit]\nDescription=Update the boot menu from ostree's boot entries\n\
-                 After=local-fs.target\n\n\
+                 After=local-fs.target\n\
+                 # Keep finalize-staged active from boot on: libostree 2022.7 starts it\n\
+                 # only from a path unit, which a reboot right after staging can outrun,\n\
+                 # and the staged deploy is then lost (ostree#3389).\n\
+                 Wants={FINALIZE_STAGED}\n\n\
                  [Service]\nType=oneshot\nExecStart={BOOT_MENU_BIN}\n\n\
                  [Install]\nWantedBy=multi-user.target\n"
             ),
@@ -123,6 +131,15 @@ mod tests {
                 DeviceContent::Copy(p) => panic!("{unit} is copied from {}", p.display()),
             }
         }
+        // Every boot starts finalize-staged (see the menu service).
+        let menu = files
+            .iter()
+            .find(|f| f.path.ends_with("/osbuild-boot-menu.service"))
+            .expect("the menu service is shipped");
+        assert!(
+            matches!(&menu.content, DeviceContent::Text(t) if t.contains(&format!("\nWants={FINALIZE_STAGED}\n"))),
+            "{menu:?}"
+        );
         // The menu's hook runs the binary shipped beside it.
         assert!(files.iter().any(|f| f.path == BOOT_MENU_BIN));
     }

@@ -1,10 +1,17 @@
-//! The device side: what is deployed, what is booted, what comes next.
+//! The device side: what is deployed, what is booted, what comes next; upgrades and
+//! rollbacks through libostree's Sysroot API.
 
 pub mod bootmenu;
+pub mod cli;
 pub mod device;
 mod durable;
 pub mod esp;
 pub mod growroot;
+mod rollback;
 mod status;
+mod sysroot;
+mod upgrade;
 
-pub use status::{status, Deployment, Status};
+pub use rollback::{rollback, Rollback};
+pub use status::{json_schema, status, Deployment, Role, Status};
+pub use upgrade::{human_bytes, upgrade, Update, Upgrade};

@@ -1,14 +1,39 @@
-//! `osbuild status`: the deployments of a sysroot, read through libostree.
+//! `osbuild admin status`: the deployments of a sysroot, read through libostree.
+//!
+//! The JSON form is these structs; its schema is generated from them
+//! ([`json_schema`]) into docs/admin-status.schema.json.
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use osbuild_core::glib;
-use osbuild_core::{gio, ostree};
+use osbuild_core::ostree;
+use schemars::JsonSchema;
 use serde::Serialize;
 use std::fmt;
 use std::path::Path;
 
+/// What a deployment is to the device.
+#[derive(Debug, Clone, Copy, Serialize, JsonSchema, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum Role {
+    /// The running system.
+    Booted,
+    /// Written at the next shutdown (`ostree admin upgrade`, `osbuild admin upgrade` on a
+    /// booted system); boots next.
+    Staged,
+    /// Ahead of the booted deployment: boots next (a deploy made while running, or a
+    /// rollback).
+    Pending,
+    /// The first one after the booted deployment: what `osbuild admin rollback` makes the
+    /// default.
+    Rollback,
+    /// Boots by default, on a sysroot that is not the running system (an image's).
+    Default,
+    /// Kept, but none of the above.
+    Other,
+}
+
 /// One deployment, in the order the boot loader lists them (first boots by default).
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, JsonSchema, PartialEq, Eq)]
 pub struct Deployment {
     /// The stateroot it belongs to.
     pub osname: String,
@@ -16,68 +41,107 @@ pub struct Deployment {
     pub checksum: String,
     /// Tells apart several deployments of the same commit.
     pub serial: i32,
+    /// What it is to the device.
+    pub role: Role,
     /// The commit's `version` metadata, if the commit is in the repo and has one.
     pub version: Option<String>,
+    /// The commit's timestamp, seconds since 1970 (UTC), if the commit is in the repo.
+    pub timestamp: Option<u64>,
     /// Where upgrades come from, e.g. `origin:debian/bookworm/x86_64`.
     pub refspec: Option<String>,
-    /// The running system.
-    pub booted: bool,
-    /// Written at the next shutdown (`ostree admin deploy --stage`, `upgrade`).
-    pub staged: bool,
     /// Kept when old deployments are pruned.
     pub pinned: bool,
 }
 
+impl Deployment {
+    /// The running system.
+    pub fn is_booted(&self) -> bool {
+        self.role == Role::Booted
+    }
+}
+
 /// The state of a sysroot.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, JsonSchema)]
 pub struct Status {
-    /// Every deployment, the default first.
+    /// Every deployment, the one that boots next first.
     pub deployments: Vec<Deployment>,
 }
 
 impl Status {
     /// The running deployment, if the sysroot is the booted one.
     pub fn booted(&self) -> Option<&Deployment> {
-        self.deployments.iter().find(|d| d.booted)
+        self.deployments.iter().find(|d| d.is_booted())
     }
+
+    /// The deployment with `role`, if any.
+    pub fn with_role(&self, role: Role) -> Option<&Deployment> {
+        self.deployments.iter().find(|d| d.role == role)
+    }
+}
+
+/// The JSON schema of [`Status`], as docs/admin-status.schema.json holds it.
+pub fn json_schema() -> String {
+    let schema = schemars::schema_for!(Status);
+    // A schema built from these types always serializes.
+    serde_json::to_string_pretty(&schema).unwrap_or_default() + "\n"
 }
 
 /// Read the status of the sysroot at `path` (`/` on a device).
 pub fn status(path: &Path) -> Result<Status> {
-    let sysroot = ostree::Sysroot::new(Some(&gio::File::for_path(path)));
-    sysroot
-        .load(gio::Cancellable::NONE)
-        .with_context(|| format!("loading the OSTree sysroot at {}", path.display()))?;
+    let sysroot = crate::sysroot::open(path)?;
+    Ok(of(&sysroot))
+}
+
+/// The status of a loaded sysroot.
+pub(crate) fn of(sysroot: &ostree::Sysroot) -> Status {
     let repo = sysroot.repo();
     let booted = sysroot.booted_deployment();
-    let deployments = sysroot
-        .deployments()
-        .into_iter()
-        .map(|d| {
+    let all = sysroot.deployments();
+    let booted_at = booted
+        .as_ref()
+        .and_then(|b| all.iter().position(|d| b.equal(d)));
+    let deployments = all
+        .iter()
+        .enumerate()
+        .map(|(i, d)| {
             let checksum = d.csum().to_string();
-            let version = repo.load_commit(&checksum).ok().and_then(|(commit, _)| {
-                glib::VariantDict::new(Some(&commit.child_value(0)))
+            let commit = repo.load_commit(&checksum).ok().map(|(c, _)| c);
+            let version = commit.as_ref().and_then(|c| {
+                glib::VariantDict::new(Some(&c.child_value(0)))
                     .lookup::<String>("version")
                     .ok()
                     .flatten()
             });
+            let timestamp = commit.as_ref().map(ostree::commit_get_timestamp);
             let refspec = d
                 .origin()
                 .and_then(|o| o.string("origin", "refspec").ok())
                 .map(|s| s.to_string());
+            let role = if d.is_staged() {
+                Role::Staged
+            } else {
+                match booted_at {
+                    Some(b) if b == i => Role::Booted,
+                    Some(b) if i < b => Role::Pending,
+                    Some(b) if i == b + 1 => Role::Rollback,
+                    None if i == 0 => Role::Default,
+                    None if i == 1 => Role::Rollback,
+                    _ => Role::Other,
+                }
+            };
             Deployment {
                 osname: d.osname().to_string(),
                 checksum,
                 serial: d.deployserial(),
+                role,
                 version,
+                timestamp,
                 refspec,
-                booted: booted.as_ref().is_some_and(|b| b.equal(&d)),
-                staged: d.is_staged(),
                 pinned: d.is_pinned(),
             }
         })
         .collect();
-    Ok(Status { deployments })
+    Status { deployments }
 }
 
 impl fmt::Display for Status {
@@ -86,10 +150,14 @@ impl fmt::Display for Status {
             return writeln!(f, "No deployments.");
         }
         for d in &self.deployments {
-            let mark = if d.booted { '*' } else { ' ' };
+            let mark = if d.is_booted() { '*' } else { ' ' };
             let mut flags = Vec::new();
-            if d.staged {
-                flags.push("staged");
+            match d.role {
+                Role::Staged => flags.push("staged"),
+                Role::Pending => flags.push("pending"),
+                Role::Rollback => flags.push("rollback"),
+                Role::Default => flags.push("default"),
+                Role::Booted | Role::Other => {}
             }
             if d.pinned {
                 flags.push("pinned");
@@ -103,10 +171,36 @@ impl fmt::Display for Status {
             if let Some(v) = &d.version {
                 writeln!(f, "    Version: {v}")?;
             }
+            if let Some(t) = d.timestamp {
+                writeln!(f, "    Timestamp: {}", crate::sysroot::utc(t))?;
+            }
             if let Some(r) = &d.refspec {
                 writeln!(f, "    origin refspec: {r}")?;
             }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// docs/ holds the schema of today's structs (regenerate with
+    /// `OSBUILD_BLESS=1 cargo test -p osbuild-admin`).
+    #[test]
+    fn the_documented_schema_is_current() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/admin-status.schema.json");
+        let schema = json_schema();
+        if std::env::var_os("OSBUILD_BLESS").is_some() {
+            std::fs::write(&path, &schema).unwrap();
+        }
+        let documented = std::fs::read_to_string(&path).unwrap_or_default();
+        assert!(
+            documented == schema,
+            "{} is stale: run OSBUILD_BLESS=1 cargo test -p osbuild-admin",
+            path.display()
+        );
+        assert!(schema.contains("\"rollback\""), "{schema}");
     }
 }

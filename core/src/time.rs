@@ -14,9 +14,27 @@ pub fn civil_from_days(days: i64) -> (i64, u32, u32) {
     (yoe + era * 400 + i64::from(month <= 2), month, day)
 }
 
+/// `YYYY-MM-DD HH:MM:SS UTC` for seconds since 1970.
+pub fn utc(secs: i64) -> String {
+    let t = secs.rem_euclid(86400);
+    let (year, month, day) = civil_from_days(secs.div_euclid(86400));
+    format!(
+        "{year:04}-{month:02}-{day:02} {:02}:{:02}:{:02} UTC",
+        t / 3600,
+        t % 3600 / 60,
+        t % 60
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn utc_times() {
+        assert_eq!(utc(0), "1970-01-01 00:00:00 UTC");
+        assert_eq!(utc(1_764_547_199), "2025-11-30 23:59:59 UTC");
+    }
 
     #[test]
     fn known_dates() {

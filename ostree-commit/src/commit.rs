@@ -79,8 +79,17 @@ fn write(repo: &ostree::Repo, tree: &Path, opts: &CommitOptions, kver: &str) -> 
         .context("starting a repository transaction")?;
     let result = (|| -> Result<String> {
         let mtree = ostree::MutableTree::new();
-        repo.write_directory_to_mtree(&gio::File::for_path(tree), &mtree, None, cancellable)
-            .with_context(|| format!("writing {} into the repository", tree.display()))?;
+        // ostree.sizes in the commit: `osbuild admin upgrade --check` sums the sizes of
+        // the objects a device lacks to say how much an update downloads.
+        let sizes =
+            ostree::RepoCommitModifier::new(ostree::RepoCommitModifierFlags::GENERATE_SIZES, None);
+        repo.write_directory_to_mtree(
+            &gio::File::for_path(tree),
+            &mtree,
+            Some(&sizes),
+            cancellable,
+        )
+        .with_context(|| format!("writing {} into the repository", tree.display()))?;
         let root = repo
             .write_mtree(&mtree, cancellable)
             .context("writing the root directory")?
@@ -175,6 +184,13 @@ mod tests {
             Some(vec!["test/x86_64".to_string()])
         );
         assert!(repo_path.join("summary").is_file());
+        // Every object's size is recorded, the added file's among them.
+        let sizes = ostree::commit_get_object_sizes(&commit_v).unwrap();
+        assert!(sizes.len() >= 3, "{} entries", sizes.len());
+        assert!(
+            sizes.iter().any(|e| e.unpacked() == 3),
+            "no entry for usr/lib/added"
+        );
     }
 
     #[test]

@@ -45,8 +45,9 @@ pub(crate) enum Command {
     /// Receive a push (the ostree-receive protocol) on a server that runs OpenSSH: use it
     /// as the ForceCommand, or install it as `ostree-receive-1` and `ostree-receive`.
     Receive(ReceiveArgs),
-    /// Show the deployments of a sysroot.
-    Status(StatusArgs),
+    /// Inspect, upgrade and roll back the deployments of an OSTree system (also on the
+    /// device, where every tree osbuild builds has these verbs).
+    Admin(osbuild_admin::cli::AdminArgs),
     /// Push refs to a repository on a server over SSH (the ostree-push protocol); exits
     /// with the receiver's status.
     Push(PushArgs),
@@ -574,17 +575,6 @@ impl MakeImageArgs {
     }
 }
 
-/// Show deployments.
-#[derive(Debug, clap::Args)]
-pub(crate) struct StatusArgs {
-    /// The sysroot to inspect.
-    #[arg(long, default_value = "/")]
-    sysroot: PathBuf,
-    /// Print JSON.
-    #[arg(long)]
-    json: bool,
-}
-
 /// Log to stderr, filtered by $OSBUILD_LOG (warnings by default).
 fn init_logging() {
     let filter = tracing_subscriber::EnvFilter::try_from_env("OSBUILD_LOG")
@@ -614,16 +604,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         Command::Serve(a) => return a.run(),
         Command::MakeImage(a) => a.run()?,
         Command::Receive(a) => return a.run(),
-        Command::Status(a) => {
-            let status = osbuild_admin::status(&a.sysroot)?;
-            if a.json {
-                let json =
-                    serde_json::to_string_pretty(&status).context("writing the status as JSON")?;
-                println!("{json}");
-            } else {
-                print!("{status}");
-            }
-        }
+        Command::Admin(a) => a.run()?,
         Command::Push(a) => return a.run(),
         Command::CommitPush(a) => return a.run(),
         Command::Completions(a) => a.run()?,
@@ -1033,9 +1014,9 @@ mod tests {
         ])
         .unwrap();
         assert!(matches!(cli.verb(), Command::MakeImage(a) if a.branch.is_none()));
-        let cli = parse(&["osbuild", "status", "--json"]).unwrap();
-        assert!(
-            matches!(cli.verb(), Command::Status(a) if a.json && a.sysroot == std::path::Path::new("/"))
-        );
+        let cli = parse(&["osbuild", "admin", "status", "--json"]).unwrap();
+        assert!(matches!(cli.verb(), Command::Admin(_)));
+        assert!(parse(&["osbuild", "admin", "upgrade", "--check", "--reboot"]).is_err());
+        assert!(parse(&["osbuild", "admin", "rollback", "--sysroot", "/mnt"]).is_ok());
     }
 }

@@ -497,9 +497,24 @@ fn boot_and_upgrade(
     if v.bootloader == Bootloader::SystemdBoot {
         check_systemd_boot(&mut vm, c1)?;
     }
+    // Active from boot on, so a reboot right after staging still finalizes (device.rs).
+    let finalizer = probe(
+        &mut vm,
+        "finalizer",
+        "systemctl is-active ostree-finalize-staged.service",
+    )?;
+    if finalizer.trim() != "active" {
+        let why = probe(
+            &mut vm,
+            "finalizer-why",
+            "systemctl show -p ActiveState,SubState,Result,ConditionResult,InactiveExitTimestamp,InactiveEnterTimestamp ostree-finalize-staged.service; systemctl show -p Wants osbuild-boot-menu.service; journalctl -b -o cat -u ostree-finalize-staged.service -u ostree-finalize-staged-hold.service | tail -8",
+        )?;
+        anyhow::bail!("ostree-finalize-staged.service is {finalizer:?} before the upgrade: {why}");
+    }
     vm.send_line("ostree admin upgrade && echo UPGRADE''-OK || echo UPGRADE''-FAILED")?;
     let result = vm.wait_for("UPGRADE-", Duration::from_secs(600))?;
     anyhow::ensure!(result.contains("UPGRADE-OK"), "upgrade failed: {result}");
+    // At once, as an impatient user would: the staged deploy must still be finalized.
     vm.send_line("systemctl reboot")?;
     vm.wait_exit(Duration::from_secs(300))?;
     drop(vm);
@@ -510,8 +525,49 @@ fn boot_and_upgrade(
         shell_ready(&mut vm)?;
         check_systemd_boot(&mut vm, c2)?;
     }
+    if ROLLBACK_ROWS.contains(&v.name) {
+        shell_ready(&mut vm)?;
+        roll_back(&mut vm, (c1, c2))?;
+        vm.wait_exit(Duration::from_secs(300))?;
+        drop(vm);
+        vm = boot_into(config(3), c1, "1")?;
+    }
     drop(vm);
     fs::remove_file(&image).with_context(|| format!("removing {}", image.display()))?;
+    Ok(())
+}
+
+/// The rows that also roll back with `osbuild admin rollback` and boot the previous
+/// commit: one per boot loader, each with its own way of keeping the menu.
+const ROLLBACK_ROWS: &[&str] = &["grub-uefi-gpt", "systemd-boot-uefi", "syslinux-bios-mbr"];
+
+/// On the device booted into `c2` with `c1` as the rollback: `osbuild admin status`
+/// says so, `osbuild admin rollback --reboot` makes `c1` the default and reboots.
+fn roll_back(vm: &mut Vm, (c1, c2): (&str, &str)) -> Result<()> {
+    let json = probe(vm, "admin-status", "osbuild admin status --json")?;
+    let st: serde_json::Value =
+        serde_json::from_str(&json).with_context(|| format!("status JSON: {json}"))?;
+    let roles: Vec<(&str, &str)> = st["deployments"]
+        .as_array()
+        .context("deployments")?
+        .iter()
+        .map(|d| {
+            (
+                d["checksum"].as_str().unwrap_or_default(),
+                d["role"].as_str().unwrap_or_default(),
+            )
+        })
+        .collect();
+    anyhow::ensure!(
+        roles == [(c2, "booted"), (c1, "rollback")],
+        "osbuild admin status --json: {json}"
+    );
+    vm.send_line("osbuild admin rollback --reboot || echo ROLLBACK''-FAILED")?;
+    let said = vm.wait_for("Rolled back", Duration::from_secs(300));
+    anyhow::ensure!(
+        said.is_ok(),
+        "osbuild admin rollback did not say it rolled back"
+    );
     Ok(())
 }
 

@@ -80,14 +80,14 @@ fn image_holds_a_bootable_deployment() {
         );
         let status = osbuild_admin_status(root);
         assert!(status.contains(&csum), "{status}");
-        // The same deployment through `osbuild status`'s library.
+        // The same deployment through `osbuild admin status`'s library.
         let st = osbuild_admin::status(root).unwrap();
         assert_eq!(st.deployments.len(), 1);
         let d = &st.deployments[0];
         assert_eq!(d.checksum, csum);
         assert_eq!(d.osname, "debian");
         assert_eq!(d.refspec.as_deref(), Some("origin:test/x86_64"));
-        assert!(!d.booted && !d.staged);
+        assert_eq!(d.role, osbuild_admin::Role::Default);
     });
     run(Command::new("umount").arg(mnt.path()));
     check.unwrap();

@@ -1,0 +1,178 @@
+//! status, upgrade and rollback through the library, on a sysroot made by the real
+//! `ostree admin` CLI from a small tree (not booted: an image's sysroot on the build
+//! host), upgrading from a `file://` remote.
+
+use osbuild_admin::{rollback, status, upgrade, Role, Upgrade};
+use osbuild_testing::helpers::run;
+use osbuild_testing::{require, Need};
+use std::fs;
+use std::path::Path;
+use std::process::Command;
+
+const BRANCH: &str = "os/x86_64";
+
+fn ostree(args: &[&str]) -> String {
+    run(Command::new("ostree").args(args))
+}
+
+/// A tree libostree can deploy, at version `version`, with `extra` bytes of random data.
+fn commit(remote: &Path, dir: &Path, version: &str, extra: usize) -> String {
+    let tree = dir.join(format!("tree-{version}"));
+    let modules = tree.join("usr/lib/modules/6.1.0-test");
+    fs::create_dir_all(&modules).unwrap();
+    fs::write(modules.join("vmlinuz"), "a kernel\n").unwrap();
+    fs::write(modules.join("initramfs.img"), "an initramfs\n").unwrap();
+    fs::create_dir_all(tree.join("usr/etc")).unwrap();
+    fs::write(tree.join("usr/etc/os-release"), "ID=test\n").unwrap();
+    fs::create_dir_all(tree.join("usr/bin")).unwrap();
+    fs::write(tree.join("usr/bin/release"), format!("{version}\n")).unwrap();
+    let mut data = vec![0u8; extra];
+    let mut x: u32 = 0x1234_5678 ^ extra as u32;
+    for b in &mut data {
+        // xorshift: incompressible, so the download estimate is measurable.
+        x ^= x << 13;
+        x ^= x >> 17;
+        x ^= x << 5;
+        *b = x as u8;
+    }
+    fs::write(tree.join("usr/bin/data"), data).unwrap();
+    ostree(&[
+        "commit",
+        &format!("--repo={}", remote.display()),
+        &format!("--branch={BRANCH}"),
+        &format!("--tree=dir={}", tree.display()),
+        &format!("--add-metadata-string=version={version}"),
+        "--generate-sizes",
+    ])
+}
+
+#[test]
+fn status_upgrade_and_rollback_on_an_image_sysroot() {
+    if !require(&[Need::Root, Need::Ostree]) {
+        return;
+    }
+    let dir = tempfile::tempdir_in(osbuild_testing::helpers::target_tmp()).unwrap();
+    let remote = dir.path().join("remote");
+    ostree(&[
+        "init",
+        "--mode=archive",
+        &format!("--repo={}", remote.display()),
+    ]);
+    let c1 = commit(&remote, dir.path(), "1", 1000);
+    let root = dir.path().join("sysroot");
+    let sysroot = format!("--sysroot={}", root.display());
+    fs::create_dir(&root).unwrap();
+    ostree(&["admin", "init-fs", root.to_str().unwrap()]);
+    ostree(&["admin", "os-init", "debian", &sysroot]);
+    let repo = format!("--repo={}", root.join("ostree/repo").display());
+    let url = format!("file://{}", remote.display());
+    ostree(&["remote", "add", &repo, "--no-gpg-verify", "origin", &url]);
+    ostree(&["pull", &repo, "origin", BRANCH]);
+    ostree(&[
+        "admin",
+        "deploy",
+        &sysroot,
+        "--os=debian",
+        &format!("origin:{BRANCH}"),
+    ]);
+
+    let st = status(&root).unwrap();
+    assert_eq!(st.deployments.len(), 1, "{st:?}");
+    let d = &st.deployments[0];
+    assert_eq!(
+        (d.checksum.as_str(), d.role, d.version.as_deref()),
+        (c1.as_str(), Role::Default, Some("1"))
+    );
+    assert_eq!(d.refspec.as_deref(), Some("origin:os/x86_64"));
+    assert!(d.timestamp.is_some_and(|t| t > 1_600_000_000), "{d:?}");
+    let json = serde_json::to_value(&st).unwrap();
+    assert_eq!(json["deployments"][0]["role"], "default");
+
+    // Nothing to roll back to yet: said, and nothing changes.
+    let err = format!("{:#}", rollback(&root).unwrap_err());
+    assert!(err.contains("no previous deployment"), "{err}");
+    assert!(err.contains(&c1), "{err}");
+    assert!(
+        matches!(upgrade(&root, true).unwrap(), Upgrade::UpToDate { checksum, .. } if checksum == c1)
+    );
+
+    // --check: the new commit and its download, with nothing deployed.
+    let c2 = commit(&remote, dir.path(), "2", 200_000);
+    match upgrade(&root, true).unwrap() {
+        Upgrade::Available(u) => {
+            assert_eq!((u.from.as_str(), u.to.as_str()), (c1.as_str(), c2.as_str()));
+            assert_eq!(u.version.as_deref(), Some("2"));
+            let n = u.download.expect("ostree.sizes was generated");
+            // The 200 kB of random data, compressed to no less, plus small objects.
+            assert!((200_000..260_000).contains(&n), "download estimate {n}");
+        }
+        other => panic!("expected an update, got {other:?}"),
+    }
+    assert_eq!(status(&root).unwrap().deployments.len(), 1);
+
+    // The upgrade deploys it as the default (not booted, so not staged).
+    match upgrade(&root, false).unwrap() {
+        Upgrade::Deployed(u) => assert_eq!(u.to, c2),
+        other => panic!("expected a deploy, got {other:?}"),
+    }
+    let order = |root: &Path| -> Vec<(String, Role)> {
+        status(root)
+            .unwrap()
+            .deployments
+            .into_iter()
+            .map(|d| (d.checksum, d.role))
+            .collect()
+    };
+    assert_eq!(
+        order(&root),
+        [(c2.clone(), Role::Default), (c1.clone(), Role::Rollback)]
+    );
+
+    // Rollback swaps them, and the real ostree agrees; twice brings the upgrade back.
+    let r = rollback(&root).unwrap();
+    assert_eq!(
+        (r.from.checksum.as_str(), r.to.checksum.as_str()),
+        (c2.as_str(), c1.as_str())
+    );
+    assert_eq!(
+        order(&root),
+        [(c1.clone(), Role::Default), (c2.clone(), Role::Rollback)]
+    );
+    let listed = ostree(&["admin", "status", &sysroot]);
+    let first = listed.lines().next().unwrap_or_default();
+    assert!(first.contains(&c1), "ostree admin status:\n{listed}");
+    rollback(&root).unwrap();
+    assert_eq!(
+        order(&root),
+        [(c2.clone(), Role::Default), (c1.clone(), Role::Rollback)]
+    );
+
+    // A remote that is gone, and a ref that is gone: named, and nothing changes.
+    let before = order(&root);
+    ostree(&["remote", "delete", &repo, "origin"]);
+    ostree(&[
+        "remote",
+        "add",
+        &repo,
+        "--no-gpg-verify",
+        "origin",
+        "file:///nonexistent/repo",
+    ]);
+    let err = format!("{:#}", upgrade(&root, false).unwrap_err());
+    assert!(
+        err.contains("remote origin") && err.contains("file:///nonexistent/repo"),
+        "{err}"
+    );
+    assert_eq!(order(&root), before);
+    ostree(&["remote", "delete", &repo, "origin"]);
+    ostree(&["remote", "add", &repo, "--no-gpg-verify", "origin", &url]);
+    ostree(&[
+        "refs",
+        &format!("--repo={}", remote.display()),
+        "--delete",
+        BRANCH,
+    ]);
+    let err = format!("{:#}", upgrade(&root, true).unwrap_err());
+    assert!(err.contains(BRANCH), "{err}");
+    assert_eq!(order(&root), before);
+}
