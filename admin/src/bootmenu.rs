@@ -117,6 +117,7 @@ pub fn grub_cfg(entries: &[Entry], boot: &str, timeout: u32) -> String {
          # libostree flips /ostree/boot.0 and boot.1 on every deploy: follow it here.\n\
          if [ -e /ostree/boot.1 ]; then set ostree_boot=boot.1; else set ostree_boot=boot.0; fi\n"
     );
+    out.push_str(&countdown(&format!("{boot}/grub/grubenv")));
     let path = |p: &str| {
         if p.starts_with(&format!("{boot}/")) || boot.is_empty() {
             p.to_string()
@@ -136,6 +137,41 @@ pub fn grub_cfg(entries: &[Entry], boot: &str, timeout: u32) -> String {
         }
         out.push_str("}\n");
     }
+    out
+}
+
+/// The automatic fallback's boot counting (crate::fallback): while the environment block
+/// names a deployment on trial, each boot takes one try; with none left the second entry,
+/// the previous deployment, boots. Debian's GRUB has no `increment`, so the count goes
+/// down through comparisons.
+fn countdown(env: &str) -> String {
+    let mut out = format!(
+        "# Automatic fallback: a new default deployment gets a few tries.\n\
+         if [ -f {env} ]; then\n\
+         \tload_env --file {env} {TRIES} {TRYING}\n\
+         \tif [ -n \"${{{TRYING}}}\" ]; then\n",
+        TRIES = crate::fallback::TRIES_VAR,
+        TRYING = crate::fallback::TRYING_VAR,
+    );
+    for n in (1..=crate::fallback::MAX_TRIES).rev() {
+        let kw = if n == crate::fallback::MAX_TRIES {
+            "if"
+        } else {
+            "elif"
+        };
+        out.push_str(&format!(
+            "\t\t{kw} [ \"${{{TRIES}}}\" = \"{n}\" ]; then set {TRIES}={}\n",
+            n - 1,
+            TRIES = crate::fallback::TRIES_VAR,
+        ));
+    }
+    out.push_str(&format!(
+        "\t\telse set default=1; fi\n\
+         \t\tsave_env --file {env} {TRIES}\n\
+         \tfi\n\
+         fi\n",
+        TRIES = crate::fallback::TRIES_VAR,
+    ));
     out
 }
 
@@ -171,6 +207,11 @@ pub fn write_grub_cfg(sysroot: &Path) -> Result<()> {
         sysroot.join("boot/loader/entries").display()
     );
     let text = grub_cfg(&entries, "/boot", 3);
+    // The counter's block must exist at full size before GRUB can save to it.
+    let env = crate::grubenv::path(sysroot);
+    if !env.exists() {
+        crate::grubenv::write(&env, &Default::default())?;
+    }
     crate::durable::replace(&grub_cfg_path(sysroot), |f| f.write_all(text.as_bytes()))
 }
 
@@ -211,7 +252,10 @@ pub fn refresh(sysroot: &Path) -> Result<Refreshed> {
     let _lock = crate::sysroot::WaitedLock::acquire(sysroot, std::time::Duration::from_secs(120));
     let done = match crate::esp::update(sysroot)? {
         Some(steps) => Refreshed::Esp(steps),
-        None if update(sysroot)? => Refreshed::Grub,
+        None if update(sysroot)? => {
+            crate::fallback::arm(sysroot)?;
+            Refreshed::Grub
+        }
         None => Refreshed::Nothing,
     };
     crate::durable::flush_for_bootloader(&sysroot.join("boot"))?;

@@ -47,6 +47,13 @@ pub enum AdminCommand {
     /// Write the staged deployment now, as the shutdown service does (libostree 2022.7
     /// offers this only through `ostree admin finalize-staged`, which it runs).
     FinalizeStaged,
+    /// Run the health checks (/usr/lib/osbuild/health.d, /etc/osbuild/health.d); on a
+    /// failure, reboot a deployment on trial, or roll back where the boot loader cannot
+    /// count (syslinux). Run at every boot by osbuild-health.service.
+    HealthCheck,
+    /// Mark this boot good after the health checks passed: end the trial of the running
+    /// deployment, or keep the fallback. Run by osbuild-boot-good.service.
+    BootGood,
 }
 
 impl AdminArgs {
@@ -90,6 +97,14 @@ impl AdminArgs {
                     reboot_now()?;
                 }
             }
+            AdminCommand::HealthCheck => health_check()?,
+            AdminCommand::BootGood => match crate::fallback::mark_good()? {
+                crate::fallback::Marked::Good(id) => println!("Boot of {id} marked good"),
+                crate::fallback::Marked::FellBack(fb) => println!(
+                    "Automatic fallback: {} failed its boots; {} booted instead and is the default now",
+                    fb.failed, fb.booted
+                ),
+            },
             AdminCommand::FinalizeStaged => {
                 cmd::run(
                     Command::new("ostree")
@@ -101,6 +116,37 @@ impl AdminArgs {
         }
         Ok(())
     }
+}
+
+/// Run the checks; on a failure, do what crate::fallback decides, then fail.
+fn health_check() -> Result<()> {
+    let results = crate::health::run(std::path::Path::new("/"))?;
+    let failed: Vec<_> = results.iter().filter(|c| !c.passed).collect();
+    for c in &results {
+        let verdict = if c.passed { "passed" } else { "FAILED" };
+        println!("health check {}: {verdict} {}", c.path.display(), c.detail);
+    }
+    if failed.is_empty() {
+        println!("All {} health checks passed", results.len());
+        return Ok(());
+    }
+    let action = crate::fallback::on_failure()?;
+    let names: Vec<String> = failed
+        .iter()
+        .map(|c| c.path.display().to_string())
+        .collect();
+    match action {
+        crate::fallback::OnFailure::Reboot => {
+            println!("Rebooting: this deployment is on trial and failed its health checks");
+            reboot_now()?;
+        }
+        crate::fallback::OnFailure::RolledBack => {
+            println!("Rolled back to the previous deployment; rebooting into it");
+            reboot_now()?;
+        }
+        crate::fallback::OnFailure::Stay(why) => println!("Staying: {why}"),
+    }
+    anyhow::bail!("health checks failed: {}", names.join(", "))
 }
 
 /// Print what an upgrade did; true when something new will boot.

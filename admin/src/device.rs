@@ -23,6 +23,8 @@ pub const ENABLED_UNITS: &[&str] = &[
     "osbuild-boot-menu.path",
     "osbuild-boot-menu.service",
     "osbuild-grow-root.service",
+    "osbuild-health.service",
+    "osbuild-boot-good.service",
 ];
 
 /// A file of the tree.
@@ -85,14 +87,36 @@ pub fn files(bin_dir: &Path) -> Vec<DeviceFile> {
             "/usr/lib/systemd/system/osbuild-boot-menu.service",
             &format!(
                 "[Unit]\nDescription=Update the boot menu from ostree's boot entries\n\
-                 After=local-fs.target\n\
+                 After=local-fs.target\n\n\
+                 [Service]\nType=oneshot\n\
                  # Keep finalize-staged active from boot on: libostree 2022.7 starts it\n\
                  # only from a path unit, which a reboot right after staging can outrun,\n\
-                 # and the staged deploy is then lost (ostree#3389).\n\
-                 Wants={FINALIZE_STAGED}\n\n\
-                 [Service]\nType=oneshot\nExecStart={BOOT_MENU_BIN}\n\n\
+                 # and the staged deploy is then lost (ostree#3389). Started in its own\n\
+                 # transaction: in the boot's, its ordering makes a cycle with basic.target.\n\
+                 ExecStartPre=-/bin/systemctl start --no-block {FINALIZE_STAGED}\n\
+                 ExecStart={BOOT_MENU_BIN}\n\n\
                  [Install]\nWantedBy=multi-user.target\n"
             ),
+            0o644,
+        ),
+        // The automatic fallback (osbuild_admin::fallback): the checks gate
+        // boot-complete.target, and only a complete boot is marked good.
+        text(
+            "/usr/lib/systemd/system/osbuild-health.service",
+            "[Unit]\nDescription=Run osbuild's health checks\n\
+             After=multi-user.target\nBefore=boot-complete.target\n\n\
+             [Service]\nType=oneshot\nRemainAfterExit=yes\n\
+             ExecStart=/usr/bin/osbuild admin health-check\n\n\
+             [Install]\nWantedBy=multi-user.target\nRequiredBy=boot-complete.target\n",
+            0o644,
+        ),
+        text(
+            "/usr/lib/systemd/system/osbuild-boot-good.service",
+            "[Unit]\nDescription=Mark the boot good for osbuild's automatic fallback\n\
+             Requires=boot-complete.target\nAfter=boot-complete.target\n\n\
+             [Service]\nType=oneshot\nRemainAfterExit=yes\n\
+             ExecStart=/usr/bin/osbuild admin boot-good\n\n\
+             [Install]\nWantedBy=multi-user.target\n",
             0o644,
         ),
         // An image written to a larger disk uses all of it, from the first boot on.
@@ -137,7 +161,7 @@ mod tests {
             .find(|f| f.path.ends_with("/osbuild-boot-menu.service"))
             .expect("the menu service is shipped");
         assert!(
-            matches!(&menu.content, DeviceContent::Text(t) if t.contains(&format!("\nWants={FINALIZE_STAGED}\n"))),
+            matches!(&menu.content, DeviceContent::Text(t) if t.contains(&format!(" start --no-block {FINALIZE_STAGED}\n"))),
             "{menu:?}"
         );
         // The menu's hook runs the binary shipped beside it.

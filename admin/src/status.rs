@@ -65,6 +65,17 @@ impl Deployment {
 pub struct Status {
     /// Every deployment, the one that boots next first.
     pub deployments: Vec<Deployment>,
+    /// The automatic fallback's state; only on a booted device (`/`).
+    pub boot: Option<BootState>,
+}
+
+/// The automatic fallback's state (crate::fallback).
+#[derive(Debug, Clone, Serialize, JsonSchema)]
+pub struct BootState {
+    /// The deployment on trial and its boots left (GRUB's counter), if any.
+    pub trial: crate::fallback::Trial,
+    /// The last good boot and the last fallback.
+    pub record: crate::fallback::Record,
 }
 
 impl Status {
@@ -89,7 +100,14 @@ pub fn json_schema() -> String {
 /// Read the status of the sysroot at `path` (`/` on a device).
 pub fn status(path: &Path) -> Result<Status> {
     let sysroot = crate::sysroot::open(path)?;
-    Ok(of(&sysroot))
+    let mut status = of(&sysroot);
+    if path == Path::new("/") && sysroot.is_booted() {
+        status.boot = Some(BootState {
+            trial: crate::fallback::trial(Path::new("/sysroot"))?,
+            record: crate::fallback::Record::load(path)?,
+        });
+    }
+    Ok(status)
 }
 
 /// The status of a loaded sysroot.
@@ -141,7 +159,10 @@ pub(crate) fn of(sysroot: &ostree::Sysroot) -> Status {
             }
         })
         .collect();
-    Status { deployments }
+    Status {
+        deployments,
+        boot: None,
+    }
 }
 
 impl fmt::Display for Status {
@@ -176,6 +197,30 @@ impl fmt::Display for Status {
             }
             if let Some(r) = &d.refspec {
                 writeln!(f, "    origin refspec: {r}")?;
+            }
+        }
+        if let Some(b) = &self.boot {
+            if let (Some(d), Some(n)) = (&b.trial.deployment, b.trial.tries_left) {
+                if n == 0 {
+                    writeln!(
+                        f,
+                        "Trial: {d} used all its boots; the previous deployment boots"
+                    )?;
+                } else {
+                    writeln!(f, "Trial: {d} has {n} boots left to pass its health checks")?;
+                }
+            }
+            if let Some(g) = &b.record.last_good {
+                writeln!(f, "Last good boot: {g}")?;
+            }
+            if let Some(fb) = &b.record.fallback {
+                writeln!(
+                    f,
+                    "Automatic fallback at {}: {} failed its boots; {} booted instead",
+                    crate::sysroot::utc(fb.at),
+                    fb.failed,
+                    fb.booted
+                )?;
             }
         }
         Ok(())

@@ -190,6 +190,9 @@ impl ImageSpec {
                 format!("root=LABEL={ROOT_LABEL}"),
                 "rw".to_string(),
                 "console=ttyS0,115200".to_string(),
+                // A kernel that panics reboots, so the automatic fallback can count the
+                // failed boot (osbuild_admin::fallback).
+                "panic=10".to_string(),
             ]
         } else {
             live::kernel_args(ISO_LABEL)

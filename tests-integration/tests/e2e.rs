@@ -501,15 +501,25 @@ fn boot_and_upgrade(
     let finalizer = probe(
         &mut vm,
         "finalizer",
-        "systemctl is-active ostree-finalize-staged.service",
+        "systemctl is-system-running --wait >/dev/null; systemctl is-active ostree-finalize-staged.service",
     )?;
     if finalizer.trim() != "active" {
         let why = probe(
             &mut vm,
             "finalizer-why",
-            "systemctl show -p ActiveState,SubState,Result,ConditionResult,InactiveExitTimestamp,InactiveEnterTimestamp ostree-finalize-staged.service; systemctl show -p Wants osbuild-boot-menu.service; journalctl -b -o cat -u ostree-finalize-staged.service -u ostree-finalize-staged-hold.service | tail -8",
+            "{ systemctl show -p ActiveState,SubState,Result,ConditionResult,InactiveExitTimestamp,InactiveEnterTimestamp ostree-finalize-staged.service; systemctl show -p Wants osbuild-boot-menu.service; journalctl -b -o short-monotonic -u ostree-finalize-staged.service -u ostree-finalize-staged-hold.service -u osbuild-boot-menu.service | tail -12; }",
         )?;
-        anyhow::bail!("ostree-finalize-staged.service is {finalizer:?} before the upgrade: {why}");
+        let log = fs::read_to_string(dir.join(format!("{}-boot1.log", v.name))).unwrap_or_default();
+        let lines: Vec<&str> = log
+            .lines()
+            .filter(|l| {
+                l.contains("inalize") || l.contains("boot menu") || l.contains("osbuild-boot-menu")
+            })
+            .collect();
+        anyhow::bail!(
+            "ostree-finalize-staged.service is {finalizer:?} before the upgrade: {why}\n{}",
+            lines.join("\n")
+        );
     }
     vm.send_line("ostree admin upgrade && echo UPGRADE''-OK || echo UPGRADE''-FAILED")?;
     let result = vm.wait_for("UPGRADE-", Duration::from_secs(600))?;
@@ -864,6 +874,158 @@ fn boot_matrix(rows: &[&str]) -> Result<()> {
         failed.is_empty(),
         "boot matrix failures:\n{}",
         failed.join("\n")
+    );
+    Ok(())
+}
+
+/// Automatic fallback on a GRUB (BIOS) image, for both kinds of bad update: a commit
+/// whose health check fails (it boots, fails, reboots, until its tries are used up), and
+/// one that never reaches userspace (a broken initramfs: the kernel panics and
+/// reboots). Each time the previous commit boots after the tries, becomes the default,
+/// and `osbuild admin status` says what happened. Upgrades go through `osbuild admin
+/// upgrade` in the guest.
+#[test]
+fn automatic_fallback_on_grub() -> Result<()> {
+    if !require(&[Need::Root, Need::Mmdebstrap, Need::Qemu, Need::Grub]) {
+        return Ok(());
+    }
+    let work = tempfile::Builder::new()
+        .prefix("fallback-")
+        .tempdir_in(env!("CARGO_TARGET_TMPDIR"))?;
+    let dir = work.path();
+    let rootfs = rootfs(dir)?;
+    // Each variant is a hard-linked copy: files are replaced, never written in place.
+    let variant = |name: &str, release: &str| -> Result<PathBuf> {
+        let tree = dir.join(name);
+        cmd::run(Command::new("cp").arg("-al").arg(&rootfs).arg(&tree))?;
+        let release_file = tree.join("usr/lib/osbuild-example/release");
+        fs::remove_file(&release_file)?;
+        fs::write(&release_file, format!("{release}\n"))?;
+        // Two tries rather than three: each failed boot costs a minute under TCG.
+        let tries = tree.join("usr/lib/osbuild/boot-tries");
+        fs::create_dir_all(tries.parent().context("parent")?)?;
+        fs::write(&tries, "2\n")?;
+        Ok(tree)
+    };
+    let good = variant("good", "1")?;
+    let unhealthy = variant("unhealthy", "2")?;
+    let check = unhealthy.join("usr/lib/osbuild/health.d/50-broken");
+    fs::create_dir_all(check.parent().context("parent")?)?;
+    fs::write(
+        &check,
+        "#!/bin/sh\necho the new release is broken\nexit 1\n",
+    )?;
+    fs::set_permissions(&check, std::os::unix::fs::PermissionsExt::from_mode(0o755))?;
+    let panics = variant("panics", "3")?;
+    let modules = panics.join("usr/lib/modules");
+    let kver = fs::read_dir(&modules)?
+        .next()
+        .context("no kernel in the tree")??
+        .file_name();
+    let initramfs = modules.join(kver).join("initramfs.img");
+    fs::remove_file(&initramfs)?;
+    fs::write(&initramfs, "not an initramfs\n")?;
+
+    let first = dir.join("first");
+    let second = dir.join("second");
+    let c1 = commit(&first, BRANCH, &good, Some("1"))?;
+    cmd::run(Command::new("cp").arg("-a").arg(&first).arg(&second))?;
+    let c2 = commit(&second, BRANCH, &unhealthy, Some("2"))?;
+    let (_first_server, first_port) = serve(&first)?;
+    let (_second_server, second_port) = serve(&second)?;
+    let image = dir.join("grub-bios.raw");
+    osbuild(&[
+        "make-image",
+        "--url",
+        &format!("http://127.0.0.1:{first_port}/repo/"),
+        "--remote-url",
+        &format!("http://10.0.2.2:{second_port}/repo/"),
+        "--branch",
+        BRANCH,
+        "--bootloader",
+        "grub",
+        "--firmware",
+        "bios",
+        "--output",
+        image.to_str().context("path")?,
+    ])?;
+    let mut n = 0;
+    let mut config = || {
+        n += 1;
+        VmConfig::new(&image).log(dir.join(format!("boot{n}.log")))
+    };
+    let started = Instant::now();
+
+    // The good commit, then the upgrade to the unhealthy one.
+    let mut vm = boot_into(config(), &c1, "1")?;
+    upgrade_and_reboot(&mut vm)?;
+    // Two tries: each boot reaches userspace, fails its check and reboots itself.
+    for _ in 0..2 {
+        let mut vm = boot_into(config(), &c2, "2")?;
+        vm.wait_for("health checks", Duration::from_secs(300))?;
+        vm.wait_exit(Duration::from_secs(300))?;
+    }
+    let mut vm = boot_into(config(), &c1, "1")?;
+    check_fell_back(&mut vm, &c1, &c2)?;
+    eprintln!(
+        "fallback: unhealthy commit fell back in {:.0}s",
+        started.elapsed().as_secs_f64()
+    );
+
+    // The broken initramfs: the kernel panics (panic=10 reboots it) on each try.
+    let c3 = commit(&second, BRANCH, &panics, Some("3"))?;
+    upgrade_and_reboot(&mut vm)?;
+    for _ in 0..2 {
+        let mut vm = Vm::boot(config())?;
+        vm.wait_for("Kernel panic", Duration::from_secs(300))?;
+        vm.wait_exit(Duration::from_secs(120))?;
+    }
+    let mut vm = boot_into(config(), &c1, "1")?;
+    check_fell_back(&mut vm, &c1, &c3)?;
+    eprintln!(
+        "fallback: both kinds fell back in {:.0}s",
+        started.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
+/// In the guest: `osbuild admin upgrade` stages the new commit; reboot into it.
+fn upgrade_and_reboot(vm: &mut Vm) -> Result<()> {
+    shell_ready(vm)?;
+    vm.send_line("osbuild admin upgrade --reboot || echo UPGRADE''-FAILED")?;
+    let said = vm.wait_for("Staged", Duration::from_secs(600))?;
+    anyhow::ensure!(!said.contains("FAILED"), "upgrade failed: {said}");
+    vm.wait_exit(Duration::from_secs(300))?;
+    Ok(())
+}
+
+/// The fallback commit `good` is the default now, `bad` is kept behind it, and status
+/// records the fallback.
+fn check_fell_back(vm: &mut Vm, good: &str, bad: &str) -> Result<()> {
+    shell_ready(vm)?;
+    // Waits for the boot to be marked good (a oneshot that stays active).
+    let json = probe(
+        vm,
+        "fellback",
+        "systemctl start osbuild-boot-good.service; osbuild admin status --json",
+    )?;
+    let st: serde_json::Value =
+        serde_json::from_str(&json).with_context(|| format!("status JSON: {json}"))?;
+    let first = &st["deployments"][0];
+    anyhow::ensure!(
+        first["checksum"] == good && first["role"] == "booted",
+        "the fallback is not the booted default: {json}"
+    );
+    let failed = st["boot"]["record"]["fallback"]["failed"]
+        .as_str()
+        .unwrap_or_default();
+    anyhow::ensure!(
+        failed.starts_with(bad),
+        "status does not record the fallback from {bad}: {json}"
+    );
+    anyhow::ensure!(
+        st["boot"]["trial"]["deployment"].is_null(),
+        "a trial is still running: {json}"
     );
     Ok(())
 }

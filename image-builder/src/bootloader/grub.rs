@@ -41,6 +41,8 @@ const MODULES: &[&str] = &[
     "echo",
     "test",
     "gzio",
+    // The automatic fallback's boot counter (osbuild_admin::fallback).
+    "loadenv",
 ];
 /// BIOS only: disk access through the BIOS.
 const PC_MODULES: &[&str] = &["biosdisk"];
