@@ -135,18 +135,31 @@ fn health_check() -> Result<()> {
         .iter()
         .map(|c| c.path.display().to_string())
         .collect();
-    match action {
-        crate::fallback::OnFailure::Reboot => {
-            println!("Rebooting: this deployment is on trial and failed its health checks");
-            reboot_now()?;
-        }
+    let said = match &action {
+        crate::fallback::OnFailure::Reboot => "rebooting: this deployment is on trial".to_string(),
         crate::fallback::OnFailure::RolledBack => {
-            println!("Rolled back to the previous deployment; rebooting into it");
-            reboot_now()?;
+            "rolled back to the previous deployment; rebooting into it".to_string()
         }
-        crate::fallback::OnFailure::Stay(why) => println!("Staying: {why}"),
+        crate::fallback::OnFailure::Stay(why) => format!("staying: {why}"),
+    };
+    console(&format!(
+        "health checks failed ({}); {said}",
+        names.join(", ")
+    ));
+    if !matches!(action, crate::fallback::OnFailure::Stay(_)) {
+        reboot_now()?;
     }
     anyhow::bail!("health checks failed: {}", names.join(", "))
+}
+
+/// Say it on stdout (the journal) and in the kernel log, which the console shows: a
+/// device that reboots itself says why where someone watching it looks.
+fn console(message: &str) {
+    println!("{message}");
+    if let Ok(mut kmsg) = std::fs::OpenOptions::new().write(true).open("/dev/kmsg") {
+        let line = format!("osbuild-health: {message}\n");
+        let _ = std::io::Write::write_all(&mut kmsg, line.as_bytes());
+    }
 }
 
 /// Print what an upgrade did; true when something new will boot.

@@ -11,6 +11,7 @@ pub mod growroot;
 mod grubenv;
 pub mod health;
 mod rollback;
+mod space;
 mod status;
 mod sysroot;
 mod upgrade;

@@ -125,6 +125,15 @@ pub fn upgrade(path: &Path, check: bool) -> Result<Upgrade> {
         });
     }
     let update = update(&repo, refspec, &current, to)?;
+    // libostree keeps the deployment upgraded from (booted, or the default) and pinned
+    // ones; the rest is pruned when the new list is written.
+    let st = status::of(sysroot);
+    let kept: Vec<&Deployment> = st
+        .deployments
+        .iter()
+        .filter(|d| d.pinned || (d.checksum == current.checksum && d.serial == current.serial))
+        .collect();
+    crate::space::check(path, &repo, &update.to, &st.deployments, &kept)?;
     upgrader
         .deploy(gio::Cancellable::NONE)
         .with_context(|| format!("deploying {}", update.to))?;

@@ -17,25 +17,39 @@ fn ostree(args: &[&str]) -> String {
 
 /// A tree libostree can deploy, at version `version`, with `extra` bytes of random data.
 fn commit(remote: &Path, dir: &Path, version: &str, extra: usize) -> String {
-    let tree = dir.join(format!("tree-{version}"));
-    let modules = tree.join("usr/lib/modules/6.1.0-test");
-    fs::create_dir_all(&modules).unwrap();
-    fs::write(modules.join("vmlinuz"), "a kernel\n").unwrap();
-    fs::write(modules.join("initramfs.img"), "an initramfs\n").unwrap();
-    fs::create_dir_all(tree.join("usr/etc")).unwrap();
-    fs::write(tree.join("usr/etc/os-release"), "ID=test\n").unwrap();
-    fs::create_dir_all(tree.join("usr/bin")).unwrap();
-    fs::write(tree.join("usr/bin/release"), format!("{version}\n")).unwrap();
-    let mut data = vec![0u8; extra];
-    let mut x: u32 = 0x1234_5678 ^ extra as u32;
+    commit_with_kernel(remote, dir, version, extra, b"a kernel\n")
+}
+
+/// Random bytes (xorshift): incompressible, so sizes are measurable.
+fn random(n: usize, seed: u32) -> Vec<u8> {
+    let mut data = vec![0u8; n];
+    let mut x: u32 = 0x1234_5678 ^ seed;
     for b in &mut data {
-        // xorshift: incompressible, so the download estimate is measurable.
         x ^= x << 13;
         x ^= x >> 17;
         x ^= x << 5;
         *b = x as u8;
     }
-    fs::write(tree.join("usr/bin/data"), data).unwrap();
+    data
+}
+
+fn commit_with_kernel(
+    remote: &Path,
+    dir: &Path,
+    version: &str,
+    extra: usize,
+    kernel: &[u8],
+) -> String {
+    let tree = dir.join(format!("tree-{version}"));
+    let modules = tree.join("usr/lib/modules/6.1.0-test");
+    fs::create_dir_all(&modules).unwrap();
+    fs::write(modules.join("vmlinuz"), kernel).unwrap();
+    fs::write(modules.join("initramfs.img"), "an initramfs\n").unwrap();
+    fs::create_dir_all(tree.join("usr/etc")).unwrap();
+    fs::write(tree.join("usr/etc/os-release"), "ID=test\n").unwrap();
+    fs::create_dir_all(tree.join("usr/bin")).unwrap();
+    fs::write(tree.join("usr/bin/release"), format!("{version}\n")).unwrap();
+    fs::write(tree.join("usr/bin/data"), random(extra, extra as u32)).unwrap();
     ostree(&[
         "commit",
         &format!("--repo={}", remote.display()),
@@ -46,11 +60,16 @@ fn commit(remote: &Path, dir: &Path, version: &str, extra: usize) -> String {
     ])
 }
 
-#[test]
-fn status_upgrade_and_rollback_on_an_image_sysroot() {
-    if !require(&[Need::Root, Need::Ostree]) {
-        return;
-    }
+/// A sysroot (under the returned directory) with one deployment of commit 1 from a
+/// `file://` remote; `boot_size` mounts a tmpfs of that many bytes on its /boot first.
+fn deployed(
+    boot_size: Option<u64>,
+) -> (
+    tempfile::TempDir,
+    std::path::PathBuf,
+    std::path::PathBuf,
+    String,
+) {
     let dir = tempfile::tempdir_in(osbuild_testing::helpers::target_tmp()).unwrap();
     let remote = dir.path().join("remote");
     ostree(&[
@@ -63,6 +82,17 @@ fn status_upgrade_and_rollback_on_an_image_sysroot() {
     let sysroot = format!("--sysroot={}", root.display());
     fs::create_dir(&root).unwrap();
     ostree(&["admin", "init-fs", root.to_str().unwrap()]);
+    if let Some(size) = boot_size {
+        run(Command::new("mount")
+            .args([
+                "-t",
+                "tmpfs",
+                "-o",
+                &format!("size={size}"),
+                "osbuild-test-boot",
+            ])
+            .arg(root.join("boot")));
+    }
     ostree(&["admin", "os-init", "debian", &sysroot]);
     let repo = format!("--repo={}", root.join("ostree/repo").display());
     let url = format!("file://{}", remote.display());
@@ -76,6 +106,18 @@ fn status_upgrade_and_rollback_on_an_image_sysroot() {
         &format!("origin:{BRANCH}"),
     ]);
 
+    (dir, remote, root, c1)
+}
+
+#[test]
+fn status_upgrade_and_rollback_on_an_image_sysroot() {
+    if !require(&[Need::Root, Need::Ostree]) {
+        return;
+    }
+    let (dir, remote, root, c1) = deployed(None);
+    let sysroot = format!("--sysroot={}", root.display());
+    let repo = format!("--repo={}", root.join("ostree/repo").display());
+    let url = format!("file://{}", remote.display());
     let st = status(&root).unwrap();
     assert_eq!(st.deployments.len(), 1, "{st:?}");
     let d = &st.deployments[0];
@@ -175,4 +217,54 @@ fn status_upgrade_and_rollback_on_an_image_sysroot() {
     let err = format!("{:#}", upgrade(&root, true).unwrap_err());
     assert!(err.contains(BRANCH), "{err}");
     assert_eq!(order(&root), before);
+
+    // A remote that wants signatures refuses an unsigned commit.
+    commit(&remote, dir.path(), "3", 10);
+    ostree(&["remote", "delete", &repo, "origin"]);
+    ostree(&[
+        "remote",
+        "add",
+        &repo,
+        "--set=gpg-verify=true",
+        "origin",
+        &url,
+    ]);
+    let err = format!("{:#}", upgrade(&root, false).unwrap_err());
+    assert!(
+        err.contains("remote origin") && err.contains("GPG"),
+        "{err}"
+    );
+    assert_eq!(order(&root), before);
+}
+
+/// A /boot without room for the new kernel: refused before anything is deployed, with
+/// how much is missing.
+#[test]
+fn upgrade_refuses_a_full_boot() {
+    if !require(&[Need::Root, Need::Ostree]) {
+        return;
+    }
+    // Room for the first tiny kernel, not for a 300 kB one.
+    let (dir, remote, root, c1) = deployed(Some(256 * 1024));
+    let boot = root.join("boot");
+    let guard = Unmount(boot.clone());
+    let kernel = random(300_000, 7);
+    commit_with_kernel(&remote, dir.path(), "2", 10, &kernel);
+    let err = format!("{:#}", upgrade(&root, false).unwrap_err());
+    assert!(err.contains("no room for the new kernel"), "{err}");
+    assert!(err.contains(&boot.display().to_string()), "{err}");
+    assert!(err.contains("free") && err.contains("more"), "{err}");
+    let st = status(&root).unwrap();
+    assert_eq!(st.deployments.len(), 1);
+    assert_eq!(st.deployments[0].checksum, c1);
+    drop(guard);
+}
+
+/// Unmounts when dropped, also when the test fails.
+struct Unmount(std::path::PathBuf);
+
+impl Drop for Unmount {
+    fn drop(&mut self) {
+        let _ = osbuild_core::cmd::run(Command::new("umount").arg(&self.0));
+    }
 }

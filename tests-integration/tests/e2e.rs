@@ -878,15 +878,69 @@ fn boot_matrix(rows: &[&str]) -> Result<()> {
     Ok(())
 }
 
-/// Automatic fallback on a GRUB (BIOS) image, for both kinds of bad update: a commit
-/// whose health check fails (it boots, fails, reboots, until its tries are used up), and
-/// one that never reaches userspace (a broken initramfs: the kernel panics and
-/// reboots). Each time the previous commit boots after the tries, becomes the default,
-/// and `osbuild admin status` says what happened. Upgrades go through `osbuild admin
-/// upgrade` in the guest.
+/// One automatic-fallback scenario: an image, and the kinds of bad update it survives.
+struct FallbackRow {
+    name: &'static str,
+    bootloader: Bootloader,
+    firmware: Firmware,
+    secure_boot: bool,
+    /// Also a commit that never reaches userspace (GRUB counts those; syslinux cannot).
+    panics: bool,
+}
+
+/// GRUB under BIOS takes both kinds of bad update; GRUB under Secure Boot (the signed
+/// GRUB, whose own loadenv counts) and syslinux (which rolls back from userspace) the
+/// health-check kind.
+const FALLBACK_ROWS: [&[FallbackRow]; 2] = [
+    &[FallbackRow {
+        name: "grub-bios",
+        bootloader: Bootloader::Grub,
+        firmware: Firmware::Bios,
+        secure_boot: false,
+        panics: true,
+    }],
+    &[
+        FallbackRow {
+            name: "grub-secureboot",
+            bootloader: Bootloader::Grub,
+            firmware: Firmware::Uefi,
+            secure_boot: true,
+            panics: false,
+        },
+        FallbackRow {
+            name: "syslinux",
+            bootloader: Bootloader::Syslinux,
+            firmware: Firmware::Bios,
+            secure_boot: false,
+            panics: false,
+        },
+    ],
+];
+
+/// Automatic fallback, first half: GRUB under BIOS, for both kinds of bad update: a
+/// commit whose health check fails (it boots, fails, reboots, until its tries are used
+/// up), and one that never reaches userspace (a broken initramfs: the kernel panics and
+/// reboots). Each time the previous commit boots, becomes the default, and `osbuild admin
+/// status` says what happened. Upgrades go through `osbuild admin upgrade` in the guest.
 #[test]
-fn automatic_fallback_on_grub() -> Result<()> {
-    if !require(&[Need::Root, Need::Mmdebstrap, Need::Qemu, Need::Grub]) {
+fn automatic_fallback_1() -> Result<()> {
+    automatic_fallback(FALLBACK_ROWS[0])
+}
+
+/// Automatic fallback, second half: GRUB under Secure Boot, and syslinux.
+#[test]
+fn automatic_fallback_2() -> Result<()> {
+    automatic_fallback(FALLBACK_ROWS[1])
+}
+
+fn automatic_fallback(rows: &[FallbackRow]) -> Result<()> {
+    if !require(&[
+        Need::Root,
+        Need::Mmdebstrap,
+        Need::Qemu,
+        Need::Ovmf,
+        Need::Grub,
+    ]) {
         return Ok(());
     }
     let work = tempfile::Builder::new()
@@ -899,7 +953,9 @@ fn automatic_fallback_on_grub() -> Result<()> {
         let tree = dir.join(name);
         cmd::run(Command::new("cp").arg("-al").arg(&rootfs).arg(&tree))?;
         let release_file = tree.join("usr/lib/osbuild-example/release");
-        fs::remove_file(&release_file)?;
+        if release_file.exists() {
+            fs::remove_file(&release_file)?;
+        }
         fs::write(&release_file, format!("{release}\n"))?;
         // Two tries rather than three: each failed boot costs a minute under TCG.
         let tries = tree.join("usr/lib/osbuild/boot-tries");
@@ -927,65 +983,125 @@ fn automatic_fallback_on_grub() -> Result<()> {
     fs::write(&initramfs, "not an initramfs\n")?;
 
     let first = dir.join("first");
-    let second = dir.join("second");
     let c1 = commit(&first, BRANCH, &good, Some("1"))?;
-    cmd::run(Command::new("cp").arg("-a").arg(&first).arg(&second))?;
-    let c2 = commit(&second, BRANCH, &unhealthy, Some("2"))?;
     let (_first_server, first_port) = serve(&first)?;
-    let (_second_server, second_port) = serve(&second)?;
-    let image = dir.join("grub-bios.raw");
-    osbuild(&[
-        "make-image",
-        "--url",
-        &format!("http://127.0.0.1:{first_port}/repo/"),
-        "--remote-url",
-        &format!("http://10.0.2.2:{second_port}/repo/"),
-        "--branch",
-        BRANCH,
-        "--bootloader",
-        "grub",
-        "--firmware",
-        "bios",
-        "--output",
-        image.to_str().context("path")?,
-    ])?;
+    let mut failed = Vec::new();
+    for row in rows {
+        let start = Instant::now();
+        // Each row upgrades from a repository of its own, which starts at c1.
+        let second = dir.join(format!("second-{}", row.name));
+        cmd::run(Command::new("cp").arg("-a").arg(&first).arg(&second))?;
+        let (_second_server, second_port) = serve(&second)?;
+        let result = fall_back(
+            row,
+            dir,
+            (first_port, second_port),
+            &second,
+            (&c1, &unhealthy, &panics),
+        );
+        eprintln!(
+            "fallback: {}: {} in {:.0}s",
+            row.name,
+            if result.is_ok() {
+                "fell back"
+            } else {
+                "FAILED"
+            },
+            start.elapsed().as_secs_f64()
+        );
+        if let Err(e) = result {
+            failed.push(format!("{}: {e:#}", row.name));
+        }
+    }
+    anyhow::ensure!(
+        failed.is_empty(),
+        "fallback failures:\n{}",
+        failed.join("\n")
+    );
+    Ok(())
+}
+
+/// One row: boot c1, upgrade to the unhealthy commit, watch it fall back; then, where the
+/// row says so, the same with the commit that panics.
+fn fall_back(
+    row: &FallbackRow,
+    dir: &Path,
+    (first_port, second_port): (u16, u16),
+    second: &Path,
+    (c1, unhealthy, panics): (&str, &Path, &Path),
+) -> Result<()> {
+    let c2 = commit(second, BRANCH, unhealthy, Some("2"))?;
+    let image = dir.join(format!("{}.raw", row.name));
+    let secure_boot: &[&str] = if row.secure_boot {
+        &["--secure-boot"]
+    } else {
+        &[]
+    };
+    osbuild(
+        &[
+            &[
+                "make-image",
+                "--url",
+                &format!("http://127.0.0.1:{first_port}/repo/"),
+                "--remote-url",
+                &format!("http://10.0.2.2:{second_port}/repo/"),
+                "--branch",
+                BRANCH,
+                "--bootloader",
+                row.bootloader.name(),
+                "--firmware",
+                row.firmware.name(),
+                "--output",
+                image.to_str().context("path")?,
+            ],
+            secure_boot,
+        ]
+        .concat(),
+    )?;
     let mut n = 0;
     let mut config = || {
         n += 1;
-        VmConfig::new(&image).log(dir.join(format!("boot{n}.log")))
+        VmConfig::new(&image)
+            .uefi(row.firmware == Firmware::Uefi)
+            .secure_boot(row.secure_boot)
+            .log(dir.join(format!("{}-boot{n}.log", row.name)))
     };
-    let started = Instant::now();
-
-    // The good commit, then the upgrade to the unhealthy one.
-    let mut vm = boot_into(config(), &c1, "1")?;
+    let mut vm = boot_into(config(), c1, "1")?;
     upgrade_and_reboot(&mut vm)?;
-    // Two tries: each boot reaches userspace, fails its check and reboots itself.
-    for _ in 0..2 {
+    // GRUB: each try reaches userspace, fails its check and reboots itself, until the
+    // tries are used up. syslinux: the first failure rolls back and reboots.
+    let tries = if row.bootloader == Bootloader::Syslinux {
+        1
+    } else {
+        2
+    };
+    for _ in 0..tries {
         let mut vm = boot_into(config(), &c2, "2")?;
-        vm.wait_for("health checks", Duration::from_secs(300))?;
+        vm.wait_for(
+            "osbuild-health: health checks failed",
+            Duration::from_secs(300),
+        )?;
         vm.wait_exit(Duration::from_secs(300))?;
     }
-    let mut vm = boot_into(config(), &c1, "1")?;
-    check_fell_back(&mut vm, &c1, &c2)?;
-    eprintln!(
-        "fallback: unhealthy commit fell back in {:.0}s",
-        started.elapsed().as_secs_f64()
-    );
-
+    let mut vm = boot_into(config(), c1, "1")?;
+    check_fell_back(&mut vm, c1, &c2, row.bootloader != Bootloader::Syslinux)?;
+    if !row.panics {
+        drop(vm);
+        fs::remove_file(&image)?;
+        return Ok(());
+    }
     // The broken initramfs: the kernel panics (panic=10 reboots it) on each try.
-    let c3 = commit(&second, BRANCH, &panics, Some("3"))?;
+    let c3 = commit(second, BRANCH, panics, Some("3"))?;
     upgrade_and_reboot(&mut vm)?;
     for _ in 0..2 {
         let mut vm = Vm::boot(config())?;
         vm.wait_for("Kernel panic", Duration::from_secs(300))?;
         vm.wait_exit(Duration::from_secs(120))?;
     }
-    let mut vm = boot_into(config(), &c1, "1")?;
-    check_fell_back(&mut vm, &c1, &c3)?;
-    eprintln!(
-        "fallback: both kinds fell back in {:.0}s",
-        started.elapsed().as_secs_f64()
-    );
+    let mut vm = boot_into(config(), c1, "1")?;
+    check_fell_back(&mut vm, c1, &c3, true)?;
+    drop(vm);
+    fs::remove_file(&image)?;
     Ok(())
 }
 
@@ -1000,8 +1116,9 @@ fn upgrade_and_reboot(vm: &mut Vm) -> Result<()> {
 }
 
 /// The fallback commit `good` is the default now, `bad` is kept behind it, and status
-/// records the fallback.
-fn check_fell_back(vm: &mut Vm, good: &str, bad: &str) -> Result<()> {
+/// records the fallback (`counted`: GRUB counted the tries; syslinux rolled back from
+/// userspace, so only the order shows it).
+fn check_fell_back(vm: &mut Vm, good: &str, bad: &str, counted: bool) -> Result<()> {
     shell_ready(vm)?;
     // Waits for the boot to be marked good (a oneshot that stays active).
     let json = probe(
@@ -1016,11 +1133,16 @@ fn check_fell_back(vm: &mut Vm, good: &str, bad: &str) -> Result<()> {
         first["checksum"] == good && first["role"] == "booted",
         "the fallback is not the booted default: {json}"
     );
+    let second = &st["deployments"][1];
+    anyhow::ensure!(
+        second["checksum"] == bad && second["role"] == "rollback",
+        "the failed commit is not kept as the rollback: {json}"
+    );
     let failed = st["boot"]["record"]["fallback"]["failed"]
         .as_str()
         .unwrap_or_default();
     anyhow::ensure!(
-        failed.starts_with(bad),
+        !counted || failed.starts_with(bad),
         "status does not record the fallback from {bad}: {json}"
     );
     anyhow::ensure!(
