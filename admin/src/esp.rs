@@ -49,7 +49,7 @@ use crate::bootmenu::boot_relative;
 use crate::durable::{replace, sync_dir, TMP_SUFFIX};
 use anyhow::{Context, Result};
 use osbuild_core::cmd;
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fs::{self, File};
 use std::io::Write;
 use std::os::unix::fs::symlink;
@@ -80,6 +80,10 @@ pub struct EspEntry {
     pub files: Vec<String>,
     /// The boot link it names, relative to the sysroot, and the link's target.
     pub link: (String, String),
+    /// The deployment it boots, `COMMIT.SERIAL`.
+    pub deployment: String,
+    /// libostree's `version`: the default deployment's is the highest.
+    pub version: u64,
 }
 
 /// One step of a sync, in the order [`plan`] gives them.
@@ -127,6 +131,8 @@ pub fn esp_entry(sysroot: &Path, text: &str) -> Result<EspEntry> {
     let mut out = String::new();
     let mut link = None;
     let mut name = None;
+    let mut deployment = None;
+    let mut version = 0;
     for line in text.lines() {
         let trimmed = line.trim();
         let (key, value) = trimmed
@@ -149,6 +155,7 @@ pub fn esp_entry(sysroot: &Path, text: &str) -> Result<EspEntry> {
                             let target = format!("../../../deploy/{os}/deploy/{commit}.{serial}");
                             args.push(format!("ostree=/{path}"));
                             name = Some(format!("{ENTRY_PREFIX}{os}-{commit}-{serial}.conf"));
+                            deployment = Some(format!("{commit}.{serial}"));
                             link = Some((path, target));
                         }
                         None => args.push(arg.to_string()),
@@ -157,6 +164,11 @@ pub fn esp_entry(sysroot: &Path, text: &str) -> Result<EspEntry> {
                 out.push_str(&format!("options {}\n", args.join(" ")));
             }
             "sort-key" | "" => {}
+            "version" => {
+                version = value.parse().unwrap_or(0);
+                out.push_str(trimmed);
+                out.push('\n');
+            }
             _ => {
                 out.push_str(trimmed);
                 out.push('\n');
@@ -164,7 +176,7 @@ pub fn esp_entry(sysroot: &Path, text: &str) -> Result<EspEntry> {
         }
     }
     out.push_str(&format!("sort-key {SORT_KEY}\n"));
-    let (Some(link), Some(file_name)) = (link, name) else {
+    let (Some(link), Some(file_name), Some(deployment)) = (link, name, deployment) else {
         anyhow::bail!("the entry has no ostree= kernel argument");
     };
     anyhow::ensure!(!files.is_empty(), "the entry has no `linux` line");
@@ -173,6 +185,8 @@ pub fn esp_entry(sysroot: &Path, text: &str) -> Result<EspEntry> {
         text: out,
         files,
         link,
+        deployment,
+        version,
     })
 }
 
@@ -219,9 +233,69 @@ fn copied(src: &Path, dest: &Path) -> bool {
     }
 }
 
-/// The steps that bring `esp` in line with the sysroot's entries, new before old.
+/// An entry file's name without systemd-boot's boot counter (`NAME+LEFT[-DONE].conf`),
+/// and the tries left when it has one.
+pub fn split_counter(file_name: &str) -> (String, Option<u32>) {
+    let Some(stem) = file_name.strip_suffix(".conf") else {
+        return (file_name.to_string(), None);
+    };
+    if let Some((base, counter)) = stem.rsplit_once('+') {
+        let (left, done) = counter.split_once('-').unwrap_or((counter, "0"));
+        if let (Ok(left), Ok(_)) = (left.parse::<u32>(), done.parse::<u32>()) {
+            return (format!("{base}.conf"), Some(left));
+        }
+    }
+    (file_name.to_string(), None)
+}
+
+/// The ESP's entry files by their name without a counter.
+fn entry_names(esp: &Path) -> Result<BTreeMap<String, String>> {
+    Ok(names(&esp.join("loader/entries"))?
+        .into_iter()
+        .filter(|n| n.starts_with(ENTRY_PREFIX) && n.ends_with(".conf"))
+        .map(|n| (split_counter(&n).0, n))
+        .collect())
+}
+
+/// How an entry's trial is decided: the running deployment (None off a device, where
+/// nothing goes on trial) and the tries a new default gets.
+#[derive(Debug, Clone, Default)]
+pub struct Counting {
+    /// The running deployment, `COMMIT.SERIAL`.
+    pub booted: Option<String>,
+    /// Tries for a new default deployment.
+    pub tries: u32,
+}
+
+/// The steps that bring `esp` in line with the sysroot's entries, new before old. A
+/// default deployment that is not the running one gets its first entry with
+/// systemd-boot's boot counter (`+TRIES`), which systemd-boot counts down at each boot
+/// and osbuild removes once a boot passes its health checks (crate::fallback); an entry
+/// keeps its counter, whatever its count, while its deployment stays.
 pub fn plan(sysroot: &Path, esp: &Path) -> Result<Vec<Step>> {
+    plan_counting(sysroot, esp, &Counting::default())
+}
+
+/// [`plan`], with the trial decided by `counting`.
+pub fn plan_counting(sysroot: &Path, esp: &Path, counting: &Counting) -> Result<Vec<Step>> {
     let wanted = entries(sysroot)?;
+    let existing = entry_names(esp)?;
+    let default = wanted
+        .iter()
+        .max_by_key(|e| e.version)
+        .map(|e| e.deployment.clone());
+    let target_name = |e: &EspEntry| -> String {
+        if let Some(name) = existing.get(&e.file_name) {
+            return name.clone();
+        }
+        let on_trial = counting.booted.is_some()
+            && default.as_ref() == Some(&e.deployment)
+            && counting.booted.as_ref() != Some(&e.deployment);
+        match (on_trial, e.file_name.strip_suffix(".conf")) {
+            (true, Some(stem)) => format!("{stem}+{}.conf", counting.tries.max(1)),
+            _ => e.file_name.clone(),
+        }
+    };
     let mut steps = Vec::new();
     // 1. Boot links, so that every new entry's ostree= exists before the entry.
     for e in &wanted {
@@ -243,7 +317,7 @@ pub fn plan(sysroot: &Path, esp: &Path) -> Result<Vec<Step>> {
     }
     // 3. Entries, then the loader's config.
     for e in &wanted {
-        let rel = format!("loader/entries/{}", e.file_name);
+        let rel = format!("loader/entries/{}", target_name(e));
         if fs::read_to_string(esp.join(&rel)).ok().as_deref() != Some(e.text.as_str()) {
             steps.push(Step::Write(rel, e.text.clone()));
         }
@@ -262,7 +336,8 @@ pub fn plan(sysroot: &Path, esp: &Path) -> Result<Vec<Step>> {
     let keep: BTreeSet<&str> = wanted.iter().map(|e| e.file_name.as_str()).collect();
     for name in names(&esp.join("loader/entries"))? {
         let ours = name.starts_with(ENTRY_PREFIX) && name.ends_with(".conf");
-        if (ours && !keep.contains(name.as_str())) || name.ends_with(TMP_SUFFIX) {
+        let base = split_counter(&name).0;
+        if (ours && !keep.contains(base.as_str())) || name.ends_with(TMP_SUFFIX) {
             steps.push(Step::RemoveFile(format!("loader/entries/{name}")));
         }
     }
@@ -356,7 +431,12 @@ pub fn apply(sysroot: &Path, esp: &Path, step: &Step) -> Result<()> {
 /// Bring the ESP mounted (or staged) at `esp` in line with the boot entries of the
 /// sysroot at `sysroot`. Returns the number of steps taken (0: it already was).
 pub fn sync(sysroot: &Path, esp: &Path) -> Result<usize> {
-    let steps = plan(sysroot, esp)?;
+    sync_counting(sysroot, esp, &Counting::default())
+}
+
+/// [`sync`], putting a new default deployment on trial as `counting` says.
+pub fn sync_counting(sysroot: &Path, esp: &Path, counting: &Counting) -> Result<usize> {
+    let steps = plan_counting(sysroot, esp, counting)?;
     for step in &steps {
         apply(sysroot, esp, step)?;
     }
@@ -420,9 +500,22 @@ impl Drop for Mounted {
     }
 }
 
-/// On the device: when the sysroot boots systemd-boot, mount its ESP, sync it, unmount.
-/// Returns the number of steps taken, or None when the sysroot does not boot systemd-boot.
+/// On the device: when the sysroot boots systemd-boot, mount its ESP, sync it (a new
+/// default deployment goes on trial), unmount. Returns the number of steps taken, or None
+/// when the sysroot does not boot systemd-boot.
 pub fn update(sysroot: &Path) -> Result<Option<usize>> {
+    let counting = Counting {
+        booted: crate::fallback::booted_id(sysroot),
+        tries: crate::fallback::configured_tries(Path::new("/")),
+    };
+    with_esp(sysroot, |esp| {
+        sync_counting(sysroot, esp, &counting).context("syncing the boot menu onto the ESP")
+    })
+}
+
+/// On the device: run `f` on the ESP of a sysroot that boots systemd-boot, mounted for
+/// the call; None when it does not boot systemd-boot.
+pub fn with_esp<T>(sysroot: &Path, f: impl FnOnce(&Path) -> Result<T>) -> Result<Option<T>> {
     let Some(partuuid) = marked_partuuid(sysroot)? else {
         return Ok(None);
     };
@@ -441,10 +534,36 @@ pub fn update(sysroot: &Path) -> Result<Option<usize>> {
         std::thread::sleep(std::time::Duration::from_secs(1));
     }
     let mounted = Mounted::new(&device)?;
-    let steps = sync(sysroot, &mounted.dir)
-        .with_context(|| format!("syncing the boot menu onto {}", device.display()))?;
+    let result = f(&mounted.dir).with_context(|| format!("on the ESP {}", device.display()))?;
     drop(mounted);
-    Ok(Some(steps))
+    Ok(Some(result))
+}
+
+/// The entry file of `deployment` (`COMMIT.SERIAL`) on the mounted `esp`, with its
+/// counter's tries left when it is on trial.
+pub fn entry_of(esp: &Path, deployment: &str) -> Result<Option<(String, Option<u32>)>> {
+    let suffix = format!("-{}.conf", deployment.replace('.', "-"));
+    Ok(entry_names(esp)?
+        .into_iter()
+        .find(|(base, _)| base.ends_with(&suffix))
+        .map(|(_, name)| {
+            let left = split_counter(&name).1;
+            (name, left)
+        }))
+}
+
+/// End the trial of `deployment`'s entry on the mounted `esp`: drop its counter, as
+/// systemd-bless-boot does (which needs EFI variables that TCG guests do not show).
+pub fn bless(esp: &Path, deployment: &str) -> Result<bool> {
+    let Some((name, Some(_))) = entry_of(esp, deployment)? else {
+        return Ok(false);
+    };
+    let dir = esp.join("loader/entries");
+    let plain = split_counter(&name).0;
+    fs::rename(dir.join(&name), dir.join(&plain))
+        .and_then(|()| sync_dir(&dir))
+        .with_context(|| format!("renaming {name} to {plain} on the ESP"))?;
+    Ok(true)
 }
 
 #[cfg(test)]
@@ -526,6 +645,56 @@ mod tests {
             )
             .unwrap();
         }
+    }
+
+    #[test]
+    fn a_new_default_goes_on_trial_and_keeps_its_counter() {
+        let f = Fake::new();
+        let esp = tempfile::tempdir().unwrap();
+        let (c1, c2) = ("a".repeat(64), "b".repeat(64));
+        f.deploy(1, &[(&c1, 0, "k1", "kernel 1")]);
+        let booted = Counting {
+            booted: Some(format!("{c1}.0")),
+            tries: 3,
+        };
+        // The running deployment is not on trial, and nothing is off a device.
+        sync_counting(f.root(), esp.path(), &booted).unwrap();
+        assert_eq!(
+            entry_of(esp.path(), &format!("{c1}.0")).unwrap().unwrap().1,
+            None
+        );
+        // The upgrade's entry gets the counter; systemd-boot counts it down by renaming.
+        f.deploy(0, &[(&c2, 0, "k2", "kernel 2"), (&c1, 0, "k1", "kernel 1")]);
+        sync_counting(f.root(), esp.path(), &booted).unwrap();
+        let (name, left) = entry_of(esp.path(), &format!("{c2}.0")).unwrap().unwrap();
+        assert_eq!(
+            (name.as_str(), left),
+            (format!("osbuild-debian-{c2}-0+3.conf").as_str(), Some(3))
+        );
+        let dir = esp.path().join("loader/entries");
+        fs::rename(
+            dir.join(&name),
+            dir.join(format!("osbuild-debian-{c2}-0+1-2.conf")),
+        )
+        .unwrap();
+        // A later sync (every boot) keeps the count; blessing drops it.
+        assert_eq!(
+            plan_counting(f.root(), esp.path(), &booted).unwrap(),
+            vec![]
+        );
+        assert_eq!(
+            entry_of(esp.path(), &format!("{c2}.0")).unwrap().unwrap().1,
+            Some(1)
+        );
+        assert!(bless(esp.path(), &format!("{c2}.0")).unwrap());
+        assert!(!bless(esp.path(), &format!("{c2}.0")).unwrap());
+        assert_eq!(
+            entry_of(esp.path(), &format!("{c2}.0")).unwrap().unwrap().0,
+            format!("osbuild-debian-{c2}-0.conf")
+        );
+        check_bootable(f.root(), esp.path());
+        assert_eq!(split_counter("x+0-3.conf"), ("x.conf".to_string(), Some(0)));
+        assert_eq!(split_counter("x+a.conf"), ("x+a.conf".to_string(), None));
     }
 
     /// The entries on the ESP: (file name, version, options, linux, initrd).

@@ -153,8 +153,29 @@ pub struct Trial {
     pub tries_left: Option<u32>,
 }
 
-/// The trial in the GRUB environment block of the physical `sysroot`, if any.
+/// The trial on the physical `sysroot`: in systemd-boot's entry names on the ESP (mounted
+/// for the call) when it boots systemd-boot, else in GRUB's environment block.
 pub fn trial(sysroot: &Path) -> Result<Trial> {
+    let on_esp = crate::esp::with_esp(sysroot, |esp| {
+        for name in std::fs::read_dir(esp.join("loader/entries"))
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            let name = name.file_name().to_string_lossy().into_owned();
+            let (base, left) = crate::esp::split_counter(&name);
+            if let (Some(left), Some(deployment)) = (left, deployment_of_entry(&base)) {
+                return Ok(Trial {
+                    deployment: Some(deployment),
+                    tries_left: Some(left),
+                });
+            }
+        }
+        Ok(Trial::default())
+    })?;
+    if let Some(t) = on_esp {
+        return Ok(t);
+    }
     let env = grubenv::read(&grubenv::path(sysroot))?;
     Ok(Trial {
         deployment: env.get(TRYING_VAR).filter(|v| !v.is_empty()).cloned(),
@@ -165,7 +186,28 @@ pub fn trial(sysroot: &Path) -> Result<Trial> {
     })
 }
 
+/// `COMMIT.SERIAL` of an ESP entry named `osbuild-OS-COMMIT-SERIAL.conf`.
+fn deployment_of_entry(base: &str) -> Option<String> {
+    let stem = base.strip_suffix(".conf")?;
+    let (rest, serial) = stem.rsplit_once('-')?;
+    let (_, commit) = rest.rsplit_once('-')?;
+    (commit.len() == 64 && serial.chars().all(|c| c.is_ascii_digit()))
+        .then(|| format!("{commit}.{serial}"))
+}
+
+/// End any trial: GRUB's counter is cleared; on systemd-boot every counted entry loses its
+/// counter (the good one is blessed; a failed one becomes a plain rollback entry).
 fn end_trial(sysroot: &Path) -> Result<()> {
+    let blessed = crate::esp::with_esp(sysroot, |esp| {
+        let st = status::status(sysroot)?;
+        for d in &st.deployments {
+            crate::esp::bless(esp, &id(d))?;
+        }
+        Ok(())
+    })?;
+    if blessed.is_some() {
+        return Ok(());
+    }
     let path = grubenv::path(sysroot);
     let mut env = grubenv::read(&path)?;
     if env.remove(TRYING_VAR).is_some() | env.remove(TRIES_VAR).is_some() {
@@ -250,10 +292,11 @@ pub fn on_failure() -> Result<OnFailure> {
         )));
     }
     let menu_counts = std::fs::read_to_string(crate::bootmenu::grub_cfg_path(&sysroot))
-        .is_ok_and(|t| t.starts_with(crate::bootmenu::MARKER));
+        .is_ok_and(|t| t.starts_with(crate::bootmenu::MARKER))
+        || crate::esp::marked_partuuid(&sysroot)?.is_some();
     if menu_counts {
-        // A GRUB device whose deployment is not on trial: it was there before osbuild
-        // counted (or was rolled back to by hand); leave it.
+        // A GRUB or systemd-boot device whose deployment is not on trial: it was there
+        // before osbuild counted (or was rolled back to by hand); leave it.
         return Ok(OnFailure::Stay(format!("{booted} is not on trial")));
     }
     let st = status::status(Path::new("/"))?;
@@ -275,6 +318,17 @@ fn now() -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn esp_entry_names_give_their_deployment() {
+        let c = "a".repeat(64);
+        assert_eq!(
+            deployment_of_entry(&format!("osbuild-debian-{c}-1.conf")),
+            Some(format!("{c}.1"))
+        );
+        assert_eq!(deployment_of_entry("osbuild-debian-abc-1.conf"), None);
+        assert_eq!(deployment_of_entry("other.conf"), None);
+    }
 
     #[test]
     fn tries_are_configured_and_bounded() {

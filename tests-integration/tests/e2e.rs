@@ -888,14 +888,21 @@ struct FallbackRow {
     panics: bool,
 }
 
-/// GRUB under BIOS takes both kinds of bad update; GRUB under Secure Boot (the signed
-/// GRUB, whose own loadenv counts) and syslinux (which rolls back from userspace) the
-/// health-check kind.
-const FALLBACK_ROWS: [&[FallbackRow]; 2] = [
+/// GRUB under BIOS and systemd-boot take both kinds of bad update; GRUB under Secure
+/// Boot (the signed GRUB, whose own loadenv counts) and syslinux (which rolls back from
+/// userspace) the health-check kind.
+const FALLBACK_ROWS: [&[FallbackRow]; 3] = [
     &[FallbackRow {
         name: "grub-bios",
         bootloader: Bootloader::Grub,
         firmware: Firmware::Bios,
+        secure_boot: false,
+        panics: true,
+    }],
+    &[FallbackRow {
+        name: "systemd-boot",
+        bootloader: Bootloader::SystemdBoot,
+        firmware: Firmware::Uefi,
         secure_boot: false,
         panics: true,
     }],
@@ -917,7 +924,7 @@ const FALLBACK_ROWS: [&[FallbackRow]; 2] = [
     ],
 ];
 
-/// Automatic fallback, first half: GRUB under BIOS, for both kinds of bad update: a
+/// Automatic fallback, first part: GRUB under BIOS, for both kinds of bad update: a
 /// commit whose health check fails (it boots, fails, reboots, until its tries are used
 /// up), and one that never reaches userspace (a broken initramfs: the kernel panics and
 /// reboots). Each time the previous commit boots, becomes the default, and `osbuild admin
@@ -927,10 +934,16 @@ fn automatic_fallback_1() -> Result<()> {
     automatic_fallback(FALLBACK_ROWS[0])
 }
 
-/// Automatic fallback, second half: GRUB under Secure Boot, and syslinux.
+/// Automatic fallback, second part: systemd-boot (BLS boot counting), both kinds.
 #[test]
 fn automatic_fallback_2() -> Result<()> {
     automatic_fallback(FALLBACK_ROWS[1])
+}
+
+/// Automatic fallback, third part: GRUB under Secure Boot, and syslinux.
+#[test]
+fn automatic_fallback_3() -> Result<()> {
+    automatic_fallback(FALLBACK_ROWS[2])
 }
 
 fn automatic_fallback(rows: &[FallbackRow]) -> Result<()> {
