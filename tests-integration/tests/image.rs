@@ -412,11 +412,15 @@ fn interrupting_the_mount_leaves_nothing_mounted() {
     let dir = tempfile::tempdir().unwrap();
     let (url, _) = commit_tiny(dir.path());
     let output = dir.path().join("out.img");
+    // The child's mount points go under a TMPDIR of this test's own, so that another
+    // test's mount cannot pass for this child's.
+    let tmp = tempfile::tempdir().unwrap();
+    let ours = format!("{}/osbuild-mnt-", tmp.path().display());
     let mounted = || {
         fs::read_to_string("/proc/self/mountinfo")
             .unwrap()
             .lines()
-            .any(|l| l.contains("/osbuild-mnt-"))
+            .any(|l| l.contains(&ours))
     };
     // The mount lasts about as long as extlinux runs: try until a signal lands in it.
     for _attempt in 0..20 {
@@ -424,6 +428,7 @@ fn interrupting_the_mount_leaves_nothing_mounted() {
             .args(["make-image", "--url", &url, "--bootloader", "syslinux"])
             .args(["--firmware", "bios", "--size", "512M", "--output"])
             .arg(&output)
+            .env("TMPDIR", tmp.path())
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::piped())
             .spawn()
