@@ -25,10 +25,10 @@ status=("${PIPESTATUS[@]}")
 set -e
 # Signing in tests starts a gpg-agent per throwaway GPG home (osbuild_testing::gpg): stop
 # them with their homes.
-for home in target/tmp/gpg-*/home; do
+for home in target/tmp/gpg-*/home*; do
     [ -d "$home" ] && gpgconf --homedir "$home" --kill gpg-agent || true
-    rm -rf "$(dirname "$home")"
 done
+rm -rf target/tmp/gpg-*
 if [ "${status[0]}" -ne 0 ] || [ "${status[1]}" -ne 0 ]; then
     echo "test.sh: tests failed (cargo test exit ${status[0]}, report exit ${status[1]})" >&2
     exit 1

@@ -16,6 +16,15 @@ pub struct CommitOptions {
     pub subject: Option<String>,
     /// Stored as the commit's `version` metadata, shown by `ostree admin status`.
     pub version: Option<String>,
+    /// The commit's timestamp, seconds since 1970 [default: `SOURCE_DATE_EPOCH`, else now].
+    pub timestamp: Option<u64>,
+    /// The SHA-256 of the manifest the tree was built from, recorded in the commit.
+    pub manifest_digest: Option<String>,
+    /// Commit even when the tree equals the parent's.
+    pub allow_unchanged: bool,
+    /// Sign the commit (inside the transaction, so it never appears unsigned) and the
+    /// summary.
+    pub sign: Option<crate::Sign>,
 }
 
 /// The result of a commit.
@@ -27,6 +36,8 @@ pub struct Commit {
     pub parent: Option<String>,
     /// The kernel version the tree boots.
     pub kver: String,
+    /// The tree equals the parent's, so no commit was made: `checksum` is the parent.
+    pub unchanged: bool,
 }
 
 /// Commit `tree` to `branch` in the archive repository at `repo_path`, creating the
@@ -77,7 +88,7 @@ fn write(repo: &ostree::Repo, tree: &Path, opts: &CommitOptions, kver: &str) -> 
 
     repo.prepare_transaction(cancellable)
         .context("starting a repository transaction")?;
-    let result = (|| -> Result<String> {
+    let result = (|| -> Result<Option<String>> {
         let mtree = ostree::MutableTree::new();
         // ostree.sizes in the commit: `osbuild admin upgrade --check` sums the sizes of
         // the objects a device lacks to say how much an update downloads.
@@ -96,9 +107,20 @@ fn write(repo: &ostree::Repo, tree: &Path, opts: &CommitOptions, kver: &str) -> 
             .downcast::<ostree::RepoFile>()
             .map_err(|_| anyhow::anyhow!("libostree returned a root that is not a RepoFile"))?;
 
+        if let (Some(parent), false) = (&parent, opts.allow_unchanged) {
+            if same_root(repo, parent, &root)? {
+                return Ok(None);
+            }
+        }
+
         let meta = glib::VariantDict::new(None);
         if let Some(v) = &opts.version {
             meta.insert("version", v.as_str());
+        }
+        // What made it: `ostree show` prints these.
+        meta.insert("osbuild.version", env!("CARGO_PKG_VERSION"));
+        if let Some(d) = &opts.manifest_digest {
+            meta.insert("osbuild.manifest-sha256", d.as_str());
         }
         // The same keys `ostree commit --bootable` writes, for tools that look for them.
         meta.insert("ostree.bootable", true);
@@ -117,30 +139,118 @@ fn write(repo: &ostree::Repo, tree: &Path, opts: &CommitOptions, kver: &str) -> 
                 None,
                 Some(&meta),
                 &root,
-                commit_time()?,
+                match opts.timestamp {
+                    Some(t) => t,
+                    None => commit_time()?,
+                },
                 cancellable,
             )
             .context("writing the commit object")?;
+        // Signed in the transaction: the signature lands with the commit, before the ref.
+        if let Some(sign) = &opts.sign {
+            for key in &sign.key_ids {
+                sign_commit(repo, &checksum, key, sign.homedir.as_deref())?;
+            }
+        }
         repo.transaction_set_ref(None, &opts.branch, Some(checksum.as_str()));
         repo.commit_transaction(cancellable)
             .context("completing the repository transaction")?;
-        Ok(checksum.to_string())
+        Ok(Some(checksum.to_string()))
     })();
     let checksum = match result {
-        Ok(c) => c,
+        Ok(Some(c)) => c,
+        Ok(None) => {
+            let _ = repo.abort_transaction(cancellable);
+            let parent = parent.unwrap_or_default();
+            progress.finish(format!("unchanged: {parent}"));
+            return Ok(Commit {
+                checksum: parent.clone(),
+                parent: Some(parent),
+                kver: kver.to_string(),
+                unchanged: true,
+            });
+        }
         Err(e) => {
             let _ = repo.abort_transaction(cancellable);
             return Err(e);
         }
     };
-    repo.regenerate_summary(None, cancellable)
-        .context("regenerating the summary")?;
+    publish_summary(repo, opts.sign.as_ref())?;
     progress.finish(format!("Committed {checksum} to {}", opts.branch));
     Ok(Commit {
         checksum,
         parent,
         kver: kver.to_string(),
+        unchanged: false,
     })
+}
+
+/// Whether `root` is the root directory of commit `parent` (same content and metadata).
+fn same_root(repo: &ostree::Repo, parent: &str, root: &ostree::RepoFile) -> Result<bool> {
+    let (parent_root, _) = repo
+        .read_commit(parent, gio::Cancellable::NONE)
+        .with_context(|| format!("reading the parent commit {parent}"))?;
+    let parent_root = parent_root
+        .downcast::<ostree::RepoFile>()
+        .map_err(|_| anyhow::anyhow!("libostree returned a root that is not a RepoFile"))?;
+    Ok(
+        parent_root.tree_get_contents_checksum() == root.tree_get_contents_checksum()
+            && parent_root.tree_get_metadata_checksum() == root.tree_get_metadata_checksum(),
+    )
+}
+
+/// Sign commit `checksum` with GPG key `key` (an existing signature by it is kept).
+fn sign_commit(
+    repo: &ostree::Repo,
+    checksum: &str,
+    key: &str,
+    homedir: Option<&Path>,
+) -> Result<()> {
+    let home = homedir.map(|h| h.to_string_lossy().into_owned());
+    match repo.sign_commit(checksum, key, home.as_deref(), gio::Cancellable::NONE) {
+        Ok(()) => Ok(()),
+        Err(e) if e.matches(gio::IOErrorEnum::Exists) => Ok(()),
+        Err(e) => Err(anyhow::anyhow!(
+            "signing commit {checksum} with GPG key {key} (GPG home {}): {e}; check that \
+             the key's secret part is in that home and that it has not expired \
+             (gpg --homedir HOME --list-secret-keys)",
+            homedir.map_or("the default".to_string(), |h| h.display().to_string())
+        )),
+    }
+}
+
+/// Regenerate the summary, then sign it (`summary.sig`) when `sign` says so: the last
+/// step of every publication.
+pub(crate) fn publish_summary(repo: &ostree::Repo, sign: Option<&crate::Sign>) -> Result<()> {
+    repo.regenerate_summary(None, gio::Cancellable::NONE)
+        .context("regenerating the summary")?;
+    if let Some(sign) = sign {
+        let keys: Vec<&str> = sign.key_ids.iter().map(String::as_str).collect();
+        let home = sign
+            .homedir
+            .as_ref()
+            .map(|h| h.to_string_lossy().into_owned());
+        repo.add_gpg_signature_summary(&keys, home.as_deref(), gio::Cancellable::NONE)
+            .with_context(|| format!("signing the summary with GPG keys {}", keys.join(", ")))?;
+    }
+    Ok(())
+}
+
+/// `osbuild sign`: sign commit `rev` of the archive repository at `repo_path` with
+/// `sign`'s keys (keeping signatures it has), then the summary.
+pub fn sign(repo_path: &Path, rev: &str, sign: &crate::Sign) -> Result<String> {
+    let repo = repo::open_archive(repo_path)?;
+    let checksum = repo::resolve(&repo, rev)?.with_context(|| {
+        format!(
+            "{rev} is neither a ref nor a commit in {}",
+            repo_path.display()
+        )
+    })?;
+    for key in &sign.key_ids {
+        sign_commit(&repo, &checksum, key, sign.homedir.as_deref())?;
+    }
+    publish_summary(&repo, Some(sign))?;
+    Ok(checksum)
 }
 
 #[cfg(test)]
@@ -160,6 +270,8 @@ mod tests {
             branch: "test/x86_64".into(),
             subject: Some("first".into()),
             version: Some("1".into()),
+            timestamp: Some(1_700_000_000),
+            ..CommitOptions::default()
         };
         let first = commit(&repo_path, &tree, &opts).unwrap();
         assert_eq!(first.parent, None);
@@ -184,6 +296,31 @@ mod tests {
             Some(vec!["test/x86_64".to_string()])
         );
         assert!(repo_path.join("summary").is_file());
+        assert_eq!(ostree::commit_get_timestamp(&commit_v), 1_700_000_000);
+        assert_eq!(
+            meta.lookup::<String>("osbuild.version").unwrap().as_deref(),
+            Some(env!("CARGO_PKG_VERSION"))
+        );
+        // The same tree again: nothing is committed, unless asked.
+        let again = commit(&repo_path, &tree, &opts).unwrap();
+        assert!(again.unchanged);
+        assert_eq!(again.checksum, second.checksum);
+        assert_eq!(
+            repo::resolve(&repo, "test/x86_64").unwrap().as_deref(),
+            Some(second.checksum.as_str())
+        );
+        let forced = commit(
+            &repo_path,
+            &tree,
+            &CommitOptions {
+                allow_unchanged: true,
+                timestamp: Some(1_700_000_001),
+                ..opts.clone()
+            },
+        )
+        .unwrap();
+        assert!(!forced.unchanged);
+        assert_eq!(forced.parent.as_deref(), Some(second.checksum.as_str()));
         // Every object's size is recorded, the added file's among them.
         let sizes = ostree::commit_get_object_sizes(&commit_v).unwrap();
         assert!(sizes.len() >= 3, "{} entries", sizes.len());

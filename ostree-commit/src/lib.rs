@@ -12,12 +12,12 @@ mod source;
 
 pub use bootstrap::{bootstrap, Bootstrap};
 pub use cache::{Cache, KEEP_BASES};
-pub use commit::{commit, Commit, CommitOptions};
+pub use commit::{commit, sign, Commit, CommitOptions};
 pub use layout::{convert, validate, TreeError, TreeInfo};
 pub use manifest::{
     key_flags, AptRepository, AptSources, FileContent, FlagAction, FlagScope, ImageFile,
     ImageSettings, KeyFlag, Manifest, ManifestError, ManifestErrorKind, Overrides, Owner,
-    PushTarget, Remote, RemoteFlags, Scripts, Services, User,
+    PushTarget, Remote, RemoteFlags, Scripts, Services, Sign, User,
 };
 pub use push::{push, Destination, PushOptions, PushOutcome};
 pub use source::{Base, Debian, Directory, Tarball};

@@ -58,7 +58,17 @@ pub struct Manifest {
     scripts: Scripts,
     remote: Option<Remote>,
     push: Option<PushTarget>,
+    sign: Option<Sign>,
     image: ImageSettings,
+}
+
+/// GPG signing of commits and the summary (`[sign]`, `--gpg-sign`, `--gpg-homedir`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Sign {
+    /// The signing keys: IDs or fingerprints.
+    pub key_ids: Vec<String>,
+    /// The GPG home holding their secret keys; GPG's default when unset.
+    pub homedir: Option<PathBuf>,
 }
 
 /// The `[image]` table: make-image's settings for this OS, each unset when the manifest
@@ -376,5 +386,22 @@ impl Manifest {
     /// Where `osbuild push` sends commits, if set.
     pub fn push(&self) -> Option<&PushTarget> {
         self.push.as_ref()
+    }
+
+    /// The SHA-256 of the manifest file, recorded in commits built from it.
+    pub fn digest(&self) -> anyhow::Result<String> {
+        use anyhow::Context;
+        use sha2::Digest;
+        let bytes = std::fs::read(&self.path)
+            .with_context(|| format!("reading {}", self.path.display()))?;
+        Ok(sha2::Sha256::digest(&bytes)
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect())
+    }
+
+    /// How commits are signed, if they are.
+    pub fn sign(&self) -> Option<&Sign> {
+        self.sign.as_ref()
     }
 }

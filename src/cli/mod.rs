@@ -58,6 +58,9 @@ pub(crate) enum Command {
     /// given), --ssh-port (22) and --path (/srv/ostree/repo). Without either, nothing is
     /// committed.
     CommitPush(CommitPushArgs),
+    /// Sign an existing commit (and then the summary) with GPG; signatures it already has
+    /// are kept.
+    Sign(SignArgs),
     /// Print the completion script for a shell, e.g. `osbuild completions bash >
     /// /usr/local/share/bash-completion/completions/osbuild`.
     Completions(CompletionsArgs),
@@ -361,6 +364,13 @@ pub(crate) struct CommitArgs {
     /// The commit's subject line.
     #[arg(long)]
     subject: Option<String>,
+    /// The commit's timestamp, seconds since 1970 [default: $SOURCE_DATE_EPOCH, else now].
+    #[arg(long, value_name = "SECONDS")]
+    timestamp: Option<u64>,
+    /// Commit even when the tree is the branch head's (otherwise nothing is committed and
+    /// `unchanged: CHECKSUM` is printed).
+    #[arg(long)]
+    allow_unchanged: bool,
     #[command(flatten)]
     keys: CommitKeyFlags,
     #[command(flatten)]
@@ -390,6 +400,10 @@ impl CommitArgs {
             branch: branch.clone(),
             subject: self.subject.clone(),
             version,
+            timestamp: self.timestamp,
+            manifest_digest: manifest.map(Manifest::digest).transpose()?,
+            allow_unchanged: self.allow_unchanged,
+            sign: self.keys.0.sign(manifest.and_then(Manifest::sign))?,
         };
         let commit = match (&self.tree, manifest) {
             (Some(tree), _) => ostree_commit::commit(&self.repo, tree, &opts)?,
@@ -412,8 +426,55 @@ impl CommitArgs {
                 "commit needs --tree DIR, or a manifest to build the tree from (--manifest FILE, or ./osbuild.toml)"
             ),
         };
-        println!("{}", commit.checksum);
+        if commit.unchanged {
+            println!("unchanged: {}", commit.checksum);
+        } else {
+            println!("{}", commit.checksum);
+        }
         Ok(branch)
+    }
+}
+
+/// Sign a commit.
+#[derive(Debug, clap::Args)]
+pub(crate) struct SignArgs {
+    /// Archive repository.
+    #[arg(long, default_value = "repo")]
+    repo: PathBuf,
+    /// The commit: a ref or a checksum.
+    rev: String,
+    /// A GPG key to sign with (repeatable) [default: the manifest's `[sign] gpg_key`].
+    #[arg(long = "gpg-sign", value_name = "KEYID")]
+    keys: Vec<String>,
+    /// The GPG home with the secret keys [default: the manifest's, else GPG's].
+    #[arg(long, value_name = "DIR")]
+    gpg_homedir: Option<PathBuf>,
+    #[command(flatten)]
+    manifest: ManifestArg,
+}
+
+impl SignArgs {
+    fn run(&self) -> Result<()> {
+        let manifest = self.manifest.load()?;
+        let from_manifest = manifest.as_ref().and_then(Manifest::sign);
+        let sign = ostree_commit::Sign {
+            key_ids: if self.keys.is_empty() {
+                from_manifest.map(|s| s.key_ids.clone()).unwrap_or_default()
+            } else {
+                self.keys.clone()
+            },
+            homedir: self
+                .gpg_homedir
+                .clone()
+                .or_else(|| from_manifest.and_then(|s| s.homedir.clone())),
+        };
+        anyhow::ensure!(
+            !sign.key_ids.is_empty(),
+            "sign needs a key: --gpg-sign KEYID, or a manifest with [sign] gpg_key"
+        );
+        let checksum = ostree_commit::sign(&self.repo, &self.rev, &sign)?;
+        println!("{checksum}");
+        Ok(())
     }
 }
 
@@ -605,6 +666,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         Command::MakeImage(a) => a.run()?,
         Command::Receive(a) => return a.run(),
         Command::Admin(a) => a.run()?,
+        Command::Sign(a) => a.run()?,
         Command::Push(a) => return a.run(),
         Command::CommitPush(a) => return a.run(),
         Command::Completions(a) => a.run()?,

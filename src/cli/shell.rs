@@ -151,6 +151,13 @@ mod tests {
             .collect();
         let mut want = vec!["osbuild.1".to_string()];
         want.extend(verbs().iter().map(|v| format!("osbuild-{v}.1")));
+        // A verb's own verbs too (`osbuild admin status`: osbuild-admin-status.1).
+        for verb in Cli::command().get_subcommands() {
+            for sub in verb.get_subcommands() {
+                want.push(format!("osbuild-{}-{}.1", verb.get_name(), sub.get_name()));
+            }
+        }
+        assert!(want.contains(&"osbuild-admin-rollback.1".to_string()));
         want.sort();
         let mut got = pages.clone();
         got.sort();

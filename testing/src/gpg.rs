@@ -20,7 +20,15 @@ pub struct GpgKey {
 /// The shared throwaway key; panics with gpg's error if it cannot be made.
 pub fn throwaway_key() -> &'static GpgKey {
     static KEY: OnceLock<GpgKey> = OnceLock::new();
-    KEY.get_or_init(|| generate(&target_tmp()))
+    KEY.get_or_init(|| generate(&target_tmp(), "home"))
+}
+
+/// A second throwaway key in a GPG home of its own: a signer devices must not trust.
+pub fn other_key() -> &'static GpgKey {
+    static KEY: OnceLock<GpgKey> = OnceLock::new();
+    // The first key's directory (and its cleanup) first.
+    throwaway_key();
+    KEY.get_or_init(|| generate(&target_tmp(), "home-other"))
 }
 
 /// `gpg --homedir HOME --batch …`, without a passphrase.
@@ -46,7 +54,7 @@ fn stop_agent(home: &Path) {
     );
 }
 
-fn generate(tmp: &Path) -> GpgKey {
+fn generate(tmp: &Path, home_name: &str) -> GpgKey {
     use std::os::unix::fs::PermissionsExt;
     // One directory per process; those of processes that are gone are removed, with the
     // gpg-agent that signing started there (it outlives the test process).
@@ -55,12 +63,13 @@ fn generate(tmp: &Path) -> GpgKey {
         if let Some(pid) = name.strip_prefix("gpg-") {
             if !Path::new("/proc").join(pid).exists() {
                 stop_agent(&entry.path().join("home"));
+                stop_agent(&entry.path().join("home-other"));
                 let _ = std::fs::remove_dir_all(entry.path());
             }
         }
     }
     let dir = tmp.join(format!("gpg-{}", std::process::id()));
-    let home = dir.join("home");
+    let home = dir.join(home_name);
     std::fs::create_dir_all(&home).unwrap_or_else(|e| panic!("creating {}: {e}", home.display()));
     // gpg warns about (and some versions refuse) a home others can read.
     std::fs::set_permissions(&home, std::fs::Permissions::from_mode(0o700))
@@ -79,7 +88,7 @@ fn generate(tmp: &Path) -> GpgKey {
         .and_then(|l| l.split(':').nth(9))
         .unwrap_or_else(|| panic!("no fingerprint in gpg --list-keys:\n{listing}"))
         .to_string();
-    let keyring = dir.join("trusted.gpg");
+    let keyring = dir.join(format!("{home_name}.gpg"));
     run(gpg(&home)
         .arg("--output")
         .arg(&keyring)

@@ -20,6 +20,18 @@ pub(crate) fn segment(s: &str, what: &str) -> Result<(), String> {
     }
 }
 
+/// A GPG key as GPG's `--local-user` takes it: an ID, a fingerprint or a user ID, on one
+/// line, not an option.
+pub(crate) fn gpg_key_id(s: &str) -> Result<(), String> {
+    if s.trim().is_empty() || s.starts_with('-') || s.chars().any(char::is_control) {
+        Err(format!(
+            "{s:?} is not a GPG key: give its ID or fingerprint (gpg --list-secret-keys shows them)"
+        ))
+    } else {
+        Ok(())
+    }
+}
+
 /// An ostree ref: ref segments separated by `/`.
 pub(crate) fn ostree_ref(s: &str) -> Result<(), String> {
     if s.split('/').all(ref_segment) {

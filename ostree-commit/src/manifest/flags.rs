@@ -5,7 +5,7 @@
 
 use super::check;
 use super::raw::SECTIONS;
-use crate::{Base, Bootstrap, ImageSettings};
+use crate::{Base, Bootstrap, ImageSettings, Sign};
 use anyhow::{bail, Result};
 use std::path::PathBuf;
 
@@ -190,6 +190,38 @@ impl Overrides {
             name: named("remote.name", &|n| check::segment(n, "remote name"))?,
             gpg_key: self.value("remote.gpg_key").map(PathBuf::from),
         })
+    }
+
+    /// The signing `--gpg-sign` and `--gpg-homedir` ask for, over the manifest's `[sign]`:
+    /// keys are added to the manifest's, the home replaces its.
+    pub fn sign(&self, manifest: Option<&Sign>) -> Result<Option<Sign>> {
+        let mut key_ids: Vec<String> = manifest.map(|m| m.key_ids.clone()).unwrap_or_default();
+        for k in self.values("sign.gpg_key") {
+            check::gpg_key_id(k).map_err(|m| anyhow::anyhow!("--gpg-sign {k:?}: {m}"))?;
+            if !key_ids.contains(k) {
+                key_ids.push(k.clone());
+            }
+        }
+        let homedir = match self.value("sign.gpg_homedir") {
+            Some(h) => {
+                let h = PathBuf::from(h);
+                anyhow::ensure!(
+                    h.is_dir(),
+                    "--gpg-homedir {}: not a directory (the GPG home with the signing keys)",
+                    h.display()
+                );
+                Some(h)
+            }
+            None => manifest.and_then(|m| m.homedir.clone()),
+        };
+        if key_ids.is_empty() {
+            anyhow::ensure!(
+                homedir.is_none() || manifest.is_some(),
+                "--gpg-homedir without a key to sign with: add --gpg-sign KEYID"
+            );
+            return Ok(None);
+        }
+        Ok(Some(Sign { key_ids, homedir }))
     }
 
     /// Lay the tree's flags over `spec` (what a manifest describes, or the default

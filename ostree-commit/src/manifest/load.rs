@@ -326,6 +326,34 @@ impl Cx<'_> {
             })
             .transpose()?;
 
+        let sign = raw
+            .sign
+            .map(|g| {
+                let span = g.span();
+                let g = g.into_inner();
+                if g.gpg_key.is_empty() {
+                    return Err(self.invalid(
+                        "sign.gpg_key",
+                        span,
+                        "name at least one key, or leave [sign] out".into(),
+                    ));
+                }
+                let key_ids = g
+                    .gpg_key
+                    .iter()
+                    .enumerate()
+                    .map(|(i, k)| self.checked(format!("sign.gpg_key[{i}]"), k, check::gpg_key_id))
+                    .collect::<Result<Vec<_>, _>>()?;
+                Ok::<_, ManifestError>(Sign {
+                    key_ids,
+                    homedir: g
+                        .gpg_homedir
+                        .as_ref()
+                        .map(|h| self.existing("sign.gpg_homedir", h, Want::Dir))
+                        .transpose()?,
+                })
+            })
+            .transpose()?;
         let image = match raw.image {
             Some(i) => self.image(i)?,
             None => ImageSettings::default(),
@@ -347,6 +375,7 @@ impl Cx<'_> {
             scripts,
             remote,
             push,
+            sign,
             image,
         })
     }

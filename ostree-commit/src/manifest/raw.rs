@@ -143,6 +143,8 @@ section! {
         remote: Option<Spanned<RawRemote>>, "table", "no remote configured";
         /// Where `osbuild push` sends commits: see `[push]`.
         push: Option<Spanned<RawPush>>, "table", "no destination";
+        /// How commits and the summary are signed: see `[sign]`.
+        sign: Option<Spanned<RawSign>>, "table", "commits are not signed";
         /// How `osbuild make-image` makes disk images of this OS: see `[image]`.
         image: Option<RawImage>, "table", "make-image's defaults";
     }
@@ -269,6 +271,19 @@ section! {
 }
 
 section! {
+    /// How `osbuild commit` signs each commit and the repository's summary
+    /// (`summary.sig`), with GPG through libostree (gpgme). Devices verify them with the
+    /// public key (`[remote] gpg_key`). Debian 12's libostree has no ed25519 signing.
+    "[sign]" struct RawSign {
+        /// The GPG keys that sign: key IDs or fingerprints, each with its secret key in
+        /// the GPG home.
+        gpg_key: Vec<Str>, "list of strings", "required", flag Commit "gpg-sign" "KEYID" Add;
+        /// The GPG home holding the secret keys, a directory beside the manifest.
+        gpg_homedir: Option<Str>, "path", "`$GNUPGHOME`, else `~/.gnupg`", flag Commit "gpg-homedir" "DIR" Set;
+    }
+}
+
+section! {
     /// Where `osbuild push` sends commits.
     "[push]" struct RawPush {
         /// `ssh://[USER@]HOST[:PORT]/PATH` or `[USER@]HOST:PATH`.
@@ -313,6 +328,7 @@ pub(crate) const SECTIONS: &[Section] = &[
     RawScripts::SECTION,
     RawRemote::SECTION,
     RawPush::SECTION,
+    RawSign::SECTION,
     RawImage::SECTION,
 ];
 

@@ -31,6 +31,7 @@ fn fixture() -> TempDir {
         "scripts",
         "keyrings",
         "keys",
+        "keys/gnupg",
         "rootfs",
     ] {
         fs::create_dir_all(d.join(sub)).unwrap();
@@ -315,6 +316,13 @@ fn docs_example_sets_every_key_and_loads() {
             name: "origin".into(),
             url: "https://updates.example.com/repo".into(),
             gpg_key: Some(d.join("keys/updates.gpg")),
+        })
+    );
+    assert_eq!(
+        m.sign(),
+        Some(&Sign {
+            key_ids: vec!["0123456789ABCDEF0123456789ABCDEF01234567".into()],
+            homedir: Some(d.join("keys/gnupg")),
         })
     );
     let push = m.push().unwrap();

@@ -1,0 +1,130 @@
+//! Signed commits and summaries, checked by the real `ostree pull` with `gpg-verify` and
+//! `gpg-verify-summary` on: our key is accepted, another key is refused, and a bad key
+//! leaves the repository as it was.
+
+use osbuild_testing::gpg::{other_key, throwaway_key, GpgKey};
+use osbuild_testing::helpers::{output, run, text};
+use osbuild_testing::{require, Need};
+use ostree_commit::{commit, sign, CommitOptions, Sign};
+use std::fs;
+use std::path::Path;
+use std::process::Command;
+
+const BRANCH: &str = "test/x86_64";
+
+fn tiny_tree(root: &Path, content: &str) {
+    let modules = root.join("usr/lib/modules/6.1.0-test");
+    fs::create_dir_all(&modules).unwrap();
+    fs::write(modules.join("vmlinuz"), "kernel").unwrap();
+    fs::write(modules.join("initramfs.img"), "initramfs").unwrap();
+    fs::create_dir_all(root.join("usr/etc")).unwrap();
+    fs::write(root.join("usr/etc/os-release"), "ID=test\n").unwrap();
+    fs::write(root.join("usr/lib/content"), content).unwrap();
+}
+
+/// `ostree pull` of the branch from `repo` into a fresh repository that trusts `trusted`
+/// and verifies commits and the summary.
+fn pull(dir: &Path, repo: &Path, trusted: &GpgKey) -> std::process::Output {
+    let client = dir.join(format!("client-{}", trusted.key_id));
+    let _ = fs::remove_dir_all(&client);
+    let r = format!("--repo={}", client.display());
+    run(Command::new("ostree").args(["init", "--mode=bare-user", &r]));
+    run(Command::new("ostree").args([
+        "remote",
+        "add",
+        &r,
+        "--set=gpg-verify=true",
+        "--set=gpg-verify-summary=true",
+        &format!("--gpg-import={}", trusted.keyring.display()),
+        "origin",
+        &format!("file://{}", repo.display()),
+    ]));
+    output(Command::new("ostree").args(["pull", &r, "origin", BRANCH]))
+}
+
+#[test]
+fn signed_commits_and_summaries_pass_ostree_pull() {
+    if !require(&[Need::Ostree, Need::Gpg]) {
+        return;
+    }
+    let key = throwaway_key();
+    let other = other_key();
+    let dir = tempfile::tempdir().unwrap();
+    let tree = dir.path().join("tree");
+    tiny_tree(&tree, "1");
+    let repo = dir.path().join("repo");
+    let signing = Sign {
+        key_ids: vec![key.key_id.clone()],
+        homedir: Some(key.home.clone()),
+    };
+    let opts = CommitOptions {
+        branch: BRANCH.into(),
+        sign: Some(signing.clone()),
+        ..CommitOptions::default()
+    };
+    let c1 = commit(&repo, &tree, &opts).unwrap();
+    assert!(repo.join("summary.sig").is_file());
+    let ours = pull(dir.path(), &repo, key);
+    assert!(ours.status.success(), "{}", text(&ours));
+    // A device that trusts another key refuses the commit.
+    let theirs = pull(dir.path(), &repo, other);
+    assert!(
+        !theirs.status.success(),
+        "pulled with the wrong key: {}",
+        text(&theirs)
+    );
+
+    // An unsigned commit is refused too, until `osbuild sign` signs it.
+    tiny_tree(&tree, "2");
+    let c2 = commit(
+        &repo,
+        &tree,
+        &CommitOptions {
+            branch: BRANCH.into(),
+            ..CommitOptions::default()
+        },
+    )
+    .unwrap();
+    assert_ne!(c1.checksum, c2.checksum);
+    let unsigned = pull(dir.path(), &repo, key);
+    assert!(
+        !unsigned.status.success(),
+        "pulled an unsigned commit: {}",
+        text(&unsigned)
+    );
+    assert_eq!(sign(&repo, BRANCH, &signing).unwrap(), c2.checksum);
+    // Signing twice keeps the one signature.
+    sign(&repo, &c2.checksum, &signing).unwrap();
+    let signed = pull(dir.path(), &repo, key);
+    assert!(signed.status.success(), "{}", text(&signed));
+
+    // A key that is not in the home: named, and the branch stays where it was.
+    tiny_tree(&tree, "3");
+    let missing = Sign {
+        key_ids: vec!["0123456789ABCDEF0123456789ABCDEF01234567".into()],
+        homedir: Some(key.home.clone()),
+    };
+    let err = commit(
+        &repo,
+        &tree,
+        &CommitOptions {
+            branch: BRANCH.into(),
+            sign: Some(missing),
+            ..CommitOptions::default()
+        },
+    )
+    .unwrap_err();
+    let err = format!("{err:#}");
+    assert!(
+        err.contains("0123456789ABCDEF0123456789ABCDEF01234567"),
+        "{err}"
+    );
+    let head = run(Command::new("ostree").args([
+        "rev-parse",
+        &format!("--repo={}", repo.display()),
+        BRANCH,
+    ]));
+    assert_eq!(head, c2.checksum);
+    let fsck = output(Command::new("ostree").args(["fsck", &format!("--repo={}", repo.display())]));
+    assert!(fsck.status.success(), "{}", text(&fsck));
+}
