@@ -182,7 +182,7 @@ fn report(done: &Upgrade) -> bool {
         Upgrade::Available(u) => {
             println!("Update available on {}: {}", u.refspec, about(u));
             match u.download {
-                Some(n) => println!("Download: {}", crate::human_bytes(n)),
+                Some(n) => println!("Download: {}", osbuild_core::progress::human_bytes(n)),
                 None => println!("Download: unknown (the commit records no ostree.sizes)"),
             }
             false

@@ -18,4 +18,4 @@ mod upgrade;
 
 pub use rollback::{rollback, Rollback};
 pub use status::{json_schema, status, Deployment, Role, Status};
-pub use upgrade::{human_bytes, upgrade, Update, Upgrade};
+pub use upgrade::{upgrade, Update, Upgrade};

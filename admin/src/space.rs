@@ -94,11 +94,11 @@ pub(crate) fn check(
              ({} free now, {} once old deployments are pruned); free {} more (remove a \
              pinned deployment with `ostree admin undeploy`, or unused files), then retry",
             boot.display(),
-            crate::human_bytes(needed),
-            crate::human_bytes(room),
-            crate::human_bytes(free),
-            crate::human_bytes(freed),
-            crate::human_bytes(needed + SLACK - room),
+            osbuild_core::progress::human_bytes(needed),
+            osbuild_core::progress::human_bytes(room),
+            osbuild_core::progress::human_bytes(free),
+            osbuild_core::progress::human_bytes(freed),
+            osbuild_core::progress::human_bytes(needed + SLACK - room),
         );
     }
     Ok(())

@@ -42,6 +42,148 @@ pub fn create_archive(path: &Path) -> Result<ostree::Repo> {
     Ok(repo)
 }
 
+/// A ref moving to a new commit.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RefMove {
+    /// The ref.
+    pub name: String,
+    /// Its commit before, if it existed.
+    pub old: Option<String>,
+    /// Its new commit.
+    pub new: String,
+}
+
+/// How [`publish`] ends.
+#[derive(Debug, Clone, Default)]
+pub struct PublishOptions {
+    /// More commits to make a static delta from to each new head (`--delta-from`).
+    pub delta_from: Vec<String>,
+    /// Regenerate the summary.
+    pub summary: bool,
+    /// Sign the summary with these GPG keys, in this GPG home (`summary.sig`).
+    pub sign_summary: Option<(Vec<String>, Option<std::path::PathBuf>)>,
+}
+
+/// A static delta [`publish`] made.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeltaMade {
+    /// The commit it starts from.
+    pub from: String,
+    /// The commit it leads to.
+    pub to: String,
+    /// Its size on disk.
+    pub bytes: u64,
+}
+
+/// Make commits visible in the order a reader must see them: static deltas to each new
+/// head (from its old head and `delta_from`), then the refs, then the summary (which
+/// indexes the deltas), then its signature. A reader never finds a ref or summary that
+/// names something not yet written, and a process killed part-way leaves the old
+/// state or the new. A delta that cannot be made is reported through `warn`, not fatal.
+pub fn publish(
+    repo: &ostree::Repo,
+    moves: &[RefMove],
+    opts: &PublishOptions,
+    warn: &mut dyn FnMut(&str),
+) -> Result<Vec<DeltaMade>> {
+    let cancellable = gio::Cancellable::NONE;
+    let mut made = Vec::new();
+    for m in moves {
+        let mut froms: Vec<&str> = m.old.iter().map(String::as_str).collect();
+        froms.extend(opts.delta_from.iter().map(String::as_str));
+        for from in froms {
+            if from == m.new {
+                continue;
+            }
+            let before = delta_dirs(repo);
+            // One file per delta: devices fetch it in one request.
+            let params = glib::VariantDict::new(None);
+            params.insert("inline-parts", true);
+            match repo.static_delta_generate(
+                ostree::StaticDeltaGenerateOpt::Major,
+                Some(from),
+                &m.new,
+                None,
+                Some(&params.end()),
+                cancellable,
+            ) {
+                Ok(()) => {
+                    let bytes = delta_dirs(repo)
+                        .difference(&before)
+                        .map(|d| dir_size(d))
+                        .sum();
+                    made.push(DeltaMade {
+                        from: from.to_string(),
+                        to: m.new.clone(),
+                        bytes,
+                    });
+                }
+                Err(e) => warn(&format!("warning: no static delta {from}-{}: {e}", m.new)),
+            }
+        }
+    }
+    for m in moves {
+        repo.set_ref_immediate(None, &m.name, Some(&m.new), cancellable)
+            .with_context(|| format!("updating ref {} to {}", m.name, m.new))?;
+    }
+    if opts.summary && !moves.is_empty() {
+        write_summary(repo, opts.sign_summary.as_ref())?;
+    }
+    Ok(made)
+}
+
+/// Regenerate the summary (libostree writes it to a temporary file and renames it into
+/// place), then sign it with `sign`'s GPG keys in its GPG home.
+pub fn write_summary(
+    repo: &ostree::Repo,
+    sign: Option<&(Vec<String>, Option<std::path::PathBuf>)>,
+) -> Result<()> {
+    let cancellable = gio::Cancellable::NONE;
+    repo.regenerate_summary(None, cancellable)
+        .context("regenerating the summary")?;
+    if let Some((keys, home)) = sign {
+        let keys: Vec<&str> = keys.iter().map(String::as_str).collect();
+        let home = home.as_ref().map(|h| h.to_string_lossy().into_owned());
+        repo.add_gpg_signature_summary(&keys, home.as_deref(), cancellable)
+            .with_context(|| format!("signing the summary with GPG keys {}", keys.join(", ")))?;
+    }
+    Ok(())
+}
+
+/// The delta directories of the repository (`deltas/XX/REST`).
+fn delta_dirs(repo: &ostree::Repo) -> std::collections::BTreeSet<std::path::PathBuf> {
+    let mut out = std::collections::BTreeSet::new();
+    let Some(root) = gio::prelude::FileExt::path(&repo.path()) else {
+        return out;
+    };
+    for prefix in std::fs::read_dir(root.join("deltas"))
+        .into_iter()
+        .flatten()
+        .flatten()
+    {
+        for d in std::fs::read_dir(prefix.path())
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            out.insert(d.path());
+        }
+    }
+    out
+}
+
+/// The bytes of the files directly in `dir`.
+fn dir_size(dir: &Path) -> u64 {
+    std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| e.metadata().ok())
+        .filter(|m| m.is_file())
+        .map(|m| m.len())
+        .sum()
+}
+
 /// Resolve a ref to its commit checksum, if the ref exists.
 pub fn resolve(repo: &ostree::Repo, refspec: &str) -> Result<Option<String>> {
     Ok(repo

@@ -25,6 +25,21 @@ pub struct CommitOptions {
     /// Sign the commit (inside the transaction, so it never appears unsigned) and the
     /// summary.
     pub sign: Option<crate::Sign>,
+    /// More commits to make a static delta from (besides the parent).
+    pub delta_from: Vec<String>,
+}
+
+/// A static delta a commit made, beside what it saves.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Delta {
+    /// The commit it starts from.
+    pub from: String,
+    /// Its size.
+    pub bytes: u64,
+    /// The archived size of the new commit's objects that `from` lacks (from the commits'
+    /// `ostree.sizes`): what a device would fetch object by object. None when a commit has
+    /// no sizes.
+    pub changed_bytes: Option<u64>,
 }
 
 /// The result of a commit.
@@ -38,6 +53,8 @@ pub struct Commit {
     pub kver: String,
     /// The tree equals the parent's, so no commit was made: `checksum` is the parent.
     pub unchanged: bool,
+    /// The static deltas made to it.
+    pub deltas: Vec<Delta>,
 }
 
 /// Commit `tree` to `branch` in the archive repository at `repo_path`, creating the
@@ -84,6 +101,13 @@ fn commit_time() -> Result<u64> {
 fn write(repo: &ostree::Repo, tree: &Path, opts: &CommitOptions, kver: &str) -> Result<Commit> {
     let cancellable = gio::Cancellable::NONE;
     let parent = repo::resolve(repo, &opts.branch)?;
+    let mut delta_from = Vec::new();
+    for rev in &opts.delta_from {
+        let missing = || format!("--delta-from {rev}: no such ref or commit in the repository");
+        let c = repo::resolve(repo, rev)?.with_context(missing)?;
+        repo.load_commit(&c).with_context(missing)?;
+        delta_from.push(c);
+    }
     let progress = Progress::spinner(format!("Committing {} to {}", tree.display(), opts.branch));
 
     repo.prepare_transaction(cancellable)
@@ -152,7 +176,7 @@ fn write(repo: &ostree::Repo, tree: &Path, opts: &CommitOptions, kver: &str) -> 
                 sign_commit(repo, &checksum, key, sign.homedir.as_deref())?;
             }
         }
-        repo.transaction_set_ref(None, &opts.branch, Some(checksum.as_str()));
+        // The ref moves after the deltas (osbuild_core::repo::publish).
         repo.commit_transaction(cancellable)
             .context("completing the repository transaction")?;
         Ok(Some(checksum.to_string()))
@@ -168,6 +192,7 @@ fn write(repo: &ostree::Repo, tree: &Path, opts: &CommitOptions, kver: &str) -> 
                 parent: Some(parent),
                 kver: kver.to_string(),
                 unchanged: true,
+                deltas: Vec::new(),
             });
         }
         Err(e) => {
@@ -175,14 +200,74 @@ fn write(repo: &ostree::Repo, tree: &Path, opts: &CommitOptions, kver: &str) -> 
             return Err(e);
         }
     };
-    publish_summary(repo, opts.sign.as_ref())?;
+    let moves = [repo::RefMove {
+        name: opts.branch.clone(),
+        old: parent.clone(),
+        new: checksum.clone(),
+    }];
+    let publish = repo::PublishOptions {
+        delta_from,
+        summary: true,
+        sign_summary: opts
+            .sign
+            .as_ref()
+            .map(|s| (s.key_ids.clone(), s.homedir.clone())),
+    };
+    let made = repo::publish(repo, &moves, &publish, &mut |m| eprintln!("{m}"))?;
     progress.finish(format!("Committed {checksum} to {}", opts.branch));
+    let deltas = made
+        .into_iter()
+        .map(|d| Delta {
+            changed_bytes: changed_bytes(repo, &d.from, &checksum),
+            from: d.from,
+            bytes: d.bytes,
+        })
+        .collect();
     Ok(Commit {
         checksum,
         parent,
         kver: kver.to_string(),
         unchanged: false,
+        deltas,
     })
+}
+
+impl Commit {
+    /// One line per static delta: its size beside the changed objects' size.
+    pub fn delta_report(&self) -> Vec<String> {
+        use osbuild_core::progress::human_bytes;
+        self.deltas
+            .iter()
+            .map(|d| {
+                format!(
+                    "static delta {} -> {}: {} (the changed objects: {})",
+                    d.from,
+                    self.checksum,
+                    human_bytes(d.bytes),
+                    d.changed_bytes.map_or("unknown".to_string(), human_bytes),
+                )
+            })
+            .collect()
+    }
+}
+
+/// The archived bytes of `to`'s objects that `from` does not have, by their `ostree.sizes`.
+fn changed_bytes(repo: &ostree::Repo, from: &str, to: &str) -> Option<u64> {
+    let sizes = |c: &str| {
+        let (v, _) = repo.load_commit(c).ok()?;
+        ostree::commit_get_object_sizes(&v).ok()
+    };
+    let old: std::collections::BTreeSet<String> = sizes(from)?
+        .iter()
+        .map(|e| e.checksum().to_string())
+        .collect();
+    Some(
+        sizes(to)?
+            .iter()
+            .filter(|e| !old.contains(e.checksum().as_str()))
+            .map(|e| e.archived())
+            .sum(),
+    )
 }
 
 /// Whether `root` is the root directory of commit `parent` (same content and metadata).
@@ -219,23 +304,6 @@ fn sign_commit(
     }
 }
 
-/// Regenerate the summary, then sign it (`summary.sig`) when `sign` says so: the last
-/// step of every publication.
-pub(crate) fn publish_summary(repo: &ostree::Repo, sign: Option<&crate::Sign>) -> Result<()> {
-    repo.regenerate_summary(None, gio::Cancellable::NONE)
-        .context("regenerating the summary")?;
-    if let Some(sign) = sign {
-        let keys: Vec<&str> = sign.key_ids.iter().map(String::as_str).collect();
-        let home = sign
-            .homedir
-            .as_ref()
-            .map(|h| h.to_string_lossy().into_owned());
-        repo.add_gpg_signature_summary(&keys, home.as_deref(), gio::Cancellable::NONE)
-            .with_context(|| format!("signing the summary with GPG keys {}", keys.join(", ")))?;
-    }
-    Ok(())
-}
-
 /// `osbuild sign`: sign commit `rev` of the archive repository at `repo_path` with
 /// `sign`'s keys (keeping signatures it has), then the summary.
 pub fn sign(repo_path: &Path, rev: &str, sign: &crate::Sign) -> Result<String> {
@@ -249,7 +317,7 @@ pub fn sign(repo_path: &Path, rev: &str, sign: &crate::Sign) -> Result<String> {
     for key in &sign.key_ids {
         sign_commit(&repo, &checksum, key, sign.homedir.as_deref())?;
     }
-    publish_summary(&repo, Some(sign))?;
+    repo::write_summary(&repo, Some(&(sign.key_ids.clone(), sign.homedir.clone())))?;
     Ok(checksum)
 }
 

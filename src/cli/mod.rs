@@ -371,6 +371,10 @@ pub(crate) struct CommitArgs {
     /// `unchanged: CHECKSUM` is printed).
     #[arg(long)]
     allow_unchanged: bool,
+    /// Also make a static delta from this commit to the new one (repeatable); one from
+    /// the branch's previous head is always made.
+    #[arg(long, value_name = "REV")]
+    delta_from: Vec<String>,
     #[command(flatten)]
     keys: CommitKeyFlags,
     #[command(flatten)]
@@ -404,6 +408,7 @@ impl CommitArgs {
             manifest_digest: manifest.map(Manifest::digest).transpose()?,
             allow_unchanged: self.allow_unchanged,
             sign: self.keys.0.sign(manifest.and_then(Manifest::sign))?,
+            delta_from: self.delta_from.clone(),
         };
         let commit = match (&self.tree, manifest) {
             (Some(tree), _) => ostree_commit::commit(&self.repo, tree, &opts)?,
@@ -426,6 +431,9 @@ impl CommitArgs {
                 "commit needs --tree DIR, or a manifest to build the tree from (--manifest FILE, or ./osbuild.toml)"
             ),
         };
+        for line in commit.delta_report() {
+            eprintln!("{line}");
+        }
         if commit.unchanged {
             println!("unchanged: {}", commit.checksum);
         } else {

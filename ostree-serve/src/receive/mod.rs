@@ -32,16 +32,8 @@ pub struct Policy {
     pub allow_force: bool,
 }
 
-/// One ref that moved, or would move on a dry run.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RefUpdate {
-    /// The ref.
-    pub name: String,
-    /// Its commit before (None for a new ref).
-    pub old: Option<String>,
-    /// Its commit after.
-    pub new: String,
-}
+/// One ref a receive moves (osbuild_core's, shared with `osbuild commit`).
+pub use osbuild_core::repo::RefMove as RefUpdate;
 
 /// Receive the pushed refs from `args.url` into the archive repository at `repo_path`.
 /// Messages for the pusher go to `log`.
@@ -132,9 +124,11 @@ pub fn receive(
     if args.dry_run {
         return Ok(updates);
     }
-    publish::publish(&repo, &updates, args.update_summary, &mut |msg| {
-        say(log, args, msg)
-    })?;
+    let opts = osbuild_core::repo::PublishOptions {
+        summary: args.update_summary,
+        ..Default::default()
+    };
+    osbuild_core::repo::publish(&repo, &updates, &opts, &mut |msg| say(log, args, msg))?;
     Ok(updates)
 }
 

@@ -1,11 +1,8 @@
-//! Making pulled commits visible: the checks that a ref only moves forward, then a static
-//! delta, the refs and the summary, in that order, so that a client never sees a ref or a
-//! summary naming something missing.
+//! The checks before pulled commits are published (osbuild_core::repo::publish): a ref
+//! only moves forward.
 
-use super::RefUpdate;
 use anyhow::{Context, Result};
-use osbuild_core::glib;
-use osbuild_core::{gio, ostree};
+use osbuild_core::ostree;
 
 /// Refuse anything but a fast-forward to a newer commit, unless forced.
 pub(super) fn check_forward(
@@ -50,45 +47,6 @@ pub(super) fn check_forward(
     );
     if t_new <= t_cur && !force {
         anyhow::bail!("{name}: commit {new} is not newer than the current head {current}");
-    }
-    Ok(())
-}
-
-/// Publish `updates`: deltas from the old heads (best effort, reported through `warn`),
-/// the refs, then the summary.
-pub(super) fn publish(
-    repo: &ostree::Repo,
-    updates: &[RefUpdate],
-    update_summary: bool,
-    warn: &mut dyn FnMut(&str),
-) -> Result<()> {
-    let cancellable = gio::Cancellable::NONE;
-    for u in updates {
-        if let Some(old) = &u.old {
-            // A delta from the old head lets devices upgrade with one download; failing to
-            // make one is not a reason to refuse the push.
-            let params = glib::VariantDict::new(None);
-            params.insert("inline-parts", true);
-            if let Err(e) = repo.static_delta_generate(
-                ostree::StaticDeltaGenerateOpt::Major,
-                Some(old),
-                &u.new,
-                None,
-                Some(&params.end()),
-                cancellable,
-            ) {
-                warn(&format!("warning: no static delta {old}-{}: {e}", u.new));
-            }
-        }
-    }
-    for u in updates {
-        repo.set_ref_immediate(None, &u.name, Some(&u.new), cancellable)
-            .with_context(|| format!("updating ref {} to {}", u.name, u.new))?;
-    }
-    if update_summary && !updates.is_empty() {
-        // libostree writes the summary to a temporary file and renames it into place.
-        repo.regenerate_summary(None, cancellable)
-            .context("regenerating the summary")?;
     }
     Ok(())
 }
