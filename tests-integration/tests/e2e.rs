@@ -1089,12 +1089,13 @@ fn fall_back(
         2
     };
     for _ in 0..tries {
-        let mut vm = boot_into(config(), &c2, "2")?;
-        // The check may fail before or after the boot marker: the whole output counts.
-        let failed = "osbuild-health: health checks failed";
-        if !vm.output().contains(failed) {
-            vm.wait_for(failed, Duration::from_secs(300))?;
-        }
+        // Only the unhealthy commit has the failing check, so its message tells which
+        // commit booted; the boot marker may not come before the reboot.
+        let mut vm = Vm::boot(config())?;
+        vm.wait_for(
+            "osbuild-health: health checks failed (/usr/lib/osbuild/health.d/50-broken)",
+            Duration::from_secs(300),
+        )?;
         vm.wait_exit(Duration::from_secs(300))?;
     }
     let mut vm = boot_into(config(), c1, "1")?;
