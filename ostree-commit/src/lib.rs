@@ -7,6 +7,7 @@ mod commit;
 mod customize;
 mod layout;
 mod manifest;
+mod prune;
 mod push;
 mod source;
 
@@ -19,5 +20,6 @@ pub use manifest::{
     ImageSettings, KeyFlag, Manifest, ManifestError, ManifestErrorKind, Overrides, Owner,
     PushTarget, Remote, RemoteFlags, Scripts, Services, Sign, User,
 };
+pub use prune::{prune, Pruned};
 pub use push::{push, Destination, PushOptions, PushOutcome};
 pub use source::{Base, Debian, Directory, Tarball};

@@ -61,6 +61,9 @@ pub(crate) enum Command {
     /// Sign an existing commit (and then the summary) with GPG; signatures it already has
     /// are kept.
     Sign(SignArgs),
+    /// Delete old commits: keep the last N of each branch and the static deltas between
+    /// them, and the objects they need; `ostree fsck` passes afterwards.
+    Prune(PruneArgs),
     /// Print the completion script for a shell, e.g. `osbuild completions bash >
     /// /usr/local/share/bash-completion/completions/osbuild`.
     Completions(CompletionsArgs),
@@ -375,6 +378,10 @@ pub(crate) struct CommitArgs {
     /// the branch's previous head is always made.
     #[arg(long, value_name = "REV")]
     delta_from: Vec<String>,
+    /// Then prune the branch: keep its last N commits and the deltas between them (see
+    /// `osbuild prune`).
+    #[arg(long, value_name = "N")]
+    keep: Option<usize>,
     #[command(flatten)]
     keys: CommitKeyFlags,
     #[command(flatten)]
@@ -387,6 +394,11 @@ impl CommitArgs {
     /// Commit (bootstrapping first when there is a manifest and no --tree), print the
     /// checksum, and return the branch committed to.
     fn run(&self, manifest: Option<&Manifest>) -> Result<String> {
+        // Refused before anything is written.
+        anyhow::ensure!(
+            self.keep != Some(0),
+            "--keep 0 would delete every commit, the branch heads too: keep at least 1"
+        );
         let branch = match (self.keys.0.value("ref"), manifest) {
             (Some(branch), _) => branch.to_string(),
             (None, Some(m)) => m.ostree_ref().to_string(),
@@ -434,12 +446,56 @@ impl CommitArgs {
         for line in commit.delta_report() {
             eprintln!("{line}");
         }
+        if let Some(keep) = self.keep {
+            let pruned = ostree_commit::prune(&self.repo, keep, Some(&branch), opts.sign.as_ref())?;
+            eprintln!("{pruned}");
+        }
         if commit.unchanged {
             println!("unchanged: {}", commit.checksum);
         } else {
             println!("{}", commit.checksum);
         }
         Ok(branch)
+    }
+}
+
+/// The GPG keys of verbs that rewrite a repository's signed summary (sign, prune).
+#[derive(Debug, Clone, clap::Args)]
+pub(crate) struct SigningArgs {
+    /// A GPG key to sign with (repeatable) [default: the manifest's `[sign] gpg_key`].
+    #[arg(long = "gpg-sign", value_name = "KEYID")]
+    keys: Vec<String>,
+    /// The GPG home with the secret keys [default: the manifest's, else GPG's].
+    #[arg(long, value_name = "DIR")]
+    gpg_homedir: Option<PathBuf>,
+    #[command(flatten)]
+    manifest: ManifestArg,
+}
+
+impl SigningArgs {
+    /// The keys given, else the manifest's; None when there are none.
+    fn sign(&self) -> Result<Option<ostree_commit::Sign>> {
+        let manifest = self.manifest.load()?;
+        let from_manifest = manifest.as_ref().and_then(Manifest::sign);
+        let key_ids = if self.keys.is_empty() {
+            from_manifest.map(|s| s.key_ids.clone()).unwrap_or_default()
+        } else {
+            self.keys.clone()
+        };
+        if key_ids.is_empty() {
+            anyhow::ensure!(
+                self.gpg_homedir.is_none(),
+                "--gpg-homedir without a key to sign with: add --gpg-sign KEYID"
+            );
+            return Ok(None);
+        }
+        Ok(Some(ostree_commit::Sign {
+            key_ids,
+            homedir: self
+                .gpg_homedir
+                .clone()
+                .or_else(|| from_manifest.and_then(|s| s.homedir.clone())),
+        }))
     }
 }
 
@@ -451,37 +507,46 @@ pub(crate) struct SignArgs {
     repo: PathBuf,
     /// The commit: a ref or a checksum.
     rev: String,
-    /// A GPG key to sign with (repeatable) [default: the manifest's `[sign] gpg_key`].
-    #[arg(long = "gpg-sign", value_name = "KEYID")]
-    keys: Vec<String>,
-    /// The GPG home with the secret keys [default: the manifest's, else GPG's].
-    #[arg(long, value_name = "DIR")]
-    gpg_homedir: Option<PathBuf>,
     #[command(flatten)]
-    manifest: ManifestArg,
+    signing: SigningArgs,
 }
 
 impl SignArgs {
     fn run(&self) -> Result<()> {
-        let manifest = self.manifest.load()?;
-        let from_manifest = manifest.as_ref().and_then(Manifest::sign);
-        let sign = ostree_commit::Sign {
-            key_ids: if self.keys.is_empty() {
-                from_manifest.map(|s| s.key_ids.clone()).unwrap_or_default()
-            } else {
-                self.keys.clone()
-            },
-            homedir: self
-                .gpg_homedir
-                .clone()
-                .or_else(|| from_manifest.and_then(|s| s.homedir.clone())),
-        };
-        anyhow::ensure!(
-            !sign.key_ids.is_empty(),
-            "sign needs a key: --gpg-sign KEYID, or a manifest with [sign] gpg_key"
-        );
+        let sign = self
+            .signing
+            .sign()?
+            .context("sign needs a key: --gpg-sign KEYID, or a manifest with [sign] gpg_key")?;
         let checksum = ostree_commit::sign(&self.repo, &self.rev, &sign)?;
         println!("{checksum}");
+        Ok(())
+    }
+}
+
+/// Prune a repository.
+#[derive(Debug, clap::Args)]
+pub(crate) struct PruneArgs {
+    /// Archive repository.
+    #[arg(long, default_value = "repo")]
+    repo: PathBuf,
+    /// Keep this many commits of each branch (the head counts), and the deltas between
+    /// them.
+    #[arg(long, value_name = "N")]
+    keep: usize,
+    /// Prune only this branch's history.
+    #[arg(long = "ref", value_name = "REF")]
+    only: Option<String>,
+    /// The summary is rewritten: sign it with these keys (as the repository's commits
+    /// were signed), or it stays unsigned.
+    #[command(flatten)]
+    signing: SigningArgs,
+}
+
+impl PruneArgs {
+    fn run(&self) -> Result<()> {
+        let sign = self.signing.sign()?;
+        let p = ostree_commit::prune(&self.repo, self.keep, self.only.as_deref(), sign.as_ref())?;
+        eprintln!("{p}");
         Ok(())
     }
 }
@@ -675,6 +740,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         Command::Receive(a) => return a.run(),
         Command::Admin(a) => a.run()?,
         Command::Sign(a) => a.run()?,
+        Command::Prune(a) => a.run()?,
         Command::Push(a) => return a.run(),
         Command::CommitPush(a) => return a.run(),
         Command::Completions(a) => a.run()?,
