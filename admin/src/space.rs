@@ -84,21 +84,36 @@ pub(crate) fn check(
         .map(|(_, s)| s)
         .sum();
     let boot = path.join("boot");
-    let fs = rustix::fs::statvfs(&boot)
-        .with_context(|| format!("reading the free space of {}", boot.display()))?;
+    fits(&boot, &boot.display().to_string(), needed, freed)?;
+    // systemd-boot reads copies on the ESP, which must hold them too.
+    let physical = if path == Path::new("/") {
+        Path::new("/sysroot")
+    } else {
+        path
+    };
+    if path == Path::new("/") {
+        crate::esp::with_esp(physical, |esp| fits(esp, "the ESP", needed, freed))?;
+    }
+    Ok(())
+}
+
+/// Refuse when the filesystem of `dir` cannot take `needed` bytes once `freed` are freed.
+fn fits(dir: &Path, name: &str, needed: u64, freed: u64) -> Result<()> {
+    use osbuild_core::progress::human_bytes;
+    let fs = rustix::fs::statvfs(dir)
+        .with_context(|| format!("reading the free space of {}", dir.display()))?;
     let free = fs.f_bavail.saturating_mul(fs.f_frsize);
     let room = free + freed;
     if needed + SLACK > room {
         anyhow::bail!(
-            "{} has no room for the new kernel and initramfs: they need {}, and {} is free \
-             ({} free now, {} once old deployments are pruned); free {} more (remove a \
+            "{name} has no room for the new kernel and initramfs: they need {}, and {} is \
+             free ({} free now, {} once old deployments are pruned); free {} more (remove a \
              pinned deployment with `ostree admin undeploy`, or unused files), then retry",
-            boot.display(),
-            osbuild_core::progress::human_bytes(needed),
-            osbuild_core::progress::human_bytes(room),
-            osbuild_core::progress::human_bytes(free),
-            osbuild_core::progress::human_bytes(freed),
-            osbuild_core::progress::human_bytes(needed + SLACK - room),
+            human_bytes(needed),
+            human_bytes(room),
+            human_bytes(free),
+            human_bytes(freed),
+            human_bytes(needed + SLACK - room),
         );
     }
     Ok(())
