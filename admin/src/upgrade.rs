@@ -76,11 +76,7 @@ pub fn upgrade(path: &Path, check: bool) -> Result<Upgrade> {
             gio::Cancellable::NONE,
         )
         .with_context(pulling)?;
-        let to = repo
-            .resolve_rev(&refspec, false)
-            .with_context(|| format!("resolving {refspec}"))?
-            .with_context(|| format!("{refspec} resolves to nothing after the pull"))?
-            .to_string();
+        let to = pulled(&repo, &refspec)?;
         if to == current.checksum {
             return Ok(Upgrade::UpToDate {
                 refspec,
@@ -113,11 +109,7 @@ pub fn upgrade(path: &Path, check: bool) -> Result<Upgrade> {
             gio::Cancellable::NONE,
         )
         .with_context(pulling)?;
-    let to = repo
-        .resolve_rev(&refspec, false)
-        .with_context(|| format!("resolving {refspec}"))?
-        .with_context(|| format!("{refspec} resolves to nothing after the pull"))?
-        .to_string();
+    let to = pulled(&repo, &refspec)?;
     if !changed || to == current.checksum {
         return Ok(Upgrade::UpToDate {
             refspec,
@@ -144,6 +136,15 @@ pub fn upgrade(path: &Path, check: bool) -> Result<Upgrade> {
         crate::rollback::refresh_menu(path)?;
         Ok(Upgrade::Deployed(update))
     }
+}
+
+/// The commit `refspec` names after a pull.
+fn pulled(repo: &ostree::Repo, refspec: &str) -> Result<String> {
+    Ok(repo
+        .resolve_rev(refspec, false)
+        .with_context(|| format!("resolving {refspec}"))?
+        .with_context(|| format!("{refspec} resolves to nothing after the pull"))?
+        .to_string())
 }
 
 /// The deployment upgrades start from: the booted one, else the default.

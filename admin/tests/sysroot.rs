@@ -41,12 +41,7 @@ fn commit_with_kernel(
     kernel: &[u8],
 ) -> String {
     let tree = dir.join(format!("tree-{version}"));
-    let modules = tree.join("usr/lib/modules/6.1.0-test");
-    fs::create_dir_all(&modules).unwrap();
-    fs::write(modules.join("vmlinuz"), kernel).unwrap();
-    fs::write(modules.join("initramfs.img"), "an initramfs\n").unwrap();
-    fs::create_dir_all(tree.join("usr/etc")).unwrap();
-    fs::write(tree.join("usr/etc/os-release"), "ID=test\n").unwrap();
+    osbuild_testing::helpers::deployable_tree(&tree, kernel);
     fs::create_dir_all(tree.join("usr/bin")).unwrap();
     fs::write(tree.join("usr/bin/release"), format!("{version}\n")).unwrap();
     fs::write(tree.join("usr/bin/data"), random(extra, extra as u32)).unwrap();

@@ -1,7 +1,7 @@
 //! Pruning keeps the last N commits of a branch and the deltas between them, deletes the
 //! rest, passes `ostree fsck`, and a device on a kept commit still upgrades to the head.
 
-use osbuild_testing::helpers::{output, run, text};
+use osbuild_testing::helpers::{deployable_tree, output, run, text};
 use osbuild_testing::{require, Need};
 use ostree_commit::{commit, prune, CommitOptions};
 use std::fs;
@@ -9,12 +9,7 @@ use std::path::Path;
 use std::process::Command;
 
 fn tiny_tree(root: &Path, content: &str) {
-    let modules = root.join("usr/lib/modules/6.1.0-test");
-    fs::create_dir_all(&modules).unwrap();
-    fs::write(modules.join("vmlinuz"), "kernel").unwrap();
-    fs::write(modules.join("initramfs.img"), "initramfs").unwrap();
-    fs::create_dir_all(root.join("usr/etc")).unwrap();
-    fs::write(root.join("usr/etc/os-release"), "ID=test\n").unwrap();
+    deployable_tree(root, b"kernel");
     fs::write(root.join("usr/lib/content"), content).unwrap();
 }
 

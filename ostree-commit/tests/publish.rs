@@ -4,7 +4,7 @@
 //! from its parent, which the summary indexes.
 
 use osbuild_testing::guest::serve;
-use osbuild_testing::helpers::{osbuild_bin, output, run, text};
+use osbuild_testing::helpers::{deployable_tree, osbuild_bin, output, run, text};
 use osbuild_testing::{require, Need};
 use std::fs;
 use std::path::Path;
@@ -31,12 +31,7 @@ impl Rng {
 
 /// A deployable tree of `files` incompressible files of 8 KiB.
 fn tree(root: &Path, files: usize, rng: &mut Rng) {
-    let modules = root.join("usr/lib/modules/6.1.0-test");
-    fs::create_dir_all(&modules).unwrap();
-    fs::write(modules.join("vmlinuz"), "kernel").unwrap();
-    fs::write(modules.join("initramfs.img"), "initramfs").unwrap();
-    fs::create_dir_all(root.join("usr/etc")).unwrap();
-    fs::write(root.join("usr/etc/os-release"), "ID=test\n").unwrap();
+    deployable_tree(root, b"kernel");
     for i in 0..files {
         let dir = root.join(format!("usr/share/data/{:02}", i % 50));
         fs::create_dir_all(&dir).unwrap();

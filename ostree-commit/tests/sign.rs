@@ -3,7 +3,7 @@
 //! leaves the repository as it was.
 
 use osbuild_testing::gpg::{other_key, throwaway_key, GpgKey};
-use osbuild_testing::helpers::{output, run, text};
+use osbuild_testing::helpers::{deployable_tree, output, run, text};
 use osbuild_testing::{require, Need};
 use ostree_commit::{commit, sign, CommitOptions, Sign};
 use std::fs;
@@ -13,12 +13,7 @@ use std::process::Command;
 const BRANCH: &str = "test/x86_64";
 
 fn tiny_tree(root: &Path, content: &str) {
-    let modules = root.join("usr/lib/modules/6.1.0-test");
-    fs::create_dir_all(&modules).unwrap();
-    fs::write(modules.join("vmlinuz"), "kernel").unwrap();
-    fs::write(modules.join("initramfs.img"), "initramfs").unwrap();
-    fs::create_dir_all(root.join("usr/etc")).unwrap();
-    fs::write(root.join("usr/etc/os-release"), "ID=test\n").unwrap();
+    deployable_tree(root, b"kernel");
     fs::write(root.join("usr/lib/content"), content).unwrap();
 }
 

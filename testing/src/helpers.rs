@@ -39,6 +39,23 @@ pub fn text(output: &Output) -> String {
     )
 }
 
+// ---- trees ----
+
+/// The smallest tree libostree deploys and `osbuild commit` accepts, at `root`: a kernel
+/// (`kernel` is its content) and initramfs under /usr/lib/modules, and /usr/etc.
+pub fn deployable_tree(root: &Path, kernel: &[u8]) {
+    let modules = root.join("usr/lib/modules/6.1.0-test");
+    for (path, content) in [
+        (modules.join("vmlinuz"), kernel),
+        (modules.join("initramfs.img"), b"an initramfs\n".as_slice()),
+        (root.join("usr/etc/os-release"), b"ID=test\n".as_slice()),
+    ] {
+        let dir = path.parent().expect("a file has a parent");
+        fs::create_dir_all(dir).unwrap_or_else(|e| panic!("creating {}: {e}", dir.display()));
+        fs::write(&path, content).unwrap_or_else(|e| panic!("writing {}: {e}", path.display()));
+    }
+}
+
 // ---- the osbuild binary ----
 
 /// The workspace's root directory.
