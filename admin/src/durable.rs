@@ -36,41 +36,12 @@ pub(crate) fn replace(
 }
 
 /// Make everything written to the filesystem holding `dir` visible to a reader that does
-/// not replay its journal, as GRUB and syslinux read ext4: a freeze and thaw, which
-/// writes the journal back into place, as libostree does after its own writes. Its
-/// `/boot/loader` swap and cleanup come after that, and so does a regenerated menu.
-/// Filesystems that cannot freeze are synced instead.
-// The ioctls have no safe binding in libc or rustix.
-#[allow(unsafe_code)]
+/// not replay its journal, as GRUB and syslinux read ext4: `syncfs` commits the journal
+/// and writes the metadata back in place. (Not a freeze and thaw, as libostree does: a
+/// shutdown that kills the process between the two would leave the root filesystem
+/// frozen, and every writer, the shutdown too, hangs. libostree guards that with a
+/// watchdog process; a sync needs none.)
 pub(crate) fn flush_for_bootloader(dir: &Path) -> Result<()> {
-    use std::os::fd::AsRawFd;
-    // _IOWR('X', 119, int) and _IOWR('X', 120, int) of <linux/fs.h>.
-    const FIFREEZE: libc::c_ulong = 0xC004_5877;
-    const FITHAW: libc::c_ulong = 0xC004_5878;
     let d = File::open(dir).with_context(|| format!("opening {}", dir.display()))?;
-    let fd = d.as_raw_fd();
-    // SAFETY: plain ioctls on an open descriptor, with an int argument the kernel ignores.
-    let frozen = unsafe { libc::ioctl(fd, FIFREEZE as _, 0) } == 0;
-    if frozen {
-        // Thawed at once: nothing of ours writes in between.
-        // SAFETY: as above.
-        if unsafe { libc::ioctl(fd, FITHAW as _, 0) } != 0 {
-            return Err(std::io::Error::last_os_error())
-                .with_context(|| format!("thawing the filesystem of {}", dir.display()));
-        }
-        return Ok(());
-    }
-    let err = std::io::Error::last_os_error();
-    match err.raw_os_error() {
-        // Cannot freeze (tmpfs, FAT), or someone else holds it frozen: sync what we can.
-        Some(libc::EOPNOTSUPP | libc::ENOTTY | libc::EINVAL | libc::EBUSY) => {
-            // SAFETY: syncfs on an open descriptor.
-            if unsafe { libc::syncfs(fd) } != 0 {
-                return Err(std::io::Error::last_os_error())
-                    .with_context(|| format!("syncing the filesystem of {}", dir.display()));
-            }
-            Ok(())
-        }
-        _ => Err(err).with_context(|| format!("freezing the filesystem of {}", dir.display())),
-    }
+    rustix::fs::syncfs(&d).with_context(|| format!("syncing the filesystem of {}", dir.display()))
 }
