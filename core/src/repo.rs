@@ -132,6 +132,39 @@ pub fn publish(
     Ok(made)
 }
 
+/// Make again every static delta that leads to `commit`: a delta carries its target's
+/// detached metadata as it was when the delta was made, so a commit signed afterwards
+/// would reach devices unsigned through it (and be refused where signatures are
+/// required).
+pub fn remake_deltas_to(repo: &ostree::Repo, commit: &str) -> Result<usize> {
+    let names = repo
+        .list_static_delta_names(gio::Cancellable::NONE)
+        .context("listing static deltas")?;
+    let mut made = 0;
+    for name in names {
+        let (from, to) = match name.split_once('-') {
+            Some((f, t)) => (Some(f), t),
+            None => (None, name.as_str()),
+        };
+        if to != commit {
+            continue;
+        }
+        let params = glib::VariantDict::new(None);
+        params.insert("inline-parts", true);
+        repo.static_delta_generate(
+            ostree::StaticDeltaGenerateOpt::Major,
+            from,
+            to,
+            None,
+            Some(&params.end()),
+            gio::Cancellable::NONE,
+        )
+        .with_context(|| format!("making static delta {name} again"))?;
+        made += 1;
+    }
+    Ok(made)
+}
+
 /// Regenerate the summary (libostree writes it to a temporary file and renames it into
 /// place), then sign it with `sign`'s GPG keys in its GPG home.
 pub fn write_summary(

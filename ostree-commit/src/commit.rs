@@ -305,7 +305,8 @@ fn sign_commit(
 }
 
 /// `osbuild sign`: sign commit `rev` of the archive repository at `repo_path` with
-/// `sign`'s keys (keeping signatures it has), then the summary.
+/// `sign`'s keys (keeping signatures it has), make the deltas to it again (they carry its
+/// signatures), then the summary.
 pub fn sign(repo_path: &Path, rev: &str, sign: &crate::Sign) -> Result<String> {
     let repo = repo::open_archive(repo_path)?;
     let checksum = repo::resolve(&repo, rev)?.with_context(|| {
@@ -317,6 +318,8 @@ pub fn sign(repo_path: &Path, rev: &str, sign: &crate::Sign) -> Result<String> {
     for key in &sign.key_ids {
         sign_commit(&repo, &checksum, key, sign.homedir.as_deref())?;
     }
+    // The deltas to it carry its signatures too, then the summary indexes them.
+    repo::remake_deltas_to(&repo, &checksum)?;
     repo::write_summary(&repo, Some(&(sign.key_ids.clone(), sign.homedir.clone())))?;
     Ok(checksum)
 }

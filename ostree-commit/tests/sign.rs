@@ -81,6 +81,23 @@ fn signed_commits_and_summaries_pass_ostree_pull() {
     )
     .unwrap();
     assert_ne!(c1.checksum, c2.checksum);
+    // A device that has c1 upgrades to c2 over HTTP once `osbuild sign` (below) has
+    // signed it and made the delta to it again (a delta carries its target's signatures;
+    // the SampleOS test upgrades through one).
+    let (_server, port) = osbuild_testing::guest::serve(&repo).unwrap();
+    let device = dir.path().join("device");
+    let d = format!("--repo={}", device.display());
+    run(Command::new("ostree").args(["init", "--mode=bare-user", &d]));
+    run(Command::new("ostree").args([
+        "remote",
+        "add",
+        &d,
+        "--set=gpg-verify=true",
+        &format!("--gpg-import={}", key.keyring.display()),
+        "origin",
+        &format!("http://127.0.0.1:{port}/repo/"),
+    ]));
+    run(Command::new("ostree").args(["pull", &d, "origin", &format!("{BRANCH}@{}", c1.checksum)]));
     let unsigned = pull(dir.path(), &repo, key);
     assert!(
         !unsigned.status.success(),
@@ -92,6 +109,8 @@ fn signed_commits_and_summaries_pass_ostree_pull() {
     sign(&repo, &c2.checksum, &signing).unwrap();
     let signed = pull(dir.path(), &repo, key);
     assert!(signed.status.success(), "{}", text(&signed));
+    let upgraded = output(Command::new("ostree").args(["pull", &d, "origin", BRANCH]));
+    assert!(upgraded.status.success(), "{}", text(&upgraded));
 
     // A key that is not in the home: named, and the branch stays where it was.
     tiny_tree(&tree, "3");

@@ -167,15 +167,18 @@ fn bootstrap_commit_serve_image_boot_upgrade() -> Result<()> {
     let repo = work.path().join("repo");
     let c1 = t.time("first commit", || commit(&repo, BRANCH, &tree, Some("1")))?;
 
-    // Signed: the device gets the key and refuses what it did not sign.
+    // Signed: the device gets the key and refuses what it did not sign. `osbuild sign`
+    // signs after the fact and makes the static delta to the commit again, so the
+    // upgrade through it carries the signature.
     let key = osbuild_testing::gpg::throwaway_key();
     let sign = |checksum: &str| {
         cmd::run(
-            Command::new("ostree")
-                .arg("gpg-sign")
-                .arg(format!("--repo={}", repo.display()))
-                .arg(format!("--gpg-homedir={}", key.home.display()))
-                .args([checksum, &key.key_id]),
+            Command::new(osbuild_bin())
+                .args(["sign", "--repo"])
+                .arg(&repo)
+                .arg("--gpg-homedir")
+                .arg(&key.home)
+                .args(["--gpg-sign", &key.key_id, checksum]),
         )
     };
     sign(&c1)?;
