@@ -136,6 +136,15 @@ fn write(repo: &ostree::Repo, tree: &Path, opts: &CommitOptions, kver: &str) -> 
                 return Ok(None);
             }
         }
+        // The trees and files land first, in a transaction of their own, and the commit
+        // object in a second one: libostree moves a transaction's objects into place in no
+        // particular order, so a commit killed in one transaction could leave a commit
+        // object whose trees never arrived, which `ostree fsck` rejects. Killed now, only
+        // unreferenced objects remain, which prune removes.
+        repo.commit_transaction(cancellable)
+            .context("completing the transaction of the tree's objects")?;
+        repo.prepare_transaction(cancellable)
+            .context("starting the commit's transaction")?;
 
         let meta = glib::VariantDict::new(None);
         if let Some(v) = &opts.version {
