@@ -219,7 +219,7 @@ fn end_trial(sysroot: &Path) -> Result<()> {
 
 /// The physical root of a booted device.
 fn physical() -> PathBuf {
-    PathBuf::from("/sysroot")
+    PathBuf::from(crate::sysroot::PHYSICAL_ROOT)
 }
 
 /// What [`mark_good`] did.

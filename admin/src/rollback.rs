@@ -94,7 +94,7 @@ pub(crate) fn refresh_menu(path: &Path) -> Result<()> {
     if path != Path::new("/") {
         return Ok(());
     }
-    crate::bootmenu::refresh(Path::new("/sysroot"))
+    crate::bootmenu::refresh(Path::new(crate::sysroot::PHYSICAL_ROOT))
         .map(|_| ())
         .context("updating the boot menu")
 }

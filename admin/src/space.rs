@@ -86,12 +86,8 @@ pub(crate) fn check(
     let boot = path.join("boot");
     fits(&boot, &boot.display().to_string(), needed, freed)?;
     // systemd-boot reads copies on the ESP, which must hold them too.
-    let physical = if path == Path::new("/") {
-        Path::new("/sysroot")
-    } else {
-        path
-    };
     if path == Path::new("/") {
+        let physical = Path::new(crate::sysroot::PHYSICAL_ROOT);
         crate::esp::with_esp(physical, |esp| fits(esp, "the ESP", needed, freed))?;
     }
     Ok(())

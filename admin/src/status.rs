@@ -104,7 +104,8 @@ pub fn status(path: &Path) -> Result<Status> {
     if path == Path::new("/") && sysroot.is_booted() {
         status.boot = Some(BootState {
             // Reading systemd-boot's counters mounts the ESP, which needs root.
-            trial: crate::fallback::trial(Path::new("/sysroot")).unwrap_or_default(),
+            trial: crate::fallback::trial(Path::new(crate::sysroot::PHYSICAL_ROOT))
+                .unwrap_or_default(),
             record: crate::fallback::Record::load(path)?,
         });
     }

@@ -5,6 +5,9 @@ use osbuild_core::{gio, ostree};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
+/// The physical root of a booted device, where `/boot` and the ESP marker are.
+pub(crate) const PHYSICAL_ROOT: &str = "/sysroot";
+
 /// The sysroot at `path` (`/` on a device), loaded.
 pub(crate) fn open(path: &Path) -> Result<ostree::Sysroot> {
     let sysroot = ostree::Sysroot::new(Some(&gio::File::for_path(path)));

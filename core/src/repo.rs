@@ -96,17 +96,7 @@ pub fn publish(
                 continue;
             }
             let before = delta_dirs(repo);
-            // One file per delta: devices fetch it in one request.
-            let params = glib::VariantDict::new(None);
-            params.insert("inline-parts", true);
-            match repo.static_delta_generate(
-                ostree::StaticDeltaGenerateOpt::Major,
-                Some(from),
-                &m.new,
-                None,
-                Some(&params.end()),
-                cancellable,
-            ) {
+            match generate_delta(repo, Some(from), &m.new) {
                 Ok(()) => {
                     let bytes = delta_dirs(repo)
                         .difference(&before)
@@ -142,27 +132,38 @@ pub fn remake_deltas_to(repo: &ostree::Repo, commit: &str) -> Result<usize> {
         .context("listing static deltas")?;
     let mut made = 0;
     for name in names {
-        let (from, to) = match name.split_once('-') {
-            Some((f, t)) => (Some(f), t),
-            None => (None, name.as_str()),
-        };
+        let (from, to) = delta_ends(&name);
         if to != commit {
             continue;
         }
-        let params = glib::VariantDict::new(None);
-        params.insert("inline-parts", true);
-        repo.static_delta_generate(
-            ostree::StaticDeltaGenerateOpt::Major,
-            from,
-            to,
-            None,
-            Some(&params.end()),
-            gio::Cancellable::NONE,
-        )
-        .with_context(|| format!("making static delta {name} again"))?;
+        generate_delta(repo, from, to)
+            .with_context(|| format!("making static delta {name} again"))?;
         made += 1;
     }
     Ok(made)
+}
+
+/// The commits a static delta's name (`FROM-TO`, or `TO` for one from nothing) joins.
+pub fn delta_ends(name: &str) -> (Option<&str>, &str) {
+    match name.split_once('-') {
+        Some((from, to)) => (Some(from), to),
+        None => (None, name),
+    }
+}
+
+/// Make the static delta from `from` to `to`, as one file (inline parts): devices fetch
+/// it in one request.
+fn generate_delta(repo: &ostree::Repo, from: Option<&str>, to: &str) -> Result<(), glib::Error> {
+    let params = glib::VariantDict::new(None);
+    params.insert("inline-parts", true);
+    repo.static_delta_generate(
+        ostree::StaticDeltaGenerateOpt::Major,
+        from,
+        to,
+        None,
+        Some(&params.end()),
+        gio::Cancellable::NONE,
+    )
 }
 
 /// Regenerate the summary (libostree writes it to a temporary file and renames it into

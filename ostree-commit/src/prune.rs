@@ -107,10 +107,7 @@ pub fn prune(
         .context("pruning unreachable objects")?;
     // Deltas to or from a commit that is gone (libostree's prune takes those to one).
     for name in delta_names()? {
-        let (from, to) = match name.split_once('-') {
-            Some((f, t)) => (Some(f), t),
-            None => (None, name.as_str()),
-        };
+        let (from, to) = repo::delta_ends(&name);
         let gone = |c: &str| repo.load_commit(c).is_err();
         if gone(to) || from.is_some_and(gone) {
             cmd::run(
