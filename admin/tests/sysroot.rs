@@ -3,7 +3,7 @@
 //! host), upgrading from a `file://` remote.
 
 use osbuild_admin::{rollback, status, upgrade, Role, Upgrade};
-use osbuild_testing::helpers::run;
+use osbuild_testing::helpers::{noise, ostree, run, SysrootDir};
 use osbuild_testing::{require, Need};
 use std::fs;
 use std::path::Path;
@@ -11,26 +11,9 @@ use std::process::Command;
 
 const BRANCH: &str = "os/x86_64";
 
-fn ostree(args: &[&str]) -> String {
-    run(Command::new("ostree").args(args))
-}
-
 /// A tree libostree can deploy, at version `version`, with `extra` bytes of random data.
 fn commit(remote: &Path, dir: &Path, version: &str, extra: usize) -> String {
     commit_with_kernel(remote, dir, version, extra, b"a kernel\n")
-}
-
-/// Random bytes (xorshift): incompressible, so sizes are measurable.
-fn random(n: usize, seed: u32) -> Vec<u8> {
-    let mut data = vec![0u8; n];
-    let mut x: u32 = 0x1234_5678 ^ seed;
-    for b in &mut data {
-        x ^= x << 13;
-        x ^= x >> 17;
-        x ^= x << 5;
-        *b = x as u8;
-    }
-    data
 }
 
 fn commit_with_kernel(
@@ -44,7 +27,7 @@ fn commit_with_kernel(
     osbuild_testing::helpers::deployable_tree(&tree, kernel);
     fs::create_dir_all(tree.join("usr/bin")).unwrap();
     fs::write(tree.join("usr/bin/release"), format!("{version}\n")).unwrap();
-    fs::write(tree.join("usr/bin/data"), random(extra, extra as u32)).unwrap();
+    fs::write(tree.join("usr/bin/data"), noise(extra, extra as u64)).unwrap();
     ostree(&[
         "commit",
         &format!("--repo={}", remote.display()),
@@ -59,13 +42,8 @@ fn commit_with_kernel(
 /// `file://` remote; `boot_size` mounts a tmpfs of that many bytes on its /boot first.
 fn deployed(
     boot_size: Option<u64>,
-) -> (
-    tempfile::TempDir,
-    std::path::PathBuf,
-    std::path::PathBuf,
-    String,
-) {
-    let dir = tempfile::tempdir_in(osbuild_testing::helpers::target_tmp()).unwrap();
+) -> (SysrootDir, std::path::PathBuf, std::path::PathBuf, String) {
+    let dir = SysrootDir::new();
     let remote = dir.path().join("remote");
     ostree(&[
         "init",
@@ -243,7 +221,7 @@ fn upgrade_refuses_a_full_boot() {
     let (dir, remote, root, c1) = deployed(Some(256 * 1024));
     let boot = root.join("boot");
     let guard = Unmount(boot.clone());
-    let kernel = random(300_000, 7);
+    let kernel = noise(300_000, 7);
     commit_with_kernel(&remote, dir.path(), "2", 10, &kernel);
     let err = format!("{:#}", upgrade(&root, false).unwrap_err());
     assert!(err.contains("no room for the new kernel"), "{err}");

@@ -56,6 +56,61 @@ pub fn deployable_tree(root: &Path, kernel: &[u8]) {
     }
 }
 
+/// A temporary directory (under [`target_tmp`]) for tests that deploy with libostree,
+/// which makes every deployment immutable (`chattr +i`): on drop the flags are cleared
+/// first, or the directory could not be removed and each run would leave its sysroots.
+#[derive(Debug)]
+pub struct SysrootDir(tempfile::TempDir);
+
+impl SysrootDir {
+    /// A new, empty directory.
+    pub fn new() -> SysrootDir {
+        SysrootDir(tempfile::tempdir_in(target_tmp()).expect("creating a directory in target/tmp"))
+    }
+
+    /// Its path.
+    pub fn path(&self) -> &Path {
+        self.0.path()
+    }
+}
+
+impl Default for SysrootDir {
+    fn default() -> Self {
+        SysrootDir::new()
+    }
+}
+
+impl Drop for SysrootDir {
+    fn drop(&mut self) {
+        // Deployments sit at <sysroot>/ostree/deploy/<os>/deploy/<checksum>.<serial>; the
+        // sysroot is this directory or one level below it.
+        let levels = ["*/ostree/deploy/*/deploy/*.*", "ostree/deploy/*/deploy/*.*"];
+        for pattern in levels {
+            let mut dirs = vec![self.path().to_path_buf()];
+            for part in pattern.split('/') {
+                dirs = dirs.iter().flat_map(|d| matching(d, part)).collect();
+            }
+            for dir in dirs.iter().filter(|d| d.is_dir() && !d.is_symlink()) {
+                let _ = cmd::run(Command::new("chattr").arg("-i").arg(dir));
+            }
+        }
+    }
+}
+
+/// The entries of `dir` matching `part`: a literal name, `*`, or `*.*` (a dot in it).
+fn matching(dir: &Path, part: &str) -> Vec<PathBuf> {
+    match part {
+        "*" | "*.*" => fs::read_dir(dir)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter(|e| part == "*" || e.file_name().to_string_lossy().contains('.'))
+            .map(|e| e.path())
+            .collect(),
+        name => vec![dir.join(name)],
+    }
+}
+
 // ---- the osbuild binary ----
 
 /// The workspace's root directory.
