@@ -1,10 +1,12 @@
 //! `osbuild commit`: write a validated tree into an archive repository through libostree.
 
 use crate::layout;
+use crate::writer::{self, ChecksumCache, WriteProgress};
 use anyhow::{Context, Result};
 use osbuild_core::fsutil::Staging;
 use osbuild_core::glib::{self, prelude::*};
-use osbuild_core::{gio, ostree, progress::Progress, repo};
+use osbuild_core::progress::{Progress, ProgressEvent, ProgressFd};
+use osbuild_core::{gio, ostree, repo};
 use std::path::Path;
 
 /// Options for one commit.
@@ -27,6 +29,8 @@ pub struct CommitOptions {
     pub sign: Option<crate::Sign>,
     /// More commits to make a static delta from (besides the parent).
     pub delta_from: Vec<String>,
+    /// Write JSON Lines progress events to this file descriptor.
+    pub progress_fd: Option<i32>,
 }
 
 /// A static delta a commit made, beside what it saves.
@@ -60,21 +64,110 @@ pub struct Commit {
 /// Commit `tree` to `branch` in the archive repository at `repo_path`, creating the
 /// repository if it does not exist, then regenerate the summary.
 pub fn commit(repo_path: &Path, tree: &Path, opts: &CommitOptions) -> Result<Commit> {
-    validate_ref(&opts.branch)?;
-    let info = layout::validate(tree)?;
-
-    if repo_path.exists() {
-        let repo = repo::open_archive(repo_path)?;
-        write(&repo, tree, opts, &info.kver)
-    } else {
-        // A new repository appears only once it holds the commit.
-        let staging = Staging::new(repo_path)?;
-        let repo = repo::create_archive(staging.path())?;
-        let commit = write(&repo, tree, opts, &info.kver)?;
-        drop(repo);
-        staging.commit()?;
-        Ok(commit)
+    let mut events = opts.progress_fd.map(ProgressFd::open).transpose()?;
+    let result = (|| {
+        validate_ref(&opts.branch)?;
+        let info = layout::validate(tree)?;
+        let cache = ChecksumCache::load(repo_path);
+        if repo_path.exists() {
+            let repo = repo::open_archive(repo_path)?;
+            write(
+                &repo,
+                repo_path,
+                tree,
+                opts,
+                &info.kver,
+                cache,
+                events.as_mut(),
+            )
+        } else {
+            // A new repository appears only once it holds the commit.
+            let staging = Staging::new(repo_path)?;
+            let repo = repo::create_archive(staging.path())?;
+            let commit = write(
+                &repo,
+                staging.path(),
+                tree,
+                opts,
+                &info.kver,
+                cache,
+                events.as_mut(),
+            )?;
+            drop(repo);
+            staging.commit()?;
+            Ok(commit)
+        }
+    })();
+    if let Some(events) = &mut events {
+        events.send(&ProgressEvent::End {
+            task: "commit".into(),
+            id: opts.branch.clone(),
+            ok: result.is_ok(),
+            message: match &result {
+                Ok(c) => c.checksum.clone(),
+                Err(e) => format!("{e:#}"),
+            },
+        });
     }
+    result
+}
+
+/// Run `work` while the bar shows `counts` (bytes of file content done of the total),
+/// refreshed five times a second from a thread of its own.
+/// The same counts go to `events` (`--progress-fd`), if any.
+fn report<T>(
+    progress: &Progress,
+    counts: &WriteProgress,
+    mut events: Option<&mut ProgressFd>,
+    branch: &str,
+    work: impl FnOnce() -> T,
+) -> T {
+    let done = std::sync::atomic::AtomicBool::new(false);
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            use std::sync::atomic::Ordering::Relaxed;
+            let mut last = false;
+            while !last {
+                // One more round after the work ends, so the last event says 100%.
+                last = done.load(Relaxed);
+                let (bytes, bytes_total) = (
+                    counts.bytes_done.load(Relaxed),
+                    counts.bytes_total.load(Relaxed),
+                );
+                let (steps, steps_total) = (
+                    counts.files_done.load(Relaxed),
+                    counts.files_total.load(Relaxed),
+                );
+                if let Some(events) = events.as_deref_mut() {
+                    events.send(&ProgressEvent::ProgressBytes {
+                        task: "commit".into(),
+                        description: format!("Committing to {branch}"),
+                        id: branch.to_string(),
+                        bytes_cached: counts.bytes_cached.load(Relaxed),
+                        bytes,
+                        bytes_total,
+                        steps_cached: counts.files_cached.load(Relaxed),
+                        steps,
+                        steps_total,
+                    });
+                }
+                if last {
+                    break;
+                }
+                progress.set(bytes, bytes_total);
+                progress.set_message(format!(
+                    "{}/{} files, {} unchanged",
+                    counts.files_done.load(Relaxed),
+                    counts.files_total.load(Relaxed),
+                    counts.files_cached.load(Relaxed)
+                ));
+                std::thread::sleep(std::time::Duration::from_millis(200));
+            }
+        });
+        let out = work();
+        done.store(true, std::sync::atomic::Ordering::Relaxed);
+        out
+    })
 }
 
 /// Refuse ref names that libostree would reject, with the name in the message.
@@ -98,7 +191,15 @@ fn commit_time() -> Result<u64> {
     }
 }
 
-fn write(repo: &ostree::Repo, tree: &Path, opts: &CommitOptions, kver: &str) -> Result<Commit> {
+fn write(
+    repo: &ostree::Repo,
+    repo_path: &Path,
+    tree: &Path,
+    opts: &CommitOptions,
+    kver: &str,
+    cache: ChecksumCache,
+    events: Option<&mut ProgressFd>,
+) -> Result<Commit> {
     let cancellable = gio::Cancellable::NONE;
     let parent = repo::resolve(repo, &opts.branch)?;
     let mut delta_from = Vec::new();
@@ -108,28 +209,20 @@ fn write(repo: &ostree::Repo, tree: &Path, opts: &CommitOptions, kver: &str) -> 
         repo.load_commit(&c).with_context(missing)?;
         delta_from.push(c);
     }
-    let progress = Progress::spinner(format!("Committing {} to {}", tree.display(), opts.branch));
+    let progress = Progress::counter(format!("Committing {} to {}", tree.display(), opts.branch));
+    let counts = WriteProgress::default();
+    let jobs = std::thread::available_parallelism().map_or(1, usize::from);
 
     repo.prepare_transaction(cancellable)
         .context("starting a repository transaction")?;
+    let mut saved_cache = None;
     let result = (|| -> Result<Option<String>> {
-        let mtree = ostree::MutableTree::new();
-        // ostree.sizes in the commit: `osbuild admin upgrade --check` sums the sizes of
-        // the objects a device lacks to say how much an update downloads.
-        let sizes =
-            ostree::RepoCommitModifier::new(ostree::RepoCommitModifierFlags::GENERATE_SIZES, None);
-        repo.write_directory_to_mtree(
-            &gio::File::for_path(tree),
-            &mtree,
-            Some(&sizes),
-            cancellable,
-        )
+        let written = report(&progress, &counts, events, &opts.branch, || {
+            writer::write_tree(repo_path, repo, tree, jobs, &counts, cache)
+        })
         .with_context(|| format!("writing {} into the repository", tree.display()))?;
-        let root = repo
-            .write_mtree(&mtree, cancellable)
-            .context("writing the root directory")?
-            .downcast::<ostree::RepoFile>()
-            .map_err(|_| anyhow::anyhow!("libostree returned a root that is not a RepoFile"))?;
+        let root = written.root;
+        saved_cache = Some(written.cache);
 
         if let (Some(parent), false) = (&parent, opts.allow_unchanged) {
             if same_root(repo, parent, &root)? {
@@ -161,6 +254,9 @@ fn write(repo: &ostree::Repo, tree: &Path, opts: &CommitOptions, kver: &str) -> 
         // As `ostree commit` does: a client pulling a ref can check that the commit was
         // made for it, which stops a server from passing off one branch as another.
         meta.insert("ostree.ref-binding", vec![opts.branch.clone()]);
+        // What `ostree commit --generate-sizes` records: `osbuild admin upgrade --check`
+        // sums the sizes of the objects a device lacks to say how much an update downloads.
+        meta.insert_value("ostree.sizes", &written.sizes);
         let meta = meta.end();
 
         // The commit's timestamp is part of its checksum: SOURCE_DATE_EPOCH, when set,
@@ -195,6 +291,9 @@ fn write(repo: &ostree::Repo, tree: &Path, opts: &CommitOptions, kver: &str) -> 
         Ok(None) => {
             let _ = repo.abort_transaction(cancellable);
             let parent = parent.unwrap_or_default();
+            if let Some(cache) = &saved_cache {
+                cache.save();
+            }
             progress.finish(format!("unchanged: {parent}"));
             return Ok(Commit {
                 checksum: parent.clone(),
@@ -223,6 +322,10 @@ fn write(repo: &ostree::Repo, tree: &Path, opts: &CommitOptions, kver: &str) -> 
             .map(|s| (s.key_ids.clone(), s.homedir.clone())),
     };
     let made = repo::publish(repo, &moves, &publish, &mut |m| eprintln!("{m}"))?;
+    // Saved once the commit has landed: its entries name objects the repo now has.
+    if let Some(cache) = &saved_cache {
+        cache.save();
+    }
     progress.finish(format!("Committed {checksum} to {}", opts.branch));
     let deltas = made
         .into_iter()

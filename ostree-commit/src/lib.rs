@@ -10,6 +10,7 @@ mod manifest;
 mod prune;
 mod push;
 mod source;
+mod writer;
 
 pub use bootstrap::{bootstrap, Bootstrap};
 pub use cache::{Cache, KEEP_BASES};

@@ -382,6 +382,10 @@ pub(crate) struct CommitArgs {
     /// `osbuild prune`).
     #[arg(long, value_name = "N")]
     keep: Option<usize>,
+    /// Write progress as JSON Lines to this open file descriptor (docs/progress.schema.json):
+    /// Start, ProgressBytes at most 5 times a second, End.
+    #[arg(long, value_name = "FD")]
+    progress_fd: Option<i32>,
     #[command(flatten)]
     keys: CommitKeyFlags,
     #[command(flatten)]
@@ -421,6 +425,7 @@ impl CommitArgs {
             allow_unchanged: self.allow_unchanged,
             sign: self.keys.0.sign(manifest.and_then(Manifest::sign))?,
             delta_from: self.delta_from.clone(),
+            progress_fd: self.progress_fd,
         };
         let commit = match (&self.tree, manifest) {
             (Some(tree), _) => ostree_commit::commit(&self.repo, tree, &opts)?,

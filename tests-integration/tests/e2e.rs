@@ -163,6 +163,11 @@ fn bootstrap_commit_serve_image_boot_upgrade() -> Result<()> {
     cmd::run(Command::new("cp").arg("-al").arg(&rootfs).arg(&tree))?;
     let release = tree.join("usr/lib/osbuild-example/release");
     fs::write(&release, "1\n")?;
+    // One try rather than three: each failed boot costs a minute under TCG (the countdown
+    // is the same comparisons for every count).
+    let tries = tree.join("usr/lib/osbuild/boot-tries");
+    fs::create_dir_all(tries.parent().context("parent")?)?;
+    fs::write(&tries, format!("{TRIES}\n"))?;
 
     let repo = work.path().join("repo");
     let c1 = t.time("first commit", || commit(&repo, BRANCH, &tree, Some("1")))?;
@@ -342,6 +347,21 @@ struct Variant {
     uefi: bool,
     /// Made with --secure-boot and booted with Secure Boot on.
     secure_boot: bool,
+    /// The bad updates this row's device then survives (automatic fallback).
+    fallback: Fallback,
+}
+
+/// Which bad updates a matrix row's device is given after its upgrade, to fall back from.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Fallback {
+    None,
+    /// A commit whose health check fails: it boots, fails and reboots until its tries are
+    /// used up.
+    Unhealthy,
+    /// That one, then a commit that never reaches userspace (a broken initramfs: the
+    /// kernel panics, and panic=10 reboots it). GRUB and systemd-boot count those boots;
+    /// syslinux cannot (it rolls back from userspace).
+    UnhealthyAndPanics,
 }
 
 /// Every bootable variant but GRUB on a hybrid disk under BIOS, which the SampleOS test
@@ -356,6 +376,7 @@ const VARIANTS: &[Variant] = &[
         format: Format::Raw,
         uefi: true,
         secure_boot: true,
+        fallback: Fallback::Unhealthy,
     },
     Variant {
         name: "syslinux-bios-mbr",
@@ -364,6 +385,7 @@ const VARIANTS: &[Variant] = &[
         format: Format::Raw,
         uefi: false,
         secure_boot: false,
+        fallback: Fallback::Unhealthy,
     },
     Variant {
         name: "grub-bios-gpt-qcow2",
@@ -372,6 +394,7 @@ const VARIANTS: &[Variant] = &[
         format: Format::Qcow2,
         uefi: false,
         secure_boot: false,
+        fallback: Fallback::UnhealthyAndPanics,
     },
     Variant {
         name: "grub-uefi-gpt",
@@ -380,6 +403,7 @@ const VARIANTS: &[Variant] = &[
         format: Format::Raw,
         uefi: false,
         secure_boot: false,
+        fallback: Fallback::None,
     },
     Variant {
         name: "systemd-boot-uefi",
@@ -388,6 +412,7 @@ const VARIANTS: &[Variant] = &[
         format: Format::Raw,
         uefi: true,
         secure_boot: false,
+        fallback: Fallback::UnhealthyAndPanics,
     },
     Variant {
         name: "grub-hybrid-on-uefi",
@@ -396,6 +421,7 @@ const VARIANTS: &[Variant] = &[
         format: Format::Raw,
         uefi: true,
         secure_boot: false,
+        fallback: Fallback::None,
     },
     // Live ISO (boot only): one hybrid ISO, booted through isolinux under SeaBIOS and
     // through GRUB from the El Torito EFI image under OVMF.
@@ -406,18 +432,44 @@ const VARIANTS: &[Variant] = &[
         format: Format::Iso,
         uefi: false,
         secure_boot: false,
+        fallback: Fallback::None,
     },
 ];
 
-/// Make the variant's image from `url`, boot it to commit `c1`, upgrade in the guest to
-/// `c2` (served at `upgrade_port`), boot again and check it runs `c2`.
-fn boot_and_upgrade(
-    v: &Variant,
-    dir: &Path,
-    url: &str,
-    upgrade_port: u16,
-    (c1, c2): (&str, &str),
-) -> Result<()> {
+/// What every matrix row starts from: images are made from `c1`, served at `url`; devices
+/// upgrade to `c2`, in `second` (served at `second_port`); the bad updates' trees.
+struct Matrix {
+    dir: PathBuf,
+    url: String,
+    second: PathBuf,
+    second_port: u16,
+    c1: String,
+    c2: String,
+    unhealthy: PathBuf,
+    panics: PathBuf,
+}
+
+/// Make the variant's image from `c1`, boot it, upgrade in the guest to `c2`, boot again
+/// and check it runs `c2`; then the row's rollback and bad updates.
+fn boot_and_upgrade(v: &Variant, m: &Matrix) -> Result<()> {
+    let (dir, url, c1, c2) = (
+        m.dir.as_path(),
+        m.url.as_str(),
+        m.c1.as_str(),
+        m.c2.as_str(),
+    );
+    // A row given bad updates has an update server of its own, starting at c2, so that
+    // they reach no other row's device.
+    let own_updates = match v.fallback {
+        Fallback::None => None,
+        _ => {
+            let repo = dir.join(format!("updates-{}", v.name));
+            cmd::run(Command::new("cp").arg("-a").arg(&m.second).arg(&repo))?;
+            let (server, port) = serve(&repo)?;
+            Some((repo, server, port))
+        }
+    };
+    let upgrade_port = own_updates.as_ref().map_or(m.second_port, |o| o.2);
     let image = dir.join(format!("{}.{}", v.name, v.format.name()));
     let secure_boot: &[&str] = if v.secure_boot {
         &["--secure-boot"]
@@ -545,13 +597,16 @@ fn boot_and_upgrade(
         drop(vm);
         vm = boot_into(config(3), c1, "1")?;
     }
+    if let Some((repo, _server, _)) = &own_updates {
+        vm = fall_back(v, m, vm, repo, &config)?;
+    }
     drop(vm);
     fs::remove_file(&image).with_context(|| format!("removing {}", image.display()))?;
     Ok(())
 }
 
 /// The rows that also roll back with `osbuild admin rollback` and boot the previous
-/// commit. One is enough here: the fallback tests roll back on every boot loader
+/// commit. One is enough here: the fallback rows roll back on every boot loader
 /// (`boot-good` and syslinux's failed check use the same rollback).
 const ROLLBACK_ROWS: &[&str] = &["grub-uefi-gpt"];
 
@@ -762,7 +817,7 @@ const HALVES: [&[&str]; 2] = [
 
 /// The boot matrix, first half: every boot loader, firmware and format made from one
 /// commit, booted in qemu, upgraded in the guest with `ostree admin upgrade`, and booted
-/// into the new commit.
+/// into the new commit; four rows then fall back by themselves from bad updates.
 #[test]
 fn boot_matrix_1() -> Result<()> {
     boot_matrix(HALVES[0])
@@ -822,6 +877,11 @@ fn boot_matrix(rows: &[&str]) -> Result<()> {
     cmd::run(Command::new("cp").arg("-al").arg(&rootfs).arg(&tree))?;
     let release = tree.join("usr/lib/osbuild-example/release");
     fs::write(&release, "1\n")?;
+    // One try rather than three: each failed boot costs a minute under TCG (the countdown
+    // is the same comparisons for every count).
+    let tries = tree.join("usr/lib/osbuild/boot-tries");
+    fs::create_dir_all(tries.parent().context("parent")?)?;
+    fs::write(&tries, format!("{TRIES}\n"))?;
     // Images are made from `first` (c1); the devices upgrade from `second` (c1, then c2).
     let first = work.path().join("first");
     let second = work.path().join("second");
@@ -834,13 +894,23 @@ fn boot_matrix(rows: &[&str]) -> Result<()> {
     anyhow::ensure!(c1 != c2, "both commits are {c1}");
     let (_first_server, first_port) = serve(&first)?;
     let (_second_server, second_port) = serve(&second)?;
-    let url = format!("http://127.0.0.1:{first_port}/repo/");
+    let (unhealthy, panics) = bad_updates(work.path(), &tree)?;
+    let matrix = Matrix {
+        dir: work.path().to_path_buf(),
+        url: format!("http://127.0.0.1:{first_port}/repo/"),
+        second,
+        second_port,
+        c1,
+        c2,
+        unhealthy,
+        panics,
+    };
 
     let mut failed = Vec::new();
     let mut times = Vec::new();
     for v in VARIANTS.iter().filter(|v| wanted(v.name)) {
         let start = Instant::now();
-        let result = boot_and_upgrade(v, work.path(), &url, second_port, (&c1, &c2));
+        let result = boot_and_upgrade(v, &matrix);
         let took = start.elapsed();
         eprintln!(
             "matrix: {}: {} in {:.0}s",
@@ -882,110 +952,22 @@ fn boot_matrix(rows: &[&str]) -> Result<()> {
     Ok(())
 }
 
-/// The tries the fallback tests' trees configure (`/usr/lib/osbuild/boot-tries`).
+/// The tries the matrix's trees configure (`/usr/lib/osbuild/boot-tries`).
 const TRIES: usize = 1;
 
-/// One automatic-fallback scenario: an image, and the kinds of bad update it survives.
-struct FallbackRow {
-    name: &'static str,
-    bootloader: Bootloader,
-    firmware: Firmware,
-    secure_boot: bool,
-    /// Also a commit that never reaches userspace (GRUB counts those; syslinux cannot).
-    panics: bool,
-}
-
-/// GRUB under BIOS and systemd-boot take both kinds of bad update; GRUB under Secure
-/// Boot (the signed GRUB, whose own loadenv counts) and syslinux (which rolls back from
-/// userspace) the health-check kind.
-const FALLBACK_ROWS: [&[FallbackRow]; 3] = [
-    &[FallbackRow {
-        name: "grub-bios",
-        bootloader: Bootloader::Grub,
-        firmware: Firmware::Bios,
-        secure_boot: false,
-        panics: true,
-    }],
-    &[FallbackRow {
-        name: "systemd-boot",
-        bootloader: Bootloader::SystemdBoot,
-        firmware: Firmware::Uefi,
-        secure_boot: false,
-        panics: true,
-    }],
-    &[
-        FallbackRow {
-            name: "grub-secureboot",
-            bootloader: Bootloader::Grub,
-            firmware: Firmware::Uefi,
-            secure_boot: true,
-            panics: false,
-        },
-        FallbackRow {
-            name: "syslinux",
-            bootloader: Bootloader::Syslinux,
-            firmware: Firmware::Bios,
-            secure_boot: false,
-            panics: false,
-        },
-    ],
-];
-
-/// Automatic fallback, first part: GRUB under BIOS, for both kinds of bad update: a
-/// commit whose health check fails (it boots, fails, reboots, until its tries are used
-/// up), and one that never reaches userspace (a broken initramfs: the kernel panics and
-/// reboots). Each time the previous commit boots, becomes the default, and `osbuild admin
-/// status` says what happened. Upgrades go through `osbuild admin upgrade` in the guest.
-#[test]
-fn automatic_fallback_1() -> Result<()> {
-    automatic_fallback(FALLBACK_ROWS[0])
-}
-
-/// Automatic fallback, second part: systemd-boot (BLS boot counting), both kinds.
-#[test]
-fn automatic_fallback_2() -> Result<()> {
-    automatic_fallback(FALLBACK_ROWS[1])
-}
-
-/// Automatic fallback, third part: GRUB under Secure Boot, and syslinux.
-#[test]
-fn automatic_fallback_3() -> Result<()> {
-    automatic_fallback(FALLBACK_ROWS[2])
-}
-
-fn automatic_fallback(rows: &[FallbackRow]) -> Result<()> {
-    if !require(&[
-        Need::Root,
-        Need::Mmdebstrap,
-        Need::Qemu,
-        Need::Ovmf,
-        Need::Grub,
-    ]) {
-        return Ok(());
-    }
-    let work = tempfile::Builder::new()
-        .prefix("fallback-")
-        .tempdir_in(env!("CARGO_TARGET_TMPDIR"))?;
-    let dir = work.path();
-    let rootfs = rootfs(dir)?;
-    // Each variant is a hard-linked copy: files are replaced, never written in place.
+/// The trees of the bad updates, hard-linked copies of `tree` (files are replaced, never
+/// written in place): `unhealthy` (release 3) has a failing health check, `panics`
+/// (release 4) an initramfs the kernel cannot unpack.
+fn bad_updates(dir: &Path, tree: &Path) -> Result<(PathBuf, PathBuf)> {
     let variant = |name: &str, release: &str| -> Result<PathBuf> {
-        let tree = dir.join(name);
-        cmd::run(Command::new("cp").arg("-al").arg(&rootfs).arg(&tree))?;
-        let release_file = tree.join("usr/lib/osbuild-example/release");
-        if release_file.exists() {
-            fs::remove_file(&release_file)?;
-        }
+        let copy = dir.join(name);
+        cmd::run(Command::new("cp").arg("-al").arg(tree).arg(&copy))?;
+        let release_file = copy.join("usr/lib/osbuild-example/release");
+        fs::remove_file(&release_file)?;
         fs::write(&release_file, format!("{release}\n"))?;
-        // One try rather than three: each failed boot costs a minute under TCG (the
-        // countdown is the same comparisons for every count).
-        let tries = tree.join("usr/lib/osbuild/boot-tries");
-        fs::create_dir_all(tries.parent().context("parent")?)?;
-        fs::write(&tries, format!("{TRIES}\n"))?;
-        Ok(tree)
+        Ok(copy)
     };
-    let good = variant("good", "1")?;
-    let unhealthy = variant("unhealthy", "2")?;
+    let unhealthy = variant("unhealthy", "3")?;
     let check = unhealthy.join("usr/lib/osbuild/health.d/50-broken");
     fs::create_dir_all(check.parent().context("parent")?)?;
     fs::write(
@@ -993,7 +975,7 @@ fn automatic_fallback(rows: &[FallbackRow]) -> Result<()> {
         "#!/bin/sh\necho the new release is broken\nexit 1\n",
     )?;
     fs::set_permissions(&check, std::os::unix::fs::PermissionsExt::from_mode(0o755))?;
-    let panics = variant("panics", "3")?;
+    let panics = variant("panics", "4")?;
     let modules = panics.join("usr/lib/modules");
     let kver = fs::read_dir(&modules)?
         .next()
@@ -1002,126 +984,58 @@ fn automatic_fallback(rows: &[FallbackRow]) -> Result<()> {
     let initramfs = modules.join(kver).join("initramfs.img");
     fs::remove_file(&initramfs)?;
     fs::write(&initramfs, "not an initramfs\n")?;
-
-    let first = dir.join("first");
-    let c1 = commit(&first, BRANCH, &good, Some("1"))?;
-    let (_first_server, first_port) = serve(&first)?;
-    let mut failed = Vec::new();
-    for row in rows {
-        let start = Instant::now();
-        // Each row upgrades from a repository of its own, which starts at c1.
-        let second = dir.join(format!("second-{}", row.name));
-        cmd::run(Command::new("cp").arg("-a").arg(&first).arg(&second))?;
-        let (_second_server, second_port) = serve(&second)?;
-        let result = fall_back(
-            row,
-            dir,
-            (first_port, second_port),
-            &second,
-            (&c1, &unhealthy, &panics),
-        );
-        eprintln!(
-            "fallback: {}: {} in {:.0}s",
-            row.name,
-            if result.is_ok() {
-                "fell back"
-            } else {
-                "FAILED"
-            },
-            start.elapsed().as_secs_f64()
-        );
-        if let Err(e) = result {
-            failed.push(format!("{}: {e:#}", row.name));
-        }
-    }
-    anyhow::ensure!(
-        failed.is_empty(),
-        "fallback failures:\n{}",
-        failed.join("\n")
-    );
-    Ok(())
+    Ok((unhealthy, panics))
 }
 
-/// One row: boot c1, upgrade to the unhealthy commit, watch it fall back; then, where the
-/// row says so, the same with the commit that panics.
+/// Automatic fallback, on the device `vm` booted into c2: publish the unhealthy commit to
+/// the row's own update server (`repo`), upgrade with `osbuild admin upgrade`, watch each
+/// try fail and the device come back to c2 by itself, with `osbuild admin status` saying
+/// what happened; then, where the row says so, the same with the commit that panics.
+/// Returns the device, booted into c2.
 fn fall_back(
-    row: &FallbackRow,
-    dir: &Path,
-    (first_port, second_port): (u16, u16),
-    second: &Path,
-    (c1, unhealthy, panics): (&str, &Path, &Path),
-) -> Result<()> {
-    let c2 = commit(second, BRANCH, unhealthy, Some("2"))?;
-    let image = dir.join(format!("{}.raw", row.name));
-    let secure_boot: &[&str] = if row.secure_boot {
-        &["--secure-boot"]
-    } else {
-        &[]
-    };
-    osbuild(
-        &[
-            &[
-                "make-image",
-                "--url",
-                &format!("http://127.0.0.1:{first_port}/repo/"),
-                "--remote-url",
-                &format!("http://10.0.2.2:{second_port}/repo/"),
-                "--branch",
-                BRANCH,
-                "--bootloader",
-                row.bootloader.name(),
-                "--firmware",
-                row.firmware.name(),
-                "--output",
-                image.to_str().context("path")?,
-            ],
-            secure_boot,
-        ]
-        .concat(),
-    )?;
-    let mut n = 0;
-    let mut config = || {
+    v: &Variant,
+    m: &Matrix,
+    mut vm: Vm,
+    repo: &Path,
+    config: &dyn Fn(u32) -> VmConfig,
+) -> Result<Vm> {
+    // Boot logs 1-3 are the matrix's.
+    let mut n = 3;
+    let mut boot = || {
         n += 1;
-        VmConfig::new(&image)
-            .uefi(row.firmware == Firmware::Uefi)
-            .secure_boot(row.secure_boot)
-            .log(dir.join(format!("{}-boot{n}.log", row.name)))
+        config(n)
     };
-    let mut vm = boot_into(config(), c1, "1")?;
+    // GRUB and systemd-boot count the tries; syslinux rolls back from userspace.
+    let counted = v.bootloader != Bootloader::Syslinux;
+    let c3 = commit(repo, BRANCH, &m.unhealthy, Some("3"))?;
     upgrade_and_reboot(&mut vm)?;
-    // GRUB and systemd-boot: each try reaches userspace, fails its check and reboots
-    // itself, until the tries are used up. syslinux: the first failure rolls back and
-    // reboots.
+    drop(vm);
     for _ in 0..TRIES {
         // Only the unhealthy commit has the failing check, so its message tells which
         // commit booted; the boot marker may not come before the reboot.
-        let mut vm = Vm::boot(config())?;
+        let mut vm = Vm::boot(boot())?;
         vm.wait_for(
             "osbuild-health: health checks failed (/usr/lib/osbuild/health.d/50-broken)",
             Duration::from_secs(300),
         )?;
         vm.wait_exit(Duration::from_secs(300))?;
     }
-    let mut vm = boot_into(config(), c1, "1")?;
-    check_fell_back(&mut vm, c1, &c2, row.bootloader != Bootloader::Syslinux)?;
-    if !row.panics {
-        drop(vm);
-        fs::remove_file(&image)?;
-        return Ok(());
+    let mut vm = boot_into(boot(), &m.c2, "2").context("after the unhealthy update")?;
+    check_fell_back(&mut vm, &m.c2, &c3, counted)?;
+    if v.fallback != Fallback::UnhealthyAndPanics {
+        return Ok(vm);
     }
-    // The broken initramfs: the kernel panics (panic=10 reboots it) on each try.
-    let c3 = commit(second, BRANCH, panics, Some("3"))?;
+    let c4 = commit(repo, BRANCH, &m.panics, Some("4"))?;
     upgrade_and_reboot(&mut vm)?;
+    drop(vm);
     for _ in 0..TRIES {
-        let mut vm = Vm::boot(config())?;
+        let mut vm = Vm::boot(boot())?;
         vm.wait_for("Kernel panic", Duration::from_secs(300))?;
         vm.wait_exit(Duration::from_secs(120))?;
     }
-    let mut vm = boot_into(config(), c1, "1")?;
-    check_fell_back(&mut vm, c1, &c3, true)?;
-    drop(vm);
-    fs::remove_file(&image)?;
-    Ok(())
+    let mut vm = boot_into(boot(), &m.c2, "2").context("after the update that panics")?;
+    check_fell_back(&mut vm, &m.c2, &c4, true)?;
+    Ok(vm)
 }
 
 /// In the guest: `osbuild admin upgrade` stages the new commit; reboot into it.

@@ -1,0 +1,689 @@
+//! Writing a tree's objects into an archive repository: in parallel, and only what
+//! changed since the last commit of the tree.
+//!
+//! libostree's `write_directory_to_mtree` reads, checksums and compresses one file at a
+//! time, and every commit of the same tree does all of it again. Here the tree is scanned
+//! first; files whose checksum the [`ChecksumCache`] knows (and whose object the repo has)
+//! are not read at all; the rest are written by one worker per core, each with a
+//! repository handle and transaction of its own, through libostree's `write_content` (its
+//! object format, compression and fsync, unchanged). The directories are then written on
+//! the caller's handle through a `MutableTree`, so the root is the one
+//! `write_directory_to_mtree` (and `ostree commit`) gives for the same tree.
+
+use anyhow::{bail, Context, Result};
+use osbuild_core::gio::prelude::*;
+use osbuild_core::glib::{self, translate::IntoGlib};
+use osbuild_core::{gio, ostree};
+use std::collections::{BTreeMap, HashMap};
+use std::fs;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::Mutex;
+
+/// The extended attributes of a file, in libostree's canonical form: names sorted, each
+/// with its trailing NUL (GVariant `a(ayay)`).
+type Xattrs = Vec<(Vec<u8>, Vec<u8>)>;
+
+/// How far the writing has come, shared with the progress reporter.
+#[derive(Debug, Default)]
+pub(crate) struct WriteProgress {
+    /// Files and symlinks in the tree.
+    pub(crate) files_total: AtomicU64,
+    /// Of those, done (written, or known from the cache).
+    pub(crate) files_done: AtomicU64,
+    /// Bytes of file content in the tree.
+    pub(crate) bytes_total: AtomicU64,
+    /// Of those, done.
+    pub(crate) bytes_done: AtomicU64,
+    /// Files the checksum cache answered for.
+    pub(crate) files_cached: AtomicU64,
+    /// Their bytes.
+    pub(crate) bytes_cached: AtomicU64,
+}
+
+/// What [`write_tree`] wrote.
+pub(crate) struct Written {
+    /// The root directory, to commit.
+    pub(crate) root: ostree::RepoFile,
+    /// The commit's `ostree.sizes` metadata.
+    pub(crate) sizes: glib::Variant,
+    /// The updated checksum cache, to save once the commit has landed.
+    pub(crate) cache: ChecksumCache,
+}
+
+/// Everything that can change a file's content object, as `lstat` and the xattrs say.
+/// The ctime changes whenever the content, mode, owner or xattrs do, and no one can set
+/// it back, so a file rewritten with its old size and mtime still misses.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+struct CacheKey {
+    dev: u64,
+    ino: u64,
+    size: u64,
+    mtime_ns: i128,
+    ctime_ns: i128,
+    mode: u32,
+    uid: u32,
+    gid: u32,
+    xattrs: u64,
+}
+
+/// File checksums by [`CacheKey`], kept beside the repository (`.NAME.osbuild-checksums`
+/// next to `NAME`), so that a re-commit does not read or compress unchanged files again.
+/// An entry is used only if the repository has the object it names.
+#[derive(Debug, Default)]
+pub(crate) struct ChecksumCache {
+    path: Option<PathBuf>,
+    entries: HashMap<CacheKey, String>,
+}
+
+impl ChecksumCache {
+    /// Where the cache of the repository at `repo` lives.
+    pub(crate) fn path_for(repo: &Path) -> Option<PathBuf> {
+        let name = repo.file_name()?.to_str()?;
+        Some(repo.with_file_name(format!(".{name}.osbuild-checksums")))
+    }
+
+    /// The cache of `repo`; empty when there is none or it cannot be read (it is only a
+    /// cache: a bad one costs time, never correctness).
+    pub(crate) fn load(repo: &Path) -> ChecksumCache {
+        let path = Self::path_for(repo);
+        let mut entries = HashMap::new();
+        if let Some(text) = path.as_ref().and_then(|p| fs::read_to_string(p).ok()) {
+            for line in text.lines() {
+                if let Some((key, sum)) = parse_line(line) {
+                    entries.insert(key, sum);
+                }
+            }
+        }
+        ChecksumCache { path, entries }
+    }
+
+    /// Write the cache (a temporary file renamed into place). Failing to is a warning.
+    pub(crate) fn save(&self) {
+        let Some(path) = &self.path else { return };
+        let mut text = String::with_capacity(self.entries.len() * 160);
+        for (k, sum) in &self.entries {
+            text.push_str(&format!(
+                "{} {} {} {} {} {} {} {} {:016x} {sum}\n",
+                k.dev, k.ino, k.size, k.mtime_ns, k.ctime_ns, k.mode, k.uid, k.gid, k.xattrs
+            ));
+        }
+        let tmp = path.with_extension("tmp");
+        if let Err(e) = fs::write(&tmp, text).and_then(|()| fs::rename(&tmp, path)) {
+            let _ = fs::remove_file(&tmp);
+            tracing::warn!("could not save the checksum cache {}: {e}", path.display());
+        }
+    }
+}
+
+fn parse_line(line: &str) -> Option<(CacheKey, String)> {
+    let f: Vec<&str> = line.split(' ').collect();
+    if f.len() != 10 || f[9].len() != 64 {
+        return None;
+    }
+    Some((
+        CacheKey {
+            dev: f[0].parse().ok()?,
+            ino: f[1].parse().ok()?,
+            size: f[2].parse().ok()?,
+            mtime_ns: f[3].parse().ok()?,
+            ctime_ns: f[4].parse().ok()?,
+            mode: f[5].parse().ok()?,
+            uid: f[6].parse().ok()?,
+            gid: f[7].parse().ok()?,
+            xattrs: u64::from_str_radix(f[8], 16).ok()?,
+        },
+        f[9].to_string(),
+    ))
+}
+
+/// A file or symlink of the tree.
+struct FileEntry {
+    path: PathBuf,
+    meta: fs::Metadata,
+    /// The symlink's target, for a symlink.
+    target: Option<String>,
+    xattrs: Xattrs,
+    key: CacheKey,
+    /// Its content object, once known.
+    checksum: Option<String>,
+}
+
+/// A directory of the tree: its own metadata and its entries, by name.
+struct DirEntry {
+    meta: fs::Metadata,
+    xattrs: Xattrs,
+    dirs: BTreeMap<String, DirEntry>,
+    /// Indexes into the scan's files.
+    files: BTreeMap<String, usize>,
+}
+
+#[derive(Default)]
+struct Scan {
+    files: Vec<FileEntry>,
+    /// The first file seen with each (device, inode): hard links are written once.
+    inodes: HashMap<(u64, u64), usize>,
+    /// File index -> the index whose checksum it shares (a hard link), or itself.
+    same_as: Vec<usize>,
+}
+
+fn name_of(path: &Path) -> Result<String> {
+    let name = path.file_name().context("a tree entry has a name")?;
+    name.to_str().map(str::to_string).with_context(|| {
+        format!(
+            "{}: the name is not UTF-8, which OSTree cannot store: rename it",
+            path.display()
+        )
+    })
+}
+
+fn read_xattrs(path: &Path) -> Result<Xattrs> {
+    let what = || format!("reading the extended attributes of {}", path.display());
+    let len = match rustix::fs::llistxattr_query(path) {
+        Ok(n) => n,
+        // Filesystems without xattrs (some tmpfs setups) have none to keep.
+        Err(rustix::io::Errno::NOTSUP) => return Ok(Vec::new()),
+        Err(e) => return Err(std::io::Error::from(e)).with_context(what),
+    };
+    if len == 0 {
+        return Ok(Vec::new());
+    }
+    let mut list = vec![0u8; len];
+    let n = rustix::fs::llistxattr(path, &mut list[..])
+        .map_err(std::io::Error::from)
+        .with_context(what)?;
+    list.truncate(n);
+    let mut names: Vec<&[u8]> = list.split(|b| *b == 0).filter(|n| !n.is_empty()).collect();
+    names.sort();
+    let mut out = Vec::with_capacity(names.len());
+    for name in names {
+        let size = rustix::fs::lgetxattr_query(path, name)
+            .map_err(std::io::Error::from)
+            .with_context(what)?;
+        let mut value = vec![0u8; size];
+        let n = rustix::fs::lgetxattr(path, name, &mut value[..])
+            .map_err(std::io::Error::from)
+            .with_context(what)?;
+        value.truncate(n);
+        let mut name = name.to_vec();
+        name.push(0);
+        out.push((name, value));
+    }
+    Ok(out)
+}
+
+fn xattrs_digest(xattrs: &Xattrs) -> u64 {
+    use sha2::Digest;
+    let mut h = sha2::Sha256::new();
+    for (n, v) in xattrs {
+        h.update((n.len() as u64).to_le_bytes());
+        h.update(n);
+        h.update((v.len() as u64).to_le_bytes());
+        h.update(v);
+    }
+    let d = h.finalize();
+    u64::from_le_bytes(d[..8].try_into().unwrap_or_default())
+}
+
+fn ns(secs: i64, nsec: i64) -> i128 {
+    i128::from(secs) * 1_000_000_000 + i128::from(nsec)
+}
+
+fn scan_dir(path: &Path, meta: fs::Metadata, scan: &mut Scan) -> Result<DirEntry> {
+    let mut dir = DirEntry {
+        xattrs: read_xattrs(path)?,
+        meta,
+        dirs: BTreeMap::new(),
+        files: BTreeMap::new(),
+    };
+    let entries =
+        fs::read_dir(path).with_context(|| format!("reading directory {}", path.display()))?;
+    for entry in entries {
+        let entry = entry.with_context(|| format!("reading directory {}", path.display()))?;
+        let child = entry.path();
+        let name = name_of(&child)?;
+        let meta = fs::symlink_metadata(&child)
+            .with_context(|| format!("reading the metadata of {}", child.display()))?;
+        let kind = meta.file_type();
+        if kind.is_dir() {
+            let sub = scan_dir(&child, meta, scan)?;
+            dir.dirs.insert(name, sub);
+            continue;
+        }
+        let target = if kind.is_symlink() {
+            let t = fs::read_link(&child)
+                .with_context(|| format!("reading the symlink {}", child.display()))?;
+            Some(t.to_str().map(str::to_string).with_context(|| {
+                format!(
+                    "{}: the symlink's target is not UTF-8: OSTree cannot store it",
+                    child.display()
+                )
+            })?)
+        } else if kind.is_file() {
+            None
+        } else {
+            bail!(
+                "{}: a device node, socket or FIFO cannot be committed (OSTree stores files, \
+                 symlinks and directories): remove it from the tree",
+                child.display()
+            );
+        };
+        let xattrs = read_xattrs(&child)?;
+        let key = CacheKey {
+            dev: meta.dev(),
+            ino: meta.ino(),
+            size: meta.size(),
+            mtime_ns: ns(meta.mtime(), meta.mtime_nsec()),
+            ctime_ns: ns(meta.ctime(), meta.ctime_nsec()),
+            mode: meta.mode(),
+            uid: meta.uid(),
+            gid: meta.gid(),
+            xattrs: xattrs_digest(&xattrs),
+        };
+        let index = scan.files.len();
+        let first = *scan.inodes.entry((key.dev, key.ino)).or_insert(index);
+        scan.same_as.push(first);
+        scan.files.push(FileEntry {
+            path: child,
+            meta,
+            target,
+            xattrs,
+            key,
+            checksum: None,
+        });
+        dir.files.insert(name, index);
+    }
+    Ok(dir)
+}
+
+fn xattrs_variant(xattrs: &Xattrs) -> glib::Variant {
+    xattrs.to_variant()
+}
+
+/// The stat fields libostree's object headers use, as a `GFileInfo`.
+fn file_info(meta: &fs::Metadata, target: Option<&str>) -> gio::FileInfo {
+    let info = gio::FileInfo::new();
+    info.set_attribute_uint32("unix::uid", meta.uid());
+    info.set_attribute_uint32("unix::gid", meta.gid());
+    info.set_attribute_uint32("unix::mode", meta.mode());
+    match target {
+        Some(t) => {
+            info.set_file_type(gio::FileType::SymbolicLink);
+            info.set_symlink_target(t);
+            info.set_size(0);
+        }
+        None if meta.is_dir() => info.set_file_type(gio::FileType::Directory),
+        None => {
+            info.set_file_type(gio::FileType::Regular);
+            info.set_size(meta.size() as i64);
+        }
+    }
+    info
+}
+
+/// Write one file's content object; returns its checksum.
+fn write_file(repo: &ostree::Repo, f: &FileEntry) -> Result<String> {
+    let cancellable = gio::Cancellable::NONE;
+    let info = file_info(&f.meta, f.target.as_deref());
+    let input: gio::InputStream = match f.target {
+        Some(_) => gio::MemoryInputStream::new().upcast(),
+        None => gio::File::for_path(&f.path)
+            .read(cancellable)
+            .with_context(|| format!("opening {} to commit it", f.path.display()))?
+            .upcast(),
+    };
+    let (stream, len) = ostree::raw_file_to_content_stream(
+        &input,
+        &info,
+        Some(&xattrs_variant(&f.xattrs)),
+        cancellable,
+    )
+    .with_context(|| format!("reading {}", f.path.display()))?;
+    let sum = repo
+        .write_content(None, &stream, len, cancellable)
+        .with_context(|| format!("writing {} into the repository", f.path.display()))?;
+    Ok(sum.to_hex())
+}
+
+/// Write `files` (indexes into `scan.files`) with `jobs` workers, each on its own handle
+/// of the repository at `repo_path` and in its own transaction, committed when it ends.
+fn write_files(
+    repo_path: &Path,
+    scan: &Scan,
+    todo: &[usize],
+    jobs: usize,
+    progress: &WriteProgress,
+) -> Result<Vec<(usize, String)>> {
+    let next = AtomicUsize::new(0);
+    let failed = AtomicBool::new(false);
+    let results = Mutex::new(Vec::with_capacity(todo.len()));
+    std::thread::scope(|s| -> Result<()> {
+        let workers: Vec<_> = (0..jobs.max(1))
+            .map(|_| {
+                s.spawn(|| -> Result<()> {
+                    let repo = osbuild_core::repo::open_archive(repo_path)?;
+                    let cancellable = gio::Cancellable::NONE;
+                    repo.prepare_transaction(cancellable)
+                        .context("starting a repository transaction")?;
+                    let mut mine = Vec::new();
+                    let run = (|| -> Result<()> {
+                        loop {
+                            if failed.load(Ordering::Relaxed) {
+                                return Ok(());
+                            }
+                            let i = next.fetch_add(1, Ordering::Relaxed);
+                            let Some(&index) = todo.get(i) else {
+                                return Ok(());
+                            };
+                            let f = &scan.files[index];
+                            let sum = write_file(&repo, f)?;
+                            progress.files_done.fetch_add(1, Ordering::Relaxed);
+                            progress
+                                .bytes_done
+                                .fetch_add(f.meta.size(), Ordering::Relaxed);
+                            mine.push((index, sum));
+                        }
+                    })();
+                    if let Err(e) = run {
+                        failed.store(true, Ordering::Relaxed);
+                        let _ = repo.abort_transaction(cancellable);
+                        return Err(e);
+                    }
+                    repo.commit_transaction(cancellable)
+                        .context("completing the transaction of the tree's files")?;
+                    results
+                        .lock()
+                        .map_err(|_| anyhow::anyhow!("a commit worker panicked"))?
+                        .extend(mine);
+                    Ok(())
+                })
+            })
+            .collect();
+        let mut first_error = None;
+        for w in workers {
+            let r = w
+                .join()
+                .map_err(|_| anyhow::anyhow!("a commit worker panicked"))
+                .and_then(|r| r);
+            if let (Err(e), None) = (r, &first_error) {
+                first_error = Some(e);
+            }
+        }
+        first_error.map_or(Ok(()), Err)
+    })?;
+    results
+        .into_inner()
+        .map_err(|_| anyhow::anyhow!("a commit worker panicked"))
+}
+
+/// Unsigned LEB128, as libostree writes the sizes in `ostree.sizes`.
+fn push_varint(buf: &mut Vec<u8>, mut v: u64) {
+    loop {
+        let byte = (v & 0x7f) as u8;
+        v >>= 7;
+        if v == 0 {
+            buf.push(byte);
+            return;
+        }
+        buf.push(byte | 0x80);
+    }
+}
+
+/// One `ostree.sizes` entry: the checksum's bytes, archived and unpacked sizes, type.
+fn size_entry(
+    checksum: &str,
+    archived: u64,
+    unpacked: u64,
+    objtype: ostree::ObjectType,
+) -> Result<Vec<u8>> {
+    let mut buf = hex_bytes(checksum)?;
+    push_varint(&mut buf, archived);
+    push_varint(&mut buf, unpacked);
+    buf.push(objtype.into_glib() as u8);
+    Ok(buf)
+}
+
+fn hex_bytes(hex: &str) -> Result<Vec<u8>> {
+    if hex.len() != 64 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+        bail!("{hex:?} is not a SHA-256 checksum");
+    }
+    (0..32)
+        .map(|i| u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).context("hex"))
+        .collect()
+}
+
+/// Write the objects of `tree` into `repo` (an archive repository at `repo_path`, in a
+/// transaction the caller prepared for the directories) with `jobs` parallel writers,
+/// skipping the files `cache` knows.
+pub(crate) fn write_tree(
+    repo_path: &Path,
+    repo: &ostree::Repo,
+    tree: &Path,
+    jobs: usize,
+    progress: &WriteProgress,
+    mut cache: ChecksumCache,
+) -> Result<Written> {
+    let cancellable = gio::Cancellable::NONE;
+    let root_meta = fs::symlink_metadata(tree)
+        .with_context(|| format!("reading the metadata of {}", tree.display()))?;
+    let mut scan = Scan::default();
+    let root = scan_dir(tree, root_meta, &mut scan)?;
+
+    // Known files first: no reading, only a check that the repo has the object.
+    let mut todo = Vec::new();
+    for index in 0..scan.files.len() {
+        let f = &scan.files[index];
+        progress.files_total.fetch_add(1, Ordering::Relaxed);
+        progress
+            .bytes_total
+            .fetch_add(f.meta.size(), Ordering::Relaxed);
+        let size = f.meta.size();
+        if scan.same_as[index] != index {
+            progress.files_done.fetch_add(1, Ordering::Relaxed);
+            progress.bytes_done.fetch_add(size, Ordering::Relaxed);
+            continue;
+        }
+        let known = cache.entries.get(&f.key).filter(|sum| {
+            repo.has_object(ostree::ObjectType::File, sum, cancellable)
+                .unwrap_or(false)
+        });
+        match known {
+            Some(sum) => {
+                scan.files[index].checksum = Some(sum.clone());
+                progress.files_cached.fetch_add(1, Ordering::Relaxed);
+                progress.bytes_cached.fetch_add(size, Ordering::Relaxed);
+                progress.files_done.fetch_add(1, Ordering::Relaxed);
+                progress.bytes_done.fetch_add(size, Ordering::Relaxed);
+            }
+            None => todo.push(index),
+        }
+    }
+    // Big files first, so that no worker is left with one at the end.
+    todo.sort_by_key(|&i| std::cmp::Reverse(scan.files[i].meta.size()));
+    for (index, sum) in write_files(repo_path, &scan, &todo, jobs, progress)? {
+        scan.files[index].checksum = Some(sum);
+    }
+    // Hard links share the first link's object; every file is done now.
+    let mut entries = HashMap::with_capacity(scan.files.len());
+    for index in 0..scan.files.len() {
+        let first = scan.same_as[index];
+        let sum = scan.files[first]
+            .checksum
+            .clone()
+            .with_context(|| format!("no checksum for {}", scan.files[first].path.display()))?;
+        entries.insert(scan.files[index].key.clone(), sum.clone());
+        scan.files[index].checksum = Some(sum);
+    }
+    progress.files_done.store(
+        progress.files_total.load(Ordering::Relaxed),
+        Ordering::Relaxed,
+    );
+    progress.bytes_done.store(
+        progress.bytes_total.load(Ordering::Relaxed),
+        Ordering::Relaxed,
+    );
+    cache.entries = entries;
+
+    // The directories, through libostree's MutableTree.
+    let mut sizes: BTreeMap<String, Vec<u8>> = BTreeMap::new();
+    let mut dirmetas: HashMap<(u32, u32, u32, u64), String> = HashMap::new();
+    let mtree = ostree::MutableTree::new();
+    let mut subtrees = Vec::new();
+    fill(
+        repo,
+        &root,
+        &mtree,
+        &scan,
+        &mut dirmetas,
+        &mut subtrees,
+        &mut sizes,
+    )?;
+    let root_file = repo
+        .write_mtree(&mtree, cancellable)
+        .context("writing the tree's directories")?
+        .downcast::<ostree::RepoFile>()
+        .map_err(|_| anyhow::anyhow!("libostree returned a root that is not a RepoFile"))?;
+    subtrees.push(mtree);
+    for t in &subtrees {
+        let sum = t.contents_checksum().to_string();
+        if sum.is_empty() || sizes.contains_key(&sum) {
+            continue;
+        }
+        let len = repo
+            .load_variant(ostree::ObjectType::DirTree, &sum)
+            .with_context(|| format!("reading back the directory object {sum}"))?
+            .size() as u64;
+        sizes.insert(
+            sum.clone(),
+            size_entry(&sum, len, len, ostree::ObjectType::DirTree)?,
+        );
+    }
+    for f in &scan.files {
+        let sum = f.checksum.as_deref().unwrap_or_default();
+        if sizes.contains_key(sum) {
+            continue;
+        }
+        let archived = repo
+            .query_object_storage_size(ostree::ObjectType::File, sum, cancellable)
+            .with_context(|| format!("the size of {}'s object {sum}", f.path.display()))?;
+        let unpacked = if f.target.is_some() { 0 } else { f.meta.size() };
+        sizes.insert(
+            sum.to_string(),
+            size_entry(sum, archived, unpacked, ostree::ObjectType::File)?,
+        );
+    }
+    let sizes = sizes.into_values().collect::<Vec<_>>().to_variant();
+    Ok(Written {
+        root: root_file,
+        sizes,
+        cache,
+    })
+}
+
+/// Fill `mtree` from `dir`: its files' checksums, its subdirectories, and its dirmeta
+/// object (written once per distinct owner, mode and xattrs).
+fn fill(
+    repo: &ostree::Repo,
+    dir: &DirEntry,
+    mtree: &ostree::MutableTree,
+    scan: &Scan,
+    dirmetas: &mut HashMap<(u32, u32, u32, u64), String>,
+    subtrees: &mut Vec<ostree::MutableTree>,
+    sizes: &mut BTreeMap<String, Vec<u8>>,
+) -> Result<()> {
+    let key = (
+        dir.meta.uid(),
+        dir.meta.gid(),
+        dir.meta.mode(),
+        xattrs_digest(&dir.xattrs),
+    );
+    let meta_sum = match dirmetas.get(&key) {
+        Some(s) => s.clone(),
+        None => {
+            let v = ostree::create_directory_metadata(
+                &file_info(&dir.meta, None),
+                Some(&xattrs_variant(&dir.xattrs)),
+            );
+            let sum = repo
+                .write_metadata(
+                    ostree::ObjectType::DirMeta,
+                    None,
+                    &v,
+                    gio::Cancellable::NONE,
+                )
+                .context("writing a directory's metadata")?
+                .to_hex();
+            let len = v.size() as u64;
+            sizes.insert(
+                sum.clone(),
+                size_entry(&sum, len, len, ostree::ObjectType::DirMeta)?,
+            );
+            dirmetas.insert(key, sum.clone());
+            sum
+        }
+    };
+    mtree.set_metadata_checksum(&meta_sum);
+    for (name, &index) in &dir.files {
+        let sum = scan.files[index].checksum.as_deref().unwrap_or_default();
+        mtree
+            .replace_file(name, sum)
+            .with_context(|| format!("adding {name} to its directory"))?;
+    }
+    for (name, sub) in &dir.dirs {
+        let child = mtree
+            .ensure_dir(name)
+            .with_context(|| format!("adding the directory {name}"))?;
+        fill(repo, sub, &child, scan, dirmetas, subtrees, sizes)?;
+        subtrees.push(child);
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn varints_are_leb128() {
+        let mut b = Vec::new();
+        for v in [0u64, 1, 127, 128, 300, u64::from(u32::MAX)] {
+            push_varint(&mut b, v);
+        }
+        assert_eq!(
+            b,
+            [0, 1, 0x7f, 0x80, 0x01, 0xac, 0x02, 0xff, 0xff, 0xff, 0xff, 0x0f]
+        );
+    }
+
+    #[test]
+    fn cache_lines_round_trip_and_bad_lines_are_skipped() {
+        let dir = tempfile::tempdir().unwrap();
+        let repo = dir.path().join("repo");
+        let mut cache = ChecksumCache::load(&repo);
+        let key = CacheKey {
+            dev: 1,
+            ino: 2,
+            size: 3,
+            mtime_ns: -4,
+            ctime_ns: 5_000_000_000_123,
+            mode: 0o100644,
+            uid: 0,
+            gid: 7,
+            xattrs: u64::MAX,
+        };
+        cache.entries.insert(key.clone(), "a".repeat(64));
+        cache.save();
+        let path = ChecksumCache::path_for(&repo).unwrap();
+        assert_eq!(path, dir.path().join(".repo.osbuild-checksums"));
+        let mut text = fs::read_to_string(&path).unwrap();
+        text.push_str("garbage\n1 2 3\n");
+        fs::write(&path, text).unwrap();
+        let back = ChecksumCache::load(&repo);
+        assert_eq!(back.entries.len(), 1);
+        assert_eq!(
+            back.entries.get(&key).map(String::as_str),
+            Some("a".repeat(64).as_str())
+        );
+    }
+}
