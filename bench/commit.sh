@@ -22,7 +22,8 @@ done
 
 if [ -z "${OSBUILD:-}" ]; then
   echo "== building osbuild (release)" >&2
-  (cd "$ROOT" && cargo build --quiet --release --bin osbuild)
+  # The device binaries too: bootstrap puts them into the tree.
+  (cd "$ROOT" && cargo build --quiet --release -p osbuild -p osbuild-admin)
   OSBUILD=$ROOT/target/release/osbuild
 fi
 

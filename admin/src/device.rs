@@ -112,8 +112,11 @@ pub fn files(bin_dir: &Path) -> Vec<DeviceFile> {
         ),
         text(
             "/usr/lib/systemd/system/osbuild-boot-good.service",
+            // After multi-user.target too: the health checks it waits for run after it,
+            // and a unit multi-user.target wants is otherwise ordered before it, which
+            // made a cycle that systemd broke by dropping this unit (never marked good).
             "[Unit]\nDescription=Mark the boot good for osbuild's automatic fallback\n\
-             Requires=boot-complete.target\nAfter=boot-complete.target\n\n\
+             Requires=boot-complete.target\nAfter=multi-user.target boot-complete.target\n\n\
              [Service]\nType=oneshot\nRemainAfterExit=yes\n\
              ExecStart=/usr/bin/osbuild admin boot-good\n\n\
              [Install]\nWantedBy=multi-user.target\n",
@@ -166,5 +169,28 @@ mod tests {
         );
         // The menu's hook runs the binary shipped beside it.
         assert!(files.iter().any(|f| f.path == BOOT_MENU_BIN));
+    }
+
+    /// The health checks run after multi-user.target and gate boot-complete.target; a
+    /// unit multi-user.target wants that waits for boot-complete.target must say it comes
+    /// after multi-user.target, or multi-user.target is ordered after it: a cycle, which
+    /// systemd breaks by dropping a unit (it dropped osbuild-boot-good, seen in qemu).
+    #[test]
+    fn units_after_boot_complete_come_after_multi_user() {
+        for f in files(Path::new("/nonexistent")) {
+            let DeviceContent::Text(text) = &f.content else {
+                continue;
+            };
+            let after: Vec<&str> = text
+                .lines()
+                .filter_map(|l| l.strip_prefix("After="))
+                .flat_map(str::split_whitespace)
+                .collect();
+            if after.contains(&"boot-complete.target")
+                && text.contains("WantedBy=multi-user.target")
+            {
+                assert!(after.contains(&"multi-user.target"), "{}:\n{text}", f.path);
+            }
+        }
     }
 }

@@ -155,8 +155,13 @@ pub struct Trial {
 
 /// The trial on the physical `sysroot`: in systemd-boot's entry names on the ESP (mounted
 /// for the call) when it boots systemd-boot, else in GRUB's environment block.
+///
+/// Several counted entries mean a deployment was staged while the one before it was still
+/// on trial (its boot not yet marked good): the default's is the trial, as GRUB's block
+/// holds only the newest.
 pub fn trial(sysroot: &Path) -> Result<Trial> {
     let on_esp = crate::esp::with_esp(sysroot, |esp| {
+        let mut counted = Vec::new();
         for name in std::fs::read_dir(esp.join("loader/entries"))
             .into_iter()
             .flatten()
@@ -165,13 +170,19 @@ pub fn trial(sysroot: &Path) -> Result<Trial> {
             let name = name.file_name().to_string_lossy().into_owned();
             let (base, left) = crate::esp::split_counter(&name);
             if let (Some(left), Some(deployment)) = (left, deployment_of_entry(&base)) {
-                return Ok(Trial {
+                counted.push(Trial {
                     deployment: Some(deployment),
                     tries_left: Some(left),
                 });
             }
         }
-        Ok(Trial::default())
+        if counted.len() > 1 {
+            let default = default_id(sysroot)?;
+            if let Some(i) = counted.iter().position(|t| t.deployment == default) {
+                return Ok(counted.swap_remove(i));
+            }
+        }
+        Ok(counted.into_iter().next().unwrap_or_default())
     })?;
     if let Some(t) = on_esp {
         return Ok(t);

@@ -408,12 +408,62 @@ fn sign_commit(
         Ok(()) => Ok(()),
         Err(e) if e.matches(gio::IOErrorEnum::Exists) => Ok(()),
         Err(e) => Err(anyhow::anyhow!(
-            "signing commit {checksum} with GPG key {key} (GPG home {}): {e}; check that \
-             the key's secret part is in that home and that it has not expired \
-             (gpg --homedir HOME --list-secret-keys)",
-            homedir.map_or("the default".to_string(), |h| h.display().to_string())
+            "signing commit {checksum} with GPG key {key} (GPG home {}): {e}; {}",
+            homedir.map_or("the default".to_string(), |h| h.display().to_string()),
+            key_problem(key, homedir).unwrap_or_else(|| "check that the key's secret part is \
+                in that home and that it has not expired (gpg --homedir HOME \
+                --list-secret-keys)"
+                .to_string())
         )),
     }
+}
+
+/// Why GPG cannot sign with `key`, as `gpg --list-secret-keys` says: not there, expired
+/// or revoked, with what to do. None when gpg sees nothing wrong (or cannot be asked).
+fn key_problem(key: &str, homedir: Option<&Path>) -> Option<String> {
+    let mut gpg = std::process::Command::new("gpg");
+    if let Some(h) = homedir {
+        gpg.arg("--homedir").arg(h);
+    }
+    gpg.args([
+        "--batch",
+        "--with-colons",
+        "--fixed-list-mode",
+        "--list-secret-keys",
+        key,
+    ]);
+    let out = osbuild_core::cmd::output(&mut gpg).ok()?;
+    if !out.status.success() {
+        return Some(format!(
+            "the GPG home has no secret key {key}: import it there (gpg --import) or name \
+             another home with --gpg-homedir"
+        ));
+    }
+    let listing = String::from_utf8_lossy(&out.stdout);
+    let sec = listing.lines().find(|l| l.starts_with("sec:"))?;
+    let fields: Vec<&str> = sec.split(':').collect();
+    match fields.get(1).copied() {
+        Some("e") => {
+            let when = fields
+                .get(6)
+                .and_then(|t| t.parse::<i64>().ok())
+                .map_or(String::new(), |t| {
+                    format!(" ({} days ago)", (now_secs() - t) / 86_400)
+                });
+            Some(format!(
+                "key {key} has expired{when}: extend it (gpg --quick-set-expire {key} 1y) or \
+                 sign with another key"
+            ))
+        }
+        Some("r") => Some(format!("key {key} has been revoked: sign with another key")),
+        _ => None,
+    }
+}
+
+fn now_secs() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64)
 }
 
 /// `osbuild sign`: sign commit `rev` of the archive repository at `repo_path` with

@@ -2,7 +2,7 @@
 //! `gpg-verify-summary` on: our key is accepted, another key is refused, and a bad key
 //! leaves the repository as it was.
 
-use osbuild_testing::gpg::{other_key, throwaway_key, GpgKey};
+use osbuild_testing::gpg::{expired_key, other_key, throwaway_key, GpgKey};
 use osbuild_testing::helpers::{deployable_tree, output, run, text};
 use osbuild_testing::{require, Need};
 use ostree_commit::{commit, sign, CommitOptions, Sign};
@@ -133,6 +133,7 @@ fn signed_commits_and_summaries_pass_ostree_pull() {
         err.contains("0123456789ABCDEF0123456789ABCDEF01234567"),
         "{err}"
     );
+    assert!(err.contains("has no secret key"), "{err}");
     let head = run(Command::new("ostree").args([
         "rev-parse",
         &format!("--repo={}", repo.display()),
@@ -141,4 +142,29 @@ fn signed_commits_and_summaries_pass_ostree_pull() {
     assert_eq!(head, c2.checksum);
     let fsck = output(Command::new("ostree").args(["fsck", &format!("--repo={}", repo.display())]));
     assert!(fsck.status.success(), "{}", text(&fsck));
+
+    // An expired key: named, the same, and nothing moves.
+    let expired = expired_key();
+    let err = commit(
+        &repo,
+        &tree,
+        &CommitOptions {
+            branch: BRANCH.into(),
+            sign: Some(Sign {
+                key_ids: vec![expired.key_id.clone()],
+                homedir: Some(expired.home.clone()),
+            }),
+            ..CommitOptions::default()
+        },
+    )
+    .unwrap_err();
+    let err = format!("{err:#}");
+    assert!(err.contains(&expired.key_id), "{err}");
+    assert!(err.contains("has expired ("), "{err}");
+    let head = run(Command::new("ostree").args([
+        "rev-parse",
+        &format!("--repo={}", repo.display()),
+        BRANCH,
+    ]));
+    assert_eq!(head, c2.checksum);
 }

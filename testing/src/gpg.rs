@@ -31,6 +31,21 @@ pub fn other_key() -> &'static GpgKey {
     KEY.get_or_init(|| generate(&target_tmp(), "home-other"))
 }
 
+/// A key that expired in 2020, in a GPG home of its own: made with gpg's clock set back
+/// (`--faked-system-time`), valid for a day then.
+pub fn expired_key() -> &'static GpgKey {
+    static KEY: OnceLock<GpgKey> = OnceLock::new();
+    throwaway_key();
+    KEY.get_or_init(|| {
+        generate_with(
+            &target_tmp(),
+            "home-expired",
+            &["--faked-system-time", "20200101T000000"],
+            "1d",
+        )
+    })
+}
+
 /// `gpg --homedir HOME --batch …`, without a passphrase.
 fn gpg(home: &Path) -> Command {
     let mut cmd = Command::new("gpg");
@@ -55,6 +70,10 @@ fn stop_agent(home: &Path) {
 }
 
 fn generate(tmp: &Path, home_name: &str) -> GpgKey {
+    generate_with(tmp, home_name, &[], "never")
+}
+
+fn generate_with(tmp: &Path, home_name: &str, gen_flags: &[&str], expires: &str) -> GpgKey {
     use std::os::unix::fs::PermissionsExt;
     // One directory per process; those of processes that are gone are removed, with the
     // gpg-agent that signing started there (it outlives the test process).
@@ -64,6 +83,7 @@ fn generate(tmp: &Path, home_name: &str) -> GpgKey {
             if !Path::new("/proc").join(pid).exists() {
                 stop_agent(&entry.path().join("home"));
                 stop_agent(&entry.path().join("home-other"));
+                stop_agent(&entry.path().join("home-expired"));
                 let _ = std::fs::remove_dir_all(entry.path());
             }
         }
@@ -74,12 +94,12 @@ fn generate(tmp: &Path, home_name: &str) -> GpgKey {
     // gpg warns about (and some versions refuse) a home others can read.
     std::fs::set_permissions(&home, std::fs::Permissions::from_mode(0o700))
         .unwrap_or_else(|e| panic!("restricting {}: {e}", home.display()));
-    run(gpg(&home).args([
+    run(gpg(&home).args(gen_flags).args([
         "--quick-gen-key",
         "osbuild test <test@osbuild.invalid>",
         "rsa2048",
         "sign",
-        "never",
+        expires,
     ]));
     let listing = run(gpg(&home).args(["--with-colons", "--list-keys"]));
     let key_id = listing

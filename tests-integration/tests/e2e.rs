@@ -7,6 +7,13 @@
 //! installs them, and `scripts/test.sh` builds the fortuneteller binary first. The
 //! bootstrapped rootfs is cached under target/tmp/fixtures.
 
+// Slow tests of their own, in this binary so that libtest's two threads pack them with
+// the boot matrix (test binaries run one after another: alone, each left a core idle).
+#[path = "e2e/reproducible.rs"]
+mod reproducible;
+#[path = "e2e/trixie.rs"]
+mod trixie;
+
 use anyhow::{Context, Result};
 use image_builder::{Bootloader, Firmware, Format};
 use osbuild_core::cmd;
