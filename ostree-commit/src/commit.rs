@@ -209,6 +209,19 @@ fn write(
         repo.load_commit(&c).with_context(missing)?;
         delta_from.push(c);
     }
+    // A key that cannot sign is found before the tree is written, not after.
+    if let Some(sign) = &opts.sign {
+        for key in &sign.key_ids {
+            if let Some(problem) = key_problem(key, sign.homedir.as_deref()) {
+                anyhow::bail!(
+                    "cannot sign with GPG key {key} (GPG home {}): {problem}",
+                    sign.homedir
+                        .as_deref()
+                        .map_or("the default".to_string(), |h| h.display().to_string())
+                );
+            }
+        }
+    }
     let progress = Progress::counter(format!("Committing {} to {}", tree.display(), opts.branch));
     let counts = WriteProgress::default();
     let jobs = std::thread::available_parallelism().map_or(1, usize::from);

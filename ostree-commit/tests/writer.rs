@@ -290,3 +290,45 @@ fn an_unreadable_file_is_named_and_the_repo_stays_as_it_was() {
     assert_eq!(before, after);
     run(Command::new("ostree").args(["fsck", &format!("--repo={}", repo.display())]));
 }
+
+#[test]
+fn a_repo_not_in_archive_mode_and_a_wrong_gpg_home_are_named() {
+    if !require(&[Need::Ostree]) {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let tree = dir.path().join("tree");
+    deployable_tree(&tree, b"kernel");
+    let bare = dir.path().join("bare");
+    run(Command::new("ostree").args([
+        "init",
+        "--mode=bare-user",
+        &format!("--repo={}", bare.display()),
+    ]));
+    let err = format!("{:#}", commit(&bare, &tree, &options()).unwrap_err());
+    assert!(
+        err.contains(&bare.display().to_string()) && err.contains("archive mode"),
+        "{err}"
+    );
+    let refs = run(Command::new("ostree").args(["refs", &format!("--repo={}", bare.display())]));
+    assert!(refs.is_empty(), "{refs}");
+
+    let home = dir.path().join("no-such-gpg-home");
+    let repo = dir.path().join("repo");
+    let err = commit(
+        &repo,
+        &tree,
+        &CommitOptions {
+            sign: Some(ostree_commit::Sign {
+                key_ids: vec!["0123456789ABCDEF0123456789ABCDEF01234567".into()],
+                homedir: Some(home.clone()),
+            }),
+            ..options()
+        },
+    )
+    .unwrap_err();
+    let err = format!("{err:#}");
+    assert!(err.contains(&home.display().to_string()), "{err}");
+    // A new repository appears only with its first commit.
+    assert!(!repo.exists());
+}
