@@ -15,6 +15,7 @@ mod options;
 mod provision;
 mod pull;
 mod size;
+pub mod vm;
 
 pub use deploy::{Deployed, Sysroot};
 pub use iso::ISO_LABEL;

@@ -7,6 +7,7 @@ mod push;
 mod receive;
 mod serve;
 mod shell;
+mod vm;
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
@@ -64,6 +65,8 @@ pub(crate) enum Command {
     /// Delete old commits: keep the last N of each branch and the static deltas between
     /// them, and the objects they need; `ostree fsck` passes afterwards.
     Prune(PruneArgs),
+    /// Boot an image in qemu (TCG): `osbuild vm run IMAGE`.
+    Vm(vm::VmArgs),
     /// Print the completion script for a shell, e.g. `osbuild completions bash >
     /// /usr/local/share/bash-completion/completions/osbuild`.
     Completions(CompletionsArgs),
@@ -748,6 +751,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         Command::Prune(a) => a.run()?,
         Command::Push(a) => return a.run(),
         Command::CommitPush(a) => return a.run(),
+        Command::Vm(a) => return a.run(),
         Command::Completions(a) => a.run()?,
         Command::Man(a) => a.run()?,
     }

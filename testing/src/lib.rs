@@ -6,7 +6,7 @@
 //!   ([`require`]);
 //! - [`gpg`]: a throwaway signing key shared by a test process;
 //! - [`fixture`]: slow fixtures cached under target/, keyed by their inputs;
-//! - [`vm`]: the qemu VM harness;
+//! - [`vm`]: the qemu VM harness (image_builder's, re-exported);
 //! - [`guest`]: booting an example OS and running checks in its serial shell;
 //! - [`sshd`]: SSH keys and a real OpenSSH sshd;
 //! - [`ostree_push`]: the reference ostree-push client and receiver.
@@ -18,6 +18,7 @@ pub mod helpers;
 pub mod need;
 pub mod ostree_push;
 pub mod sshd;
-pub mod vm;
+/// The qemu VM harness, which `osbuild vm` uses too.
+pub use image_builder::vm;
 
 pub use need::{require, Need};

@@ -665,9 +665,11 @@ fn check_systemd_boot(vm: &mut Vm, commit: &str) -> Result<()> {
     let entries = probe(
         vm,
         "espentries",
+        // Under osbuild's ESP lock: boot-good may have the ESP mounted read-write now.
         "u=$(sed -n 's/^PARTUUID=//p' /sysroot/boot/osbuild-systemd-boot); \
-         mkdir -p /run/esp-probe && mount -o ro /dev/disk/by-partuuid/$u /run/esp-probe && \
-         ls /run/esp-probe/loader/entries | wc -l; umount /run/esp-probe",
+         mkdir -p /run/esp-probe && flock /run/osbuild-boot-menu.lock sh -c \
+         \"mount -o ro /dev/disk/by-partuuid/$u /run/esp-probe && \
+         ls /run/esp-probe/loader/entries | wc -l; umount /run/esp-probe\"",
     )?;
     let deployments = probe(
         vm,

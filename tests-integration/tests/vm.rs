@@ -120,7 +120,7 @@ fn seabios_banner_on_serial_and_drop_kills_qemu() {
     // The log holds the raw bytes, escape codes included.
     let log = fs::read(&config.log).unwrap();
     let log = String::from_utf8_lossy(&log);
-    assert!(log.contains("osbuild-testing: starting"), "{log}");
+    assert!(log.contains("osbuild vm: starting"), "{log}");
     assert!(log.contains("\x1b[0mSeaBIOS (version "), "{log}");
     assert!(vm.output().contains("\nBooting from Hard Disk...\n"));
 
@@ -307,4 +307,57 @@ fn pdeathsig_helper() {
     std::io::stdout().flush().unwrap();
     // Killed by the parent long before this ends.
     std::thread::sleep(Duration::from_secs(300));
+}
+
+/// `osbuild vm run --log`: the harness's qemu, its console appended to the log, ports
+/// forwarded; a blank disk under SeaBIOS gets as far as "not a bootable disk".
+#[test]
+fn osbuild_vm_run_logs_the_console() {
+    if !require(&[Need::Qemu]) {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let image = dir.path().join("blank.raw");
+    fs::File::create(&image).unwrap().set_len(64 << 20).unwrap();
+    let log = dir.path().join("logs/console.log");
+    let mut child = std::process::Command::new(osbuild_testing::helpers::osbuild_bin())
+        .args([
+            "vm",
+            "run",
+            "--ssh-port",
+            "2299",
+            "--forward",
+            "8099:80",
+            "--log",
+        ])
+        .arg(&log)
+        .arg(&image)
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let start = std::time::Instant::now();
+    let mut seen = String::new();
+    while start.elapsed() < Duration::from_secs(120) {
+        seen = String::from_utf8_lossy(&fs::read(&log).unwrap_or_default()).into_owned();
+        if seen.contains("Boot failed: not a bootable disk") {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let _ = child.kill();
+    let out = child.wait_with_output().unwrap();
+    assert!(seen.contains("SeaBIOS (version "), "{seen}");
+    assert!(seen.contains("Boot failed: not a bootable disk"), "{seen}");
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(said.contains("hostfwd=tcp:127.0.0.1:2299-:22"), "{said}");
+    assert!(said.contains("hostfwd=tcp:127.0.0.1:8099-:80"), "{said}");
+
+    let refused = osbuild_testing::helpers::output(
+        std::process::Command::new(osbuild_testing::helpers::osbuild_bin())
+            .args(["vm", "run", "--secure-boot", "--firmware", "bios"])
+            .arg(&image),
+    );
+    assert!(!refused.status.success());
+    let said = String::from_utf8_lossy(&refused.stderr);
+    assert!(said.contains("--secure-boot needs UEFI"), "{said}");
 }

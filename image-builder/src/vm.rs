@@ -8,10 +8,9 @@
 //! ```no_run
 //! # fn main() -> anyhow::Result<()> {
 //! use std::time::Duration;
-//! use osbuild_testing::helpers::free_port;
-//! use osbuild_testing::vm::{Vm, VmConfig};
+//! use image_builder::vm::{Vm, VmConfig};
 //!
-//! let ssh = free_port();
+//! let ssh = 2222;
 //! let config = VmConfig::new("target/disk.qcow2")
 //!     .uefi(true)
 //!     .forward(ssh, 22)
@@ -71,7 +70,7 @@ const MAX_SOCKET_PATH: usize = 107;
 
 /// Disk image format, as passed to qemu's `-drive format=`: make-image's own output
 /// formats, so the harness boots whatever it writes.
-pub use image_builder::Format as ImageFormat;
+pub use crate::Format as ImageFormat;
 
 /// What to boot and how. Build with [`VmConfig::new`] and the chained setters.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -248,7 +247,7 @@ impl Vm {
         let args = qemu_args(&config, &socket, vars.as_deref());
         writeln!(
             log,
-            "\n===== osbuild-testing: starting {QEMU} {} =====",
+            "\n===== osbuild vm: starting {QEMU} {} =====",
             display_args(&args)
         )
         .with_context(|| format!("writing serial log {}", log_path.display()))?;
@@ -626,6 +625,26 @@ fn read_tail(path: &Path) -> String {
 
 /// The qemu arguments (without the program name) for `config`.
 fn qemu_args(config: &VmConfig, socket: &Path, uefi_vars: Option<&Path>) -> Vec<OsString> {
+    qemu_args_for(config, Console::Socket(socket), uefi_vars)
+}
+
+/// Where the guest's serial console goes.
+#[derive(Debug, Clone, Copy)]
+enum Console<'a> {
+    /// A socket the harness reads (qemu waits for it; a reboot exits qemu).
+    Socket(&'a Path),
+    /// This terminal, multiplexed with qemu's monitor (Ctrl-A X quits, Ctrl-A C is the
+    /// monitor); the guest reboots as a machine does.
+    Terminal,
+    /// Appended to a file; the guest reboots as a machine does.
+    File(&'a Path),
+}
+
+fn qemu_args_for(
+    config: &VmConfig,
+    console: Console<'_>,
+    uefi_vars: Option<&Path>,
+) -> Vec<OsString> {
     let mut args: Vec<OsString> = [
         "-machine",
         // Secure Boot firmware keeps its variables in SMM.
@@ -643,14 +662,14 @@ fn qemu_args(config: &VmConfig, socket: &Path, uefi_vars: Option<&Path>) -> Vec<
         &config.cpus.to_string(),
         // Also makes SeaBIOS print to the serial console; implies -display none.
         "-nographic",
-        "-monitor",
-        "none",
-        // A reboot exits qemu; tests boot a fresh Vm on the same image.
-        "-no-reboot",
     ]
     .into_iter()
     .map(OsString::from)
     .collect();
+    if let Console::Socket(_) = console {
+        // A reboot exits qemu; tests boot a fresh Vm on the same image.
+        args.extend(["-monitor", "none", "-no-reboot"].map(OsString::from));
+    }
     if let Some(vars) = uefi_vars {
         if config.secure_boot {
             args.push("-global".into());
@@ -696,12 +715,61 @@ fn qemu_args(config: &VmConfig, socket: &Path, uefi_vars: Option<&Path>) -> Vec<
     }
     args.push("-nic".into());
     args.push(nic.into());
-    // wait=on: qemu starts the guest only once we are connected.
-    args.push("-chardev".into());
-    args.push(opt("socket,id=ser0,server=on,wait=on,path=", socket, ""));
-    args.push("-serial".into());
-    args.push("chardev:ser0".into());
+    match console {
+        Console::Socket(socket) => {
+            // wait=on: qemu starts the guest only once we are connected.
+            args.push("-chardev".into());
+            args.push(opt("socket,id=ser0,server=on,wait=on,path=", socket, ""));
+            args.push("-serial".into());
+            args.push("chardev:ser0".into());
+        }
+        Console::Terminal => args.extend(["-serial", "mon:stdio"].map(OsString::from)),
+        Console::File(log) => {
+            args.extend(["-monitor", "none", "-chardev"].map(OsString::from));
+            args.push(opt("file,id=ser0,append=on,path=", log, ""));
+            args.extend(["-serial", "chardev:ser0"].map(OsString::from));
+        }
+    }
     args
+}
+
+/// `osbuild vm run`: boot `config`'s image until the guest powers off (or qemu is
+/// quit), with the serial console on this terminal, or appended to `log` when given
+/// (then qemu's own messages go to stderr). The UEFI variables live as long as the run.
+/// Returns qemu's exit status.
+pub fn run(config: &VmConfig, log: Option<&Path>) -> Result<ExitStatus> {
+    fs::metadata(&config.image)
+        .with_context(|| format!("checking disk image {}", config.image.display()))?;
+    if !Path::new(QEMU).exists() {
+        bail!("{QEMU} not found: install the `qemu-system-x86` package");
+    }
+    let runtime_dir = tempfile::Builder::new()
+        .prefix("osbuild-vm-")
+        .tempdir()
+        .context("creating the VM's runtime directory")?;
+    let vars = if config.uefi {
+        Some(copy_ovmf_vars(runtime_dir.path(), config.secure_boot)?)
+    } else {
+        None
+    };
+    let console = match log {
+        Some(log) => {
+            // Created (with its directory) here, so a bad path is our error, not qemu's.
+            open_log(log)?;
+            Console::File(log)
+        }
+        None => Console::Terminal,
+    };
+    let args = qemu_args_for(config, console, vars.as_deref());
+    eprintln!("{QEMU} {}", display_args(&args));
+    let mut cmd = Command::new(QEMU);
+    cmd.args(&args);
+    if log.is_some() {
+        cmd.stdin(Stdio::null());
+    }
+    // Tied to this thread: qemu dies with osbuild.
+    let mut child = osbuild_core::cmd::spawn_tied(&mut cmd)?;
+    child.wait().context("waiting for qemu")
 }
 
 /// `prefix` + `path` + `suffix`, with `path` escaped for qemu's `key=value,...`
