@@ -231,7 +231,19 @@ fn write(
     let mut saved_cache = None;
     let result = (|| -> Result<Option<String>> {
         let written = report(&progress, &counts, events, &opts.branch, || {
-            writer::write_tree(repo_path, repo, tree, jobs, &counts, cache)
+            std::thread::scope(|s| {
+                // The static delta from the parent reads all of the parent's directory
+                // objects: read them now, beside the scan of the tree, so that they are
+                // in the page cache when the delta is made.
+                if let Some(parent) = &parent {
+                    s.spawn(|| {
+                        if let Ok(r) = repo::open(repo_path) {
+                            let _ = r.traverse_commit(parent, -1, cancellable);
+                        }
+                    });
+                }
+                writer::write_tree(repo_path, repo, tree, jobs, &counts, cache)
+            })
         })
         .with_context(|| format!("writing {} into the repository", tree.display()))?;
         let root = written.root;
@@ -334,7 +346,9 @@ fn write(
             .as_ref()
             .map(|s| (s.key_ids.clone(), s.homedir.clone())),
     };
+    let published = std::time::Instant::now();
     let made = repo::publish(repo, &moves, &publish, &mut |m| eprintln!("{m}"))?;
+    tracing::debug!("deltas, ref and summary in {:?}", published.elapsed());
     // Saved once the commit has landed: its entries name objects the repo now has.
     if let Some(cache) = &saved_cache {
         cache.save();

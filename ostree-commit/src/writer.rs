@@ -467,11 +467,18 @@ pub(crate) fn write_tree(
     let cancellable = gio::Cancellable::NONE;
     let root_meta = fs::symlink_metadata(tree)
         .with_context(|| format!("reading the metadata of {}", tree.display()))?;
+    let started = std::time::Instant::now();
     let mut scan = Scan::default();
     let root = scan_dir(tree, root_meta, &mut scan)?;
+    tracing::debug!(
+        "scanned {} files in {:?}",
+        scan.files.len(),
+        started.elapsed()
+    );
 
     // Known files first: no reading, only a check that the repo has the object.
     let mut todo = Vec::new();
+    let mut archived_sizes: HashMap<String, u64> = HashMap::new();
     for index in 0..scan.files.len() {
         let f = &scan.files[index];
         progress.files_total.fetch_add(1, Ordering::Relaxed);
@@ -484,13 +491,16 @@ pub(crate) fn write_tree(
             progress.bytes_done.fetch_add(size, Ordering::Relaxed);
             continue;
         }
-        let known = cache.entries.get(&f.key).filter(|sum| {
-            repo.has_object(ostree::ObjectType::File, sum, cancellable)
-                .unwrap_or(false)
+        // The object's size doubles as the check that the repo has it (one stat).
+        let known = cache.entries.get(&f.key).and_then(|sum| {
+            repo.query_object_storage_size(ostree::ObjectType::File, sum, cancellable)
+                .ok()
+                .map(|archived| (sum.clone(), archived))
         });
         match known {
-            Some(sum) => {
-                scan.files[index].checksum = Some(sum.clone());
+            Some((sum, archived)) => {
+                archived_sizes.insert(sum.clone(), archived);
+                scan.files[index].checksum = Some(sum);
                 progress.files_cached.fetch_add(1, Ordering::Relaxed);
                 progress.bytes_cached.fetch_add(size, Ordering::Relaxed);
                 progress.files_done.fetch_add(1, Ordering::Relaxed);
@@ -499,6 +509,11 @@ pub(crate) fn write_tree(
             None => todo.push(index),
         }
     }
+    tracing::debug!(
+        "{} files to write after {:?}",
+        todo.len(),
+        started.elapsed()
+    );
     // Big files first, so that no worker is left with one at the end.
     todo.sort_by_key(|&i| std::cmp::Reverse(scan.files[i].meta.size()));
     for (index, sum) in write_files(repo_path, &scan, &todo, jobs, progress)? {
@@ -525,6 +540,7 @@ pub(crate) fn write_tree(
     );
     cache.entries = entries;
 
+    tracing::debug!("files written after {:?}", started.elapsed());
     // The directories, through libostree's MutableTree.
     let mut sizes: BTreeMap<String, Vec<u8>> = BTreeMap::new();
     let mut dirmetas: HashMap<(u32, u32, u32, u64), String> = HashMap::new();
@@ -545,6 +561,7 @@ pub(crate) fn write_tree(
         .downcast::<ostree::RepoFile>()
         .map_err(|_| anyhow::anyhow!("libostree returned a root that is not a RepoFile"))?;
     subtrees.push(mtree);
+    tracing::debug!("directories written after {:?}", started.elapsed());
     for t in &subtrees {
         let sum = t.contents_checksum().to_string();
         if sum.is_empty() || sizes.contains_key(&sum) {
@@ -564,9 +581,12 @@ pub(crate) fn write_tree(
         if sizes.contains_key(sum) {
             continue;
         }
-        let archived = repo
-            .query_object_storage_size(ostree::ObjectType::File, sum, cancellable)
-            .with_context(|| format!("the size of {}'s object {sum}", f.path.display()))?;
+        let archived = match archived_sizes.get(sum) {
+            Some(&a) => a,
+            None => repo
+                .query_object_storage_size(ostree::ObjectType::File, sum, cancellable)
+                .with_context(|| format!("the size of {}'s object {sum}", f.path.display()))?,
+        };
         let unpacked = if f.target.is_some() { 0 } else { f.meta.size() };
         sizes.insert(
             sum.to_string(),
@@ -574,6 +594,7 @@ pub(crate) fn write_tree(
         );
     }
     let sizes = sizes.into_values().collect::<Vec<_>>().to_variant();
+    tracing::debug!("sizes gathered after {:?}", started.elapsed());
     Ok(Written {
         root: root_file,
         sizes,
