@@ -219,16 +219,7 @@ impl Vm {
     /// qemu waits for the console connection (`server=on,wait=on`), so no
     /// firmware or boot output is ever lost.
     pub fn boot(config: VmConfig) -> Result<Vm> {
-        fs::metadata(&config.image)
-            .with_context(|| format!("checking disk image {}", config.image.display()))?;
-        if !Path::new(QEMU).exists() {
-            bail!("{QEMU} not found: install the `qemu-system-x86` package");
-        }
-
-        let runtime_dir = tempfile::Builder::new()
-            .prefix("osbuild-vm-")
-            .tempdir()
-            .context("creating the VM's runtime directory")?;
+        let (runtime_dir, vars) = prepare(&config)?;
         let socket = runtime_dir.path().join("serial.sock");
         if socket.as_os_str().len() > MAX_SOCKET_PATH {
             bail!(
@@ -236,11 +227,6 @@ impl Vm {
                 socket.display()
             );
         }
-        let vars = if config.uefi {
-            Some(copy_ovmf_vars(runtime_dir.path(), config.secure_boot)?)
-        } else {
-            None
-        };
 
         let log_path = config.log_path();
         let mut log = open_log(&log_path)?;
@@ -733,11 +719,9 @@ fn qemu_args_for(
     args
 }
 
-/// `osbuild vm run`: boot `config`'s image until the guest powers off (or qemu is
-/// quit), with the serial console on this terminal, or appended to `log` when given
-/// (then qemu's own messages go to stderr). The UEFI variables live as long as the run.
-/// Returns qemu's exit status.
-pub fn run(config: &VmConfig, log: Option<&Path>) -> Result<ExitStatus> {
+/// Check that the image and qemu are there; a runtime directory (removed on drop) with
+/// the VM's own copy of the UEFI variables when it boots UEFI.
+fn prepare(config: &VmConfig) -> Result<(tempfile::TempDir, Option<PathBuf>)> {
     fs::metadata(&config.image)
         .with_context(|| format!("checking disk image {}", config.image.display()))?;
     if !Path::new(QEMU).exists() {
@@ -752,6 +736,15 @@ pub fn run(config: &VmConfig, log: Option<&Path>) -> Result<ExitStatus> {
     } else {
         None
     };
+    Ok((runtime_dir, vars))
+}
+
+/// `osbuild vm run`: boot `config`'s image until the guest powers off (or qemu is
+/// quit), with the serial console on this terminal, or appended to `log` when given
+/// (then qemu's own messages go to stderr). The UEFI variables live as long as the run.
+/// Returns qemu's exit status.
+pub fn run(config: &VmConfig, log: Option<&Path>) -> Result<ExitStatus> {
+    let (_runtime_dir, vars) = prepare(config)?;
     let console = match log {
         Some(log) => {
             // Created (with its directory) here, so a bad path is our error, not qemu's.
