@@ -710,10 +710,17 @@ enable = ["hello.service"]
         wants.contains("/usr/lib/systemd/system/hello.service"),
         "{wants}"
     );
-    // The work tree is gone: only what was there, and the repo.
+    // The work tree is gone: only what was there, the repo and its checksum cache.
     assert_eq!(
         entries(dir.path()),
-        ["app.conf", "base", "osbuild.toml", "overlay", "repo"]
+        [
+            ".repo.osbuild-checksums",
+            "app.conf",
+            "base",
+            "osbuild.toml",
+            "overlay",
+            "repo"
+        ]
     );
 }
 
