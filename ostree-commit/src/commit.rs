@@ -156,9 +156,7 @@ fn report<T>(
                 }
                 progress.set(bytes, bytes_total);
                 progress.set_message(format!(
-                    "{}/{} files, {} unchanged",
-                    counts.files_done.load(Relaxed),
-                    counts.files_total.load(Relaxed),
+                    "{steps}/{steps_total} files, {} unchanged",
                     counts.files_cached.load(Relaxed)
                 ));
                 std::thread::sleep(std::time::Duration::from_millis(200));
