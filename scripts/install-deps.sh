@@ -28,6 +28,9 @@ PACKAGES=(
   openssl apache2-utils nginx wrk
   # compose/ and tests/compose.rs: podman-compose, with runc (crun fails on these machines)
   podman podman-compose runc slirp4netns uidmap
+  # container images as a base: skopeo's image proxy fetches them; the tests push to a
+  # real registry on loopback (Debian's docker-registry, started by the tests themselves)
+  skopeo docker-registry
 )
 
 missing_packages() {

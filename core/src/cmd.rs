@@ -189,6 +189,12 @@ pub fn spawn_tied(cmd: &mut Command) -> Result<Child, CommandError> {
         .map_err(|source| CommandError::Spawn { command, source })
 }
 
+/// Have the kernel kill the child that `cmd` starts when the spawning thread exits, as
+/// [`spawn_tied`] does, for a command another library spawns.
+pub fn tie(cmd: &mut Command) {
+    pdeathsig::kill_child_with_parent(cmd);
+}
+
 mod pdeathsig {
     //! The workspace denies `unsafe_code`; this is the one exception, because
     //! `CommandExt::pre_exec` is `unsafe` and a pre-exec hook is the only way to have the

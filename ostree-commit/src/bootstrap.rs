@@ -5,7 +5,7 @@ use crate::cache::Cache;
 use crate::customize;
 use crate::layout::{self, TreeInfo};
 use crate::manifest::{ImageFile, Manifest, Services, User};
-use crate::source::{Base, Source};
+use crate::source::{Base, Built, Source};
 use anyhow::{Context, Result};
 use osbuild_core::{cmd, fsutil::Staging, progress::Progress};
 use std::fs;
@@ -40,10 +40,10 @@ impl Bootstrap {
         Ok(Bootstrap {
             base: manifest.base().clone(),
             // mmdebstrap copies the build host's name: never let it into an image.
-            hostname: manifest
-                .hostname()
-                .map(str::to_string)
-                .or_else(|| matches!(manifest.base(), Base::Debian(_)).then(|| "localhost".into())),
+            hostname: manifest.hostname().map(str::to_string).or_else(|| {
+                matches!(manifest.base(), Base::Debian(_) | Base::Image(_))
+                    .then(|| "localhost".into())
+            }),
             overlays: manifest.overlays().to_vec(),
             users: manifest.users().to_vec(),
             files: manifest.files().to_vec(),
@@ -78,9 +78,52 @@ impl Bootstrap {
     }
 }
 
+impl Bootstrap {
+    /// The SHA-256 of everything the tree is made from, given the base image's manifest
+    /// digest, and osbuild's version: the same inputs make the same tree, so a commit that
+    /// records them need not be made again. `None` when overlays or scripts are used, whose
+    /// content is not digested, or a file cannot be read.
+    pub fn inputs_digest(&self, image_digest: &str) -> Option<String> {
+        use sha2::{Digest, Sha256};
+        if !self.overlays.is_empty() || !self.scripts.is_empty() {
+            return None;
+        }
+        let mut h = Sha256::new();
+        h.update(concat!("osbuild ", env!("CARGO_PKG_VERSION"), "\0"));
+        h.update(format!("{:?}\0{image_digest}\0", self.base));
+        h.update(format!(
+            "{:?}\0{:?}\0{:?}\0",
+            self.hostname, self.users, self.services
+        ));
+        for f in &self.files {
+            h.update(format!("{:?}\0{:o}\0{:?}\0", f.path, f.mode, f.owner));
+            match &f.content {
+                crate::FileContent::Inline(text) => h.update(text.as_bytes()),
+                crate::FileContent::Source(path) => h.update(fs::read(path).ok()?),
+            }
+            h.update(b"\0");
+        }
+        Some(
+            h.finalize()
+                .iter()
+                .map(|b| format!("{b:02x}"))
+                .collect::<String>(),
+        )
+    }
+}
+
+/// A bootstrapped tree.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Bootstrapped {
+    /// What validation learned of it.
+    pub info: TreeInfo,
+    /// The container image it was made from.
+    pub image: Option<crate::ImageOrigin>,
+}
+
 /// Bootstrap a tree into `output`, which must not exist. Nothing is left at `output` on
 /// failure.
-pub fn bootstrap(spec: &Bootstrap, output: &Path) -> Result<TreeInfo> {
+pub fn bootstrap(spec: &Bootstrap, output: &Path) -> Result<Bootstrapped> {
     if output.exists() {
         anyhow::bail!(
             "output {} already exists; remove it or choose another path",
@@ -104,11 +147,15 @@ pub fn bootstrap(spec: &Bootstrap, output: &Path) -> Result<TreeInfo> {
     fs::create_dir(dir).with_context(|| format!("creating {}", dir.display()))?;
 
     let packages = spec.cache.as_ref().map(Cache::packages);
-    let build = |d: &Path| build_base(source, d, packages.as_deref());
-    match (&spec.cache, source.cache_key()) {
-        (Some(cache), Some(key)) => cache.provide_base(&key, dir, build)?,
-        _ => build(dir)?,
-    }
+    let built = match (&spec.cache, source.cache_key()) {
+        (Some(cache), Some(key)) => {
+            cache.provide_base(&key, dir, |d| {
+                build_base(source, d, packages.as_deref()).map(drop)
+            })?;
+            Built::default()
+        }
+        _ => build_base(source, dir, packages.as_deref())?,
+    };
 
     host_keys(dir).context("removing the base's SSH host keys")?;
     configure(spec, dir).context("configuring the bootstrapped tree")?;
@@ -122,16 +169,19 @@ pub fn bootstrap(spec: &Bootstrap, output: &Path) -> Result<TreeInfo> {
     normalise(dir).context("removing logs and caches from the tree")?;
     let info = layout::convert(dir).context("converting the tree to the OSTree layout")?;
     staging.commit()?;
-    Ok(info)
+    Ok(Bootstrapped {
+        info,
+        image: built.image,
+    })
 }
 
-fn build_base(source: &dyn Source, dir: &Path, packages: Option<&Path>) -> Result<()> {
+fn build_base(source: &dyn Source, dir: &Path, packages: Option<&Path>) -> Result<Built> {
     let what = source.describe();
     let progress = Progress::spinner(format!("Bootstrapping {what}"));
     // A base may print its own progress (mmdebstrap does): the spinner steps aside.
-    progress.suspend(|| source.build(dir, packages))?;
+    let built = progress.suspend(|| source.build(dir, packages))?;
     progress.finish(format!("Bootstrapped {what}"));
-    Ok(())
+    Ok(built)
 }
 
 /// The unit that generates the SSH host keys on a device's first boot.

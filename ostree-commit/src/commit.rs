@@ -22,6 +22,12 @@ pub struct CommitOptions {
     pub timestamp: Option<u64>,
     /// The SHA-256 of the manifest the tree was built from, recorded in the commit.
     pub manifest_digest: Option<String>,
+    /// The container image the tree was made from, recorded in the commit.
+    pub image: Option<crate::ImageOrigin>,
+    /// The digest of everything the tree was made from (see
+    /// [`crate::Bootstrap::inputs_digest`]), recorded so that the same inputs are known
+    /// to be unchanged before anything is fetched.
+    pub inputs_digest: Option<String>,
     /// Commit even when the tree equals the parent's.
     pub allow_unchanged: bool,
     /// Sign the commit (inside the transaction, so it never appears unsigned) and the
@@ -271,6 +277,13 @@ fn write(
         if let Some(d) = &opts.manifest_digest {
             meta.insert("osbuild.manifest-sha256", d.as_str());
         }
+        if let Some(image) = &opts.image {
+            meta.insert(IMAGE_KEY, image.reference.as_str());
+            meta.insert(IMAGE_DIGEST_KEY, image.digest.as_str());
+        }
+        if let Some(d) = &opts.inputs_digest {
+            meta.insert(INPUTS_KEY, d.as_str());
+        }
         // The same keys `ostree commit --bootable` writes, for tools that look for them.
         meta.insert("ostree.bootable", true);
         meta.insert("ostree.linux", kver);
@@ -405,6 +418,32 @@ fn changed_bytes(repo: &ostree::Repo, from: &str, to: &str) -> Option<u64> {
             .map(|e| e.archived())
             .sum(),
     )
+}
+
+/// The commit metadata naming the container image a tree was made from, and its
+/// manifest digest (as ostree-rs-ext's `ostree.manifest-digest`).
+pub const IMAGE_KEY: &str = "osbuild.image";
+/// See [`IMAGE_KEY`].
+pub const IMAGE_DIGEST_KEY: &str = "osbuild.image-digest";
+/// The commit metadata holding [`CommitOptions::inputs_digest`].
+const INPUTS_KEY: &str = "osbuild.inputs-sha256";
+
+/// The head of `branch` in the repository at `repo_path` when it was made from exactly
+/// `inputs` (a [`crate::Bootstrap::inputs_digest`]): committing again would change nothing.
+pub fn unchanged_inputs(repo_path: &Path, branch: &str, inputs: &str) -> Result<Option<String>> {
+    if !repo_path.exists() {
+        return Ok(None);
+    }
+    let repo = repo::open_archive(repo_path)?;
+    let Some(head) = repo::resolve(&repo, branch)? else {
+        return Ok(None);
+    };
+    let (commit, _) = repo
+        .load_commit(&head)
+        .with_context(|| format!("reading commit {head}, the head of {branch}"))?;
+    let meta = glib::VariantDict::new(Some(&commit.child_value(0)));
+    let recorded: Option<String> = meta.lookup(INPUTS_KEY).ok().flatten();
+    Ok((recorded.as_deref() == Some(inputs)).then_some(head))
 }
 
 /// Whether `root` is the root directory of commit `parent` (same content and metadata).

@@ -12,9 +12,11 @@ mod push;
 mod source;
 mod writer;
 
-pub use bootstrap::{bootstrap, Bootstrap};
+pub use bootstrap::{bootstrap, Bootstrap, Bootstrapped};
 pub use cache::{Cache, KEEP_BASES};
-pub use commit::{commit, sign, Commit, CommitOptions};
+pub use commit::{
+    commit, sign, unchanged_inputs, Commit, CommitOptions, IMAGE_DIGEST_KEY, IMAGE_KEY,
+};
 pub use layout::{convert, validate, TreeError, TreeInfo};
 pub use manifest::{
     key_flags, AptRepository, AptSources, FileContent, FlagAction, FlagScope, ImageFile,
@@ -23,4 +25,4 @@ pub use manifest::{
 };
 pub use prune::{prune, Pruned};
 pub use push::{push, Destination, PushOptions, PushOutcome};
-pub use source::{Base, Debian, Directory, Tarball};
+pub use source::{Base, Debian, Directory, Image, ImageOrigin, Tarball, Transport};

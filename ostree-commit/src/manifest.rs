@@ -339,7 +339,7 @@ impl Manifest {
     pub fn repositories(&self) -> &[AptRepository] {
         match &self.base {
             Base::Debian(d) => &d.repositories,
-            Base::Tarball(_) | Base::Directory(_) => &[],
+            Base::Tarball(_) | Base::Directory(_) | Base::Image(_) => &[],
         }
     }
 

@@ -6,10 +6,13 @@
 
 mod debian;
 mod directory;
+mod image;
+mod layers;
 mod tarball;
 
 pub use debian::Debian;
 pub use directory::Directory;
+pub use image::{Image, ImageOrigin, Transport};
 pub use tarball::Tarball;
 
 use anyhow::Result;
@@ -28,7 +31,14 @@ pub(crate) trait Source: std::fmt::Debug {
     }
     /// Write the root filesystem into `dir`, an existing empty directory. Downloaded
     /// packages are kept in, and taken from, `packages` when given.
-    fn build(&self, dir: &Path, packages: Option<&Path>) -> Result<()>;
+    fn build(&self, dir: &Path, packages: Option<&Path>) -> Result<Built>;
+}
+
+/// What building a base learned that the commit records.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(crate) struct Built {
+    /// The container image the tree was made from.
+    pub(crate) image: Option<ImageOrigin>,
 }
 
 /// The base a tree is built from.
@@ -40,6 +50,8 @@ pub enum Base {
     Tarball(Tarball),
     /// A root filesystem copied from a directory.
     Directory(Directory),
+    /// A container image's root filesystem, made bootable.
+    Image(Image),
 }
 
 impl Base {
@@ -48,6 +60,7 @@ impl Base {
             Base::Debian(s) => s,
             Base::Tarball(s) => s,
             Base::Directory(s) => s,
+            Base::Image(s) => s,
         }
     }
 }

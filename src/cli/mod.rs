@@ -419,7 +419,7 @@ impl CommitArgs {
             .value("version")
             .map(str::to_string)
             .or_else(|| manifest.and_then(|m| m.render_version(std::time::SystemTime::now())));
-        let opts = ostree_commit::CommitOptions {
+        let mut opts = ostree_commit::CommitOptions {
             branch: branch.clone(),
             subject: self.subject.clone(),
             version,
@@ -429,11 +429,27 @@ impl CommitArgs {
             sign: self.keys.0.sign(manifest.and_then(Manifest::sign))?,
             delta_from: self.delta_from.clone(),
             progress_fd: self.progress_fd,
+            ..Default::default()
         };
+        let from_image = self.tree_flags.keys.0.value("base.image").is_some();
         let commit = match (&self.tree, manifest) {
             (Some(tree), _) => ostree_commit::commit(&self.repo, tree, &opts)?,
-            (None, Some(m)) => {
-                let spec = self.tree_flags.bootstrap(Some(m))?;
+            (None, _) if manifest.is_some() || from_image => {
+                let spec = self.tree_flags.bootstrap(manifest)?;
+                // An image names its exact content by digest: the same image and the same
+                // customisation make the same tree, known before anything is fetched.
+                if let ostree_commit::Base::Image(image) = &spec.base {
+                    let digest = image.digest()?;
+                    opts.inputs_digest = spec.inputs_digest(&digest);
+                    if let (Some(inputs), false) = (&opts.inputs_digest, opts.allow_unchanged) {
+                        let head = ostree_commit::unchanged_inputs(&self.repo, &branch, inputs)?;
+                        if let Some(head) = head {
+                            eprintln!("{} is {digest}, as {branch}'s head was made from", image.reference);
+                            println!("unchanged: {head}");
+                            return Ok(branch);
+                        }
+                    }
+                }
                 // The tree is built beside the repository and removed once committed.
                 let parent = match self.repo.parent() {
                     Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
@@ -444,11 +460,18 @@ impl CommitArgs {
                     .tempdir_in(&parent)
                     .with_context(|| format!("creating a work directory in {}", parent.display()))?;
                 let tree = work.path().join("tree");
-                ostree_commit::bootstrap(&spec, &tree)?;
+                let built = ostree_commit::bootstrap(&spec, &tree)?;
+                if let Some(image) = built.image {
+                    // The digest of what was fetched, should the tag have moved meanwhile.
+                    if opts.inputs_digest.is_some() {
+                        opts.inputs_digest = spec.inputs_digest(&image.digest);
+                    }
+                    opts.image = Some(image);
+                }
                 ostree_commit::commit(&self.repo, &tree, &opts)?
             }
-            (None, None) => anyhow::bail!(
-                "commit needs --tree DIR, or a manifest to build the tree from (--manifest FILE, or ./osbuild.toml)"
+            _ => anyhow::bail!(
+                "commit needs --tree DIR, --image TRANSPORT:REF, or a manifest to build the tree from (--manifest FILE, or ./osbuild.toml)"
             ),
         };
         for line in commit.delta_report() {
@@ -736,8 +759,12 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         Command::Bootstrap(a) => {
             let manifest = a.manifest.load()?;
             let spec = a.tree.bootstrap(manifest.as_ref())?;
-            let info = ostree_commit::bootstrap(&spec, &a.output)?;
-            eprintln!("Bootstrapped {} (kernel {})", a.output.display(), info.kver);
+            let built = ostree_commit::bootstrap(&spec, &a.output)?;
+            eprintln!(
+                "Bootstrapped {} (kernel {})",
+                a.output.display(),
+                built.info.kver
+            );
         }
         Command::Commit(a) => {
             let manifest = a.manifest.load()?;
@@ -919,6 +946,57 @@ mod tests {
         }
     }
 
+    #[test]
+    fn image_replaces_the_base_and_refuses_debian_flags() {
+        let cli = parse(&[
+            "osbuild",
+            "commit",
+            "--image",
+            "oci-archive:img.tar",
+            "--branch",
+            "a/b",
+        ])
+        .unwrap();
+        let Command::Commit(a) = cli.verb() else {
+            panic!("{cli:?}")
+        };
+        // Flags alone: the image, a relative archive taken from the current directory,
+        // and the host name every image base gets.
+        let spec = a.tree_flags.bootstrap(None).unwrap();
+        let ostree_commit::Base::Image(image) = &spec.base else {
+            panic!("{spec:?}")
+        };
+        assert_eq!(image.reference, "oci-archive:./img.tar");
+        assert_eq!(image.transport, ostree_commit::Transport::OciArchive);
+        assert_eq!(spec.hostname.as_deref(), Some("localhost"));
+        // Over a manifest's Debian base, which it replaces: Debian flags are refused.
+        let cli = parse(&[
+            "osbuild",
+            "bootstrap",
+            "--output",
+            "t",
+            "--image",
+            "containers-storage:localhost/x",
+            "--package",
+            "jq",
+        ])
+        .unwrap();
+        let Command::Bootstrap(a) = cli.verb() else {
+            panic!("{cli:?}")
+        };
+        let err = a.tree.bootstrap(None).unwrap_err().to_string();
+        assert!(
+            err.contains("--package only apply to a Debian base"),
+            "{err}"
+        );
+        let cli = parse(&["osbuild", "bootstrap", "--output", "t", "--image", "ubuntu"]).unwrap();
+        let Command::Bootstrap(a) = cli.verb() else {
+            panic!("{cli:?}")
+        };
+        let err = a.tree.bootstrap(None).unwrap_err().to_string();
+        assert!(err.starts_with("--image \"ubuntu\": "), "{err}");
+    }
+
     /// The help of `verb`, as `osbuild VERB --help` prints it.
     fn help(verb: &str) -> String {
         let mut cmd = Cli::command();
@@ -962,6 +1040,7 @@ mod tests {
             // the branch or version.
             let value = match flag.key.as_str() {
                 "base.mirror" => "http://mirror.example/debian",
+                "base.image" => "docker://registry.example/xy:1",
                 _ => "xy",
             };
             let arg = format!("--{}={value}", flag.name);

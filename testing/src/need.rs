@@ -46,6 +46,11 @@ pub enum Need {
     Ostree,
     /// The Debian archive at deb.debian.org, for tests that bootstrap.
     DebianMirror,
+    /// `skopeo`, through which osbuild fetches container images.
+    Skopeo,
+    /// Debian's `docker-registry` (the CNCF distribution registry), started by tests on
+    /// loopback.
+    DockerRegistry,
     /// GRUB for BIOS and UEFI images, Debian's signed shim and GRUB for Secure Boot,
     /// systemd-boot, and the tools for the ESP and qcow2 images.
     Grub,
@@ -81,6 +86,8 @@ impl Need {
             Need::SystemdAnalyze => tool("systemd-analyze", "systemd"),
             Need::Gpg => tool("gpg", "gpg"),
             Need::Ostree => tool("ostree", "ostree"),
+            Need::Skopeo => tool("skopeo", "skopeo"),
+            Need::DockerRegistry => tool("docker-registry", "docker-registry"),
             Need::Grub => [
                 ("/usr/lib/grub/i386-pc/boot.img", "grub-pc-bin"),
                 ("/usr/lib/grub/x86_64-efi/linux.mod", "grub-efi-amd64-bin"),

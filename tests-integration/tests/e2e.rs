@@ -9,6 +9,8 @@
 
 // Slow tests of their own, in this binary so that libtest's two threads pack them with
 // the boot matrix (test binaries run one after another: alone, each left a core idle).
+#[path = "e2e/containers.rs"]
+mod containers;
 #[path = "e2e/reproducible.rs"]
 mod reproducible;
 #[path = "e2e/trixie.rs"]

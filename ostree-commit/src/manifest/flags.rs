@@ -7,7 +7,7 @@ use super::check;
 use super::raw::SECTIONS;
 use crate::{Base, Bootstrap, ImageSettings, Sign};
 use anyhow::{bail, Result};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 /// Which command a flag belongs to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -227,6 +227,17 @@ impl Overrides {
     /// Lay the tree's flags over `spec` (what a manifest describes, or the default
     /// Debian tree without one), checking their values as the manifest's are checked.
     pub fn apply(&self, spec: &mut Bootstrap) -> Result<()> {
+        // --image replaces the base first, so that Debian-only flags are judged against it.
+        if let Some(image) = self.value("base.image") {
+            let image = crate::Image::parse(image)
+                .map_err(|m| anyhow::anyhow!("--image {image:?}: {m}"))?
+                .relative_to(Path::new("."));
+            if !matches!(spec.base, Base::Image(_)) && spec.hostname.as_deref() == Some("osbuild") {
+                // Flags alone (no manifest): the name every image base gets.
+                spec.hostname = Some("localhost".into());
+            }
+            spec.base = Base::Image(image);
+        }
         let mut debian_only = Vec::new();
         for (flag, values) in &self.values {
             if flag.scope != FlagScope::Tree {
@@ -238,6 +249,7 @@ impl Overrides {
             };
             let last = values.last().map(String::as_str).unwrap_or_default();
             match (flag.key.as_str(), &mut spec.base) {
+                ("base.image", _) => {}
                 ("hostname", _) => spec.hostname = Some(checked(check::hostname(last), last)?),
                 ("overlays", _) => spec.overlays.extend(values.iter().map(PathBuf::from)),
                 ("base.suite", Base::Debian(d)) => {
@@ -265,7 +277,7 @@ impl Overrides {
         }
         if !debian_only.is_empty() {
             bail!(
-                "{} only apply to a Debian base, and the manifest's base is a tarball or directory: leave them out",
+                "{} only apply to a Debian base, and the base is a tarball, directory or image: leave them out",
                 debian_only.join(", ")
             );
         }

@@ -3,7 +3,7 @@
 
 use super::raw::{RawBase, RawFile, RawImage, RawManifest, RawMode, RawUser};
 use super::*;
-use crate::{Debian, Directory, Tarball};
+use crate::{Debian, Directory, Image, Tarball};
 use std::fmt::Write as _;
 use std::ops::Range;
 
@@ -423,6 +423,7 @@ impl Cx<'_> {
             ("distro", &b.distro),
             ("tarball", &b.tarball),
             ("directory", &b.directory),
+            ("image", &b.image),
         ];
         let given: Vec<(&str, &Str)> = kinds
             .iter()
@@ -474,12 +475,17 @@ impl Cx<'_> {
             "directory" => Base::Directory(Directory {
                 path: self.existing("base.directory", value, Want::Dir)?,
             }),
+            "image" => {
+                let image = Image::parse(value.get_ref())
+                    .map_err(|m| self.invalid("base.image", value.span(), m))?;
+                Base::Image(image.relative_to(&self.dir))
+            }
             _ => {
                 if value.get_ref() != "debian" {
                     return Err(self.invalid(
                         "base.distro",
                         value.span(),
-                        format!("distro {:?} is not supported: use \"debian\", or a base.tarball or base.directory", value.get_ref()),
+                        format!("distro {:?} is not supported: use \"debian\", or a base.tarball, base.directory or base.image", value.get_ref()),
                     ));
                 }
                 let defaults = Debian::default();
@@ -581,7 +587,7 @@ impl Cx<'_> {
                 "arch" => Ok(ARCH.to_string()),
                 _ => suite(base).map(str::to_string).ok_or_else(|| {
                     let which = if template.is_some() { "the ref" } else { "the default ref {name}/{suite}/{arch}" };
-                    format!("{which} uses {{suite}}, which a tarball or directory base has not: set ref without it, e.g. ref = \"{{name}}/{{arch}}\"")
+                    format!("{which} uses {{suite}}, which a tarball, directory or image base has not: set ref without it, e.g. ref = \"{{name}}/{{arch}}\"")
                 }),
             },
         )
@@ -848,7 +854,7 @@ fn sources(text: &str) -> Result<AptSources, String> {
 fn suite(base: &Base) -> Option<&str> {
     match base {
         Base::Debian(d) => Some(&d.suite),
-        Base::Tarball(_) | Base::Directory(_) => None,
+        Base::Tarball(_) | Base::Directory(_) | Base::Image(_) => None,
     }
 }
 

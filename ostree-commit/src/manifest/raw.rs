@@ -151,7 +151,8 @@ section! {
 }
 
 section! {
-    /// What the tree is built from: exactly one of `distro`, `tarball` or `directory`.
+    /// What the tree is built from: exactly one of `distro`, `tarball`, `directory` or
+    /// `image`.
     /// `suite`, `mirror`, `components` and `repositories` (and the top-level `packages`
     /// and `[kernel] package`) apply to a distro only.
     "[base]" struct RawBase {
@@ -170,6 +171,12 @@ section! {
         tarball: Option<Str>, "path", "none";
         /// A root filesystem directory beside the manifest, copied as the base.
         directory: Option<Str>, "path", "none";
+        /// A container image as `TRANSPORT:REF`, fetched with skopeo: `containers-storage:`
+        /// (what `podman build` made), `docker://` (a registry), `oci:DIR[:TAG]`,
+        /// `oci-archive:FILE` or `docker-archive:FILE` (paths beside the manifest). It must
+        /// hold a kernel; without `/usr/lib/modules/KVER/initramfs.img`, osbuild builds the
+        /// initramfs with the image's dracut and ostree-boot.
+        image: Option<Str>, "string", "none", flag Tree "image" "TRANSPORT:REF" Set;
     }
 }
 

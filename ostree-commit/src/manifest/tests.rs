@@ -137,6 +137,7 @@ fn docs_list_each_keys_flag() {
             "overlays",
             "base.suite",
             "base.mirror",
+            "base.image",
             "kernel.package"
         ]
     );
@@ -226,7 +227,7 @@ fn docs_example_sets_every_key_and_loads() {
     let set = keys_set(full);
     let missing: Vec<_> = documented
         .difference(&set)
-        .filter(|k| !["base.tarball", "base.directory"].contains(&k.as_str()))
+        .filter(|k| !["base.tarball", "base.directory", "base.image"].contains(&k.as_str()))
         .collect();
     assert!(
         missing.is_empty(),
@@ -344,7 +345,7 @@ fn docs_example_sets_every_key_and_loads() {
     // it (an absolute path stays as written).
     let keyring = Path::new("/usr/share/keyrings/debian-archive-keyring.gpg");
     if keyring.is_file() {
-        let m = load(&dir, &examples[2]).unwrap();
+        let m = load(&dir, &examples[3]).unwrap();
         assert_eq!(
             m.repositories(),
             [AptRepository {
@@ -365,6 +366,17 @@ fn docs_example_sets_every_key_and_loads() {
         })
     );
     assert_eq!(m.ostree_ref(), "appliance/x86_64");
+
+    // The third: a container image, taken by skopeo (checked for when loading).
+    let m = load(&dir, &examples[2]).unwrap();
+    let Base::Image(image) = m.base() else {
+        panic!("{:?}", m.base())
+    };
+    assert_eq!(
+        image.reference,
+        "containers-storage:localhost/appliance:latest"
+    );
+    assert_eq!(m.hostname(), None);
 }
 
 #[test]
@@ -619,7 +631,12 @@ fn invalid_values_name_key_line_and_column() {
 #[test]
 fn exactly_one_names_the_keys() {
     let dir = fixture();
-    let base_keys = ["base.distro", "base.tarball", "base.directory"];
+    let base_keys = [
+        "base.distro",
+        "base.tarball",
+        "base.directory",
+        "base.image",
+    ];
     let both = "name = \"a\"\n[base]\ndistro = \"debian\"\ntarball = \"rootfs.tar.zst\"\n";
     let ManifestErrorKind::ExactlyOne { keys } = error_at(&dir, both, "base.tarball", 4, 11) else {
         panic!()

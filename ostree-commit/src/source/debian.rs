@@ -288,7 +288,7 @@ impl Source for Debian {
         Some(self.key_at(std::env::var("SOURCE_DATE_EPOCH").ok().as_deref()))
     }
 
-    fn build(&self, dir: &Path, packages: Option<&Path>) -> Result<()> {
+    fn build(&self, dir: &Path, packages: Option<&Path>) -> Result<super::Built> {
         if let Some(packages) = packages {
             std::fs::create_dir_all(packages)
                 .with_context(|| format!("creating the package cache {}", packages.display()))?;
@@ -299,7 +299,7 @@ impl Source for Debian {
             .with_context(|| format!("bootstrapping Debian {} with mmdebstrap", self.suite))?;
         install_repositories(&self.repositories, dir)?;
         resolv_conf(dir).context("removing the build host's /etc/resolv.conf")?;
-        Ok(())
+        Ok(super::Built::default())
     }
 }
 

@@ -25,14 +25,14 @@ impl Source for Directory {
         Ok(())
     }
 
-    fn build(&self, dir: &Path, _packages: Option<&Path>) -> Result<()> {
+    fn build(&self, dir: &Path, _packages: Option<&Path>) -> Result<super::Built> {
         // cp keeps modes, links, hard links, ownership and xattrs exactly, which a
         // hand-written walk would have to reimplement.
         let mut src = self.path.as_os_str().to_owned();
         src.push("/.");
         cmd::run(Command::new("cp").arg("-a").arg(src).arg(dir))
             .with_context(|| format!("copying base directory {}", self.path.display()))?;
-        Ok(())
+        Ok(super::Built::default())
     }
 }
 

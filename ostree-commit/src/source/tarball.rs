@@ -81,7 +81,7 @@ impl Source for Tarball {
         Ok(())
     }
 
-    fn build(&self, dir: &Path, _packages: Option<&Path>) -> Result<()> {
+    fn build(&self, dir: &Path, _packages: Option<&Path>) -> Result<super::Built> {
         let compression = Compression::detect(&self.head()?);
         let mut tar = Command::new("tar");
         tar.arg("--extract")
@@ -99,7 +99,7 @@ impl Source for Tarball {
                 self.path.display()
             )
         })?;
-        Ok(())
+        Ok(super::Built::default())
     }
 }
 

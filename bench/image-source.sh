@@ -1,0 +1,85 @@
+#!/usr/bin/env bash
+# Measures committing a container image with `osbuild commit --image` against the
+# hand-made way, `podman export $(podman create IMAGE) | ostree commit --tree=tar=-`, side
+# by side in one run, into empty archive repositories, page cache dropped before each:
+#   1. examples/container (a kernel, no ostree initramfs): osbuild also builds the
+#      initramfs with the image's dracut, which the hand-made commit does not have (it
+#      would not boot);
+#   2. the same image with its initramfs built in the Containerfile, where bootc puts it
+#      (/usr/lib/modules/KVER/initramfs.img): both commit a bootable tree.
+# Goal: osbuild <= 1.0x the hand-made time. Prints the times and the ratios.
+#
+# Needs root, podman, skopeo, ostree, mmdebstrap (for compose/make-base.sh's base image,
+# once) and the Debian mirror (podman build runs apt). Work files under
+# target/bench-image-source.
+# Usage: bench/image-source.sh   (OSBUILD=path/to/osbuild to time another build of it)
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+WORK=$ROOT/target/bench-image-source
+PODMAN=(--runtime runc --ulimit nofile=1024:1024 --ulimit nproc=1024:1024)
+IMAGE=localhost/osbuild-bench-image:latest
+BOOTC=localhost/osbuild-bench-image:initramfs
+
+[ "$(id -u)" = 0 ] || { echo "bench/image-source.sh must run as root" >&2; exit 1; }
+for tool in podman skopeo ostree bc; do
+  command -v "$tool" >/dev/null || { echo "$tool is missing: run scripts/install-deps.sh" >&2; exit 1; }
+done
+
+if [ -z "${OSBUILD:-}" ]; then
+  echo "== building osbuild (release)" >&2
+  # The device binaries too: every tree gets them.
+  (cd "$ROOT" && cargo build --quiet --release -p osbuild -p osbuild-admin)
+  OSBUILD=$ROOT/target/release/osbuild
+fi
+
+echo "== the images (podman build; cached by podman)" >&2
+bash "$ROOT/compose/make-base.sh" >&2
+podman build "${PODMAN[@]}" --tag "$IMAGE" "$ROOT/examples/container" >&2
+mkdir -p "$WORK"
+cat >"$WORK/Containerfile" <<EOF
+FROM $IMAGE
+RUN kver=\$(ls /usr/lib/modules) && dracut --no-hostonly --force --reproducible -a ostree \\
+      --kver "\$kver" "/usr/lib/modules/\$kver/initramfs.img" && rm -f /boot/initrd.img-*
+EOF
+podman build "${PODMAN[@]}" --tag "$BOOTC" "$WORK" >&2
+
+now() { date +%s.%N; }
+cold() { sync; echo 3 >/proc/sys/vm/drop_caches; }
+
+by_hand() { # IMAGE REPO
+  local id
+  id=$(podman create "$1" /bin/true)
+  ostree init --repo="$2" --mode=archive
+  podman export "$id" | ostree commit --repo="$2" --branch=bench --tree=tar=- >/dev/null
+  podman rm "$id" >/dev/null
+}
+
+timed() { # CMD… -> seconds
+  local start
+  cold
+  start=$(now)
+  "$@" >/dev/null 2>&1 || { echo "failed: $*" >&2; exit 1; }
+  echo "$(now) - $start" | bc
+}
+
+rows=()
+for image in "$IMAGE" "$BOOTC"; do
+  rm -rf "$WORK/hand" "$WORK/osbuild" "$WORK/.osbuild.osbuild-checksums"
+  echo "== $image: podman export | ostree commit" >&2
+  t_hand=$(timed by_hand "$image" "$WORK/hand")
+  echo "== $image: osbuild commit --image" >&2
+  t_osbuild=$(timed "$OSBUILD" commit --image "containers-storage:$image" \
+    --repo "$WORK/osbuild" --branch bench)
+  rows+=("$image|$t_hand|$t_osbuild")
+done
+
+size=$(podman image inspect --format '{{.Size}}' "$IMAGE")
+printf '\nimage: %s MB; %s cores\n\n' "$((size / 1000000))" "$(nproc)"
+printf '%-44s %12s %12s %7s\n' "image" "by hand (s)" "osbuild (s)" "ratio"
+for row in "${rows[@]}"; do
+  IFS='|' read -r image t_hand t_osbuild <<<"$row"
+  printf '%-44s %12.2f %12.2f %7.2f\n' "$image" "$t_hand" "$t_osbuild" \
+    "$(echo "$t_osbuild / $t_hand" | bc -l)"
+done
+echo "(goal: ratio <= 1.00; the first row's osbuild time includes building the initramfs)"
