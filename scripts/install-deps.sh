@@ -16,6 +16,8 @@ PACKAGES=(
   # make-image --format iso: the ISO (xorriso), its root image (squashfs-tools), isolinux
   # for BIOS (isolinux, syslinux-common); cpio for the live archive's unit test
   xorriso squashfs-tools isolinux cpio
+  # bench/image-source.sh: the hand-made commit filters podman export's /dev with bsdtar
+  libarchive-tools
   # signed commits in tests (a throwaway key per run)
   gnupg
   # booting images in tests and in the quick start

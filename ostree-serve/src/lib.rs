@@ -12,6 +12,7 @@ mod auth;
 mod config;
 mod http;
 pub mod receive;
+pub mod s3;
 mod server;
 pub mod ssh;
 mod tls;

@@ -3,6 +3,7 @@
 //! The binary only parses ([`Cli::from_args`]), runs ([`run`]) and prints the error; exit
 //! statuses that carry meaning (a receive's, a push's) come back from [`run`] as values.
 
+mod publish;
 mod push;
 mod receive;
 mod serve;
@@ -65,6 +66,9 @@ pub(crate) enum Command {
     /// Delete old commits: keep the last N of each branch and the static deltas between
     /// them, and the objects they need; `ostree fsck` passes afterwards.
     Prune(PruneArgs),
+    /// Publish an archive repository to S3-compatible object storage (immutable objects
+    /// first, the summary last), for devices that pull from the bucket's website endpoint.
+    Publish(publish::PublishArgs),
     /// Boot an image in qemu (TCG): `osbuild vm run IMAGE`.
     Vm(vm::VmArgs),
     /// Print the completion script for a shell, e.g. `osbuild completions bash >
@@ -776,6 +780,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         Command::Admin(a) => a.run()?,
         Command::Sign(a) => a.run()?,
         Command::Prune(a) => a.run()?,
+        Command::Publish(a) => a.run()?,
         Command::Push(a) => return a.run(),
         Command::CommitPush(a) => return a.run(),
         Command::Vm(a) => return a.run(),

@@ -9,9 +9,11 @@
 //! - [`vm`]: the qemu VM harness (image_builder's, re-exported);
 //! - [`guest`]: booting an example OS and running checks in its serial shell;
 //! - [`sshd`]: SSH keys and a real OpenSSH sshd;
-//! - [`ostree_push`]: the reference ostree-push client and receiver.
+//! - [`ostree_push`]: the reference ostree-push client and receiver;
+//! - [`garage`]: a real Garage S3 store (one node or a cluster) on loopback.
 
 pub mod fixture;
+pub mod garage;
 pub mod gpg;
 pub mod guest;
 pub mod helpers;

@@ -51,6 +51,8 @@ pub enum Need {
     /// Debian's `docker-registry` (the CNCF distribution registry), started by tests on
     /// loopback.
     DockerRegistry,
+    /// Garage, the S3 store the publishing tests run (`cargo install garage`).
+    Garage,
     /// GRUB for BIOS and UEFI images, Debian's signed shim and GRUB for Secure Boot,
     /// systemd-boot, and the tools for the ESP and qcow2 images.
     Grub,
@@ -87,6 +89,10 @@ impl Need {
             Need::Gpg => tool("gpg", "gpg"),
             Need::Ostree => tool("ostree", "ostree"),
             Need::Skopeo => tool("skopeo", "skopeo"),
+            Need::Garage => crate::garage::binary().is_none().then(|| {
+                "garage is not installed (scripts/install-deps.sh builds it with cargo install)"
+                    .to_string()
+            }),
             Need::DockerRegistry => tool("docker-registry", "docker-registry"),
             Need::Grub => [
                 ("/usr/lib/grub/i386-pc/boot.img", "grub-pc-bin"),

@@ -1,0 +1,649 @@
+//! Publishing an archive repository to S3-compatible object storage, in the order that
+//! keeps every client's view consistent: an archive repo is static files, so devices pull
+//! from the bucket's website endpoint (or a CDN in front of it) as from `osbuild serve`.
+//!
+//! The bucket is inventoried with LIST (never a HEAD per object) and only what is missing
+//! is uploaded. Phase A, immutable objects, in parallel and bottom-up: content and dirmeta,
+//! then dirtrees, then detached metadata, then commits, then static delta parts, then delta
+//! superblocks. Phase B starts only when every upload of phase A succeeded, and writes
+//! the mutable files one at a time: `config` (first publish), delta indexes, refs, the
+//! summary, its signature. A client that reads the old summary finds everything it names;
+//! one that reads the new one finds everything too. A delta is never rewritten under an
+//! existing name (clients treat a changed superblock as a hard error); detached metadata
+//! (signatures added later) may be.
+
+use anyhow::{bail, Context, Result};
+use futures::stream::{self, StreamExt, TryStreamExt};
+use md5::{Digest, Md5};
+use object_store::aws::{AmazonS3, AmazonS3Builder};
+use object_store::path::Path as Key;
+use object_store::{Attribute, Attributes, ObjectStore, PutOptions, PutPayload};
+use osbuild_core::progress::{human_bytes, Progress, ProgressEvent, ProgressFd, PROGRESS_PROTOCOL};
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+/// Cache-Control of what never changes under its name.
+const IMMUTABLE: &str = "public, max-age=31536000, immutable";
+/// Cache-Control of what changes: refs, the summary, indexes, detached metadata.
+const MUTABLE: &str = "no-cache";
+
+/// `s3://BUCKET[/PREFIX]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BucketUrl {
+    /// The bucket.
+    pub bucket: String,
+    /// The key prefix the repository lives under, without slashes at either end; empty
+    /// for the bucket's root.
+    pub prefix: String,
+}
+
+impl FromStr for BucketUrl {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        let rest = s
+            .strip_prefix("s3://")
+            .ok_or_else(|| format!("{s:?} is not an s3:// URL: write s3://BUCKET[/PREFIX]"))?;
+        let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+        let valid = |c: char| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '.';
+        if bucket.len() < 3 || bucket.len() > 63 || !bucket.chars().all(valid) {
+            return Err(format!(
+                "{s:?}: {bucket:?} is not a bucket name (3 to 63 lowercase letters, digits, '-' and '.')"
+            ));
+        }
+        Ok(BucketUrl {
+            bucket: bucket.to_string(),
+            prefix: prefix.trim_matches('/').to_string(),
+        })
+    }
+}
+
+impl std::fmt::Display for BucketUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.prefix.is_empty() {
+            write!(f, "s3://{}", self.bucket)
+        } else {
+            write!(f, "s3://{}/{}", self.bucket, self.prefix)
+        }
+    }
+}
+
+/// Where and how to publish.
+#[derive(Debug, Clone)]
+pub struct S3Options {
+    /// The bucket and prefix.
+    pub to: BucketUrl,
+    /// The S3 endpoint (`https://s3.example.com`); AWS's when unset.
+    pub endpoint: Option<String>,
+    /// The region; `AWS_REGION`, else `us-east-1`.
+    pub region: Option<String>,
+    /// Parallel uploads in phase A.
+    pub jobs: usize,
+    /// Write JSON Lines progress events to this file descriptor.
+    pub progress_fd: Option<i32>,
+}
+
+/// What a publish did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Published {
+    /// Files uploaded.
+    pub uploaded: u64,
+    /// Their bytes.
+    pub bytes: u64,
+    /// Files already in the bucket, left alone.
+    pub present: u64,
+    /// Requests made: LIST pages and PUTs.
+    pub requests: u64,
+}
+
+/// One file of the repository and when it goes up.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Item {
+    /// Relative to the repository, `/`-separated: also the key under the prefix.
+    rel: String,
+    size: u64,
+    stage: Stage,
+}
+
+/// The order of publication: phase A's tiers, then phase B's files one by one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+enum Stage {
+    /// Content and directory metadata: named by their checksum, never change.
+    Content,
+    /// Directory trees, which name content and dirmeta.
+    Tree,
+    /// Detached commit metadata (signatures): may change, goes before its commit.
+    CommitMeta,
+    /// Commits, which name trees.
+    Commit,
+    /// Static delta parts.
+    DeltaPart,
+    /// Static delta superblocks, which name their parts.
+    Superblock,
+    /// Phase B: the repository's config, uploaded once.
+    Config,
+    /// Phase B: indexes of the deltas to each commit.
+    DeltaIndex,
+    /// Phase B: refs.
+    Ref,
+    /// Phase B: the summary, which names refs, commits and deltas.
+    Summary,
+    /// Phase B: its signature, last.
+    SummarySig,
+}
+
+impl Stage {
+    /// Whether the file may change under its name (compared with the bucket's copy by MD5).
+    fn mutable(self) -> bool {
+        !matches!(
+            self,
+            Stage::Content | Stage::Tree | Stage::Commit | Stage::DeltaPart | Stage::Superblock
+        )
+    }
+
+    fn phase_b(self) -> bool {
+        self >= Stage::Config
+    }
+
+    fn cache_control(self) -> &'static str {
+        if self.mutable() {
+            MUTABLE
+        } else {
+            IMMUTABLE
+        }
+    }
+
+    /// The stage of a repository file, `None` for what is not published (locks, tmp/,
+    /// state/, remotes' refs).
+    fn of(rel: &str) -> Option<Stage> {
+        let parts: Vec<&str> = rel.split('/').collect();
+        Some(match parts.as_slice() {
+            ["config"] => Stage::Config,
+            ["summary"] => Stage::Summary,
+            ["summary.sig"] => Stage::SummarySig,
+            ["objects", _, name] => match name.rsplit_once('.')?.1 {
+                "filez" | "file" | "dirmeta" => Stage::Content,
+                "dirtree" => Stage::Tree,
+                "commitmeta" => Stage::CommitMeta,
+                "commit" => Stage::Commit,
+                _ => return None,
+            },
+            ["deltas", _, _, "superblock"] => Stage::Superblock,
+            ["deltas", _, _, part] if part.chars().all(|c| c.is_ascii_digit()) => Stage::DeltaPart,
+            ["delta-indexes", _, name] if name.ends_with(".index") => Stage::DeltaIndex,
+            ["refs", "heads", ..] => Stage::Ref,
+            _ => return None,
+        })
+    }
+}
+
+/// Every publishable file of the repository at `repo`.
+fn scan(repo: &Path) -> Result<Vec<Item>> {
+    let mut items = Vec::new();
+    let mut stack = vec![PathBuf::new()];
+    while let Some(rel_dir) = stack.pop() {
+        let dir = repo.join(&rel_dir);
+        for entry in
+            std::fs::read_dir(&dir).with_context(|| format!("reading {}", dir.display()))?
+        {
+            let entry = entry.with_context(|| format!("reading {}", dir.display()))?;
+            let rel = rel_dir.join(entry.file_name());
+            let kind = entry.file_type()?;
+            if kind.is_dir() {
+                let top = rel
+                    .components()
+                    .next()
+                    .map(|c| c.as_os_str().to_string_lossy().into_owned());
+                if matches!(
+                    top.as_deref(),
+                    Some("objects" | "deltas" | "delta-indexes" | "refs")
+                ) {
+                    stack.push(rel);
+                }
+                continue;
+            }
+            let Some(rel_str) = rel.to_str() else {
+                continue;
+            };
+            if let Some(stage) = Stage::of(rel_str) {
+                let size = entry.metadata()?.len();
+                items.push(Item {
+                    rel: rel_str.to_string(),
+                    size,
+                    stage,
+                });
+            }
+        }
+    }
+    items.sort_by(|a, b| (a.stage, &a.rel).cmp(&(b.stage, &b.rel)));
+    Ok(items)
+}
+
+/// What the bucket holds under the prefix: key (relative to the prefix) -> (size, ETag).
+type Inventory = HashMap<String, (u64, Option<String>)>;
+
+/// The MD5 of a file as S3 ETags of single-part uploads spell it.
+fn md5_hex(path: &Path) -> Result<String> {
+    let data = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+    Ok(Md5::digest(&data)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect())
+}
+
+/// Whether `item` must be uploaded given the bucket's copy; an error for a delta whose
+/// name the bucket already holds with other content.
+fn needed(repo: &Path, item: &Item, have: Option<&(u64, Option<String>)>) -> Result<bool> {
+    let Some((size, etag)) = have else {
+        return Ok(true);
+    };
+    match item.stage {
+        Stage::DeltaPart | Stage::Superblock if *size != item.size => bail!(
+            "static delta file {} differs in the bucket ({} bytes there, {} here): a delta is never rewritten under its name, as clients would refuse it; delete the local delta (ostree static-delta delete) and publish again",
+            item.rel,
+            size,
+            item.size
+        ),
+        Stage::Config => Ok(false),
+        s if s.mutable() => {
+            let same = *size == item.size
+                && etag.as_deref().map(|e| e.trim_matches('"').to_string())
+                    == Some(md5_hex(&repo.join(&item.rel))?);
+            Ok(!same)
+        }
+        _ => Ok(false),
+    }
+}
+
+/// The S3 client, path-style (third-party stores), with credentials from the environment
+/// (`AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`, `AWS_SESSION_TOKEN`) or the profile file
+/// (`~/.aws/credentials`, `AWS_PROFILE`).
+fn client(opts: &S3Options) -> Result<AmazonS3> {
+    let mut b = AmazonS3Builder::new()
+        .with_bucket_name(&opts.to.bucket)
+        .with_virtual_hosted_style_request(false);
+    let region = opts
+        .region
+        .clone()
+        .or_else(|| std::env::var("AWS_REGION").ok())
+        .or_else(|| std::env::var("AWS_DEFAULT_REGION").ok())
+        .unwrap_or_else(|| "us-east-1".into());
+    b = b.with_region(region);
+    if let Some(endpoint) = &opts.endpoint {
+        b = b
+            .with_endpoint(endpoint)
+            .with_allow_http(endpoint.starts_with("http://"));
+    }
+    let (id, secret, token) = credentials()?;
+    b = b.with_access_key_id(id).with_secret_access_key(secret);
+    if let Some(t) = token {
+        b = b.with_token(t);
+    }
+    b.build()
+        .with_context(|| format!("setting up the S3 client for {}", opts.to))
+}
+
+/// Access key, secret and session token: the environment's, else the profile file's.
+fn credentials() -> Result<(String, String, Option<String>)> {
+    if let (Ok(id), Ok(secret)) = (
+        std::env::var("AWS_ACCESS_KEY_ID"),
+        std::env::var("AWS_SECRET_ACCESS_KEY"),
+    ) {
+        return Ok((id, secret, std::env::var("AWS_SESSION_TOKEN").ok()));
+    }
+    let file = std::env::var_os("AWS_SHARED_CREDENTIALS_FILE")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| Path::new(&h).join(".aws/credentials")));
+    let profile = std::env::var("AWS_PROFILE").unwrap_or_else(|_| "default".into());
+    let text = file
+        .as_ref()
+        .and_then(|f| std::fs::read_to_string(f).ok())
+        .unwrap_or_default();
+    let found = profile_keys(&text, &profile);
+    match (found.get("aws_access_key_id"), found.get("aws_secret_access_key")) {
+        (Some(id), Some(secret)) => Ok((
+            id.clone(),
+            secret.clone(),
+            found.get("aws_session_token").cloned(),
+        )),
+        _ => bail!(
+            "no S3 credentials: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or profile [{profile}] in {}",
+            file.map_or("~/.aws/credentials".into(), |f| f.display().to_string())
+        ),
+    }
+}
+
+/// The keys of `[profile]` in an AWS credentials file (INI).
+fn profile_keys(text: &str, profile: &str) -> HashMap<String, String> {
+    let mut current = None;
+    let mut keys = HashMap::new();
+    for line in text.lines().map(str::trim) {
+        if let Some(name) = line.strip_prefix('[').and_then(|l| l.strip_suffix(']')) {
+            current = Some(name.trim().trim_start_matches("profile ").to_string());
+        } else if current.as_deref() == Some(profile) {
+            if let Some((k, v)) = line.split_once('=') {
+                keys.insert(k.trim().to_lowercase(), v.trim().to_string());
+            }
+        }
+    }
+    keys
+}
+
+/// What an S3 error means for the user, naming the bucket and endpoint.
+fn explain(e: &object_store::Error, opts: &S3Options) -> String {
+    let endpoint = opts.endpoint.as_deref().unwrap_or("AWS S3");
+    let text = format!("{e}");
+    let what = if text.contains("NoSuchBucket") || matches!(e, object_store::Error::NotFound { .. })
+    {
+        format!(
+            "bucket {} does not exist at {endpoint}: create it first",
+            opts.to.bucket
+        )
+    } else if text.contains("403")
+        || text.contains("AccessDenied")
+        || text.contains("InvalidAccessKeyId")
+        || text.contains("SignatureDoesNotMatch")
+    {
+        format!(
+            "{endpoint} refused the credentials for bucket {} (check AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, and the key's permissions)",
+            opts.to.bucket
+        )
+    } else if text.contains("error sending request")
+        || text.contains("Connection refused")
+        || text.contains("connect")
+    {
+        format!("cannot reach the S3 endpoint {endpoint}")
+    } else {
+        format!("S3 request to {endpoint} failed")
+    };
+    format!("{what}: {}", text.lines().next().unwrap_or_default())
+}
+
+/// Publish the archive repository at `repo` to the bucket.
+pub fn publish(repo: &Path, opts: &S3Options) -> Result<Published> {
+    let opened = osbuild_core::repo::open_archive(repo)?;
+    drop(opened);
+    anyhow::ensure!(opts.jobs > 0, "--jobs 0: give at least 1 parallel upload");
+    let items = scan(repo)?;
+    let store = Arc::new(client(opts)?);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(opts.jobs.clamp(1, 4))
+        .enable_all()
+        .build()
+        .context("starting the uploader's runtime")?;
+    let mut events = opts.progress_fd.map(ProgressFd::open).transpose()?;
+    if let Some(ev) = &mut events {
+        ev.send(&ProgressEvent::Start {
+            version: PROGRESS_PROTOCOL.into(),
+        });
+    }
+    let result = runtime.block_on(run(repo, opts, &items, store, events.as_mut()));
+    if let Some(ev) = &mut events {
+        ev.send(&ProgressEvent::End {
+            task: "publish".into(),
+            id: opts.to.to_string(),
+            ok: result.is_ok(),
+            message: match &result {
+                Ok(p) => format!("{} files, {} uploaded", p.uploaded, human_bytes(p.bytes)),
+                Err(e) => format!("{e:#}"),
+            },
+        });
+    }
+    result
+}
+
+fn key_of(opts: &S3Options, rel: &str) -> Key {
+    if opts.to.prefix.is_empty() {
+        Key::from(rel)
+    } else {
+        Key::from(format!("{}/{rel}", opts.to.prefix))
+    }
+}
+
+async fn inventory(store: &AmazonS3, opts: &S3Options, requests: &AtomicU64) -> Result<Inventory> {
+    let prefix = (!opts.to.prefix.is_empty()).then(|| Key::from(opts.to.prefix.as_str()));
+    let mut listed = store.list(prefix.as_ref());
+    let mut have = Inventory::new();
+    let mut n = 0u64;
+    while let Some(meta) = listed.next().await {
+        let meta = meta.map_err(|e| anyhow::anyhow!(explain(&e, opts)))?;
+        n += 1;
+        let key = meta.location.as_ref();
+        let rel = match &prefix {
+            Some(p) => key
+                .strip_prefix(p.as_ref())
+                .map(|k| k.trim_start_matches('/'))
+                .unwrap_or(key),
+            None => key,
+        };
+        have.insert(rel.to_string(), (meta.size, meta.e_tag.clone()));
+    }
+    // A LIST page holds up to 1000 keys.
+    requests.fetch_add(1 + n / 1000, Ordering::Relaxed);
+    Ok(have)
+}
+
+async fn upload(
+    store: &AmazonS3,
+    opts: &S3Options,
+    repo: &Path,
+    item: &Item,
+    requests: &AtomicU64,
+) -> Result<()> {
+    let path = repo.join(&item.rel);
+    let data = tokio::fs::read(&path)
+        .await
+        .with_context(|| format!("reading {}", path.display()))?;
+    let mut attributes = Attributes::new();
+    attributes.insert(Attribute::CacheControl, item.stage.cache_control().into());
+    // Never a Content-Encoding: libostree sends no Accept-Encoding and reads the bytes as
+    // they are.
+    let put = PutOptions {
+        attributes,
+        ..PutOptions::default()
+    };
+    requests.fetch_add(1, Ordering::Relaxed);
+    store
+        .put_opts(&key_of(opts, &item.rel), PutPayload::from(data), put)
+        .await
+        .map_err(|e| anyhow::anyhow!("uploading {}: {}", item.rel, explain(&e, opts)))?;
+    Ok(())
+}
+
+async fn run(
+    repo: &Path,
+    opts: &S3Options,
+    items: &[Item],
+    store: Arc<AmazonS3>,
+    mut events: Option<&mut ProgressFd>,
+) -> Result<Published> {
+    let requests = AtomicU64::new(0);
+    let have = inventory(&store, opts, &requests).await?;
+    let mut todo = Vec::new();
+    let mut present = 0u64;
+    for item in items {
+        if needed(repo, item, have.get(&item.rel))? {
+            todo.push(item.clone());
+        } else {
+            present += 1;
+        }
+    }
+    let total_bytes: u64 = todo.iter().map(|i| i.size).sum();
+    let total = todo.len() as u64;
+    let progress = Progress::counter(format!("Publishing to {}", opts.to));
+    let done = AtomicU64::new(0);
+    let done_bytes = AtomicU64::new(0);
+    let report = |events: &mut Option<&mut ProgressFd>| {
+        let (d, b) = (
+            done.load(Ordering::Relaxed),
+            done_bytes.load(Ordering::Relaxed),
+        );
+        progress.set(b, total_bytes);
+        if let Some(ev) = events {
+            ev.send(&ProgressEvent::ProgressBytes {
+                task: "publish".into(),
+                description: format!("Publishing to {}", opts.to),
+                id: opts.to.to_string(),
+                bytes_cached: 0,
+                bytes: b,
+                bytes_total: total_bytes,
+                steps_cached: 0,
+                steps: d,
+                steps_total: total,
+            });
+        }
+    };
+    // Phase A: tier by tier, each in parallel; a tier starts when the one below is up.
+    let mut stage_groups: Vec<(Stage, Vec<Item>)> = Vec::new();
+    for item in &todo {
+        match stage_groups.last_mut() {
+            Some((s, group)) if *s == item.stage => group.push(item.clone()),
+            _ => stage_groups.push((item.stage, vec![item.clone()])),
+        }
+    }
+    for (stage, group) in &stage_groups {
+        if stage.phase_b() {
+            // Phase B: one at a time, in order, and only after all of phase A.
+            for item in group {
+                upload(&store, opts, repo, item, &requests).await?;
+                done.fetch_add(1, Ordering::Relaxed);
+                done_bytes.fetch_add(item.size, Ordering::Relaxed);
+                report(&mut events);
+            }
+            continue;
+        }
+        let mut uploads = stream::iter(group.iter().map(|item| {
+            let store = store.clone();
+            let requests = &requests;
+            async move {
+                upload(&store, opts, repo, item, requests).await?;
+                Ok::<u64, anyhow::Error>(item.size)
+            }
+        }))
+        .buffer_unordered(opts.jobs);
+        while let Some(size) = uploads.try_next().await? {
+            done.fetch_add(1, Ordering::Relaxed);
+            done_bytes.fetch_add(size, Ordering::Relaxed);
+            report(&mut events);
+        }
+    }
+    progress.finish(format!(
+        "Published to {}: {} files uploaded ({}), {} already there",
+        opts.to,
+        total,
+        human_bytes(total_bytes),
+        present
+    ));
+    Ok(Published {
+        uploaded: total,
+        bytes: total_bytes,
+        present,
+        requests: requests.load(Ordering::Relaxed),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bucket_urls() {
+        let b: BucketUrl = "s3://fleet-repo/os/stable/".parse().unwrap();
+        assert_eq!(
+            (b.bucket.as_str(), b.prefix.as_str()),
+            ("fleet-repo", "os/stable")
+        );
+        assert_eq!(b.to_string(), "s3://fleet-repo/os/stable");
+        let b: BucketUrl = "s3://fleet-repo".parse().unwrap();
+        assert_eq!(b.prefix, "");
+        for bad in ["https://x/y", "s3://", "s3://Upper", "s3://a_b/c"] {
+            assert!(bad.parse::<BucketUrl>().is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn stages_order_what_names_after_what_is_named() {
+        let c = "ab".repeat(31);
+        let cases = [
+            (format!("objects/ab/{c}.filez"), Some(Stage::Content)),
+            (format!("objects/ab/{c}.dirmeta"), Some(Stage::Content)),
+            (format!("objects/ab/{c}.dirtree"), Some(Stage::Tree)),
+            (
+                format!("objects/ab/{c}.commitmeta"),
+                Some(Stage::CommitMeta),
+            ),
+            (format!("objects/ab/{c}.commit"), Some(Stage::Commit)),
+            (format!("deltas/ab/{c}/0"), Some(Stage::DeltaPart)),
+            (format!("deltas/ab/{c}/superblock"), Some(Stage::Superblock)),
+            ("config".into(), Some(Stage::Config)),
+            (
+                format!("delta-indexes/ab/{c}.index"),
+                Some(Stage::DeltaIndex),
+            ),
+            ("refs/heads/os/x86_64".into(), Some(Stage::Ref)),
+            ("summary".into(), Some(Stage::Summary)),
+            ("summary.sig".into(), Some(Stage::SummarySig)),
+            ("refs/remotes/origin/x".into(), None),
+            ("tmp/cache/x".into(), None),
+            (format!("objects/ab/{c}.lock"), None),
+        ];
+        for (rel, stage) in &cases {
+            assert_eq!(Stage::of(rel), *stage, "{rel}");
+        }
+        let order: Vec<Stage> = cases.iter().filter_map(|(_, s)| *s).collect();
+        let mut sorted = order.clone();
+        sorted.sort();
+        assert_eq!(order, sorted, "the table above is in publication order");
+        assert!(Stage::Superblock < Stage::Config && Stage::Ref < Stage::Summary);
+        assert_eq!(Stage::Content.cache_control(), IMMUTABLE);
+        assert_eq!(Stage::Summary.cache_control(), MUTABLE);
+        assert_eq!(Stage::CommitMeta.cache_control(), MUTABLE);
+    }
+
+    #[test]
+    fn a_delta_is_never_rewritten_and_mutable_files_are_compared_by_md5() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("summary"), b"new summary").unwrap();
+        let summary = Item {
+            rel: "summary".into(),
+            size: 11,
+            stage: Stage::Summary,
+        };
+        let md5 = md5_hex(&dir.path().join("summary")).unwrap();
+        assert!(needed(dir.path(), &summary, None).unwrap());
+        assert!(!needed(
+            dir.path(),
+            &summary,
+            Some(&(11, Some(format!("\"{md5}\""))))
+        )
+        .unwrap());
+        assert!(needed(dir.path(), &summary, Some(&(11, Some("\"0000\"".into())))).unwrap());
+        let part = Item {
+            rel: "deltas/ab/cd/0".into(),
+            size: 10,
+            stage: Stage::DeltaPart,
+        };
+        assert!(!needed(dir.path(), &part, Some(&(10, None))).unwrap());
+        let err = needed(dir.path(), &part, Some(&(9, None)))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("never rewritten"), "{err}");
+        let object = Item {
+            rel: "objects/ab/cd.filez".into(),
+            size: 5,
+            stage: Stage::Content,
+        };
+        assert!(!needed(dir.path(), &object, Some(&(5, None))).unwrap());
+    }
+
+    #[test]
+    fn profile_files_are_read() {
+        let text = "[default]\naws_access_key_id = A\naws_secret_access_key = B\n\n[profile ci]\nAWS_ACCESS_KEY_ID=C\naws_secret_access_key=D\n";
+        assert_eq!(profile_keys(text, "default")["aws_access_key_id"], "A");
+        assert_eq!(profile_keys(text, "ci")["aws_secret_access_key"], "D");
+        assert!(profile_keys(text, "none").is_empty());
+    }
+}

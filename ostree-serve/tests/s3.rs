@@ -1,0 +1,273 @@
+//! `osbuild publish` to a real Garage on loopback, pulled with the real `ostree` CLI from
+//! Garage's website endpoint: a first publish, a second commit pulled as an upgrade
+//! through its static delta, publishes killed at random moments (a client always pulls a
+//! consistent head; a rerun completes), and bad input (a missing bucket, wrong
+//! credentials, an unreachable endpoint, a repository that is not archive mode), each a
+//! clear error that leaves the bucket's summary as it was.
+
+use osbuild_testing::garage::{Garage, BUCKET};
+use osbuild_testing::helpers::{deployable_tree, free_port, osbuild_bin, output, run, text};
+use osbuild_testing::{require, Need};
+use std::fs;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+const BRANCH: &str = "fleet/x86_64";
+const PREFIX: &str = "fleet";
+
+/// xorshift: reproducible pseudo-random numbers from a printed seed.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+
+    fn bytes(&mut self, n: usize) -> Vec<u8> {
+        (0..n).map(|_| self.next() as u8).collect()
+    }
+}
+
+/// `files` more incompressible files of 4 KiB in the tree, under `name`.
+fn add_files(root: &Path, name: &str, files: usize, rng: &mut Rng) {
+    for i in 0..files {
+        let dir = root.join(format!("usr/share/{name}/{:02}", i % 40));
+        fs::create_dir_all(&dir).unwrap();
+        fs::write(dir.join(format!("f{i}")), rng.bytes(4096)).unwrap();
+    }
+}
+
+fn commit(repo: &Path, tree: &Path) -> String {
+    run(Command::new(osbuild_bin())
+        .args(["commit", "--repo"])
+        .arg(repo)
+        .args(["--branch", BRANCH, "--tree"])
+        .arg(tree))
+    .trim()
+    .to_string()
+}
+
+/// `osbuild publish` of `repo` to `to` at `endpoint`, with the cluster's credentials.
+fn publish_to(repo: &Path, to: &str, endpoint: &str, garage: &Garage) -> Command {
+    let mut c = Command::new(osbuild_bin());
+    c.args(["publish", "--repo"]).arg(repo).args([
+        "--to",
+        to,
+        "--endpoint",
+        endpoint,
+        "--region",
+        "garage",
+    ]);
+    for (k, v) in garage.credentials() {
+        c.env(k, v);
+    }
+    // These machines set it for other tools; the S3 client must not trip over it.
+    c.env("AWS_CA_BUNDLE", "/etc/ssl/certs/ca-certificates.crt");
+    c
+}
+
+/// `osbuild publish` of `repo` under `prefix` of the test bucket on node 0.
+fn publish(repo: &Path, prefix: &str, garage: &Garage) -> Command {
+    publish_to(
+        repo,
+        &format!("s3://{BUCKET}/{prefix}"),
+        &garage.endpoint(0),
+        garage,
+    )
+}
+
+/// Pull the branch into a fresh client repository from the bucket's website; the output.
+fn pull(dir: &Path, url: &str) -> std::process::Output {
+    let client = dir.join("client");
+    let _ = fs::remove_dir_all(&client);
+    let r = format!("--repo={}", client.display());
+    run(Command::new("ostree").args(["init", "--mode=bare-user", &r]));
+    run(Command::new("ostree").args(["remote", "add", "--no-gpg-verify", &r, "bucket", url]));
+    output(
+        Command::new("ostree")
+            .args(["pull", &r])
+            .arg(format!("bucket:{BRANCH}")),
+    )
+}
+
+fn client_head(dir: &Path) -> String {
+    run(Command::new("ostree")
+        .arg(format!("--repo={}", dir.join("client").display()))
+        .args(["rev-parse", BRANCH]))
+    .trim()
+    .to_string()
+}
+
+fn fsck(dir: &Path) {
+    run(Command::new("ostree")
+        .arg("fsck")
+        .arg(format!("--repo={}", dir.join("client").display())));
+}
+
+/// The response headers of a GET on the website endpoint.
+fn headers(url: &str) -> String {
+    run(Command::new("curl").args(["-s", "-o", "/dev/null", "-D", "-", url])).to_lowercase()
+}
+
+#[test]
+fn publish_pull_upgrade_and_survive_kills() {
+    if !require(&[Need::Garage, Need::Ostree]) {
+        return;
+    }
+    let work = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let w = work.path();
+    let garage = Garage::start(&w.join("garage"), 1, 1).unwrap();
+    let url = garage.web_url(0, PREFIX);
+    let seed = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as u64
+        | 1;
+    eprintln!("seed {seed}");
+    let mut rng = Rng(seed);
+
+    // A first commit, published and pulled.
+    let repo = w.join("repo");
+    let tree = w.join("tree");
+    deployable_tree(&tree, b"kernel");
+    add_files(&tree, "one", 300, &mut rng);
+    let c1 = commit(&repo, &tree);
+    let out = output(&mut publish(&repo, PREFIX, &garage));
+    assert!(out.status.success(), "{}", text(&out));
+    eprintln!("{}", String::from_utf8_lossy(&out.stderr));
+    let pulled = pull(w, &url);
+    assert!(pulled.status.success(), "{}", text(&pulled));
+    assert_eq!(client_head(w), c1);
+    fsck(w);
+    // Immutable objects are cached for a year, the summary never.
+    let object = fs::read_dir(repo.join("objects/00"))
+        .ok()
+        .and_then(|mut d| d.next())
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned());
+    if let Some(object) = object {
+        let h = headers(&format!("{url}objects/00/{object}"));
+        assert!(h.contains("immutable"), "{h}");
+        assert!(!h.contains("content-encoding"), "{h}");
+    }
+    let h = headers(&format!("{url}summary"));
+    assert!(h.contains("cache-control: no-cache"), "{h}");
+
+    // Publishing again uploads nothing: the inventory says it is all there.
+    let again = output(&mut publish(&repo, PREFIX, &garage));
+    let said = String::from_utf8_lossy(&again.stderr);
+    assert!(said.contains(": 0 files uploaded"), "{said}");
+
+    // A second commit with its static delta: the client upgrades through the delta.
+    fs::write(tree.join("usr/share/one/00/f0"), rng.bytes(4096)).unwrap();
+    let c2 = commit(&repo, &tree);
+    assert!(
+        fs::read_dir(repo.join("deltas")).is_ok_and(|mut d| d.next().is_some()),
+        "osbuild commit made no static delta"
+    );
+    let out = output(&mut publish(&repo, PREFIX, &garage));
+    assert!(out.status.success(), "{}", text(&out));
+    let client = format!("--repo={}", w.join("client").display());
+    let upgrade = output(
+        Command::new("ostree")
+            .args(["pull", &client, "--require-static-deltas"])
+            .arg(format!("bucket:{BRANCH}")),
+    );
+    assert!(upgrade.status.success(), "{}", text(&upgrade));
+    assert_eq!(client_head(w), c2);
+    fsck(w);
+
+    // A third, bigger commit, published with kills at random moments: after each, a fresh
+    // client pulls whichever head the summary names, and fsck passes.
+    add_files(&tree, "three", 2000, &mut rng);
+    let c3 = commit(&repo, &tree);
+    let start = Instant::now();
+    let full = output(&mut publish(&repo, PREFIX, &garage));
+    assert!(full.status.success(), "{}", text(&full));
+    // How long a publish of the third commit takes: the kills land within it.
+    let whole = start.elapsed();
+    // The state before, for each round: the second commit alone, published to a fresh
+    // prefix.
+    let old = w.join("old-repo");
+    let old_r = format!("--repo={}", old.display());
+    run(Command::new("ostree").args(["init", "--mode=archive", &old_r]));
+    run(Command::new("ostree")
+        .arg(&old_r)
+        .arg("pull-local")
+        .arg(&repo)
+        .arg(&c2));
+    run(Command::new("ostree").args([&old_r, "refs", "--create", BRANCH, &c2]));
+    run(Command::new("ostree").args([&old_r, "summary", "-u"]));
+    let mut heads = Vec::new();
+    for round in 0..6 {
+        let prefix = format!("kill{round}");
+        run(&mut publish(&old, &prefix, &garage));
+        let after = Duration::from_millis(rng.next() % whole.as_millis().max(1) as u64);
+        let mut child = publish(&repo, &prefix, &garage)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(after);
+        let _ = child.kill();
+        let _ = child.wait();
+        let pulled = pull(w, &garage.web_url(0, &prefix));
+        assert!(
+            pulled.status.success(),
+            "round {round}, killed after {after:?}: {}",
+            text(&pulled)
+        );
+        let head = client_head(w);
+        assert!(head == c2 || head == c3, "round {round}: pulled {head}");
+        fsck(w);
+        heads.push((after, head == c3));
+        // A rerun completes, and the new head is pulled.
+        run(&mut publish(&repo, &prefix, &garage));
+        let pulled = pull(w, &garage.web_url(0, &prefix));
+        assert!(pulled.status.success(), "{}", text(&pulled));
+        assert_eq!(client_head(w), c3);
+    }
+    eprintln!("kills (after, new head already published): {heads:?}");
+
+    // Bad input: each a clear error, and the bucket's summary unchanged.
+    let summary_before = headers(&format!("{url}summary"));
+    let closed = free_port();
+    let bare = w.join("bare");
+    run(Command::new("ostree").args([
+        "init",
+        "--mode=bare-user",
+        &format!("--repo={}", bare.display()),
+    ]));
+    let mut wrong_key = publish(&repo, PREFIX, &garage);
+    wrong_key.env("AWS_SECRET_ACCESS_KEY", "wrong");
+    let cases: Vec<(Command, &str)> = vec![
+        (
+            publish_to(&repo, "s3://no-such-bucket/x", &garage.endpoint(0), &garage),
+            "bucket no-such-bucket does not exist",
+        ),
+        (wrong_key, "refused the credentials"),
+        (
+            publish_to(
+                &repo,
+                &format!("s3://{BUCKET}/{PREFIX}"),
+                &format!("http://127.0.0.1:{closed}"),
+                &garage,
+            ),
+            "cannot reach the s3 endpoint",
+        ),
+        (publish(&bare, PREFIX, &garage), "archive mode"),
+    ];
+    for (mut c, expected) in cases {
+        let out = output(&mut c);
+        let stderr = String::from_utf8_lossy(&out.stderr).to_lowercase();
+        assert!(!out.status.success(), "{stderr}");
+        assert!(
+            stderr.contains(&expected.to_lowercase()),
+            "{expected}: {stderr}"
+        );
+    }
+    assert_eq!(headers(&format!("{url}summary")), summary_before);
+}
