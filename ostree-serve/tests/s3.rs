@@ -134,7 +134,7 @@ fn publish_pull_upgrade_and_survive_kills() {
     let repo = w.join("repo");
     let tree = w.join("tree");
     deployable_tree(&tree, b"kernel");
-    add_files(&tree, "one", 300, &mut rng);
+    add_files(&tree, "one", 150, &mut rng);
     let c1 = commit(&repo, &tree);
     let out = output(&mut publish(&repo, PREFIX, &garage));
     assert!(out.status.success(), "{}", text(&out));
@@ -182,7 +182,7 @@ fn publish_pull_upgrade_and_survive_kills() {
 
     // A third, bigger commit, published with kills at random moments: after each, a fresh
     // client pulls whichever head the summary names, and fsck passes.
-    add_files(&tree, "three", 2000, &mut rng);
+    add_files(&tree, "three", 800, &mut rng);
     let c3 = commit(&repo, &tree);
     let start = Instant::now();
     let full = output(&mut publish(&repo, PREFIX, &garage));
@@ -202,7 +202,7 @@ fn publish_pull_upgrade_and_survive_kills() {
     run(Command::new("ostree").args([&old_r, "refs", "--create", BRANCH, &c2]));
     run(Command::new("ostree").args([&old_r, "summary", "-u"]));
     let mut heads = Vec::new();
-    for round in 0..6 {
+    for round in 0..5 {
         let prefix = format!("kill{round}");
         run(&mut publish(&old, &prefix, &garage));
         let after = Duration::from_millis(rng.next() % whole.as_millis().max(1) as u64);
@@ -233,7 +233,14 @@ fn publish_pull_upgrade_and_survive_kills() {
     eprintln!("kills (after, new head already published): {heads:?}");
 
     // Bad input: each a clear error, and the bucket's summary unchanged.
-    let summary_before = headers(&format!("{url}summary"));
+    let etag = |h: String| {
+        h.lines()
+            .find(|l| l.starts_with("etag:"))
+            .map(str::to_string)
+            .unwrap_or_default()
+    };
+    let summary_before = etag(headers(&format!("{url}summary")));
+    assert!(!summary_before.is_empty());
     let closed = free_port();
     let bare = w.join("bare");
     run(Command::new("ostree").args([
@@ -269,5 +276,5 @@ fn publish_pull_upgrade_and_survive_kills() {
             "{expected}: {stderr}"
         );
     }
-    assert_eq!(headers(&format!("{url}summary")), summary_before);
+    assert_eq!(etag(headers(&format!("{url}summary"))), summary_before);
 }

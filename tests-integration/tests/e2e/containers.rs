@@ -40,11 +40,22 @@ fn path(p: &Path) -> Result<String> {
     p.to_str().map(str::to_string).context("path")
 }
 
+/// compose/make-base.sh's base image, made once per run: both tests of this file need it
+/// and libtest runs them side by side, while make-base.sh is not safe to run twice at once.
+fn base_image() -> Result<()> {
+    static MADE: std::sync::OnceLock<Result<(), String>> = std::sync::OnceLock::new();
+    MADE.get_or_init(|| {
+        cmd::run_inherit(Command::new("bash").arg(workspace_root().join("compose/make-base.sh")))
+            .map_err(|e| format!("making the base image with compose/make-base.sh: {e}"))
+    })
+    .clone()
+    .map_err(anyhow::Error::msg)
+}
+
 /// The base image and the example built on it.
 fn build_example() -> Result<()> {
     // Made once and reused (make-base.sh does nothing when the image exists).
-    cmd::run_inherit(Command::new("bash").arg(workspace_root().join("compose/make-base.sh")))
-        .context("making the base image with compose/make-base.sh")?;
+    base_image()?;
     let dir = workspace_root().join("examples/container");
     cmd::run_inherit(
         Command::new("podman")
@@ -346,8 +357,7 @@ fn bad_images_are_one_line_errors_that_leave_nothing() -> Result<()> {
     if !require(&[Need::Root, Need::Podman, Need::Skopeo, Need::Mmdebstrap]) {
         return Ok(());
     }
-    cmd::run_inherit(Command::new("bash").arg(workspace_root().join("compose/make-base.sh")))
-        .context("making the base image with compose/make-base.sh")?;
+    base_image()?;
     let work = tempfile::Builder::new()
         .prefix("containers-bad-")
         .tempdir_in(env!("CARGO_TARGET_TMPDIR"))?;
