@@ -4,7 +4,7 @@
 //! from its parent, which the summary indexes.
 
 use osbuild_testing::guest::serve;
-use osbuild_testing::helpers::{deployable_tree, osbuild_bin, output, run, text};
+use osbuild_testing::helpers::{deployable_tree, osbuild_bin, output, pull_fresh, run, text, Rng};
 use osbuild_testing::{require, Need};
 use std::fs;
 use std::path::Path;
@@ -12,22 +12,6 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 const BRANCH: &str = "test/x86_64";
-
-/// xorshift: reproducible pseudo-random numbers from a printed seed.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-
-    fn bytes(&mut self, n: usize) -> Vec<u8> {
-        (0..n).map(|_| self.next() as u8).collect()
-    }
-}
 
 /// A deployable tree of `files` incompressible files of 8 KiB.
 fn tree(root: &Path, files: usize, rng: &mut Rng) {
@@ -54,12 +38,7 @@ fn head(repo: &Path) -> String {
 
 /// `ostree pull` of the branch over HTTP into a fresh client repository.
 fn pull(dir: &Path, url: &str) -> std::process::Output {
-    let client = dir.join("client");
-    let _ = fs::remove_dir_all(&client);
-    let r = format!("--repo={}", client.display());
-    run(Command::new("ostree").args(["init", "--mode=bare-user", &r]));
-    run(Command::new("ostree").args(["remote", "add", &r, "--no-gpg-verify", "origin", url]));
-    output(Command::new("ostree").args(["pull", &r, "origin", BRANCH]))
+    pull_fresh(dir, url, BRANCH)
 }
 
 #[test]
@@ -67,13 +46,7 @@ fn killed_commits_leave_the_old_or_the_new_head() {
     if !require(&[Need::Ostree]) {
         return;
     }
-    let seed = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_nanos() as u64
-        | 1;
-    eprintln!("publish: seed {seed}");
-    let mut rng = Rng(seed);
+    let mut rng = Rng::from_clock("publish");
     let dir = tempfile::tempdir_in(osbuild_testing::helpers::target_tmp()).unwrap();
     let repo = dir.path().join("repo");
     let root = dir.path().join("tree");
@@ -104,7 +77,7 @@ fn killed_commits_leave_the_old_or_the_new_head() {
         // From 30% to 105% of a commit's time: most land in the writes, some in the
         // delta, ref and summary at the end.
         let span = took.as_micros() as u64;
-        let delay = Duration::from_micros(span * 3 / 10 + rng.next() % (span * 3 / 4 + 1));
+        let delay = Duration::from_micros(span * 3 / 10 + rng.next_u64() % (span * 3 / 4 + 1));
         let mut child = commit(&repo, &root)
             .stdout(Stdio::null())
             .stderr(Stdio::null())

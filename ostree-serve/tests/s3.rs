@@ -6,7 +6,9 @@
 //! clear error that leaves the bucket's summary as it was.
 
 use osbuild_testing::garage::{Garage, BUCKET};
-use osbuild_testing::helpers::{deployable_tree, free_port, osbuild_bin, output, run, text};
+use osbuild_testing::helpers::{
+    deployable_tree, free_port, osbuild_bin, output, pull_fresh, run, text, Rng,
+};
 use osbuild_testing::{require, Need};
 use std::fs;
 use std::path::Path;
@@ -15,22 +17,6 @@ use std::time::{Duration, Instant};
 
 const BRANCH: &str = "fleet/x86_64";
 const PREFIX: &str = "fleet";
-
-/// xorshift: reproducible pseudo-random numbers from a printed seed.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-
-    fn bytes(&mut self, n: usize) -> Vec<u8> {
-        (0..n).map(|_| self.next() as u8).collect()
-    }
-}
 
 /// `files` more incompressible files of 4 KiB in the tree, under `name`.
 fn add_files(root: &Path, name: &str, files: usize, rng: &mut Rng) {
@@ -80,18 +66,9 @@ fn publish(repo: &Path, prefix: &str, garage: &Garage) -> Command {
     )
 }
 
-/// Pull the branch into a fresh client repository from the bucket's website; the output.
+/// Pull the branch into a fresh client repository from the bucket's website.
 fn pull(dir: &Path, url: &str) -> std::process::Output {
-    let client = dir.join("client");
-    let _ = fs::remove_dir_all(&client);
-    let r = format!("--repo={}", client.display());
-    run(Command::new("ostree").args(["init", "--mode=bare-user", &r]));
-    run(Command::new("ostree").args(["remote", "add", "--no-gpg-verify", &r, "bucket", url]));
-    output(
-        Command::new("ostree")
-            .args(["pull", &r])
-            .arg(format!("bucket:{BRANCH}")),
-    )
+    pull_fresh(dir, url, BRANCH)
 }
 
 fn client_head(dir: &Path) -> String {
@@ -122,13 +99,7 @@ fn publish_pull_upgrade_and_survive_kills() {
     let w = work.path();
     let garage = Garage::start(&w.join("garage"), 1, 1).unwrap();
     let url = garage.web_url(0, PREFIX);
-    let seed = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_nanos() as u64
-        | 1;
-    eprintln!("seed {seed}");
-    let mut rng = Rng(seed);
+    let mut rng = Rng::from_clock("s3");
 
     // A first commit, published and pulled.
     let repo = w.join("repo");
@@ -171,11 +142,13 @@ fn publish_pull_upgrade_and_survive_kills() {
     let out = output(&mut publish(&repo, PREFIX, &garage));
     assert!(out.status.success(), "{}", text(&out));
     let client = format!("--repo={}", w.join("client").display());
-    let upgrade = output(
-        Command::new("ostree")
-            .args(["pull", &client, "--require-static-deltas"])
-            .arg(format!("bucket:{BRANCH}")),
-    );
+    let upgrade = output(Command::new("ostree").args([
+        "pull",
+        &client,
+        "--require-static-deltas",
+        "origin",
+        BRANCH,
+    ]));
     assert!(upgrade.status.success(), "{}", text(&upgrade));
     assert_eq!(client_head(w), c2);
     fsck(w);
@@ -205,7 +178,7 @@ fn publish_pull_upgrade_and_survive_kills() {
     for round in 0..5 {
         let prefix = format!("kill{round}");
         run(&mut publish(&old, &prefix, &garage));
-        let after = Duration::from_millis(rng.next() % whole.as_millis().max(1) as u64);
+        let after = Duration::from_millis(rng.next_u64() % whole.as_millis().max(1) as u64);
         let mut child = publish(&repo, &prefix, &garage)
             .stdout(Stdio::null())
             .stderr(Stdio::null())

@@ -210,6 +210,58 @@ fn newest(dir: &Path) -> Option<(PathBuf, SystemTime)> {
 
 // ---- ports and servers ----
 
+/// What podman needs on these machines: runc (crun fails here) and limits the sandbox
+/// allows.
+pub const PODMAN_ARGS: [&str; 6] = [
+    "--runtime",
+    "runc",
+    "--ulimit",
+    "nofile=1024:1024",
+    "--ulimit",
+    "nproc=1024:1024",
+];
+
+/// xorshift: reproducible pseudo-random numbers from a seed the test prints, so that a
+/// failure can be replayed.
+#[derive(Debug)]
+pub struct Rng(u64);
+
+impl Rng {
+    /// Seeded from the clock; the seed is printed, prefixed with `what`.
+    pub fn from_clock(what: &str) -> Rng {
+        let seed = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(1, |d| d.as_nanos() as u64)
+            | 1;
+        eprintln!("{what}: seed {seed}");
+        Rng(seed)
+    }
+
+    /// The next number.
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+
+    /// `n` bytes: incompressible content.
+    pub fn bytes(&mut self, n: usize) -> Vec<u8> {
+        (0..n).map(|_| self.next_u64() as u8).collect()
+    }
+}
+
+/// `ostree pull` of `branch` from `url` into a fresh bare-user repository at
+/// `dir/client` (remote `origin`, no GPG): the real client, as a device pulls.
+pub fn pull_fresh(dir: &Path, url: &str, branch: &str) -> Output {
+    let client = dir.join("client");
+    let _ = fs::remove_dir_all(&client);
+    let r = format!("--repo={}", client.display());
+    run(Command::new("ostree").args(["init", "--mode=bare-user", &r]));
+    run(Command::new("ostree").args(["remote", "add", &r, "--no-gpg-verify", "origin", url]));
+    output(Command::new("ostree").args(["pull", &r, "origin", branch]))
+}
+
 /// A TCP port on 127.0.0.1 that was free a moment ago.
 ///
 /// Another process may grab it before the server binds it; that is unlikely enough for

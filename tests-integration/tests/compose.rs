@@ -10,16 +10,13 @@
 
 use osbuild_core::cmd;
 use osbuild_testing::helpers::{
-    commit_files, free_port, init_archive, osbuild_bin, ostree, repo_arg, run, text, workspace_root,
+    commit_files, free_port, init_archive, osbuild_bin, ostree, repo_arg, run, text,
+    workspace_root, PODMAN_ARGS,
 };
 use osbuild_testing::{ostree_push, require, sshd, Need};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
-
-/// What podman needs on these machines, given to every `podman build` and `podman run`
-/// that podman-compose starts.
-const PODMAN_FLAGS: &str = "--runtime runc --ulimit nofile=1024:1024 --ulimit nproc=1024:1024";
 
 /// The files of compose/ that the image and the compose file are made of.
 const COMPOSE_FILES: [&str; 4] = [
@@ -144,8 +141,15 @@ impl Compose {
             .env("OSBUILD_HTTP_PORT", self.http_port.to_string())
             .env("OSBUILD_SSH_PORT", self.ssh_port.to_string())
             .args(["-p", &self.project, "-f", "compose/compose.yaml"])
-            .arg(format!("--podman-build-args={PODMAN_FLAGS} --pull=never"))
-            .arg(format!("--podman-run-args={PODMAN_FLAGS} --pull=never"))
+            // What podman needs on these machines, for every build and run podman-compose starts.
+            .arg(format!(
+                "--podman-build-args={} --pull=never",
+                PODMAN_ARGS.join(" ")
+            ))
+            .arg(format!(
+                "--podman-run-args={} --pull=never",
+                PODMAN_ARGS.join(" ")
+            ))
             .args(args);
         cmd
     }

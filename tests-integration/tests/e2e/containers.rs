@@ -14,7 +14,9 @@
 use anyhow::{Context, Result};
 use osbuild_core::cmd;
 use osbuild_testing::guest::{boot_into, check_all, osbuild, shell_ready, Timings};
-use osbuild_testing::helpers::{free_port, osbuild_bin, output, run, workspace_root, Daemon};
+use osbuild_testing::helpers::{
+    free_port, osbuild_bin, output, run, workspace_root, Daemon, PODMAN_ARGS,
+};
 use osbuild_testing::vm::VmConfig;
 use osbuild_testing::{require, Need};
 use std::fs;
@@ -26,15 +28,6 @@ const IMAGE: &str = "localhost/osbuild-e2e-container:latest";
 const BRANCH: &str = "container/x86_64";
 /// What the registry test tags the image as.
 const PUSHED: &str = "osbuild/container:latest";
-/// podman on these machines: runc, and limits the sandbox allows.
-const PODMAN: [&str; 6] = [
-    "--runtime",
-    "runc",
-    "--ulimit",
-    "nofile=1024:1024",
-    "--ulimit",
-    "nproc=1024:1024",
-];
 
 fn path(p: &Path) -> Result<String> {
     p.to_str().map(str::to_string).context("path")
@@ -60,7 +53,7 @@ fn build_example() -> Result<()> {
     cmd::run_inherit(
         Command::new("podman")
             .arg("build")
-            .args(PODMAN)
+            .args(PODMAN_ARGS)
             .args(["--tag", IMAGE, "--file"])
             .arg(dir.join("Containerfile"))
             .arg(&dir),
@@ -239,7 +232,7 @@ fn a_containerfile_becomes_a_booting_commit() -> Result<()> {
         cmd::run(
             Command::new("podman")
                 .arg("build")
-                .args(PODMAN)
+                .args(PODMAN_ARGS)
                 .args(["--tag", "localhost/osbuild-e2e-container:no-initramfs"])
                 .arg(&derived),
         )
