@@ -240,8 +240,7 @@ pub fn summary_refs(data: &[u8]) -> Option<BTreeMap<String, String>> {
         let name = entry.try_child_value(0)?.str()?.to_string();
         let checksum = entry.try_child_value(1)?.try_child_value(1)?;
         let bytes = checksum.fixed_array::<u8>().ok()?;
-        let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
-        refs.insert(name, hex);
+        refs.insert(name, crate::hex(bytes));
     }
     Some(refs)
 }

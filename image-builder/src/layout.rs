@@ -266,7 +266,7 @@ fn random_uuid() -> Result<String> {
     let mut b: [u8; 16] = random_bytes("a partition UUID")?;
     b[6] = (b[6] & 0x0f) | 0x40;
     b[8] = (b[8] & 0x3f) | 0x80;
-    let hex: String = b.iter().map(|x| format!("{x:02x}")).collect();
+    let hex = osbuild_core::hex(b);
     Ok(format!(
         "{}-{}-{}-{}-{}",
         &hex[0..8],

@@ -103,12 +103,7 @@ impl Bootstrap {
             }
             h.update(b"\0");
         }
-        Some(
-            h.finalize()
-                .iter()
-                .map(|b| format!("{b:02x}"))
-                .collect::<String>(),
-        )
+        Some(osbuild_core::hex(h.finalize()))
     }
 }
 

@@ -145,11 +145,7 @@ pub(crate) fn key_hash(key: &str) -> String {
     hasher.update(RECIPE.as_bytes());
     hasher.update(b"\n");
     hasher.update(key.as_bytes());
-    hasher
-        .finalize()
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
+    osbuild_core::hex(hasher.finalize())
 }
 
 /// Copy the tree `src` into the existing directory `dest`, keeping hard links, owners,
@@ -386,11 +382,7 @@ mod tests {
         assert_eq!(key_hash("a").len(), 64);
         let mut plain = Sha256::new();
         plain.update(b"a");
-        let plain: String = plain
-            .finalize()
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect();
+        let plain = osbuild_core::hex(plain.finalize());
         assert_ne!(key_hash("a"), plain);
     }
 }

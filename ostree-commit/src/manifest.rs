@@ -394,10 +394,7 @@ impl Manifest {
         use sha2::Digest;
         let bytes = std::fs::read(&self.path)
             .with_context(|| format!("reading {}", self.path.display()))?;
-        Ok(sha2::Sha256::digest(&bytes)
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect())
+        Ok(osbuild_core::hex(sha2::Sha256::digest(&bytes)))
     }
 
     /// How commits are signed, if they are.

@@ -228,10 +228,7 @@ type Inventory = HashMap<String, (u64, Option<String>)>;
 /// The MD5 of a file as S3 ETags of single-part uploads spell it.
 fn md5_hex(path: &Path) -> Result<String> {
     let data = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
-    Ok(Md5::digest(&data)
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect())
+    Ok(osbuild_core::hex(Md5::digest(&data)))
 }
 
 /// Whether `item` must be uploaded given the bucket's copy; an error for a delta whose
@@ -364,8 +361,8 @@ fn explain(e: &object_store::Error, opts: &S3Options) -> String {
 
 /// Publish the archive repository at `repo` to the bucket.
 pub fn publish(repo: &Path, opts: &S3Options) -> Result<Published> {
-    let opened = osbuild_core::repo::open_archive(repo)?;
-    drop(opened);
+    // Refuses what is not an archive repository before anything is listed or sent.
+    osbuild_core::repo::open_archive(repo)?;
     anyhow::ensure!(opts.jobs > 0, "--jobs 0: give at least 1 parallel upload");
     let items = scan(repo)?;
     let store = Arc::new(client(opts)?);
@@ -497,15 +494,9 @@ async fn run(
         }
     };
     // Phase A: tier by tier, each in parallel; a tier starts when the one below is up.
-    let mut stage_groups: Vec<(Stage, Vec<Item>)> = Vec::new();
-    for item in &todo {
-        match stage_groups.last_mut() {
-            Some((s, group)) if *s == item.stage => group.push(item.clone()),
-            _ => stage_groups.push((item.stage, vec![item.clone()])),
-        }
-    }
-    for (stage, group) in &stage_groups {
-        if stage.phase_b() {
+    // `todo` is sorted by stage: each run of one stage is a tier.
+    for group in todo.chunk_by(|a, b| a.stage == b.stage) {
+        if group[0].stage.phase_b() {
             // Phase B: one at a time, in order, and only after all of phase A.
             for item in group {
                 upload(&store, opts, repo, item, &requests).await?;

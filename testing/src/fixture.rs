@@ -41,12 +41,7 @@ impl Key {
     }
 
     fn hex(self) -> String {
-        self.hasher
-            .finalize()
-            .iter()
-            .take(8)
-            .map(|b| format!("{b:02x}"))
-            .collect()
+        osbuild_core::hex(&self.hasher.finalize()[..8])
     }
 }
 

@@ -186,10 +186,7 @@ fn deb822(sources: &AptSources, signed_by: &str) -> String {
 /// determines the base.
 fn keyring_digest(path: &Path) -> String {
     match fs::read(path) {
-        Ok(bytes) => Sha256::digest(bytes)
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect(),
+        Ok(bytes) => osbuild_core::hex(Sha256::digest(bytes)),
         // `check` refuses it before any build.
         Err(_) => "unreadable".into(),
     }

@@ -56,8 +56,7 @@ pub(super) fn remote_refs(
             let entry = list.child_value(i);
             let name = entry.child_value(0).str().unwrap_or_default().to_string();
             let csum_bytes = entry.child_value(1).child_value(1).data_as_bytes();
-            let rev: String = csum_bytes.iter().map(|b| format!("{b:02x}")).collect();
-            refs.insert(name, rev);
+            refs.insert(name, osbuild_core::hex(csum_bytes));
         }
     }
     let mut wanted = BTreeMap::new();
