@@ -422,54 +422,67 @@ fn interrupting_the_mount_leaves_nothing_mounted() {
             .lines()
             .any(|l| l.contains(&ours))
     };
-    // The mount lasts about as long as extlinux runs: try until a signal lands in it.
-    for _attempt in 0..20 {
-        let mut child = Command::new(osbuild_testing::helpers::osbuild_bin())
-            .args(["make-image", "--url", &url, "--bootloader", "syslinux"])
-            .args(["--firmware", "bios", "--size", "512M", "--output"])
-            .arg(&output)
-            .env("TMPDIR", tmp.path())
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .unwrap();
-        let caught = loop {
-            if mounted() {
-                run(Command::new("kill").args(["-INT", &child.id().to_string()]));
-                break true;
-            }
-            if child.try_wait().unwrap().is_some() {
-                break false;
-            }
-            std::thread::sleep(std::time::Duration::from_millis(1));
-        };
-        let out = child.wait_with_output().unwrap();
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        if !caught {
-            assert!(out.status.success(), "{stderr}");
-            fs::remove_file(&output).unwrap();
-            continue;
+    // extlinux is the one step under the mount and takes milliseconds: an extlinux that
+    // waits two seconds before running the real one holds the mount open long enough for
+    // the signal to land in it every time (a build that ends first would prove nothing).
+    let bin = tempfile::tempdir().unwrap();
+    let real = run(Command::new("sh").args(["-c", "command -v extlinux"]));
+    let wrapper = bin.path().join("extlinux");
+    fs::write(
+        &wrapper,
+        format!("#!/bin/sh\nsleep 2\nexec {} \"$@\"\n", real.trim()),
+    )
+    .unwrap();
+    fs::set_permissions(
+        &wrapper,
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    let path = format!(
+        "{}:{}",
+        bin.path().display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let mut child = Command::new(osbuild_testing::helpers::osbuild_bin())
+        .args(["make-image", "--url", &url, "--bootloader", "syslinux"])
+        .args(["--firmware", "bios", "--size", "512M", "--output"])
+        .arg(&output)
+        .env("TMPDIR", tmp.path())
+        .env("PATH", path)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    loop {
+        if mounted() {
+            run(Command::new("kill").args(["-INT", &child.id().to_string()]));
+            break;
         }
         assert!(
-            !out.status.success(),
-            "interrupted, yet it succeeded: {stderr}"
+            child.try_wait().unwrap().is_none(),
+            "the build ended before its partition was mounted"
         );
-        assert!(stderr.contains("interrupted by a signal"), "{stderr}");
-        assert!(!mounted(), "the mount outlived the build");
-        let loops = run(Command::new("losetup").arg("-a"));
-        assert!(
-            !loops.contains(&dir.path().display().to_string()),
-            "a loop device is left: {loops}"
-        );
-        let mut left: Vec<_> = fs::read_dir(dir.path())
-            .unwrap()
-            .map(|e| e.unwrap().file_name())
-            .collect();
-        left.sort();
-        assert_eq!(left, ["repo", "tree"]);
-        return;
+        std::thread::sleep(std::time::Duration::from_millis(1));
     }
-    panic!("20 builds ended before a signal could be sent during the mount");
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success(),
+        "interrupted, yet it succeeded: {stderr}"
+    );
+    assert!(stderr.contains("interrupted by a signal"), "{stderr}");
+    assert!(!mounted(), "the mount outlived the build");
+    let loops = run(Command::new("losetup").arg("-a"));
+    assert!(
+        !loops.contains(&dir.path().display().to_string()),
+        "a loop device is left: {loops}"
+    );
+    let mut left: Vec<_> = fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    left.sort();
+    assert_eq!(left, ["repo", "tree"]);
 }
 
 /// `--gpg-key`: the build refuses a commit the key did not sign and leaves nothing; a
