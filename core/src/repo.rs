@@ -143,12 +143,67 @@ pub fn remake_deltas_to(repo: &ostree::Repo, commit: &str) -> Result<usize> {
     Ok(made)
 }
 
+/// The commits of `head`'s history, newest first, as far as the repository has them.
+pub fn history(repo: &ostree::Repo, head: &str) -> Vec<String> {
+    let mut out = vec![head.to_string()];
+    // Bounded: a history is finite, but the repository's content is not trusted.
+    while out.len() < 1_000_000 {
+        let Ok((commit, _)) = repo.load_commit(out.last().map_or("", String::as_str)) else {
+            break;
+        };
+        match ostree::commit_get_parent(&commit) {
+            Some(p) if repo.load_commit(&p).is_ok() => out.push(p.to_string()),
+            _ => break,
+        }
+    }
+    out
+}
+
 /// The commits a static delta's name (`FROM-TO`, or `TO` for one from nothing) joins.
 pub fn delta_ends(name: &str) -> (Option<&str>, &str) {
     match name.split_once('-') {
         Some((from, to)) => (Some(from), to),
         None => (None, name),
     }
+}
+
+/// A checksum as libostree names deltas by it: the 32 bytes in base64 without padding, `/`
+/// written `_` (so a name is one path component). `None` for what is not a checksum.
+fn modified_base64(checksum: &str) -> Option<String> {
+    use base64::Engine as _;
+    if checksum.len() != 64 {
+        return None;
+    }
+    let bytes = (0..32)
+        .map(|i| u8::from_str_radix(checksum.get(2 * i..2 * i + 2)?, 16).ok())
+        .collect::<Option<Vec<u8>>>()?;
+    Some(
+        base64::engine::general_purpose::STANDARD_NO_PAD
+            .encode(bytes)
+            .replace('/', "_"),
+    )
+}
+
+/// The directory of a static delta (named `FROM-TO` or `TO`, as `ostree static-delta list`
+/// prints it) in an archive repository: `deltas/XX/REST`, the name in modified base64 split
+/// after two characters. `None` for a name that is not made of checksums.
+pub fn delta_dir(name: &str) -> Option<String> {
+    let (from, to) = delta_ends(name);
+    let encoded = match from {
+        Some(f) => format!("{}-{}", modified_base64(f)?, modified_base64(to)?),
+        None => modified_base64(to)?,
+    };
+    Some(format!("deltas/{}/{}", &encoded[..2], &encoded[2..]))
+}
+
+/// The index of the static deltas to `to` (`delta-indexes/XX/REST.index`).
+pub fn delta_index_path(to: &str) -> Option<String> {
+    let encoded = modified_base64(to)?;
+    Some(format!(
+        "delta-indexes/{}/{}.index",
+        &encoded[..2],
+        &encoded[2..]
+    ))
 }
 
 /// Make the static delta from `from` to `to`, as one file (inline parts): devices fetch
@@ -285,6 +340,26 @@ pub fn remote_refs(url: &str) -> Result<BTreeMap<String, String>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn delta_paths_are_libostrees() {
+        // As `ostree static-delta generate` laid them out (ostree 2022.7).
+        let from = "d0611671fd0ad5880c883408bf629c6062c0fd0e5e589ea1de70e3593f731669";
+        let to = "259fa26b98df136efc6a3925e82b4a2e82fdd66a997446afe88ed4934cc9cc1e";
+        assert_eq!(
+            delta_dir(to).as_deref(),
+            Some("deltas/JZ/+ia5jfE278ajkl6CtKLoL91mqZdEav6I7Uk0zJzB4")
+        );
+        assert_eq!(
+            delta_dir(&format!("{from}-{to}")).as_deref(),
+            Some("deltas/0G/EWcf0K1YgMiDQIv2KcYGLA_Q5eWJ6h3nDjWT9zFmk-JZ+ia5jfE278ajkl6CtKLoL91mqZdEav6I7Uk0zJzB4")
+        );
+        assert_eq!(
+            delta_index_path(to).as_deref(),
+            Some("delta-indexes/JZ/+ia5jfE278ajkl6CtKLoL91mqZdEav6I7Uk0zJzB4.index")
+        );
+        assert_eq!(delta_dir("nothex"), None);
+    }
 
     #[test]
     fn create_then_open() {

@@ -39,22 +39,6 @@ impl std::fmt::Display for Pruned {
     }
 }
 
-/// The commits of `head`'s history, newest first, as far as the repository has them.
-fn history(repo: &ostree::Repo, head: &str) -> Vec<String> {
-    let mut out = vec![head.to_string()];
-    // Bounded: a history is finite, but the repository's content is not trusted.
-    while out.len() < 1_000_000 {
-        let Ok((commit, _)) = repo.load_commit(out.last().map_or("", String::as_str)) else {
-            break;
-        };
-        match ostree::commit_get_parent(&commit) {
-            Some(p) if repo.load_commit(&p).is_ok() => out.push(p.to_string()),
-            _ => break,
-        }
-    }
-    out
-}
-
 /// Keep the last `keep` commits of `only` (or of every branch), in the archive repository
 /// at `repo_path`; re-sign the summary with `sign` when given.
 pub fn prune(
@@ -82,7 +66,7 @@ pub fn prune(
     let mut needed = BTreeSet::new();
     let mut doomed = BTreeSet::new();
     for (name, head) in &refs {
-        let chain = history(&repo, head);
+        let chain = repo::history(&repo, head);
         let cut = if only.is_none_or(|o| o == name) {
             keep.min(chain.len())
         } else {

@@ -53,6 +53,24 @@ impl Setting for SocketAddr {
     }
 }
 
+impl Setting for String {
+    fn value_parser() -> clap::builder::ValueParser {
+        clap::value_parser!(String)
+    }
+    fn shown(&self) -> Option<String> {
+        Some(self.clone())
+    }
+}
+
+impl Setting for crate::s3::BucketUrl {
+    fn value_parser() -> clap::builder::ValueParser {
+        clap::builder::ValueParser::new(|s: &str| s.parse::<crate::s3::BucketUrl>())
+    }
+    fn shown(&self) -> Option<String> {
+        Some(self.to_string())
+    }
+}
+
 impl Setting for usize {
     fn value_parser() -> clap::builder::ValueParser {
         clap::value_parser!(usize).into()
@@ -270,6 +288,17 @@ settings! {
 
     /// Honour a pushing client's --force (non-fast-forward or older commits).
     allow_force: bool, "BOOL", path = false, default = (false);
+
+    /// Publish the repository to this bucket (as `osbuild publish`) at start and after
+    /// every push or other change; a failed publish is logged and retried. Credentials
+    /// come from AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY or ~/.aws/credentials.
+    publish_to: crate::s3::BucketUrl, "s3://BUCKET[/PREFIX]", path = false, default = none;
+
+    /// The S3 endpoint of --publish-to, e.g. http://127.0.0.1:3900 (AWS when unset).
+    publish_endpoint: String, "URL", path = false, default = none, needs = [publish_to];
+
+    /// The region of --publish-to ($AWS_REGION, else us-east-1, when unset).
+    publish_region: String, "REGION", path = false, default = none, needs = [publish_to];
 }
 
 /// The certificate chain and key that turn HTTPS on.
@@ -307,6 +336,8 @@ pub struct Settings {
     pub access_log: bool,
     /// The SSH push listener, when set.
     pub ssh: Option<crate::ssh::SshOptions>,
+    /// Where every change of the repository is published, when set.
+    pub publish: Option<crate::s3::S3Options>,
 }
 
 impl Settings {
@@ -389,6 +420,13 @@ impl ServeConfig {
             threads: self.threads().max(1),
             access_log: self.access_log(),
             ssh,
+            publish: self.publish_to.clone().map(|to| crate::s3::S3Options {
+                to,
+                endpoint: self.publish_endpoint.clone(),
+                region: self.publish_region.clone(),
+                jobs: 8,
+                progress_fd: None,
+            }),
         })
     }
 

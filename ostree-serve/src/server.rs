@@ -555,9 +555,13 @@ pub async fn serve_config(cfg: &ServeConfig) -> Result<()> {
             ""
         }
     );
+    let publisher = settings.publish.clone().map(|opts| {
+        eprintln!("Publishing every change to {}", opts.to);
+        crate::s3::Publisher::start(settings.repo.clone(), opts)
+    });
     let ssh = match &settings.ssh {
         Some(opts) => {
-            let ssh = crate::ssh::SshServer::bind(opts).await?;
+            let ssh = crate::ssh::SshServer::bind(opts, publisher).await?;
             eprintln!("Accepting pushes over SSH on {}", ssh.local_addr()?);
             Some(ssh)
         }

@@ -41,6 +41,8 @@ struct Shared {
     repo: PathBuf,
     keys: Vec<AuthorizedKey>,
     policy: Policy,
+    /// Told after each push that landed.
+    publisher: Option<crate::s3::Publisher>,
 }
 
 /// A bound SSH listener.
@@ -92,7 +94,7 @@ impl std::fmt::Debug for SshServer {
 
 impl SshServer {
     /// Load keys and bind the listener; every failure names the file or address.
-    pub async fn bind(opts: &SshOptions) -> Result<Self> {
+    pub async fn bind(opts: &SshOptions, publisher: Option<crate::s3::Publisher>) -> Result<Self> {
         let host_key = load_or_generate_host_key(&opts.host_key)?;
         let keys = authorized_keys::load(&opts.authorized_keys)?;
         let repo = opts
@@ -126,6 +128,7 @@ impl SshServer {
                 repo,
                 keys,
                 policy: opts.policy.clone(),
+                publisher,
             }),
         })
     }
@@ -519,6 +522,7 @@ impl russh::server::Handler for Connection {
         tracing::info!("ssh: {}@{} runs {command:?}", self.user, self.peer);
         session.channel_success(channel)?;
         let shared = self.shared.clone();
+        let publisher = shared.publisher.clone();
         tokio::spawn(async move {
             let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Vec<u8>>();
             let job = tokio::task::spawn_blocking(move || {
@@ -529,6 +533,11 @@ impl russh::server::Handler for Connection {
                 let _ = handle.extended_data(channel, 1, chunk).await;
             }
             let status = job.await.unwrap_or(ExitStatus::Error);
+            if status == ExitStatus::Ok {
+                if let Some(p) = &publisher {
+                    p.notify();
+                }
+            }
             finish(&handle, channel, status).await;
         });
         Ok(())

@@ -7,9 +7,11 @@
 
 use osbuild_testing::garage::{Garage, BUCKET};
 use osbuild_testing::helpers::{
-    deployable_tree, free_port, osbuild_bin, output, pull_fresh, run, text, Rng,
+    deployable_tree, free_port, osbuild_bin, output, pull_fresh, repo_arg, run, text, Daemon,
+    PushFixture, Rng,
 };
 use osbuild_testing::{require, Need};
+use ostree_serve::s3::RECORD;
 use std::fs;
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -250,4 +252,254 @@ fn publish_pull_upgrade_and_survive_kills() {
         );
     }
     assert_eq!(etag(headers(&format!("{url}summary"))), summary_before);
+}
+
+/// Whether the bucket serves `rel` under `url` (a website GET's status).
+fn served(url: &str, rel: &str) -> bool {
+    headers(&format!("{url}{rel}")).starts_with("http/1.1 200")
+}
+
+/// `--prune --keep 1 --grace`: a client still on the old summary pulls the old commit
+/// within the grace period; after it the old commit's objects are gone, a fresh pull of
+/// the head passes fsck, and the retirement record is empty again. `--keep 0` and a bucket
+/// holding another repository's branch are refused, with nothing deleted.
+#[test]
+fn prune_keeps_what_a_cached_summary_names_for_the_grace_period() {
+    if !require(&[Need::Garage, Need::Ostree]) {
+        return;
+    }
+    let work = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let w = work.path();
+    let garage = Garage::start(&w.join("garage"), 1, 1).unwrap();
+    let url = garage.web_url(0, PREFIX);
+    let mut rng = Rng::from_clock("prune");
+    let repo = w.join("repo");
+    let tree = w.join("tree");
+    deployable_tree(&tree, b"kernel");
+    add_files(&tree, "old", 100, &mut rng);
+    let c1 = commit(&repo, &tree);
+    run(&mut publish(&repo, PREFIX, &garage));
+    // The second commit replaces every file of the first but the kernel.
+    fs::remove_dir_all(tree.join("usr/share/old")).unwrap();
+    add_files(&tree, "new", 100, &mut rng);
+    let c2 = commit(&repo, &tree);
+    let c1_key = format!("objects/{}/{}.commit", &c1[..2], &c1[2..]);
+    let prune = |grace: &str| {
+        let mut c = publish(&repo, PREFIX, &garage);
+        c.args(["--prune", "--keep", "1", "--grace", grace]);
+        c
+    };
+
+    // Within the grace: nothing deleted, and the old commit can still be pulled.
+    let out = output(&mut prune("1h"));
+    let said = text(&out);
+    assert!(out.status.success(), "{said}");
+    assert!(said.contains(": 0 files deleted"), "{said}");
+    assert!(!said.contains(" 0 unneeded files"), "{said}");
+    let old_pull = pull_fresh(w, &url, &c1);
+    assert!(old_pull.status.success(), "{}", text(&old_pull));
+    fsck(w);
+    let record = run(Command::new("curl").args(["-sf", &format!("{url}{}", RECORD)]));
+    assert!(record.contains(&c1_key), "{record}");
+
+    // Bad input: each refused, and nothing deleted.
+    let mut keep0 = publish(&repo, PREFIX, &garage);
+    keep0.args(["--prune", "--keep", "0"]);
+    let other = w.join("other");
+    let other_tree = w.join("other-tree");
+    deployable_tree(&other_tree, b"other kernel");
+    run(Command::new(osbuild_bin())
+        .args(["commit", "--repo"])
+        .arg(&other)
+        .args(["--branch", "other/x86_64", "--tree"])
+        .arg(&other_tree));
+    run(&mut publish(&other, "shared", &garage));
+    let mut foreign = publish(&repo, "shared", &garage);
+    foreign.args(["--prune", "--keep", "1", "--grace", "0s"]);
+    for (mut c, expected) in [
+        (keep0, "--keep 0 would delete every commit"),
+        (foreign, "refs/heads/other/x86_64"),
+    ] {
+        let out = output(&mut c);
+        assert!(!out.status.success(), "{}", text(&out));
+        assert!(text(&out).contains(expected), "{expected}: {}", text(&out));
+    }
+    assert!(served(&url, &c1_key), "--keep 0 deleted the old commit");
+    assert!(
+        served(&garage.web_url(0, "shared"), "refs/heads/other/x86_64"),
+        "the other repository's branch was touched"
+    );
+
+    // Once the grace has passed: the old commit's files are deleted, the head is whole.
+    std::thread::sleep(Duration::from_secs(2));
+    let out = output(&mut prune("1s"));
+    let said = text(&out);
+    assert!(out.status.success(), "{said}");
+    assert!(!said.contains(": 0 files deleted"), "{said}");
+    assert!(said.contains(" 0 unneeded files"), "{said}");
+    assert!(!served(&url, &c1_key), "the old commit is still served");
+    let gone = pull_fresh(w, &url, &c1);
+    assert!(!gone.status.success(), "the old commit still pulls");
+    let pulled = pull(w, &url);
+    assert!(pulled.status.success(), "{}", text(&pulled));
+    assert_eq!(client_head(w), c2);
+    fsck(w);
+    let record = run(Command::new("curl").args(["-sf", &format!("{url}{}", RECORD)]));
+    assert!(!record.contains("objects/"), "{record}");
+}
+
+/// Three Garage nodes replicating each object three times: a node stopped during a
+/// publish; the publish completes or fails with a clear error and a rerun completes; the
+/// other nodes serve a whole head with that node down.
+#[test]
+fn publish_survives_a_node_down() {
+    if !require(&[Need::Garage, Need::Ostree]) {
+        return;
+    }
+    let work = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let w = work.path();
+    let mut garage = Garage::start(&w.join("garage"), 3, 3).unwrap();
+    let mut rng = Rng::from_clock("nodes");
+    let repo = w.join("repo");
+    let tree = w.join("tree");
+    deployable_tree(&tree, b"kernel");
+    add_files(&tree, "many", 600, &mut rng);
+    let c1 = commit(&repo, &tree);
+    let mut child = publish(&repo, PREFIX, &garage)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "the publish ended before the node could be stopped during it"
+    );
+    garage.stop(2);
+    let first = child.wait_with_output().unwrap();
+    let said = text(&first);
+    eprintln!("publish with node 2 stopped during it: {said}");
+    if !first.status.success() {
+        assert!(
+            said.contains("S3 request") || said.contains("uploading"),
+            "{said}"
+        );
+        let again = output(&mut publish(&repo, PREFIX, &garage));
+        assert!(again.status.success(), "the rerun failed: {}", text(&again));
+    }
+    // Node 1 was never talked to: what it serves came to it by replication.
+    let pulled = pull(w, &garage.web_url(1, PREFIX));
+    assert!(pulled.status.success(), "{}", text(&pulled));
+    assert_eq!(client_head(w), c1);
+    fsck(w);
+}
+
+/// The bucket's head under `prefix`, once it is `want` (polling the website up to
+/// `timeout`); the last head seen otherwise.
+fn bucket_head_becomes(garage: &Garage, prefix: &str, want: &str, timeout: Duration) -> String {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let head = output(Command::new("curl").args([
+            "-sf",
+            &format!("{}refs/heads/{BRANCH}", garage.web_url(0, prefix)),
+        ]));
+        let head = String::from_utf8_lossy(&head.stdout).trim().to_string();
+        if head == want || Instant::now() > deadline {
+            return head;
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    }
+}
+
+/// `osbuild serve --publish-to`: a push over the server's SSH listener reaches the bucket
+/// without another step. With the store down, a push still lands and is served over HTTP;
+/// the failed publish is logged and retried, and once the store is back the bucket gets
+/// the new head, which a client pulls whole.
+#[test]
+fn serve_publishes_every_push() {
+    if !require(&[Need::Garage, Need::Ostree, Need::SshClient]) {
+        return;
+    }
+    let work = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let w = work.path();
+    let mut garage = Garage::start(&w.join("garage"), 1, 1).unwrap();
+    let f = PushFixture::new();
+    let authorized = w.join("authorized_keys");
+    fs::write(&authorized, f.key.public_line().unwrap()).unwrap();
+    let (http, ssh) = (free_port(), free_port());
+    let log = w.join("serve.log");
+    let mut serve = Command::new(osbuild_bin());
+    serve
+        .args(["serve", "--access-log", "off"])
+        .args(["--http", &format!("127.0.0.1:{http}"), "--repo"])
+        .arg(&f.server)
+        .args(["--ssh", &format!("127.0.0.1:{ssh}"), "--authorized-keys"])
+        .arg(&authorized)
+        .arg("--host-key")
+        .arg(w.join("host_key"))
+        .args(["--publish-to", &format!("s3://{BUCKET}/served")])
+        .args(["--publish-endpoint", &garage.endpoint(0)])
+        .args(["--publish-region", "garage"]);
+    for (k, v) in garage.credentials() {
+        serve.env(k, v);
+    }
+    let _server = Daemon::start(&mut serve, ssh, Some(&log)).unwrap();
+    let push = || {
+        output(
+            Command::new(osbuild_bin())
+                .arg("push")
+                .arg(repo_arg(&f.client))
+                .arg("-i")
+                .arg(&f.key.private)
+                .arg("--known-hosts")
+                .arg(&f.known_hosts)
+                .arg("--accept-new-host-key")
+                .arg(format!("ssh://root@127.0.0.1:{ssh}{}", f.server.display()))
+                .arg(BRANCH),
+        )
+    };
+
+    let c1 = f.commit(BRANCH, "a", "one");
+    let out = push();
+    assert!(out.status.success(), "{}", text(&out));
+    let head = bucket_head_becomes(&garage, "served", &c1, Duration::from_secs(30));
+    assert_eq!(
+        head,
+        c1,
+        "the push did not reach the bucket: {}",
+        fs::read_to_string(&log).unwrap_or_default()
+    );
+
+    // The store goes down: the push lands all the same and is served.
+    garage.stop(0);
+    let c2 = f.commit(BRANCH, "b", "two");
+    let out = push();
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(f.server_rev(BRANCH), c2);
+    let served_head = run(Command::new("curl").args([
+        "-sf",
+        &format!("http://127.0.0.1:{http}/repo/refs/heads/{BRANCH}"),
+    ]));
+    assert_eq!(served_head.trim(), c2);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !fs::read_to_string(&log)
+        .unwrap_or_default()
+        .contains("retrying in")
+    {
+        assert!(Instant::now() < deadline, "no failed publish was logged");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    // Back up: the retry publishes the new head.
+    garage.restart(0).unwrap();
+    let head = bucket_head_becomes(&garage, "served", &c2, Duration::from_secs(90));
+    assert_eq!(
+        head,
+        c2,
+        "the retry did not publish: {}",
+        fs::read_to_string(&log).unwrap_or_default()
+    );
+    let pulled = pull(w, &garage.web_url(0, "served"));
+    assert!(pulled.status.success(), "{}", text(&pulled));
+    assert_eq!(client_head(w), c2);
+    fsck(w);
 }

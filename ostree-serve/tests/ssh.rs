@@ -26,7 +26,7 @@ fn serve(f: &PushFixture, authorized_options: &str) -> (u16, tokio::runtime::Run
         policy: Policy::default(),
     };
     let ssh = rt
-        .block_on(SshServer::bind(&opts))
+        .block_on(SshServer::bind(&opts, None))
         .expect("binding the SSH listener");
     let port = ssh.local_addr().expect("the listener's address").port();
     rt.spawn(ssh.run(std::future::pending()));

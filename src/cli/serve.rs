@@ -62,6 +62,9 @@ mod tests {
     fn sample(field: &str) -> (String, String) {
         let value = match field {
             "ssh" => "127.0.0.1:2222",
+            "publish_to" => "s3://fleet-repo/os",
+            "publish_endpoint" => "http://127.0.0.1:3900",
+            "publish_region" => "garage",
             "require_signature" => "true",
             "tls_cert" | "tls_key" | "authorized_keys" | "host_key" | "trusted_keyring" => {
                 "/etc/osbuild/file"

@@ -7,12 +7,15 @@ use std::path::Path;
 
 /// Held while refs and the summary are published; released on drop.
 #[derive(Debug)]
-pub(super) struct RepoLock(File);
+pub(crate) struct RepoLock(File);
+
+/// The lock file, beside the repository's own.
+const LOCK_FILE: &str = ".osbuild-publish.lock";
 
 impl RepoLock {
     /// Wait for and take the lock of the repository at `repo`.
     pub(super) fn acquire(repo: &Path) -> Result<Self> {
-        let path = repo.join(".osbuild-publish.lock");
+        let path = repo.join(LOCK_FILE);
         let f = File::options()
             .create(true)
             .truncate(false)
@@ -22,6 +25,16 @@ impl RepoLock {
         f.lock()
             .with_context(|| format!("locking {}", path.display()))?;
         Ok(RepoLock(f))
+    }
+
+    /// For a reader that needs refs, summary and signature from one publication: wait
+    /// until no receive is publishing and hold it off. `None` when no receive ever ran
+    /// here (no lock file) or the file cannot be opened (a read-only repository, where no
+    /// receive can publish either).
+    pub(crate) fn shared(repo: &Path) -> Option<Self> {
+        let f = File::open(repo.join(LOCK_FILE)).ok()?;
+        f.lock_shared().ok()?;
+        Some(RepoLock(f))
     }
 }
 

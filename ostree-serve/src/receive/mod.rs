@@ -7,7 +7,7 @@
 //! sees a ref or summary naming something that is missing.
 
 mod args;
-mod lock;
+pub(crate) mod lock;
 mod publish;
 mod pull;
 mod status;

@@ -12,6 +12,12 @@
 //! existing name (clients treat a changed superblock as a hard error); detached metadata
 //! (signatures added later) may be.
 
+mod prune;
+mod publisher;
+
+pub use prune::{parse_grace, prune, PruneOptions, Pruned, RECORD};
+pub use publisher::Publisher;
+
 use anyhow::{bail, Context, Result};
 use futures::stream::{self, StreamExt, TryStreamExt};
 use md5::{Digest, Md5};
@@ -31,7 +37,8 @@ const IMMUTABLE: &str = "public, max-age=31536000, immutable";
 const MUTABLE: &str = "no-cache";
 
 /// `s3://BUCKET[/PREFIX]`.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(try_from = "String", into = "String")]
 pub struct BucketUrl {
     /// The bucket.
     pub bucket: String,
@@ -58,6 +65,20 @@ impl FromStr for BucketUrl {
             bucket: bucket.to_string(),
             prefix: prefix.trim_matches('/').to_string(),
         })
+    }
+}
+
+impl TryFrom<String> for BucketUrl {
+    type Error = String;
+
+    fn try_from(s: String) -> Result<Self, String> {
+        s.parse()
+    }
+}
+
+impl From<BucketUrl> for String {
+    fn from(b: BucketUrl) -> String {
+        b.to_string()
     }
 }
 
@@ -106,6 +127,10 @@ struct Item {
     rel: String,
     size: u64,
     stage: Stage,
+    /// Phase B's files as read at the start, under the receivers' lock: the summary that
+    /// goes up is one whose objects were all there when phase A's files were listed, even
+    /// if a push or a commit lands meanwhile.
+    content: Option<Arc<Vec<u8>>>,
 }
 
 /// The order of publication: phase A's tiers, then phase B's files one by one.
@@ -180,43 +205,66 @@ impl Stage {
     }
 }
 
-/// Every publishable file of the repository at `repo`.
+/// The files under `tops` (top-level names) of the repository, relative to it, with their
+/// stage; what is not published is left out.
+fn walk(repo: &Path, tops: &[&str]) -> Result<Vec<(String, Stage, std::fs::Metadata)>> {
+    let mut found = Vec::new();
+    let mut stack: Vec<PathBuf> = tops.iter().map(PathBuf::from).collect();
+    while let Some(rel) = stack.pop() {
+        let path = repo.join(&rel);
+        let meta = match std::fs::symlink_metadata(&path) {
+            Ok(m) => m,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
+        };
+        if meta.is_dir() {
+            for entry in
+                std::fs::read_dir(&path).with_context(|| format!("reading {}", path.display()))?
+            {
+                let entry = entry.with_context(|| format!("reading {}", path.display()))?;
+                stack.push(rel.join(entry.file_name()));
+            }
+            continue;
+        }
+        let Some(rel_str) = rel.to_str() else {
+            continue;
+        };
+        if let Some(stage) = Stage::of(rel_str) {
+            found.push((rel_str.to_string(), stage, meta));
+        }
+    }
+    Ok(found)
+}
+
+/// Every publishable file of the repository at `repo`, in publication order. Phase B's
+/// files are read first, while no receive publishes; phase A's are listed after, so that
+/// every object the summary read names is among them (objects land before refs).
 fn scan(repo: &Path) -> Result<Vec<Item>> {
     let mut items = Vec::new();
-    let mut stack = vec![PathBuf::new()];
-    while let Some(rel_dir) = stack.pop() {
-        let dir = repo.join(&rel_dir);
-        for entry in
-            std::fs::read_dir(&dir).with_context(|| format!("reading {}", dir.display()))?
-        {
-            let entry = entry.with_context(|| format!("reading {}", dir.display()))?;
-            let rel = rel_dir.join(entry.file_name());
-            let kind = entry.file_type()?;
-            if kind.is_dir() {
-                let top = rel
-                    .components()
-                    .next()
-                    .map(|c| c.as_os_str().to_string_lossy().into_owned());
-                if matches!(
-                    top.as_deref(),
-                    Some("objects" | "deltas" | "delta-indexes" | "refs")
-                ) {
-                    stack.push(rel);
-                }
-                continue;
-            }
-            let Some(rel_str) = rel.to_str() else {
-                continue;
-            };
-            if let Some(stage) = Stage::of(rel_str) {
-                let size = entry.metadata()?.len();
-                items.push(Item {
-                    rel: rel_str.to_string(),
-                    size,
-                    stage,
-                });
-            }
+    {
+        let _lock = crate::receive::lock::RepoLock::shared(repo);
+        for (rel, stage, _) in walk(
+            repo,
+            &["config", "summary", "summary.sig", "refs", "delta-indexes"],
+        )? {
+            let path = repo.join(&rel);
+            let data =
+                std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
+            items.push(Item {
+                rel,
+                size: data.len() as u64,
+                stage,
+                content: Some(Arc::new(data)),
+            });
         }
+    }
+    for (rel, stage, meta) in walk(repo, &["objects", "deltas"])? {
+        items.push(Item {
+            rel,
+            size: meta.len(),
+            stage,
+            content: None,
+        });
     }
     items.sort_by(|a, b| (a.stage, &a.rel).cmp(&(b.stage, &b.rel)));
     Ok(items)
@@ -225,10 +273,24 @@ fn scan(repo: &Path) -> Result<Vec<Item>> {
 /// What the bucket holds under the prefix: key (relative to the prefix) -> (size, ETag).
 type Inventory = HashMap<String, (u64, Option<String>)>;
 
-/// The MD5 of a file as S3 ETags of single-part uploads spell it.
-fn md5_hex(path: &Path) -> Result<String> {
-    let data = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
-    Ok(osbuild_core::hex(Md5::digest(&data)))
+/// The MD5 of an item as S3 ETags of single-part uploads spell it.
+fn md5_hex(repo: &Path, item: &Item) -> Result<String> {
+    Ok(osbuild_core::hex(Md5::digest(
+        item_bytes(repo, item)?.as_slice(),
+    )))
+}
+
+/// An item's bytes: as read at the start for phase B, else from its file.
+fn item_bytes(repo: &Path, item: &Item) -> Result<Arc<Vec<u8>>> {
+    match &item.content {
+        Some(c) => Ok(c.clone()),
+        None => {
+            let path = repo.join(&item.rel);
+            let data =
+                std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
+            Ok(Arc::new(data))
+        }
+    }
 }
 
 /// Whether `item` must be uploaded given the bucket's copy; an error for a delta whose
@@ -248,7 +310,7 @@ fn needed(repo: &Path, item: &Item, have: Option<&(u64, Option<String>)>) -> Res
         s if s.mutable() => {
             let same = *size == item.size
                 && etag.as_deref().map(|e| e.trim_matches('"').to_string())
-                    == Some(md5_hex(&repo.join(&item.rel))?);
+                    == Some(md5_hex(repo, item)?);
             Ok(!same)
         }
         _ => Ok(false),
@@ -430,10 +492,15 @@ async fn upload(
     item: &Item,
     requests: &AtomicU64,
 ) -> Result<()> {
-    let path = repo.join(&item.rel);
-    let data = tokio::fs::read(&path)
-        .await
-        .with_context(|| format!("reading {}", path.display()))?;
+    let data = match &item.content {
+        Some(c) => c.as_ref().clone(),
+        None => {
+            let path = repo.join(&item.rel);
+            tokio::fs::read(&path)
+                .await
+                .with_context(|| format!("reading {}", path.display()))?
+        }
+    };
     let mut attributes = Attributes::new();
     attributes.insert(Attribute::CacheControl, item.stage.cache_control().into());
     // Never a Content-Encoding: libostree sends no Accept-Encoding and reads the bytes as
@@ -602,8 +669,9 @@ mod tests {
             rel: "summary".into(),
             size: 11,
             stage: Stage::Summary,
+            content: None,
         };
-        let md5 = md5_hex(&dir.path().join("summary")).unwrap();
+        let md5 = md5_hex(dir.path(), &summary).unwrap();
         assert!(needed(dir.path(), &summary, None).unwrap());
         assert!(!needed(
             dir.path(),
@@ -616,6 +684,7 @@ mod tests {
             rel: "deltas/ab/cd/0".into(),
             size: 10,
             stage: Stage::DeltaPart,
+            content: None,
         };
         assert!(!needed(dir.path(), &part, Some(&(10, None))).unwrap());
         let err = needed(dir.path(), &part, Some(&(9, None)))
@@ -626,6 +695,7 @@ mod tests {
             rel: "objects/ab/cd.filez".into(),
             size: 5,
             stage: Stage::Content,
+            content: None,
         };
         assert!(!needed(dir.path(), &object, Some(&(5, None))).unwrap());
     }
