@@ -20,30 +20,12 @@ for tool in ostree bc; do
   command -v "$tool" >/dev/null || { echo "$tool is missing: run scripts/install-deps.sh" >&2; exit 1; }
 done
 
-if [ -z "${OSBUILD:-}" ]; then
-  echo "== building osbuild (release)" >&2
-  # The device binaries too: bootstrap puts them into the tree.
-  (cd "$ROOT" && cargo build --quiet --release -p osbuild -p osbuild-admin)
-  OSBUILD=$ROOT/target/release/osbuild
-fi
-
-mkdir -p "$WORK"
+# shellcheck source=bench/lib.sh
+. "$ROOT/bench/lib.sh"
+build_osbuild
+bench_tree "$WORK"
 TREE=$WORK/tree
-if [ ! -d "$TREE" ]; then
-  echo "== bootstrapping a Debian tree (once; cached in $WORK)" >&2
-  cat >"$WORK/osbuild.toml" <<EOF
-name = "bench"
-[base]
-distro = "debian"
-suite = "bookworm"
-EOF
-  "$OSBUILD" bootstrap --manifest "$WORK/osbuild.toml" --cache-dir "$WORK/cache" \
-    --output "$TREE.tmp" >&2
-  mv "$TREE.tmp" "$TREE"
-fi
 
-now() { date +%s.%N; }
-cold() { sync; echo 3 >/proc/sys/vm/drop_caches; }
 timed() { # CMD… -> seconds
   local start
   cold

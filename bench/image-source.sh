@@ -31,12 +31,9 @@ for tool in podman skopeo ostree bc bsdtar; do
   command -v "$tool" >/dev/null || { echo "$tool is missing: run scripts/install-deps.sh" >&2; exit 1; }
 done
 
-if [ -z "${OSBUILD:-}" ]; then
-  echo "== building osbuild (release)" >&2
-  # The device binaries too: every tree gets them.
-  (cd "$ROOT" && cargo build --quiet --release -p osbuild -p osbuild-admin)
-  OSBUILD=$ROOT/target/release/osbuild
-fi
+# shellcheck source=bench/lib.sh
+. "$ROOT/bench/lib.sh"
+build_osbuild
 
 echo "== the images (podman build; cached by podman)" >&2
 bash "$ROOT/compose/make-base.sh" >&2
@@ -48,8 +45,6 @@ printf 'FROM %s\nRUN k=$(ls /usr/lib/modules) && mv /boot/initrd.img-$k /usr/lib
   "$IMAGE" >"$WORK/bootc/Containerfile"
 podman build "${PODMAN[@]}" --tag "$BOOTC" "$WORK/bootc" >&2
 
-now() { date +%s.%N; }
-cold() { sync; echo 3 >/proc/sys/vm/drop_caches; }
 
 by_hand() { # IMAGE REPO
   local id

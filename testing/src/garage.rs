@@ -192,6 +192,32 @@ impl Garage {
         format!("http://127.0.0.1:{}", self.nodes[i].s3_port)
     }
 
+    /// Node `i`'s website port.
+    pub fn web_port(&self, i: usize) -> u16 {
+        self.nodes[i].web_port
+    }
+
+    /// Let the website endpoint serve [`BUCKET`] to requests for `host` too (it picks the
+    /// bucket by the Host header), for clients that reach it by another name.
+    pub fn alias(&self, host: &str) -> Result<()> {
+        self.cli(&["bucket", "alias", BUCKET, host]).map(drop)
+    }
+
+    /// `osbuild publish` of the archive repository `repo` to `prefix` of [`BUCKET`] through
+    /// node 0, with the cluster's key.
+    pub fn publish(&self, repo: &Path, prefix: &str) -> Result<String> {
+        let mut c = Command::new(crate::helpers::osbuild_bin());
+        c.arg("publish")
+            .arg("--repo")
+            .arg(repo)
+            .args(["--to", &format!("s3://{BUCKET}/{prefix}")])
+            .args(["--endpoint", &self.endpoint(0), "--region", "garage"]);
+        for (k, v) in self.credentials() {
+            c.env(k, v);
+        }
+        osbuild_core::cmd::run(&mut c).with_context(|| format!("publishing {}", repo.display()))
+    }
+
     /// The website URL of [`BUCKET`] under `prefix` on node `i`, as devices pull from it.
     pub fn web_url(&self, i: usize, prefix: &str) -> String {
         let prefix = prefix.trim_matches('/');

@@ -20,6 +20,7 @@ use anyhow::{Context, Result};
 use image_builder::{Bootloader, Firmware, Format};
 use osbuild_core::cmd;
 use osbuild_testing::fixture::{self, Key};
+use osbuild_testing::garage::Garage;
 use osbuild_testing::guest::{
     boot_into, check_all, commit, osbuild, probe, serve, shell_ready, Timings,
 };
@@ -456,6 +457,8 @@ struct Matrix {
     c2: String,
     unhealthy: PathBuf,
     panics: PathBuf,
+    /// The bucket [`BUCKET_ROW`] is made from and upgrades from, holding `c1`.
+    garage: Option<Garage>,
 }
 
 /// Make the variant's image from `c1`, boot it, upgrade in the guest to `c2`, boot again
@@ -479,6 +482,20 @@ fn boot_and_upgrade(v: &Variant, m: &Matrix) -> Result<()> {
         }
     };
     let upgrade_port = own_updates.as_ref().map_or(m.second_port, |o| o.2);
+    let bucket = match v.name {
+        BUCKET_ROW => Some(m.garage.as_ref().context("no bucket for the bucket row")?),
+        _ => None,
+    };
+    let (url, remote_url) = match bucket {
+        Some(g) => (
+            g.web_url(0, BUCKET_PREFIX),
+            format!("http://{BUCKET_HOST}:{}/{BUCKET_PREFIX}/", g.web_port(0)),
+        ),
+        None => (
+            url.to_string(),
+            format!("http://10.0.2.2:{upgrade_port}/repo/"),
+        ),
+    };
     let image = dir.join(format!("{}.{}", v.name, v.format.name()));
     let secure_boot: &[&str] = if v.secure_boot {
         &["--secure-boot"]
@@ -490,9 +507,9 @@ fn boot_and_upgrade(v: &Variant, m: &Matrix) -> Result<()> {
             &[
                 "make-image",
                 "--url",
-                url,
+                &url,
                 "--remote-url",
-                &format!("http://10.0.2.2:{upgrade_port}/repo/"),
+                &remote_url,
                 "--branch",
                 BRANCH,
                 "--bootloader",
@@ -585,6 +602,20 @@ fn boot_and_upgrade(v: &Variant, m: &Matrix) -> Result<()> {
             lines.join("\n")
         );
     }
+    if let Some(g) = bucket {
+        // The upgrade reaches the bucket: publish it, and let the device resolve the
+        // bucket's name to the host.
+        g.publish(&m.second, BUCKET_PREFIX)?;
+        let remote = probe(
+            &mut vm,
+            "bucket",
+            &format!("echo '10.0.2.2 {BUCKET_HOST}' >> /etc/hosts; ostree remote list -u"),
+        )?;
+        anyhow::ensure!(
+            remote.contains(&remote_url),
+            "the device's remote is not the bucket: {remote}"
+        );
+    }
     vm.send_line("ostree admin upgrade && echo UPGRADE''-OK || echo UPGRADE''-FAILED")?;
     let result = vm.wait_for("UPGRADE-", Duration::from_secs(600))?;
     anyhow::ensure!(result.contains("UPGRADE-OK"), "upgrade failed: {result}");
@@ -613,6 +644,15 @@ fn boot_and_upgrade(v: &Variant, m: &Matrix) -> Result<()> {
     fs::remove_file(&image).with_context(|| format!("removing {}", image.display()))?;
     Ok(())
 }
+
+/// The row whose image is made from a bucket (`osbuild publish` to a real Garage) and
+/// whose device upgrades from it: the device pulls from the website endpoint by a host
+/// name, as from a CDN (Garage picks the bucket by the Host header).
+const BUCKET_ROW: &str = "grub-hybrid-on-uefi";
+/// The name the bucket row's device reaches the bucket by (in its /etc/hosts).
+const BUCKET_HOST: &str = "fleet.example";
+/// The key prefix the matrix's repository is published under.
+const BUCKET_PREFIX: &str = "fleet";
 
 /// The rows that also roll back with `osbuild admin rollback` and boot the previous
 /// commit. One is enough here: the fallback rows roll back on every boot loader
@@ -867,6 +907,7 @@ fn boot_matrix(rows: &[&str]) -> Result<()> {
         Need::Qemu,
         Need::Ovmf,
         Need::Grub,
+        Need::Garage,
     ]) {
         return Ok(());
     }
@@ -906,6 +947,14 @@ fn boot_matrix(rows: &[&str]) -> Result<()> {
     let (_first_server, first_port) = serve(&first)?;
     let (_second_server, second_port) = serve(&second)?;
     let (unhealthy, panics) = bad_updates(work.path(), &tree)?;
+    let garage = if wanted(BUCKET_ROW) {
+        let g = Garage::start(&work.path().join("garage"), 1, 1)?;
+        g.alias(BUCKET_HOST)?;
+        g.publish(&first, BUCKET_PREFIX)?;
+        Some(g)
+    } else {
+        None
+    };
     let matrix = Matrix {
         dir: work.path().to_path_buf(),
         url: format!("http://127.0.0.1:{first_port}/repo/"),
@@ -915,6 +964,7 @@ fn boot_matrix(rows: &[&str]) -> Result<()> {
         c2,
         unhealthy,
         panics,
+        garage,
     };
 
     let mut failed = Vec::new();
