@@ -99,6 +99,25 @@ fn commit_of_missing_tree() {
 }
 
 #[test]
+fn commit_of_a_tree_and_an_image_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let repo = dir.path().join("repo");
+    let out = osbuild(&[
+        "commit",
+        "--repo",
+        repo.to_str().unwrap(),
+        "--branch",
+        "b",
+        "--tree",
+        dir.path().to_str().unwrap(),
+        "--image",
+        "containers-storage:localhost/os:latest",
+    ]);
+    assert_fails_naming(&out, &["--tree", "--image"]);
+    assert!(entries(dir.path()).is_empty(), "{:?}", entries(dir.path()));
+}
+
+#[test]
 fn commit_of_tree_not_ostree_ready() {
     let dir = tempfile::tempdir().unwrap();
     let tree = dir.path().join("plain");

@@ -436,6 +436,10 @@ impl CommitArgs {
             ..Default::default()
         };
         let from_image = self.tree_flags.keys.0.value("base.image").is_some();
+        anyhow::ensure!(
+            !(from_image && self.tree.is_some()),
+            "--tree and --image both name what to commit: give one of them"
+        );
         let commit = match (&self.tree, manifest) {
             (Some(tree), _) => ostree_commit::commit(&self.repo, tree, &opts)?,
             (None, _) if manifest.is_some() || from_image => {
