@@ -91,18 +91,9 @@ rm -rf "$REPO" "$WORK/.repo.osbuild-checksums"
 echo "== committing the tree" >&2
 "$OSBUILD" commit --repo "$REPO" --branch bench --tree "$TREE" >/dev/null
 
-# run NAME PREFIX CMD…: time one publish; print "seconds requests bytes".
-run() {
-  local name=$1 prefix=$2 start end lines
-  shift 2
-  lines=$(wc -l <"$LOG")
-  cold
-  echo "== $name" >&2
-  start=$(now)
-  "$@" >"$WORK/$name.out" 2>&1 || { cat "$WORK/$name.out" >&2; exit 1; }
-  end=$(now)
-  sleep 0.5
-  tail -n +"$((lines + 1))" "$LOG" | python3 - "$REPO" "$prefix" "$(echo "$end - $start" | bc)" <<'PY'
+# Reads Garage's request log lines of one run on stdin; prints "seconds requests bytes",
+# bytes being the sizes of the repository files PUT under the run's prefix.
+cat >"$WORK/count.py" <<'PY'
 import os, re, sys
 repo, prefix, secs = sys.argv[1], sys.argv[2], sys.argv[3]
 requests, put = 0, set()
@@ -117,6 +108,19 @@ for line in sys.stdin:
 sent = sum(os.path.getsize(os.path.join(repo, k)) for k in put if os.path.isfile(os.path.join(repo, k)))
 print(secs, requests, sent)
 PY
+
+# run NAME PREFIX CMD…: time one publish; print "seconds requests bytes".
+run() {
+  local name=$1 prefix=$2 start end lines
+  shift 2
+  lines=$(wc -l <"$LOG")
+  cold
+  echo "== $name" >&2
+  start=$(now)
+  "$@" >"$WORK/$name.out" 2>&1 || { cat "$WORK/$name.out" >&2; exit 1; }
+  end=$(now)
+  sleep 0.5
+  tail -n +"$((lines + 1))" "$LOG" | python3 "$WORK/count.py" "$REPO" "$prefix" "$(echo "$end - $start" | bc)"
 }
 
 publish() { run "$1-$2" "$1" "${@:3}"; }

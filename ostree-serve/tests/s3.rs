@@ -92,22 +92,50 @@ fn headers(url: &str) -> String {
     run(Command::new("curl").args(["-s", "-o", "/dev/null", "-D", "-", url])).to_lowercase()
 }
 
+/// What each test starts from: a work directory, a Garage of `nodes` nodes replicating
+/// `replication` times, a deployable tree with `files` random files under `name`, and the
+/// random source (seeded from the clock, the seed printed).
+struct Setup {
+    work: tempfile::TempDir,
+    garage: Garage,
+    repo: std::path::PathBuf,
+    tree: std::path::PathBuf,
+    rng: Rng,
+}
+
+impl Setup {
+    fn new(label: &str, nodes: usize, replication: usize, name: &str, files: usize) -> Setup {
+        let work = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+        let garage = Garage::start(&work.path().join("garage"), nodes, replication).unwrap();
+        let mut rng = Rng::from_clock(label);
+        let (repo, tree) = (work.path().join("repo"), work.path().join("tree"));
+        deployable_tree(&tree, b"kernel");
+        add_files(&tree, name, files, &mut rng);
+        Setup {
+            work,
+            garage,
+            repo,
+            tree,
+            rng,
+        }
+    }
+}
+
 #[test]
 fn publish_pull_upgrade_and_survive_kills() {
     if !require(&[Need::Garage, Need::Ostree]) {
         return;
     }
-    let work = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
-    let w = work.path();
-    let garage = Garage::start(&w.join("garage"), 1, 1).unwrap();
-    let url = garage.web_url(0, PREFIX);
-    let mut rng = Rng::from_clock("s3");
-
     // A first commit, published and pulled.
-    let repo = w.join("repo");
-    let tree = w.join("tree");
-    deployable_tree(&tree, b"kernel");
-    add_files(&tree, "one", 150, &mut rng);
+    let Setup {
+        work,
+        garage,
+        repo,
+        tree,
+        mut rng,
+    } = Setup::new("s3", 1, 1, "one", 150);
+    let w = work.path();
+    let url = garage.web_url(0, PREFIX);
     let c1 = commit(&repo, &tree);
     let out = output(&mut publish(&repo, PREFIX, &garage));
     assert!(out.status.success(), "{}", text(&out));
@@ -268,15 +296,15 @@ fn prune_keeps_what_a_cached_summary_names_for_the_grace_period() {
     if !require(&[Need::Garage, Need::Ostree]) {
         return;
     }
-    let work = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let Setup {
+        work,
+        garage,
+        repo,
+        tree,
+        mut rng,
+    } = Setup::new("prune", 1, 1, "old", 100);
     let w = work.path();
-    let garage = Garage::start(&w.join("garage"), 1, 1).unwrap();
     let url = garage.web_url(0, PREFIX);
-    let mut rng = Rng::from_clock("prune");
-    let repo = w.join("repo");
-    let tree = w.join("tree");
-    deployable_tree(&tree, b"kernel");
-    add_files(&tree, "old", 100, &mut rng);
     let c1 = commit(&repo, &tree);
     run(&mut publish(&repo, PREFIX, &garage));
     // The second commit replaces every file of the first but the kernel.
@@ -356,14 +384,14 @@ fn publish_survives_a_node_down() {
     if !require(&[Need::Garage, Need::Ostree]) {
         return;
     }
-    let work = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let Setup {
+        work,
+        mut garage,
+        repo,
+        tree,
+        ..
+    } = Setup::new("nodes", 3, 3, "many", 600);
     let w = work.path();
-    let mut garage = Garage::start(&w.join("garage"), 3, 3).unwrap();
-    let mut rng = Rng::from_clock("nodes");
-    let repo = w.join("repo");
-    let tree = w.join("tree");
-    deployable_tree(&tree, b"kernel");
-    add_files(&tree, "many", 600, &mut rng);
     let c1 = commit(&repo, &tree);
     let mut child = publish(&repo, PREFIX, &garage)
         .stdout(Stdio::null())
