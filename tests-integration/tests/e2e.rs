@@ -948,9 +948,14 @@ fn boot_matrix(rows: &[&str]) -> Result<()> {
     let (_second_server, second_port) = serve(&second)?;
     let (unhealthy, panics) = bad_updates(work.path(), &tree)?;
     let garage = if wanted(BUCKET_ROW) {
+        let start = Instant::now();
         let g = Garage::start(&work.path().join("garage"), 1, 1)?;
         g.alias(BUCKET_HOST)?;
         g.publish(&first, BUCKET_PREFIX)?;
+        eprintln!(
+            "matrix: Garage started and c1 published to it in {:.0}s",
+            start.elapsed().as_secs_f64()
+        );
         Some(g)
     } else {
         None
