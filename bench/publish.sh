@@ -109,18 +109,26 @@ sent = sum(os.path.getsize(os.path.join(repo, k)) for k in put if os.path.isfile
 print(secs, requests, sent)
 PY
 
-# run NAME PREFIX CMD…: time one publish; print "seconds requests bytes".
+# CPU seconds (user + system) Garage has used so far.
+garage_cpu() { awk -v hz="$(getconf CLK_TCK)" '{ print ($14 + $15) / hz }' "/proc/$GARAGE_PID/stat"; }
+
+# run NAME PREFIX CMD…: time one publish; print "seconds requests bytes client-cpu
+# server-cpu" (CPU seconds of the tool and of Garage during the run).
 run() {
-  local name=$1 prefix=$2 start end lines
+  local name=$1 prefix=$2 start end lines cpu0 cpu1 client
   shift 2
   lines=$(wc -l <"$LOG")
   cold
   echo "== $name" >&2
+  cpu0=$(garage_cpu)
   start=$(now)
-  "$@" >"$WORK/$name.out" 2>&1 || { cat "$WORK/$name.out" >&2; exit 1; }
+  TIMEFORMAT='%U %S'
+  { time "$@" >"$WORK/$name.out" 2>&1 || { cat "$WORK/$name.out" >&2; exit 1; }; } 2>"$WORK/$name.cpu"
   end=$(now)
+  cpu1=$(garage_cpu)
+  client=$(awk '{ print $1 + $2 }' "$WORK/$name.cpu")
   sleep 0.5
-  tail -n +"$((lines + 1))" "$LOG" | python3 "$WORK/count.py" "$REPO" "$prefix" "$(echo "$end - $start" | bc)"
+  echo "$(tail -n +"$((lines + 1))" "$LOG" | python3 "$WORK/count.py" "$REPO" "$prefix" "$(echo "$end - $start" | bc)") $client $(echo "$cpu1 - $cpu0" | bc)"
 }
 
 publish() { run "$1-$2" "$1" "${@:3}"; }
@@ -129,11 +137,11 @@ rclone_p() { publish rclone "$1" rclone sync --fast-list --checksum --transfers 
 aws_p() { publish aws "$1" aws --endpoint-url "$ENDPOINT" s3 sync --only-show-errors "$REPO" s3://bench/aws; }
 
 rclone_p fresh >"$WORK/result"
-read -r r_fresh_t r_fresh_n r_fresh_b <"$WORK/result"
+read -r r_fresh_t r_fresh_n r_fresh_b r_fresh_c r_fresh_s <"$WORK/result"
 aws_p fresh >"$WORK/result"
-read -r a_fresh_t a_fresh_n a_fresh_b <"$WORK/result"
+read -r a_fresh_t a_fresh_n a_fresh_b a_fresh_c a_fresh_s <"$WORK/result"
 osbuild_p fresh >"$WORK/result"
-read -r o_fresh_t o_fresh_n o_fresh_b <"$WORK/result"
+read -r o_fresh_t o_fresh_n o_fresh_b o_fresh_c o_fresh_s <"$WORK/result"
 
 changed=$TREE/usr/share/doc/bench-publish-changed
 date +%s.%N >"$changed"
@@ -141,22 +149,22 @@ echo "== committing the one-file change" >&2
 "$OSBUILD" commit --repo "$REPO" --branch bench --tree "$TREE" >/dev/null
 rm -f "$changed"
 rclone_p one >"$WORK/result"
-read -r r_one_t r_one_n r_one_b <"$WORK/result"
+read -r r_one_t r_one_n r_one_b r_one_c r_one_s <"$WORK/result"
 aws_p one >"$WORK/result"
-read -r a_one_t a_one_n a_one_b <"$WORK/result"
+read -r a_one_t a_one_n a_one_b a_one_c a_one_s <"$WORK/result"
 osbuild_p one >"$WORK/result"
-read -r o_one_t o_one_n o_one_b <"$WORK/result"
+read -r o_one_t o_one_n o_one_b o_one_c o_one_s <"$WORK/result"
 
 size=$(du -sm --apparent-size "$REPO" | cut -f1)
 files=$(find "$REPO" -type f | wc -l)
 printf '\nrepository: %s MB, %s files; Garage 2.5 on loopback, one node; %s cores\n\n' "$size" "$files" "$(nproc)"
-printf '%-32s %9s %9s %10s %8s\n' "publish" "time (s)" "requests" "MB sent" "ratio"
-row() { # LABEL SECONDS REQUESTS BYTES BASE [NOTE]
-  printf '%-32s %9.2f %9d %10.1f %8.2f   %s\n' "$1" "$2" "$3" "$(echo "$4 / 1048576" | bc -l)" "$(echo "$2 / $5" | bc -l)" "${6:-}"
+printf '%-32s %9s %9s %9s %11s %11s %7s\n' "publish" "time (s)" "requests" "MB sent" "tool CPU s" "Garage CPU" "ratio"
+row() { # LABEL SECONDS REQUESTS BYTES TOOL-CPU GARAGE-CPU BASE [NOTE]
+  printf '%-32s %9.2f %9d %9.1f %11.1f %11.1f %7.2f   %s\n' "$1" "$2" "$3" "$(echo "$4 / 1048576" | bc -l)" "$5" "$6" "$(echo "$2 / $7" | bc -l)" "${8:-}"
 }
-row "fresh: rclone sync" "$r_fresh_t" "$r_fresh_n" "$r_fresh_b" "$r_fresh_t"
-row "fresh: aws s3 sync" "$a_fresh_t" "$a_fresh_n" "$a_fresh_b" "$r_fresh_t"
-row "fresh: osbuild publish" "$o_fresh_t" "$o_fresh_n" "$o_fresh_b" "$r_fresh_t" "(goal <= 0.50 of rclone)"
-row "one file changed: rclone sync" "$r_one_t" "$r_one_n" "$r_one_b" "$r_one_t"
-row "one file changed: aws s3 sync" "$a_one_t" "$a_one_n" "$a_one_b" "$r_one_t"
-row "one file changed: osbuild" "$o_one_t" "$o_one_n" "$o_one_b" "$r_one_t" "(goal <= 0.50 of rclone)"
+row "fresh: rclone sync" "$r_fresh_t" "$r_fresh_n" "$r_fresh_b" "$r_fresh_c" "$r_fresh_s" "$r_fresh_t"
+row "fresh: aws s3 sync" "$a_fresh_t" "$a_fresh_n" "$a_fresh_b" "$a_fresh_c" "$a_fresh_s" "$r_fresh_t"
+row "fresh: osbuild publish" "$o_fresh_t" "$o_fresh_n" "$o_fresh_b" "$o_fresh_c" "$o_fresh_s" "$r_fresh_t" "(goal <= 0.50 of rclone)"
+row "one file changed: rclone sync" "$r_one_t" "$r_one_n" "$r_one_b" "$r_one_c" "$r_one_s" "$r_one_t"
+row "one file changed: aws s3 sync" "$a_one_t" "$a_one_n" "$a_one_b" "$a_one_c" "$a_one_s" "$r_one_t"
+row "one file changed: osbuild" "$o_one_t" "$o_one_n" "$o_one_b" "$o_one_c" "$o_one_s" "$r_one_t" "(goal <= 0.50 of rclone)"
