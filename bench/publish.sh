@@ -59,7 +59,8 @@ root_domain = ".s3.garage.localhost"
 EOF
 LOG=$WORK/garage/requests.log
 g() { "$GARAGE" -c "$WORK/garage/garage.toml" "$@"; }
-RUST_LOG=garage_api_common=info,garage=warn g server >"$LOG" 2>&1 &
+# Started directly (not through g), so that $! is Garage itself, whose CPU time is read.
+RUST_LOG=garage_api_common=info,garage=warn "$GARAGE" -c "$WORK/garage/garage.toml" server >"$LOG" 2>&1 &
 GARAGE_PID=$!
 trap 'kill $GARAGE_PID 2>/dev/null || true' EXIT
 for _ in $(seq 100); do
