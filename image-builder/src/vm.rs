@@ -22,6 +22,7 @@
 //! ```
 
 mod console;
+pub mod story;
 
 use std::ffi::OsString;
 use std::fmt;
@@ -37,6 +38,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
+use base64::Engine as _;
 
 use console::Shared;
 
@@ -93,6 +95,9 @@ pub struct VmConfig {
     /// Raw serial output is appended here (parent directories are created).
     /// Empty means `<image>.serial.log`.
     pub log: PathBuf,
+    /// systemd credentials `(name, value)` passed as SMBIOS OEM strings (type 11), which
+    /// systemd imports at boot (since 252), e.g. `ssh.authorized_keys.root`.
+    pub credentials: Vec<(String, Vec<u8>)>,
 }
 
 impl Default for VmConfig {
@@ -106,6 +111,7 @@ impl Default for VmConfig {
             cpus: 2,
             forwards: Vec::new(),
             log: PathBuf::new(),
+            credentials: Vec::new(),
         }
     }
 }
@@ -156,6 +162,12 @@ impl VmConfig {
     /// Adds a forward from 127.0.0.1:`host_port` to the guest's `guest_port`.
     pub fn forward(mut self, host_port: u16, guest_port: u16) -> Self {
         self.forwards.push((host_port, guest_port));
+        self
+    }
+
+    /// Passes the systemd credential `name` with `value` to the guest (SMBIOS type 11).
+    pub fn credential(mut self, name: &str, value: impl Into<Vec<u8>>) -> Self {
+        self.credentials.push((name.to_string(), value.into()));
         self
     }
 
@@ -440,6 +452,24 @@ impl Vm {
         }
     }
 
+    /// Whether qemu has exited (the guest powered off or rebooted), without waiting.
+    pub fn exited(&mut self) -> Result<Option<ExitStatus>> {
+        let status = self
+            .child
+            .try_wait()
+            .context("checking whether qemu exited")?;
+        if status.is_some() {
+            self.drain_console();
+        }
+        Ok(status)
+    }
+
+    /// An error saying `what`, quoting the last lines of serial output and the log path.
+    pub fn error(&self, what: &str) -> anyhow::Error {
+        let text = self.shared.lock().text.clone();
+        self.error_with_output(what, &text, false)
+    }
+
     fn error_with_output(&self, what: &str, text: &[u8], with_qemu_output: bool) -> anyhow::Error {
         let mut msg = format!(
             "{what} (qemu pid {}, image {})\n--- last {TAIL_LINES} lines of serial output ---\n{}\n--- full serial log: {} ---",
@@ -693,6 +723,17 @@ fn qemu_args_for(
                 "scsi-cd,drive=cd0,bus=scsi0.0,bootindex=0",
             ]
             .map(OsString::from),
+        );
+    }
+    for (name, value) in &config.credentials {
+        // Base64 holds no comma, so the value needs no escaping for qemu.
+        args.push("-smbios".into());
+        args.push(
+            format!(
+                "type=11,value=io.systemd.credential.binary:{name}={}",
+                base64::engine::general_purpose::STANDARD.encode(value)
+            )
+            .into(),
         );
     }
     let mut nic = String::from("user,model=virtio-net-pci");

@@ -451,6 +451,8 @@ const VARIANTS: &[Variant] = &[
 struct Matrix {
     dir: PathBuf,
     url: String,
+    /// The port `url` serves on (c1 only).
+    first_port: u16,
     second: PathBuf,
     second_port: u16,
     c1: String,
@@ -490,6 +492,12 @@ fn boot_and_upgrade(v: &Variant, m: &Matrix) -> Result<()> {
         Some(g) => (
             g.web_url(0, BUCKET_PREFIX),
             format!("http://{BUCKET_HOST}:{}/{BUCKET_PREFIX}/", g.web_port(0)),
+        ),
+        // `osbuild vm test` points the device at its update server itself: the image
+        // follows a server that never gets an update.
+        None if v.name == VM_TEST_ROW => (
+            url.to_string(),
+            format!("http://10.0.2.2:{}/repo/", m.first_port),
         ),
         None => (
             url.to_string(),
@@ -542,6 +550,10 @@ fn boot_and_upgrade(v: &Variant, m: &Matrix) -> Result<()> {
             )?;
         }
         Format::Iso => unreachable!("booted above"),
+    }
+    if v.name == VM_TEST_ROW {
+        let (repo, _server, port) = own_updates.as_ref().context("no update server")?;
+        return vm_test(v, m, &image, repo, *port);
     }
     let uefi = v.uefi || v.firmware == Firmware::Uefi;
     let config = |n: u32| {
@@ -642,6 +654,69 @@ fn boot_and_upgrade(v: &Variant, m: &Matrix) -> Result<()> {
     }
     drop(vm);
     fs::remove_file(&image).with_context(|| format!("removing {}", image.display()))?;
+    Ok(())
+}
+
+/// The row that runs its whole story through `osbuild vm test`, as a user's CI would:
+/// boot, upgrade from the row's update server (c2), reboot, switch to a broken ref and
+/// fall back. Its image follows the first server, so the test must repoint the remote.
+const VM_TEST_ROW: &str = "syslinux-bios-mbr";
+/// The ref of the broken update `osbuild vm test` switches to.
+const BROKEN_BRANCH: &str = "sampleos/broken/x86_64";
+
+/// `osbuild vm test` on the row's image: every step passes, and the table names c2 and
+/// the broken commit where the story says.
+fn vm_test(v: &Variant, m: &Matrix, image: &Path, repo: &Path, port: u16) -> Result<()> {
+    let broken = commit(repo, BROKEN_BRANCH, &m.unhealthy, Some("3"))?;
+    let written = fs::metadata(image)?.modified()?;
+    let out = cmd::output(
+        Command::new(osbuild_bin())
+            .args(["vm", "test"])
+            .arg(image)
+            .args(["--update-url", &format!("http://10.0.2.2:{port}/repo/")])
+            .args([
+                "--broken-ref",
+                BROKEN_BRANCH,
+                "--firmware",
+                v.firmware.name(),
+            ])
+            .arg("--log")
+            .arg(m.dir.join(format!("{}-vm-test.log", v.name))),
+    )?;
+    let table = String::from_utf8_lossy(&out.stdout);
+    eprintln!("matrix: {}: osbuild vm test:\n{table}", v.name);
+    anyhow::ensure!(
+        out.status.success(),
+        "osbuild vm test failed ({}):\n{table}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let row = |step: &str| {
+        table
+            .lines()
+            .find(|l| l.starts_with(step))
+            .unwrap_or_default()
+            .to_string()
+    };
+    let (c1, c2) = (&m.c1[..12], &m.c2[..12]);
+    for (step, needles) in [
+        ("boot ", vec![c1, "(version 1)"]),
+        ("upgrade ", vec![c2, "(version 2)"]),
+        ("reboot into the update ", vec![c2, "marked good"]),
+        ("broken update staged ", vec![&broken[..12], BROKEN_BRANCH]),
+        ("automatic fallback ", vec![c2, &broken[..12]]),
+    ] {
+        let line = row(step);
+        anyhow::ensure!(
+            line.contains(" pass ") && needles.iter().all(|n| line.contains(n)),
+            "osbuild vm test's row {step:?} is {line:?}:\n{table}"
+        );
+    }
+    anyhow::ensure!(
+        fs::metadata(image)?.modified()? == written,
+        "osbuild vm test wrote to the image"
+    );
+    fs::remove_file(image).with_context(|| format!("removing {}", image.display()))?;
     Ok(())
 }
 
@@ -963,6 +1038,7 @@ fn boot_matrix(rows: &[&str]) -> Result<()> {
     let matrix = Matrix {
         dir: work.path().to_path_buf(),
         url: format!("http://127.0.0.1:{first_port}/repo/"),
+        first_port,
         second,
         second_port,
         c1,
@@ -1020,6 +1096,9 @@ fn boot_matrix(rows: &[&str]) -> Result<()> {
 
 /// The tries the matrix's trees configure (`/usr/lib/osbuild/boot-tries`).
 const TRIES: usize = 1;
+/// The row whose device takes the update that panics with osbuild's default tries (3):
+/// each of those boots is short (the kernel panics at once).
+const DEFAULT_TRIES_ROW: &str = "grub-bios-gpt-qcow2";
 
 /// The trees of the bad updates, hard-linked copies of `tree` (files are replaced, never
 /// written in place): `unhealthy` (release 3) has a failing health check, `panics`
@@ -1091,10 +1170,27 @@ fn fall_back(
     if v.fallback != Fallback::UnhealthyAndPanics {
         return Ok(vm);
     }
+    // One row counts osbuild's default number of tries down, set on the device the way
+    // an owner overrides the OS's value (/etc over /usr).
+    let tries = if v.name == DEFAULT_TRIES_ROW {
+        shell_ready(&mut vm)?;
+        let set = probe(
+            &mut vm,
+            "tries",
+            &format!(
+                "mkdir -p /etc/osbuild && echo {} > /etc/osbuild/boot-tries && echo TRIES-SET",
+                osbuild_admin::fallback::DEFAULT_TRIES
+            ),
+        )?;
+        anyhow::ensure!(set.contains("TRIES-SET"), "setting the tries: {set}");
+        osbuild_admin::fallback::DEFAULT_TRIES as usize
+    } else {
+        TRIES
+    };
     let c4 = commit(repo, BRANCH, &m.panics, Some("4"))?;
     upgrade_and_reboot(&mut vm)?;
     drop(vm);
-    for _ in 0..TRIES {
+    for _ in 0..tries {
         let mut vm = Vm::boot(boot())?;
         vm.wait_for("Kernel panic", Duration::from_secs(300))?;
         vm.wait_exit(Duration::from_secs(120))?;

@@ -361,3 +361,54 @@ fn osbuild_vm_run_logs_the_console() {
     let said = String::from_utf8_lossy(&refused.stderr);
     assert!(said.contains("--secure-boot needs UEFI"), "{said}");
 }
+
+/// `osbuild vm test` on an image that never boots: the boot step fails with the last
+/// serial lines (SeaBIOS saying why), the rest are skipped, the exit status is 1 and the
+/// image is left as it was. A live ISO is refused before anything boots.
+#[test]
+fn osbuild_vm_test_of_an_image_that_does_not_boot() {
+    if !require(&[Need::Qemu]) {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let image = dir.path().join("blank.raw");
+    fs::File::create(&image).unwrap().set_len(64 << 20).unwrap();
+    let log = dir.path().join("console.log");
+    let out = osbuild_testing::helpers::output(
+        std::process::Command::new(osbuild_testing::helpers::osbuild_bin())
+            .args(["vm", "test", "--update-url", "http://10.0.2.2:1/repo/"])
+            .args(["--boot-timeout", "20", "--log"])
+            .arg(&log)
+            .arg(&image),
+    );
+    let table = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{table}");
+    let rows: Vec<&str> = table.lines().collect();
+    assert!(
+        rows[1].starts_with("boot ") && rows[1].contains("FAIL"),
+        "{table}"
+    );
+    for row in &rows[2..5] {
+        assert!(row.contains("skipped"), "{table}");
+    }
+    // SeaBIOS's complaint is quoted from the console, under the table.
+    assert!(table.contains("not a bootable disk"), "{table}");
+    assert!(table.contains("last 40 lines of serial output"), "{table}");
+    assert!(table.contains(&log.display().to_string()), "{table}");
+    let blank = fs::read(&image).unwrap();
+    assert!(blank.iter().all(|b| *b == 0), "the image was written to");
+
+    let iso = dir.path().join("live.iso");
+    fs::write(&iso, b"").unwrap();
+    let refused = osbuild_testing::helpers::output(
+        std::process::Command::new(osbuild_testing::helpers::osbuild_bin())
+            .args(["vm", "test", "--update-url", "http://10.0.2.2:1/repo/"])
+            .arg(&iso),
+    );
+    assert_eq!(refused.status.code(), Some(1));
+    let said = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        said.contains("live ISO") && said.contains("raw or qcow2"),
+        "{said}"
+    );
+}

@@ -1,0 +1,674 @@
+//! `osbuild vm test`: a device's whole story in qemu, on a copy of an image. It boots;
+//! upgrades from an update server; reboots into the update; takes a broken update; falls
+//! back by itself. Each step is a row of a pass/fail [`Report`].
+//!
+//! The guest is driven over SSH as root, with a key made for the run and handed to
+//! systemd as the credential `ssh.authorized_keys.root` (SMBIOS, systemd >= 252), as mkosi
+//! does: a user's own image needs no test account, only an SSH server. The image itself
+//! is never written: qemu boots a qcow2 overlay on it.
+
+use super::{Vm, VmConfig};
+use crate::Format;
+use anyhow::{bail, Context, Result};
+use osbuild_core::cmd;
+use serde_json::Value;
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+/// What to test.
+#[derive(Debug, Clone)]
+pub struct Story {
+    /// The image and how to boot it; its serial log collects every boot.
+    pub vm: VmConfig,
+    /// Where the device upgrades from (its remote's URL is set to this).
+    pub update_url: String,
+    /// The ref to upgrade to; default: the one the image follows.
+    pub branch: Option<String>,
+    /// A ref whose head must not survive: the device switches to it and must fall back.
+    pub broken: Option<String>,
+    /// How long one boot may take to let root log in over SSH.
+    pub boot_timeout: Duration,
+    /// Boots a broken update may take before the fallback must have happened.
+    pub max_boots: u32,
+}
+
+/// How a step ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// It did what the story expects.
+    Pass,
+    /// It did not; the detail says what happened.
+    Fail,
+    /// Not run: an earlier step failed.
+    Skipped,
+}
+
+impl Outcome {
+    /// As the table prints it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Outcome::Pass => "pass",
+            Outcome::Fail => "FAIL",
+            Outcome::Skipped => "skipped",
+        }
+    }
+}
+
+/// One row of the report.
+#[derive(Debug, Clone)]
+pub struct Step {
+    /// What the step does.
+    pub name: &'static str,
+    /// How it ended.
+    pub outcome: Outcome,
+    /// What was seen (a failure's error, with the serial lines it quotes).
+    pub detail: String,
+    /// Its wall time.
+    pub took: Duration,
+}
+
+/// The steps, in order.
+#[derive(Debug, Clone, Default)]
+pub struct Report {
+    /// In the order they ran.
+    pub steps: Vec<Step>,
+}
+
+impl Report {
+    /// Every step that ran passed, and none was skipped.
+    pub fn passed(&self) -> bool {
+        self.steps.iter().all(|s| s.outcome == Outcome::Pass)
+    }
+
+    /// The pass/fail table; a failure's detail (with the serial lines it quotes) follows.
+    pub fn table(&self) -> String {
+        let width = self.steps.iter().map(|s| s.name.len()).max().unwrap_or(4);
+        let mut out = format!(
+            "{:width$}  {:7}  {:>7}  detail\n",
+            "step", "result", "seconds"
+        );
+        let mut failures = String::new();
+        for s in &self.steps {
+            let first = s.detail.lines().next().unwrap_or_default();
+            let _ = writeln!(
+                out,
+                "{:width$}  {:7}  {:>7.0}  {first}",
+                s.name,
+                s.outcome.name(),
+                s.took.as_secs_f64()
+            );
+            if s.outcome == Outcome::Fail && s.detail.lines().count() > 1 {
+                let _ = write!(failures, "\n{}: {}\n", s.name, s.detail);
+            }
+        }
+        out + &failures
+    }
+}
+
+/// How long a device that booted a broken update and finished starting may take to
+/// reboot by itself.
+const SETTLE: Duration = Duration::from_secs(120);
+
+/// The story's steps, in order.
+const STEPS: [&str; 5] = [
+    "boot",
+    "upgrade",
+    "reboot into the update",
+    "broken update staged",
+    "automatic fallback",
+];
+
+/// Run the story. Errors are for what stops it from starting (no qemu-img, no ssh); a
+/// device that misbehaves is a failed step in the report.
+pub fn run(story: &Story) -> Result<Report> {
+    if !story.vm.format.is_disk() {
+        bail!(
+            "{} is a live ISO: a live system cannot be upgraded; test a disk image (raw or qcow2)",
+            story.vm.image.display()
+        );
+    }
+    let work = tempfile::Builder::new()
+        .prefix("osbuild-vm-test-")
+        .tempdir()
+        .context("creating the test's work directory")?;
+    let overlay = overlay(&story.vm, work.path())?;
+    let key = work.path().join("key");
+    cmd::run(
+        Command::new("ssh-keygen")
+            .args([
+                "-q",
+                "-t",
+                "ed25519",
+                "-N",
+                "",
+                "-C",
+                "osbuild-vm-test",
+                "-f",
+            ])
+            .arg(&key),
+    )
+    .context("making the test's SSH key (is openssh-client installed?)")?;
+    let public = std::fs::read(key.with_extension("pub")).context("reading the SSH key")?;
+    let port = free_port()?;
+    let mut vm = story.vm.clone();
+    vm.image = overlay;
+    vm.format = Format::Qcow2;
+    vm.log = story.vm.log_path();
+    let vm = vm
+        .forward(port, 22)
+        .credential("ssh.authorized_keys.root", public);
+    let mut device = Device {
+        config: vm,
+        guest: Guest { key, port },
+        timeout: story.boot_timeout,
+        boots: 0,
+    };
+    let mut report = Report::default();
+    let mut run_step = |name: &'static str, f: &mut dyn FnMut() -> Result<String>| {
+        let start = Instant::now();
+        let failed_before = report.steps.iter().any(|s| s.outcome != Outcome::Pass);
+        let (outcome, detail) = if failed_before {
+            (Outcome::Skipped, String::new())
+        } else {
+            match f() {
+                Ok(detail) => (Outcome::Pass, detail),
+                Err(e) => (Outcome::Fail, format!("{e:#}")),
+            }
+        };
+        report.steps.push(Step {
+            name,
+            outcome,
+            detail,
+            took: start.elapsed(),
+        });
+    };
+    let mut current: Option<Vm> = None;
+    let mut booted = Deployment::default();
+    let mut staged = Deployment::default();
+    let mut remote = String::new();
+    run_step(STEPS[0], &mut || {
+        let (vm, status) = device.boot_to_login()?;
+        current = Some(vm);
+        booted = status.booted()?;
+        Ok(format!("booted {booted}"))
+    });
+    run_step(STEPS[1], &mut || {
+        let (name, branch) = booted.remote_and_branch()?;
+        remote = name;
+        let guest = &device.guest;
+        guest.set_url(&remote, &story.update_url)?;
+        let target = story.branch.clone().unwrap_or(branch);
+        let said = guest.stage(&remote, &target, &booted)?;
+        staged = guest.status()?.staged().with_context(|| {
+            format!(
+                "nothing was staged: {remote}:{target} at {} is the booted commit {} ({})",
+                story.update_url,
+                short(&booted.checksum),
+                said.trim()
+            )
+        })?;
+        Ok(format!("staged {staged} from {}", story.update_url))
+    });
+    run_step(STEPS[2], &mut || {
+        let vm = current.take().context("no running device")?;
+        device.reboot(vm)?;
+        let (vm, status) = device.boot_to_login()?;
+        current = Some(vm);
+        let now = status.booted()?;
+        anyhow::ensure!(
+            now.checksum == staged.checksum,
+            "booted {now}, not the update {staged}"
+        );
+        let status = device.guest.settled_status()?;
+        anyhow::ensure!(
+            status.trial().is_none(),
+            "the boot of {now} was not marked good: {}",
+            status.json
+        );
+        booted = now;
+        Ok(format!("booted {booted}; the boot was marked good"))
+    });
+    let Some(broken) = &story.broken else {
+        report.steps.extend(STEPS[3..].iter().map(|name| Step {
+            name,
+            outcome: Outcome::Skipped,
+            detail: "no --broken-ref".into(),
+            took: Duration::ZERO,
+        }));
+        return Ok(report);
+    };
+    let mut bad = Deployment::default();
+    run_step(STEPS[3], &mut || {
+        let guest = &device.guest;
+        guest.stage(&remote, broken, &booted)?;
+        bad = guest
+            .status()?
+            .staged()
+            .with_context(|| format!("switching to {remote}:{broken} staged nothing"))?;
+        Ok(format!("staged {bad} from {remote}:{broken}"))
+    });
+    run_step(STEPS[4], &mut || {
+        let vm = current.take().context("no running device")?;
+        device.reboot(vm)?;
+        let (vm, detail) = device.fall_back(&booted, &bad, story.max_boots)?;
+        current = Some(vm);
+        Ok(detail)
+    });
+    drop(current);
+    Ok(report)
+}
+
+/// A qcow2 overlay on the image, in `dir`: the device writes there.
+fn overlay(vm: &VmConfig, dir: &Path) -> Result<PathBuf> {
+    let image = std::fs::canonicalize(&vm.image)
+        .with_context(|| format!("reading the image {}", vm.image.display()))?;
+    let overlay = dir.join("device.qcow2");
+    cmd::run(
+        Command::new("qemu-img")
+            .args([
+                "create",
+                "-q",
+                "-f",
+                "qcow2",
+                "-F",
+                vm.format.qemu_format(),
+                "-b",
+            ])
+            .arg(&image)
+            .arg(&overlay),
+    )
+    .with_context(|| format!("making a copy-on-write overlay of {}", image.display()))?;
+    Ok(overlay)
+}
+
+/// A port on 127.0.0.1 that was free a moment ago.
+fn free_port() -> Result<u16> {
+    let listener =
+        std::net::TcpListener::bind(("127.0.0.1", 0)).context("finding a free local port")?;
+    Ok(listener.local_addr()?.port())
+}
+
+/// The device: how to boot it and reach it.
+struct Device {
+    config: VmConfig,
+    guest: Guest,
+    timeout: Duration,
+    boots: u32,
+}
+
+/// Where a boot ended up.
+enum Boot {
+    /// Root logged in over SSH.
+    Up(Vm),
+    /// qemu exited (the guest rebooted or powered off) first; its console is kept.
+    Exited(Vm),
+}
+
+impl Device {
+    /// Boot once, until root logs in or qemu exits (a reboot).
+    fn boot(&mut self) -> Result<Boot> {
+        self.boots += 1;
+        let mut vm = Vm::boot(self.config.clone())?;
+        let deadline = Instant::now() + self.timeout;
+        loop {
+            if vm.exited()?.is_some() {
+                return Ok(Boot::Exited(vm));
+            }
+            if self.guest.reachable() {
+                return Ok(Boot::Up(vm));
+            }
+            if Instant::now() > deadline {
+                return Err(vm.error(&format!(
+                    "boot {}: root could not log in over SSH within {:?}; the image needs an SSH \
+                     server (openssh-server) and systemd >= 252, which installs the test's key \
+                     from the credential ssh.authorized_keys.root",
+                    self.boots, self.timeout
+                )));
+            }
+            std::thread::sleep(Duration::from_secs(3));
+        }
+    }
+
+    /// Boot once and log in; a boot that ends in a reboot is a failure.
+    fn boot_to_login(&mut self) -> Result<(Vm, Status)> {
+        match self.boot()? {
+            Boot::Up(vm) => {
+                let status = self.guest.status()?;
+                Ok((vm, status))
+            }
+            Boot::Exited(vm) => Err(vm.error(&format!(
+                "boot {}: the device rebooted or powered off before root could log in",
+                self.boots
+            ))),
+        }
+    }
+
+    /// Reboot the guest as a user would, and wait for qemu to exit.
+    fn reboot(&mut self, mut vm: Vm) -> Result<()> {
+        // The connection drops as the guest goes down: its exit status says nothing.
+        let _ = self.guest.run("systemctl reboot");
+        vm.wait_exit(Duration::from_secs(300))
+            .context("the device did not reboot")?;
+        Ok(())
+    }
+
+    /// Boot until the device settles after the broken update `bad`: back on `good`, the
+    /// default again, with `bad` kept behind it. Boots that end in a reboot (a panic, a
+    /// failed health check) are the tries the boot loader counts.
+    fn fall_back(
+        &mut self,
+        good: &Deployment,
+        bad: &Deployment,
+        max_boots: u32,
+    ) -> Result<(Vm, String)> {
+        let mut failed = 0;
+        for _ in 0..max_boots {
+            let vm = match self.boot()? {
+                Boot::Exited(_) => {
+                    failed += 1;
+                    continue;
+                }
+                Boot::Up(vm) => vm,
+            };
+            // Up, but the health checks may still fail and reboot it: wait for the boot
+            // to settle, or for the reboot.
+            let mut vm = vm;
+            let status = match self.guest.settled_status() {
+                Ok(status) => status,
+                Err(_) => {
+                    vm.wait_exit(Duration::from_secs(300))
+                        .context("the device stopped answering but did not reboot")?;
+                    failed += 1;
+                    continue;
+                }
+            };
+            let booted = status.booted()?;
+            if booted.checksum == bad.checksum {
+                // Its checks failed (it is going down) or it is kept: a device that
+                // falls back reboots as soon as its checks have run.
+                if vm.wait_exit(SETTLE).is_err() {
+                    bail!(
+                        "the broken update {bad} booted and stayed up (no fallback within {SETTLE:?} \
+                         of its startup): {}",
+                        status.json
+                    );
+                }
+                failed += 1;
+                continue;
+            }
+            anyhow::ensure!(
+                booted.checksum == good.checksum,
+                "booted {booted}, neither the good {good} nor the broken {bad}"
+            );
+            let deployments = status.deployments();
+            let order: Vec<&str> = deployments.iter().map(|d| d.checksum.as_str()).collect();
+            anyhow::ensure!(
+                order.first() == Some(&good.checksum.as_str())
+                    && order.get(1) == Some(&bad.checksum.as_str()),
+                "back on {good}, but it is not the default with {bad} kept behind it: {}",
+                status.json
+            );
+            let record = status.json["boot"]["record"]["fallback"]["failed"]
+                .as_str()
+                .map(|f| format!("; status records the fallback from {}", short(f)))
+                .unwrap_or_default();
+            return Ok((
+                vm,
+                format!(
+                    "back on {} after {failed} failed boot(s) of {}{record}",
+                    short(&good.checksum),
+                    short(&bad.checksum)
+                ),
+            ));
+        }
+        bail!(
+            "the device did not come back to {good} within {max_boots} boots after the broken update {bad} \
+             ({failed} of them rebooted before root could log in; serial log: {})",
+            self.config.log_path().display()
+        )
+    }
+}
+
+/// root on the guest, over SSH through qemu's port forward.
+struct Guest {
+    key: PathBuf,
+    port: u16,
+}
+
+impl Guest {
+    fn ssh(&self, script: &str) -> Command {
+        // `timeout`: a guest that goes down mid-command can leave ssh waiting.
+        let mut c = Command::new("timeout");
+        c.args(["--kill-after=5", "600", "ssh", "-i"])
+            .arg(&self.key)
+            .args(["-p", &self.port.to_string()])
+            .args(["-o", "StrictHostKeyChecking=no"])
+            .args(["-o", "UserKnownHostsFile=/dev/null"])
+            .args(["-o", "BatchMode=yes", "-o", "ConnectTimeout=10"])
+            .args(["-o", "ServerAliveInterval=5", "-o", "ServerAliveCountMax=3"])
+            .args(["-o", "LogLevel=ERROR", "root@127.0.0.1", script]);
+        c
+    }
+
+    /// Run `script` as root; its stdout, or an error with its stderr.
+    fn run(&self, script: &str) -> Result<String> {
+        cmd::run(&mut self.ssh(script)).with_context(|| format!("running `{script}` on the device"))
+    }
+
+    fn reachable(&self) -> bool {
+        cmd::output(&mut self.ssh("true")).is_ok_and(|o| o.status.success())
+    }
+
+    fn status(&self) -> Result<Status> {
+        let text = self
+            .run("osbuild admin status --json")
+            .context("the image needs the osbuild binary (every tree osbuild builds has it)")?;
+        let json = serde_json::from_str(&text)
+            .with_context(|| format!("reading `osbuild admin status --json`: {text}"))?;
+        Ok(Status { json })
+    }
+
+    /// The status once the boot has settled: startup is finished, so the health checks
+    /// have passed (the boot is marked good). An error if the device is going down
+    /// instead (they failed).
+    fn settled_status(&self) -> Result<Status> {
+        let state = self.run("systemctl is-system-running --wait || true")?;
+        anyhow::ensure!(
+            matches!(state.trim(), "running" | "degraded"),
+            "the device is {}",
+            state.trim()
+        );
+        self.status()
+    }
+
+    /// Point the remote `name` at `url`, wherever it is configured.
+    fn set_url(&self, name: &str, url: &str) -> Result<()> {
+        let key = cmd::quote_word(&format!("remote \"{name}\".url"));
+        let group = cmd::quote_word(&format!("[remote \"{name}\"]"));
+        // In the repo's config (make-image's --remote-url, a manifest's [remote]), or in a
+        // file of /etc/ostree/remotes.d; `ostree remote show-url` checks the result. The
+        // URL is the script's $0, so it is never parsed as shell.
+        let script = format!(
+            "set -e; r=/ostree/repo; \
+             if ostree --repo=$r config get {key} >/dev/null 2>&1; then \
+               ostree --repo=$r config set {key} \"$0\"; \
+             else \
+               f=$(grep -l -F -x {group} /etc/ostree/remotes.d/*.conf 2>/dev/null | head -n1); \
+               test -n \"$f\" || {{ echo 'the device has no remote {name}' >&2; exit 1; }}; \
+               awk -v g={group} -v u=\"$0\" '/^\\[/ {{ in_ = ($0 == g) }} in_ && /^url[ \\t]*=/ {{ $0 = \"url=\" u }} {{ print }}' \"$f\" >\"$f.new\"; \
+               mv \"$f.new\" \"$f\"; \
+             fi; ostree --repo=$r remote show-url {remote}",
+            remote = cmd::quote_word(name),
+        );
+        let shown = self
+            .run(&format!(
+                "sh -c {} {}",
+                cmd::quote_word(&script),
+                cmd::quote_word(url)
+            ))
+            .with_context(|| format!("pointing the device's remote {name} at {url}"))?;
+        anyhow::ensure!(
+            shown.trim() == url,
+            "the device's remote {name} still has the URL {}",
+            shown.trim()
+        );
+        Ok(())
+    }
+
+    /// Stage `remote:branch`: an upgrade when the device follows it, else a switch.
+    fn stage(&self, remote: &str, branch: &str, booted: &Deployment) -> Result<String> {
+        let refspec = format!("{remote}:{branch}");
+        let verb = if booted.refspec.as_deref() == Some(refspec.as_str()) {
+            "ostree admin upgrade".to_string()
+        } else {
+            format!("ostree admin switch {}", cmd::quote_word(&refspec))
+        };
+        self.run(&format!("{verb} 2>&1"))
+    }
+}
+
+/// `osbuild admin status --json`, as the device printed it.
+struct Status {
+    json: Value,
+}
+
+/// A deployment, as status names it.
+#[derive(Debug, Clone, Default)]
+struct Deployment {
+    checksum: String,
+    version: Option<String>,
+    refspec: Option<String>,
+    role: String,
+}
+
+impl std::fmt::Display for Deployment {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", short(&self.checksum))?;
+        if let Some(v) = &self.version {
+            write!(f, " (version {v})")?;
+        }
+        Ok(())
+    }
+}
+
+impl Deployment {
+    /// The booted deployment's remote and branch, from its origin.
+    fn remote_and_branch(&self) -> Result<(String, String)> {
+        let refspec = self.refspec.as_deref().unwrap_or_default();
+        match refspec.split_once(':') {
+            Some((remote, branch)) if !remote.is_empty() && !branch.is_empty() => {
+                Ok((remote.to_string(), branch.to_string()))
+            }
+            _ => bail!(
+                "the booted deployment follows {refspec:?}, not a remote's ref: make the image \
+                 with a remote (make-image --remote-url, or [remote] in the manifest)"
+            ),
+        }
+    }
+}
+
+impl Status {
+    fn deployments(&self) -> Vec<Deployment> {
+        self.json["deployments"]
+            .as_array()
+            .map(|all| {
+                all.iter()
+                    .map(|d| Deployment {
+                        checksum: d["checksum"].as_str().unwrap_or_default().to_string(),
+                        version: d["version"].as_str().map(str::to_string),
+                        refspec: d["refspec"].as_str().map(str::to_string),
+                        role: d["role"].as_str().unwrap_or_default().to_string(),
+                    })
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    fn with_role(&self, role: &str) -> Option<Deployment> {
+        self.deployments().into_iter().find(|d| d.role == role)
+    }
+
+    fn booted(&self) -> Result<Deployment> {
+        self.with_role("booted")
+            .with_context(|| format!("no booted deployment in the status: {}", self.json))
+    }
+
+    /// The deployment that boots next instead of the booted one: staged (finalized at
+    /// shutdown) or pending (deployed at once, as on syslinux images).
+    fn staged(&self) -> Option<Deployment> {
+        self.with_role("staged")
+            .or_else(|| self.with_role("pending"))
+    }
+
+    /// The deployment on trial, if the boot loader is counting one's tries.
+    fn trial(&self) -> Option<String> {
+        self.json["boot"]["trial"]["deployment"]
+            .as_str()
+            .map(str::to_string)
+    }
+}
+
+fn short(checksum: &str) -> &str {
+    checksum.get(..12).unwrap_or(checksum)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn step(name: &'static str, outcome: Outcome, detail: &str) -> Step {
+        Step {
+            name,
+            outcome,
+            detail: detail.into(),
+            took: Duration::from_secs(61),
+        }
+    }
+
+    #[test]
+    fn the_table_has_a_row_per_step_and_the_failure_in_full() {
+        let report = Report {
+            steps: vec![
+                step("boot", Outcome::Pass, "booted abc"),
+                step("upgrade", Outcome::Fail, "no update\nlast serial lines"),
+                step("reboot into the update", Outcome::Skipped, ""),
+            ],
+        };
+        assert!(!report.passed());
+        let table = report.table();
+        let lines: Vec<&str> = table.lines().collect();
+        assert!(lines[0].starts_with("step "), "{table}");
+        assert!(
+            lines[1].contains("pass") && lines[1].contains("61"),
+            "{table}"
+        );
+        assert!(lines[2].contains("FAIL") && lines[2].ends_with("no update"));
+        assert!(lines[3].contains("skipped"), "{table}");
+        assert!(
+            table.contains("upgrade: no update\nlast serial lines"),
+            "{table}"
+        );
+        let ok = Report {
+            steps: vec![step("boot", Outcome::Pass, "")],
+        };
+        assert!(ok.passed());
+    }
+
+    #[test]
+    fn the_remote_comes_from_the_origin() {
+        let d = |refspec: Option<&str>| Deployment {
+            refspec: refspec.map(str::to_string),
+            ..Deployment::default()
+        };
+        assert_eq!(
+            d(Some("origin:os/x86_64")).remote_and_branch().unwrap(),
+            ("origin".to_string(), "os/x86_64".to_string())
+        );
+        for bad in [None, Some("os/x86_64"), Some(":os"), Some("origin:")] {
+            let err = d(bad).remote_and_branch().unwrap_err().to_string();
+            assert!(err.contains("--remote-url"), "{err}");
+        }
+    }
+}
