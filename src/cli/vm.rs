@@ -81,6 +81,11 @@ struct TestArgs {
     /// Boots the broken update may take before the device must be back.
     #[arg(long, value_name = "N", default_value_t = 6)]
     max_boots: u32,
+    /// Cut the power (kill qemu) N times at random moments of `osbuild admin upgrade`, and
+    /// N times during the shutdown that finalizes a staged deployment; after each, the
+    /// device must boot a good deployment and pass `ostree fsck`.
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    power_cuts: u32,
     /// Append every boot's serial console to FILE [default: IMAGE.vm-test.log].
     #[arg(long, value_name = "FILE")]
     log: Option<PathBuf>,
@@ -150,6 +155,7 @@ impl TestArgs {
             broken: self.broken_ref.clone(),
             boot_timeout: std::time::Duration::from_secs(self.boot_timeout),
             max_boots: self.max_boots,
+            power_cuts: self.power_cuts,
         };
         let report =
             story::run(&story).with_context(|| format!("testing {}", self.image.display()))?;

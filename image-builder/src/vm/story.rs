@@ -14,7 +14,7 @@ use osbuild_core::cmd;
 use serde_json::Value;
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 /// What to test.
@@ -32,6 +32,9 @@ pub struct Story {
     pub boot_timeout: Duration,
     /// Boots a broken update may take before the fallback must have happened.
     pub max_boots: u32,
+    /// Power cuts (qemu killed) at random moments during `osbuild admin upgrade`, and as
+    /// many during the shutdown that finalizes a staged deployment; 0 for none.
+    pub power_cuts: u32,
 }
 
 /// How a step ended.
@@ -77,7 +80,7 @@ pub struct Report {
 }
 
 impl Report {
-    /// Every step that ran passed, and none was skipped.
+    /// Every step passed (none failed, none was skipped after a failure).
     pub fn passed(&self) -> bool {
         self.steps.iter().all(|s| s.outcome == Outcome::Pass)
     }
@@ -118,6 +121,11 @@ const STEPS: [&str; 5] = [
     "reboot into the update",
     "broken update staged",
     "automatic fallback",
+];
+/// The steps `--power-cuts` adds, after the boot and after the reboot into the update.
+const CUT_STEPS: [&str; 2] = [
+    "power cuts during the upgrade",
+    "power cuts during finalization",
 ];
 
 /// Run the story. Errors are for what stops it from starting (no qemu-img, no ssh); a
@@ -164,7 +172,9 @@ pub fn run(story: &Story) -> Result<Report> {
         guest: Guest { key, port },
         timeout: story.boot_timeout,
         boots: 0,
+        shutdown: None,
     };
+    let mut rng = Rng::seeded();
     let mut report = Report::default();
     let mut run_step = |name: &'static str, f: &mut dyn FnMut() -> Result<String>| {
         let start = Instant::now();
@@ -188,18 +198,45 @@ pub fn run(story: &Story) -> Result<Report> {
     let mut booted = Deployment::default();
     let mut staged = Deployment::default();
     let mut remote = String::new();
+    let mut first = String::new();
     run_step(STEPS[0], &mut || {
         let (vm, status) = device.boot_to_login()?;
         current = Some(vm);
         booted = status.booted()?;
+        first = booted.checksum.clone();
+        let (name, _) = booted.remote_and_branch()?;
+        device.guest.set_url(&name, &story.update_url)?;
+        remote = name;
         Ok(format!("booted {booted}"))
     });
+    if story.power_cuts > 0 {
+        run_step(CUT_STEPS[0], &mut || {
+            let vm = current.take().context("no running device")?;
+            let (vm, detail) = device.cut_upgrades(vm, story.power_cuts, &mut rng)?;
+            current = Some(vm);
+            booted = device.guest.status()?.booted()?;
+            Ok(detail)
+        });
+    }
     run_step(STEPS[1], &mut || {
-        let (name, branch) = booted.remote_and_branch()?;
-        remote = name;
+        let (_, branch) = booted.remote_and_branch()?;
         let guest = &device.guest;
-        guest.set_url(&remote, &story.update_url)?;
         let target = story.branch.clone().unwrap_or(branch);
+        let status = guest.status()?;
+        // A power cut late in an upgrade can leave the update deployed and even booted
+        // (images whose upgrades deploy at once rather than stage): what this step makes.
+        if let Some(ahead) = status.staged() {
+            staged = ahead;
+            return Ok(format!(
+                "{staged} was already deployed by an upgrade cut short"
+            ));
+        }
+        if booted.checksum != first {
+            staged = booted.clone();
+            return Ok(format!(
+                "{staged} already boots: an upgrade cut short deployed it"
+            ));
+        }
         let said = guest.stage(&remote, &target, &booted)?;
         staged = guest.status()?.staged().with_context(|| {
             format!(
@@ -230,13 +267,17 @@ pub fn run(story: &Story) -> Result<Report> {
         booted = now;
         Ok(format!("booted {booted}; the boot was marked good"))
     });
+    if story.power_cuts > 0 {
+        run_step(CUT_STEPS[1], &mut || {
+            let vm = current.take().context("no running device")?;
+            let (vm, detail) = device.cut_finalizations(vm, story.power_cuts, &mut rng)?;
+            current = Some(vm);
+            booted = device.guest.status()?.booted()?;
+            Ok(detail)
+        });
+    }
+    // Without a broken ref the story ends here: its last steps are not rows.
     let Some(broken) = &story.broken else {
-        report.steps.extend(STEPS[3..].iter().map(|name| Step {
-            name,
-            outcome: Outcome::Skipped,
-            detail: "no --broken-ref".into(),
-            took: Duration::ZERO,
-        }));
         return Ok(report);
     };
     let mut bad = Deployment::default();
@@ -296,6 +337,8 @@ struct Device {
     guest: Guest,
     timeout: Duration,
     boots: u32,
+    /// How long the last reboot took from `systemctl reboot` to qemu's exit.
+    shutdown: Option<Duration>,
 }
 
 /// Where a boot ended up.
@@ -348,10 +391,174 @@ impl Device {
     /// Reboot the guest as a user would, and wait for qemu to exit.
     fn reboot(&mut self, mut vm: Vm) -> Result<()> {
         // The connection drops as the guest goes down: its exit status says nothing.
+        let start = Instant::now();
         let _ = self.guest.run("systemctl reboot");
         vm.wait_exit(Duration::from_secs(300))
             .context("the device did not reboot")?;
+        self.shutdown = Some(start.elapsed());
         Ok(())
+    }
+
+    /// Cut the power `n` times at random moments while `osbuild admin upgrade` runs. After
+    /// each cut the device must boot to a good deployment (the one it ran, or the update
+    /// if the cut came after the upgrade deployed it), marked good, and `ostree fsck` must
+    /// pass.
+    fn cut_upgrades(&mut self, mut vm: Vm, n: u32, rng: &mut Rng) -> Result<(Vm, String)> {
+        let before = self.guest.status()?.booted()?;
+        // Cuts land within this many seconds of the upgrade's start; once an upgrade is
+        // seen to end before its cut, within its duration.
+        let mut span = Duration::from_secs(30);
+        let mut cuts = Vec::new();
+        for i in 1..=n {
+            let mut upgrade = self
+                .guest
+                .ssh("osbuild admin upgrade")
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .context("starting `osbuild admin upgrade` over SSH")?;
+            let at = span.mul_f64(0.05 + 0.95 * rng.fraction());
+            let start = Instant::now();
+            let mut ended = None;
+            while start.elapsed() < at {
+                if ended.is_none() && upgrade.try_wait()?.is_some() {
+                    ended = Some(start.elapsed());
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            drop(vm);
+            let _ = upgrade.kill();
+            let _ = upgrade.wait();
+            let when = match ended {
+                Some(t) => {
+                    span = t;
+                    format!(
+                        "{:.1}s (the upgrade had ended at {:.1}s)",
+                        at.as_secs_f64(),
+                        t.as_secs_f64()
+                    )
+                }
+                None => format!("{:.1}s into the upgrade", at.as_secs_f64()),
+            };
+            let what = format!("power cut {i} of {n}, {when}");
+            let (next, _) = self
+                .boot_to_login()
+                .with_context(|| format!("booting after {what}"))?;
+            vm = next;
+            let target = self
+                .guest
+                .head(before.refspec.as_deref().unwrap_or_default());
+            let allowed: Vec<&str> = std::iter::once(before.checksum.as_str())
+                .chain(target.as_deref())
+                .collect();
+            let booted = self
+                .check_after_cut(&allowed)
+                .with_context(|| format!("after {what}"))?;
+            cuts.push(format!("{when} -> {}", short(&booted.checksum)));
+        }
+        Ok((
+            vm,
+            format!(
+                "{n} cuts, each followed by a good boot and a clean fsck: {}",
+                cuts.join("; ")
+            ),
+        ))
+    }
+
+    /// Cut the power `n` times at random moments of the shutdown that finalizes a staged
+    /// deployment (a redeployment of the booted ref's head, told apart by a kernel argument
+    /// `osbuild.power-cut=I`). After each cut the device must boot the old or the new
+    /// deployment, marked good, and `ostree fsck` must pass.
+    fn cut_finalizations(&mut self, mut vm: Vm, n: u32, rng: &mut Rng) -> Result<(Vm, String)> {
+        // The last reboot's duration bounds the moments: the finalization is part of it.
+        let span = self.shutdown.unwrap_or(Duration::from_secs(20));
+        let mut finalized = 0;
+        let mut cuts = Vec::new();
+        for i in 1..=n {
+            let booted = self.guest.status()?.booted()?;
+            let refspec = booted
+                .refspec
+                .clone()
+                .with_context(|| format!("{booted} has no origin refspec to redeploy"))?;
+            let said = self.guest.run(&format!(
+                "ostree admin deploy --stage --karg=osbuild.power-cut={i} {} 2>&1",
+                cmd::quote_word(&refspec)
+            ))?;
+            let status = self.guest.status()?;
+            let staged = status.with_role("staged").with_context(|| {
+                format!(
+                    "`ostree admin deploy --stage {refspec}` staged nothing ({}): {}",
+                    said.trim(),
+                    status.json
+                )
+            })?;
+            let at = span.mul_f64(0.05 + 0.95 * rng.fraction());
+            let start = Instant::now();
+            let _ = self.guest.run("systemctl reboot");
+            let mut exited = None;
+            while start.elapsed() < at {
+                if exited.is_none() && vm.exited()?.is_some() {
+                    exited = Some(start.elapsed());
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            drop(vm);
+            let when = match exited {
+                Some(t) => format!(
+                    "{:.1}s into the shutdown (it had rebooted at {:.1}s)",
+                    at.as_secs_f64(),
+                    t.as_secs_f64()
+                ),
+                None => format!("{:.1}s into the shutdown", at.as_secs_f64()),
+            };
+            let what = format!("power cut {i} of {n}, {when}");
+            let (next, _) = self
+                .boot_to_login()
+                .with_context(|| format!("booting after {what}"))?;
+            vm = next;
+            let now = self
+                .check_after_cut(&[booted.checksum.as_str(), staged.checksum.as_str()])
+                .with_context(|| format!("after {what}"))?;
+            let cmdline = self.guest.run("cat /proc/cmdline")?;
+            let new = cmdline
+                .split_whitespace()
+                .any(|a| a == format!("osbuild.power-cut={i}"));
+            finalized += u32::from(new);
+            cuts.push(format!(
+                "{when} -> {} deployment {}",
+                if new { "new" } else { "old" },
+                short(&now.checksum)
+            ));
+        }
+        Ok((
+            vm,
+            format!(
+                "{n} cuts ({finalized} after the finalization), each followed by a good boot and a \
+                 clean fsck: {}",
+                cuts.join("; ")
+            ),
+        ))
+    }
+
+    /// After a power cut: the boot settled and was marked good, it runs one of `allowed`,
+    /// and the repository passes `ostree fsck`.
+    fn check_after_cut(&self, allowed: &[&str]) -> Result<Deployment> {
+        let status = self.guest.settled_status()?;
+        let booted = status.booted()?;
+        anyhow::ensure!(
+            allowed.contains(&booted.checksum.as_str()),
+            "booted {booted}, which is none of {allowed:?}"
+        );
+        anyhow::ensure!(
+            status.trial().is_none(),
+            "the boot of {booted} was not marked good: {}",
+            status.json
+        );
+        self.guest
+            .run("ostree fsck --quiet 2>&1")
+            .context("`ostree fsck` on the device failed")?;
+        Ok(booted)
     }
 
     /// Boot until the device settles after the broken update `bad`: back on `good`, the
@@ -441,7 +648,7 @@ impl Guest {
     fn ssh(&self, script: &str) -> Command {
         // `timeout`: a guest that goes down mid-command can leave ssh waiting.
         let mut c = Command::new("timeout");
-        c.args(["--kill-after=5", "600", "ssh", "-i"])
+        c.args(["--kill-after=5", "1800", "ssh", "-i"])
             .arg(&self.key)
             .args(["-p", &self.port.to_string()])
             .args(["-o", "StrictHostKeyChecking=no"])
@@ -515,6 +722,14 @@ impl Guest {
             shown.trim()
         );
         Ok(())
+    }
+
+    /// The commit `refspec` points at in the device's repo, if it has it.
+    fn head(&self, refspec: &str) -> Option<String> {
+        self.run(&format!("ostree rev-parse {}", cmd::quote_word(refspec)))
+            .ok()
+            .map(|s| s.trim().to_string())
+            .filter(|s| !s.is_empty())
     }
 
     /// Stage `remote:branch`: an upgrade when the device follows it, else a switch.
@@ -610,6 +825,28 @@ impl Status {
     }
 }
 
+/// Where power cuts land: xorshift64*, seeded from the clock (no two runs cut alike).
+struct Rng(u64);
+
+impl Rng {
+    fn seeded() -> Self {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos() as u64)
+            .unwrap_or(0x9e37_79b9_7f4a_7c15);
+        Rng(nanos | 1)
+    }
+
+    /// Uniform in [0, 1).
+    fn fraction(&mut self) -> f64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        let x = self.0.wrapping_mul(0x2545_f491_4f6c_dd1d);
+        (x >> 11) as f64 / (1u64 << 53) as f64
+    }
+}
+
 fn short(checksum: &str) -> &str {
     checksum.get(..12).unwrap_or(checksum)
 }
@@ -654,6 +891,17 @@ mod tests {
             steps: vec![step("boot", Outcome::Pass, "")],
         };
         assert!(ok.passed());
+    }
+
+    #[test]
+    fn cuts_land_anywhere_in_their_span() {
+        let mut rng = Rng(42);
+        let draws: Vec<f64> = (0..10_000).map(|_| rng.fraction()).collect();
+        assert!(draws.iter().all(|f| (0.0..1.0).contains(f)));
+        // Both ends of the span are reached: no moment of an upgrade is left out.
+        assert!(draws.iter().any(|f| *f < 0.01) && draws.iter().any(|f| *f > 0.99));
+        let mean = draws.iter().sum::<f64>() / draws.len() as f64;
+        assert!((mean - 0.5).abs() < 0.02, "{mean}");
     }
 
     #[test]
