@@ -663,9 +663,12 @@ fn boot_and_upgrade(v: &Variant, m: &Matrix) -> Result<()> {
 const VM_TEST_ROW: &str = "syslinux-bios-mbr";
 /// The ref of the broken update `osbuild vm test` switches to.
 const BROKEN_BRANCH: &str = "sampleos/broken/x86_64";
+/// The power cuts `osbuild vm test` makes during the upgrade, and as many during the
+/// shutdown that finalizes a staged deployment.
+const POWER_CUTS: u32 = 5;
 
-/// `osbuild vm test` on the row's image: every step passes, and the table names c2 and
-/// the broken commit where the story says.
+/// `osbuild vm test` on the row's image, with power cuts: every step passes, and the
+/// table names c2 and the broken commit where the story says.
 fn vm_test(v: &Variant, m: &Matrix, image: &Path, repo: &Path, port: u16) -> Result<()> {
     let broken = commit(repo, BROKEN_BRANCH, &m.unhealthy, Some("3"))?;
     let written = fs::metadata(image)?.modified()?;
@@ -679,6 +682,8 @@ fn vm_test(v: &Variant, m: &Matrix, image: &Path, repo: &Path, port: u16) -> Res
                 BROKEN_BRANCH,
                 "--firmware",
                 v.firmware.name(),
+                "--power-cuts",
+                &POWER_CUTS.to_string(),
             ])
             .arg("--log")
             .arg(m.dir.join(format!("{}-vm-test.log", v.name))),
@@ -699,12 +704,15 @@ fn vm_test(v: &Variant, m: &Matrix, image: &Path, repo: &Path, port: u16) -> Res
             .to_string()
     };
     let (c1, c2) = (&m.c1[..12], &m.c2[..12]);
+    let cuts = format!("{POWER_CUTS} cuts");
     for (step, needles) in [
         ("boot ", vec![c1, "(version 1)"]),
         ("upgrade ", vec![c2, "(version 2)"]),
         ("reboot into the update ", vec![c2, "marked good"]),
         ("broken update staged ", vec![&broken[..12], BROKEN_BRANCH]),
         ("automatic fallback ", vec![c2, &broken[..12]]),
+        ("power cuts during the upgrade ", vec![&cuts]),
+        ("power cuts during finalization ", vec![&cuts]),
     ] {
         let line = row(step);
         anyhow::ensure!(
