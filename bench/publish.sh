@@ -11,8 +11,8 @@
 # the time, the requests Garage served (counted in its request log) and the bytes sent
 # (the sizes of the files PUT), and the time ratios to rclone.
 #
-# Needs root (the page cache is dropped before each run), garage (scripts/install-deps.sh
-# builds it), and installs rclone and awscli if missing. Work files under
+# Needs root (the page cache is dropped before each run) and cargo (a release build of
+# Garage is made once), and installs rclone and awscli if missing. Work files under
 # target/bench-publish; the tree is bench/commit.sh's (target/bench-commit).
 # Usage: bench/publish.sh   (OSBUILD=path/to/osbuild to time another build of it)
 set -euo pipefail
@@ -24,8 +24,20 @@ WORK=$ROOT/target/bench-publish
 for tool in ostree bc curl python3; do
   command -v "$tool" >/dev/null || { echo "$tool is missing: run scripts/install-deps.sh" >&2; exit 1; }
 done
-GARAGE=$(command -v garage || echo "$HOME/.cargo/bin/garage")
-[ -x "$GARAGE" ] || { echo "garage is missing: run scripts/install-deps.sh" >&2; exit 1; }
+# The store is a release build of Garage, as operators run it (the tests' debug build,
+# from scripts/install-deps.sh, spends several times the CPU per object and would time
+# the store rather than the tools). Built once per version under target/, ~25 minutes on
+# 2 cores; GARAGE=path/to/garage to use another.
+GARAGE_VERSION=$(sed -n 's/^GARAGE_VERSION=//p' "$ROOT/scripts/install-deps.sh")
+if [ -z "${GARAGE:-}" ]; then
+  GARAGE=$ROOT/target/bench-garage-$GARAGE_VERSION/bin/garage
+  if ! [ -x "$GARAGE" ]; then
+    echo "== building garage $GARAGE_VERSION (release; once)" >&2
+    cargo install garage --version "$GARAGE_VERSION" --locked --no-default-features \
+      --features lmdb,bundled-libs --root "$ROOT/target/bench-garage-$GARAGE_VERSION" >&2
+  fi
+fi
+[ -x "$GARAGE" ] || { echo "garage is missing: $GARAGE" >&2; exit 1; }
 if ! command -v rclone >/dev/null || ! command -v aws >/dev/null; then
   echo "== installing rclone and awscli" >&2
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq rclone awscli >&2
@@ -158,7 +170,8 @@ read -r o_one_t o_one_n o_one_b o_one_c o_one_s <"$WORK/result"
 
 size=$(du -sm --apparent-size "$REPO" | cut -f1)
 files=$(find "$REPO" -type f | wc -l)
-printf '\nrepository: %s MB, %s files; Garage 2.5 on loopback, one node; %s cores\n\n' "$size" "$files" "$(nproc)"
+printf '\nrepository: %s MB, %s files; %s (%s) on loopback, one node; %s cores\n\n' "$size" "$files" \
+  "$("$GARAGE" --version | head -n1)" "$GARAGE" "$(nproc)"
 printf '%-32s %9s %9s %9s %11s %11s %7s\n' "publish" "time (s)" "requests" "MB sent" "tool CPU s" "Garage CPU" "ratio"
 row() { # LABEL SECONDS REQUESTS BYTES TOOL-CPU GARAGE-CPU BASE [NOTE]
   printf '%-32s %9.2f %9d %9.1f %11.1f %11.1f %7.2f   %s\n' "$1" "$2" "$3" "$(echo "$4 / 1048576" | bc -l)" "$5" "$6" "$(echo "$2 / $7" | bc -l)" "${8:-}"

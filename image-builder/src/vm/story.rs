@@ -173,6 +173,7 @@ pub fn run(story: &Story) -> Result<Report> {
         timeout: story.boot_timeout,
         boots: 0,
         shutdown: None,
+        finalize: None,
     };
     let mut rng = Rng::seeded();
     let mut report = Report::default();
@@ -211,11 +212,10 @@ pub fn run(story: &Story) -> Result<Report> {
     });
     if story.power_cuts > 0 {
         run_step(CUT_STEPS[0], &mut || {
-            let vm = current.take().context("no running device")?;
-            let (vm, detail) = device.cut_upgrades(vm, story.power_cuts, &mut rng)?;
-            current = Some(vm);
-            booted = device.guest.status()?.booted()?;
-            Ok(detail)
+            let n = story.power_cuts;
+            power_cuts(&mut device, &mut current, &mut booted, |d, vm| {
+                d.cut_upgrades(vm, n, &mut rng)
+            })
         });
     }
     run_step(STEPS[1], &mut || {
@@ -269,11 +269,10 @@ pub fn run(story: &Story) -> Result<Report> {
     });
     if story.power_cuts > 0 {
         run_step(CUT_STEPS[1], &mut || {
-            let vm = current.take().context("no running device")?;
-            let (vm, detail) = device.cut_finalizations(vm, story.power_cuts, &mut rng)?;
-            current = Some(vm);
-            booted = device.guest.status()?.booted()?;
-            Ok(detail)
+            let n = story.power_cuts;
+            power_cuts(&mut device, &mut current, &mut booted, |d, vm| {
+                d.cut_finalizations(vm, n, &mut rng)
+            })
         });
     }
     // Without a broken ref the story ends here: its last steps are not rows.
@@ -299,6 +298,20 @@ pub fn run(story: &Story) -> Result<Report> {
     });
     drop(current);
     Ok(report)
+}
+
+/// Run one kind of power cuts on the running device; `booted` follows where it ends up.
+fn power_cuts(
+    device: &mut Device,
+    current: &mut Option<Vm>,
+    booted: &mut Deployment,
+    cuts: impl FnOnce(&mut Device, Vm) -> Result<(Vm, String)>,
+) -> Result<String> {
+    let vm = current.take().context("no running device")?;
+    let (vm, detail) = cuts(device, vm)?;
+    *current = Some(vm);
+    *booted = device.guest.status()?.booted()?;
+    Ok(detail)
 }
 
 /// A qcow2 overlay on the image, in `dir`: the device writes there.
@@ -339,6 +352,42 @@ struct Device {
     boots: u32,
     /// How long the last reboot took from `systemctl reboot` to qemu's exit.
     shutdown: Option<Duration>,
+    /// How long the last finalization at shutdown took, where the console showed it.
+    finalize: Option<Duration>,
+}
+
+/// The console lines of a staged deployment's finalization: systemd prints them as it
+/// stops `ostree-finalize-staged.service` at shutdown, which writes the deployment.
+const FINALIZE_UNIT: &str = "Finalize Staged Deployment";
+
+/// When, since a reboot began, the console showed the finalization start and end.
+#[derive(Debug, Default, Clone, Copy)]
+struct Window {
+    started: Option<Duration>,
+    ended: Option<Duration>,
+}
+
+impl Window {
+    /// Note what the console has shown since byte `from` (at most 50 ms late).
+    fn watch(&mut self, vm: &Vm, from: usize, start: Instant) {
+        self.scan(vm.output().get(from..).unwrap_or_default(), start.elapsed());
+    }
+
+    /// Note the finalization's lines in `text`, as seen at `now`.
+    fn scan(&mut self, text: &str, now: Duration) {
+        for line in text.lines().filter(|l| l.contains(FINALIZE_UNIT)) {
+            if line.contains("Stopping") && self.started.is_none() {
+                self.started = Some(now);
+            }
+            if line.contains("Stopped") && self.ended.is_none() {
+                self.ended = Some(now);
+            }
+        }
+    }
+
+    fn took(&self) -> Option<Duration> {
+        Some(self.ended?.saturating_sub(self.started?))
+    }
 }
 
 /// Where a boot ended up.
@@ -390,12 +439,25 @@ impl Device {
 
     /// Reboot the guest as a user would, and wait for qemu to exit.
     fn reboot(&mut self, mut vm: Vm) -> Result<()> {
-        // The connection drops as the guest goes down: its exit status says nothing.
+        let from = vm.output().len();
         let start = Instant::now();
+        // The connection drops as the guest goes down: its exit status says nothing.
         let _ = self.guest.run("systemctl reboot");
-        vm.wait_exit(Duration::from_secs(300))
+        let mut window = Window::default();
+        while vm.exited()?.is_none() {
+            window.watch(&vm, from, start);
+            if start.elapsed() > Duration::from_secs(300) {
+                return Err(vm.error("the device did not reboot within 300 s"));
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        vm.wait_exit(Duration::from_secs(10))
             .context("the device did not reboot")?;
+        window.watch(&vm, from, start);
         self.shutdown = Some(start.elapsed());
+        if let Some(took) = window.took() {
+            self.finalize = Some(took);
+        }
         Ok(())
     }
 
@@ -466,13 +528,14 @@ impl Device {
         ))
     }
 
-    /// Cut the power `n` times at random moments of the shutdown that finalizes a staged
-    /// deployment (a redeployment of the booted ref's head, told apart by a kernel argument
-    /// `osbuild.power-cut=I`). After each cut the device must boot the old or the new
-    /// deployment, marked good, and `ostree fsck` must pass.
+    /// Cut the power `n` times at random moments of the finalization of a staged
+    /// deployment (a redeployment of the booted ref's head, told apart by a kernel
+    /// argument `osbuild.power-cut=I`) at shutdown. Where the console shows the
+    /// finalization (systemd's status lines), each cut lands within it, over the duration
+    /// it took at the last reboot; otherwise anywhere in the shutdown. After each cut the
+    /// device must boot the old or the new deployment, marked good, and `ostree fsck`
+    /// must pass.
     fn cut_finalizations(&mut self, mut vm: Vm, n: u32, rng: &mut Rng) -> Result<(Vm, String)> {
-        // The last reboot's duration bounds the moments: the finalization is part of it.
-        let span = self.shutdown.unwrap_or(Duration::from_secs(20));
         let mut finalized = 0;
         let mut cuts = Vec::new();
         for i in 1..=n {
@@ -493,25 +556,50 @@ impl Device {
                     status.json
                 )
             })?;
-            let at = span.mul_f64(0.05 + 0.95 * rng.fraction());
+            let from = vm.output().len();
             let start = Instant::now();
             let _ = self.guest.run("systemctl reboot");
-            let mut exited = None;
-            while start.elapsed() < at {
-                if exited.is_none() && vm.exited()?.is_some() {
-                    exited = Some(start.elapsed());
+            let mut window = Window::default();
+            // The span the cut is drawn from, and where it starts.
+            let (span, zero) = match self.finalize {
+                Some(took) => {
+                    while window.started.is_none() && vm.exited()?.is_none() {
+                        anyhow::ensure!(
+                            start.elapsed() < Duration::from_secs(300),
+                            "the device did not start finalizing within 300 s of `systemctl reboot`"
+                        );
+                        window.watch(&vm, from, start);
+                        std::thread::sleep(Duration::from_millis(20));
+                    }
+                    (took, window.started.unwrap_or_default())
                 }
-                std::thread::sleep(Duration::from_millis(50));
-            }
-            drop(vm);
-            let when = match exited {
-                Some(t) => format!(
-                    "{:.1}s into the shutdown (it had rebooted at {:.1}s)",
-                    at.as_secs_f64(),
-                    t.as_secs_f64()
+                None => (
+                    self.shutdown.unwrap_or(Duration::from_secs(20)),
+                    Duration::ZERO,
                 ),
-                None => format!("{:.1}s into the shutdown", at.as_secs_f64()),
             };
+            let at = span.mul_f64(0.05 + 0.95 * rng.fraction());
+            let mut exited = false;
+            while start.elapsed() < zero + at {
+                exited |= vm.exited()?.is_some();
+                window.watch(&vm, from, start);
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            window.watch(&vm, from, start);
+            drop(vm);
+            let phase = if self.finalize.is_some() {
+                "finalization"
+            } else {
+                "shutdown"
+            };
+            let mut when = format!("{:.1}s into the {phase}", at.as_secs_f64());
+            if let Some(took) = window.took() {
+                // It ended before the cut: the next draws use its duration.
+                let _ = write!(when, " (it had ended at {:.1}s)", took.as_secs_f64());
+                self.finalize = Some(took);
+            } else if exited {
+                when.push_str(" (the device had rebooted)");
+            }
             let what = format!("power cut {i} of {n}, {when}");
             let (next, _) = self
                 .boot_to_login()
@@ -534,8 +622,8 @@ impl Device {
         Ok((
             vm,
             format!(
-                "{n} cuts ({finalized} after the finalization), each followed by a good boot and a \
-                 clean fsck: {}",
+                "{n} cuts ({finalized} booted the new deployment), each followed by a good boot \
+                 and a clean fsck: {}",
                 cuts.join("; ")
             ),
         ))
@@ -891,6 +979,29 @@ mod tests {
             steps: vec![step("boot", Outcome::Pass, "")],
         };
         assert!(ok.passed());
+    }
+
+    #[test]
+    fn the_finalization_is_read_off_systemds_status_lines() {
+        let mut w = Window::default();
+        // Started at boot by osbuild-boot-menu.service: not the finalization.
+        w.scan(
+            "[  OK  ] Started ostree-finalize-st…OSTree Finalize Staged Deployment.\n",
+            Duration::from_secs(1),
+        );
+        assert!(w.started.is_none() && w.took().is_none());
+        let s = Duration::from_secs(4);
+        w.scan(
+            "         Stopping ostree-finalize-s…Tree Finalize Staged Deployment...\n",
+            s,
+        );
+        assert_eq!(w.started, Some(s));
+        assert!(w.took().is_none());
+        let text = "         Stopping ostree-finalize-s…Tree Finalize Staged Deployment...\n\
+                    [  OK  ] Stopped ostree-finalize-st…OSTree Finalize Staged Deployment.\n";
+        w.scan(text, Duration::from_secs(7));
+        assert_eq!(w.started, Some(s));
+        assert_eq!(w.took(), Some(Duration::from_secs(3)));
     }
 
     #[test]
