@@ -705,7 +705,7 @@ fn vm_test(v: &Variant, m: &Matrix, image: &Path, repo: &Path, port: u16) -> Res
             .to_string()
     };
     let (c1, c2) = (&m.c1[..12], &m.c2[..12]);
-    let cuts = format!("{POWER_CUTS} cuts");
+    let cuts = format!("{POWER_CUTS} cut");
     for (step, needles) in [
         ("boot ", vec![c1, "(version 1)"]),
         ("upgrade ", vec![c2, "(version 2)"]),

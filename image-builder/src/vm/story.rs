@@ -522,7 +522,8 @@ impl Device {
         Ok((
             vm,
             format!(
-                "{n} cuts, each followed by a good boot and a clean fsck: {}",
+                "{}, each followed by a good boot and a clean fsck: {}",
+                plural(n, "cut"),
                 cuts.join("; ")
             ),
         ))
@@ -622,8 +623,9 @@ impl Device {
         Ok((
             vm,
             format!(
-                "{n} cuts ({finalized} booted the new deployment), each followed by a good boot \
+                "{} ({finalized} booted the new deployment), each followed by a good boot \
                  and a clean fsck: {}",
+                plural(n, "cut"),
                 cuts.join("; ")
             ),
         ))
@@ -933,6 +935,11 @@ impl Rng {
         let x = self.0.wrapping_mul(0x2545_f491_4f6c_dd1d);
         (x >> 11) as f64 / (1u64 << 53) as f64
     }
+}
+
+/// "1 cut", "2 cuts".
+fn plural(n: u32, noun: &str) -> String {
+    format!("{n} {noun}{}", if n == 1 { "" } else { "s" })
 }
 
 fn short(checksum: &str) -> &str {
