@@ -6,7 +6,7 @@
 //! differences) and the Debian mirror, through osbuild_testing::require: skipped with a
 //! message naming what is missing, or failed under CI=true. The downloaded packages are
 //! kept under target/tmp/osbuild-cache/packages across runs (shared with the e2e suite);
-//! each run rebuilds the base twice from them (a few minutes).
+//! each run rebuilds the base twice from them (a few minutes), in a cache of its own.
 
 use osbuild_core::cmd;
 use osbuild_testing::helpers::osbuild_bin;
@@ -71,7 +71,18 @@ fn same_manifest_same_packages_same_commit() {
     ]) {
         return;
     }
-    let cache = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("osbuild-cache");
+    // A cache of its own, so that removing its bases at the end cannot touch a base that
+    // another test is bootstrapping in the shared cache at the same time; only the
+    // downloaded packages are shared, through a link.
+    let tmp = PathBuf::from(env!("CARGO_TARGET_TMPDIR"));
+    let shared_packages = tmp.join("osbuild-cache/packages");
+    std::fs::create_dir_all(&shared_packages).unwrap();
+    let own_cache = tempfile::Builder::new()
+        .prefix("repro-cache-")
+        .tempdir_in(&tmp)
+        .unwrap();
+    std::os::unix::fs::symlink(&shared_packages, own_cache.path().join("packages")).unwrap();
+    let cache = own_cache.path();
     let dir = tempfile::tempdir().unwrap();
     let manifest = dir.path().join("osbuild.toml");
     // Small, but touching what varies from build to build: a user (shadow's last-change
@@ -100,20 +111,20 @@ fn same_manifest_same_packages_same_commit() {
         .map(|i| dir.path().join(format!("repo{i}")))
         .collect();
     // Two builds from scratch (the same packages: the first one's, or an earlier run's).
-    let first = build(&manifest, &cache, &repos[0], true);
-    let second = build(&manifest, &cache, &repos[1], true);
+    let first = build(&manifest, cache, &repos[0], true);
+    let second = build(&manifest, cache, &repos[1], true);
     assert!(
         first == second,
         "two builds of the same manifest differ: {first} and {second}:\n{}",
         differences(&repos[0], &first, &repos[1], &second)
     );
     // The cached base gives the same tree as building it.
-    let third = build(&manifest, &cache, &repos[2], false);
+    let third = build(&manifest, cache, &repos[2], false);
     assert!(
         first == third,
         "the build from the cached base differs: {first} and {third}:\n{}",
         differences(&repos[0], &first, &repos[2], &third)
     );
-    // Keep the packages for the next run, not the base (it is large).
-    let _ = std::fs::remove_dir_all(cache.join("base"));
+    // The private cache (its bases are large) goes with the TempDir; the link to the
+    // shared packages is removed, not followed, so they stay for the next run.
 }
