@@ -27,6 +27,67 @@ pub const ENABLED_UNITS: &[&str] = &[
     "osbuild-boot-good.service",
 ];
 
+/// An OpenRC service of ours, for trees whose init is OpenRC (where the units above are
+/// never started): its script goes to `/etc/init.d/NAME`, and it is added to `runlevel`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OpenRcService {
+    /// The service's name.
+    pub name: &'static str,
+    /// The runlevel it is added to.
+    pub runlevel: &'static str,
+    /// The openrc-run script.
+    pub script: String,
+}
+
+/// The OpenRC services: the same jobs as the systemd units, at the same moments.
+pub fn openrc_services() -> Vec<OpenRcService> {
+    vec![
+        OpenRcService {
+            name: "osbuild-ssh-keygen",
+            runlevel: "default",
+            script: "#!/sbin/openrc-run\n\
+                     description=\"Generate the SSH host keys this device does not have yet\"\n\n\
+                     depend() {\n\tbefore sshd\n}\n\n\
+                     start() {\n\t[ -x /usr/bin/ssh-keygen ] || return 0\n\
+                     \tebegin \"Generating SSH host keys\"\n\t/usr/bin/ssh-keygen -A\n\teend $?\n}\n"
+                .to_string(),
+        },
+        // What osbuild-grow-root, osbuild-boot-menu, osbuild-health and osbuild-boot-good
+        // do under systemd, last in the boot: the health checks decide whether this boot
+        // is good, or reboot / roll back.
+        OpenRcService {
+            name: "osbuild-boot",
+            runlevel: "default",
+            script: format!(
+                "#!/sbin/openrc-run\n\
+                 description=\"osbuild at boot: grow the root, update the boot menu, run the health checks, mark the boot good\"\n\n\
+                 depend() {{\n\tafter *\n}}\n\n\
+                 start() {{\n\
+                 \tebegin \"Growing the root partition to fill the disk\"\n\t{GROW_ROOT_BIN}\n\teend $? || true\n\
+                 \tebegin \"Updating the boot menu\"\n\t{BOOT_MENU_BIN}\n\teend $? || true\n\
+                 \tebegin \"Running osbuild's health checks\"\n\
+                 \t/usr/bin/osbuild admin health-check && /usr/bin/osbuild admin boot-good\n\teend $?\n}}\n"
+            ),
+        },
+        // libostree writes a staged deployment only when asked at shutdown; Debian's
+        // OpenRC shuts down through the `off` runlevel, whose services start once every
+        // other service has stopped: this one runs before processes are killed and the
+        // filesystems are unmounted or made read-only, and the boot menu follows it.
+        OpenRcService {
+            name: "ostree-finalize-staged",
+            runlevel: "off",
+            script: format!(
+                "#!/sbin/openrc-run\n\
+                 description=\"Write the ostree deployment staged for the next boot\"\n\n\
+                 depend() {{\n\tbefore sendsigs umountnfs umountfs umountroot savecache\n}}\n\n\
+                 start() {{\n\t[ -e /run/ostree/staged-deployment ] || return 0\n\
+                 \tebegin \"Finalizing the staged ostree deployment\"\n\
+                 \t/usr/bin/osbuild admin finalize-staged && {BOOT_MENU_BIN}\n\teend $?\n}}\n"
+            ),
+        },
+    ]
+}
+
 /// A file of the tree.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DeviceFile {
@@ -169,6 +230,26 @@ mod tests {
         );
         // The menu's hook runs the binary shipped beside it.
         assert!(files.iter().any(|f| f.path == BOOT_MENU_BIN));
+    }
+
+    #[test]
+    fn openrc_services_are_openrc_run_scripts_in_debian_runlevels() {
+        let services = openrc_services();
+        for s in &services {
+            assert!(s.script.starts_with("#!/sbin/openrc-run\n"), "{}", s.name);
+            assert!(s.script.contains("\ndepend() {\n"), "{}", s.name);
+            assert!(s.script.contains("\nstart() {\n"), "{}", s.name);
+            // Debian's OpenRC: `default` at boot, `off` at shutdown (there is no
+            // `shutdown` runlevel in its inittab's path).
+            assert!(["default", "off"].contains(&s.runlevel), "{}", s.name);
+        }
+        let finalize = services
+            .iter()
+            .find(|s| s.name == "ostree-finalize-staged")
+            .expect("the finalize service");
+        assert_eq!(finalize.runlevel, "off");
+        assert!(finalize.script.contains("before sendsigs umountnfs umountfs umountroot"));
+        assert!(finalize.script.contains(BOOT_MENU_BIN));
     }
 
     /// The health checks run after multi-user.target and gate boot-complete.target; a

@@ -293,7 +293,20 @@ fn configure(spec: &Bootstrap, dir: &Path) -> Result<()> {
         .join("usr/lib/systemd/system/systemd-networkd.service")
         .exists()
     {
-        // A base without systemd-networkd brings its own network setup.
+        // Without systemd-networkd (an OpenRC tree), ifupdown does the same at boot; a
+        // base with neither brings its own network setup.
+        if dir.join("usr/sbin/ifup").exists() || dir.join("sbin/ifup").exists() {
+            let conf = etc.join("network/interfaces.d/osbuild-dhcp");
+            fs::create_dir_all(conf.parent().unwrap_or(&etc))
+                .with_context(|| format!("creating the directory of {}", conf.display()))?;
+            write(
+                &conf,
+                "# osbuild: DHCP on the wired interfaces, as systemd-networkd does on a\n\
+                 # systemd tree.\n\
+                 auto lo\niface lo inet loopback\n\n\
+                 auto /en*=wired /eth*=wired\niface wired inet dhcp\n",
+            )?;
+        }
         return Ok(());
     }
     cmd::run(

@@ -183,6 +183,18 @@ pub(crate) fn set_services(root: &Path, services: &Services) -> Result<()> {
         )
         .with_context(|| format!("{verb} {}", units.join(", ")))?;
     }
+    for (service, runlevel) in &services.openrc {
+        if !root.join("etc/init.d").join(service).exists() {
+            bail!("OpenRC service {service} is not in the tree: add its script to /etc/init.d with `files`");
+        }
+        // rc-update only makes the runlevel's link, which works offline in a chroot.
+        cmd::run(
+            Command::new("chroot")
+                .arg(root)
+                .args(["rc-update", "add", service, runlevel]),
+        )
+        .with_context(|| format!("adding the OpenRC service {service} to runlevel {runlevel}"))?;
+    }
     Ok(())
 }
 

@@ -25,4 +25,4 @@ pub use manifest::{
 };
 pub use prune::{prune, Pruned};
 pub use push::{push, Destination, PushOptions, PushOutcome};
-pub use source::{Base, Debian, Directory, Image, ImageOrigin, Tarball, Transport};
+pub use source::{Base, Debian, Directory, Image, ImageOrigin, Init, Tarball, Transport};

@@ -164,13 +164,17 @@ impl User {
     }
 }
 
-/// systemd units switched on or off, by full unit name.
+/// systemd units switched on or off, by full unit name, and OpenRC services added to
+/// runlevels.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Services {
     /// Units enabled.
     pub enable: Vec<String>,
     /// Units disabled.
     pub disable: Vec<String>,
+    /// OpenRC services added to a runlevel, as (service, runlevel), with the tree's own
+    /// `rc-update`.
+    pub openrc: Vec<(String, String)>,
 }
 
 /// Scripts run chrooted in the tree.

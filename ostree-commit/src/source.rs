@@ -10,7 +10,7 @@ mod image;
 mod layers;
 mod tarball;
 
-pub use debian::Debian;
+pub use debian::{Debian, Init};
 pub use directory::Directory;
 pub use image::{Image, ImageOrigin, Transport};
 pub use tarball::Tarball;

@@ -309,11 +309,30 @@ impl TreeArgs {
             });
         }
         spec.files.extend(device_files()?);
-        spec.services.enable.extend(
-            osbuild_admin::device::ENABLED_UNITS
-                .iter()
-                .map(|u| u.to_string()),
-        );
+        let openrc = matches!(&spec.base, ostree_commit::Base::Debian(d) if d.init == ostree_commit::Init::OpenRc);
+        if openrc {
+            // The unit files stay (inert); OpenRC runs the same jobs from its services.
+            for service in osbuild_admin::device::openrc_services() {
+                spec.files.push(ostree_commit::ImageFile {
+                    path: PathBuf::from("/etc/init.d").join(service.name),
+                    content: ostree_commit::FileContent::Inline(service.script),
+                    mode: 0o755,
+                    owner: ostree_commit::Owner {
+                        user: "root".into(),
+                        group: Some("root".into()),
+                    },
+                });
+                spec.services
+                    .openrc
+                    .push((service.name.to_string(), service.runlevel.to_string()));
+            }
+        } else {
+            spec.services.enable.extend(
+                osbuild_admin::device::ENABLED_UNITS
+                    .iter()
+                    .map(|u| u.to_string()),
+            );
+        }
         spec.cache = self.cache.cache();
         Ok(spec)
     }

@@ -11,6 +11,8 @@
 // the boot matrix (test binaries run one after another: alone, each left a core idle).
 #[path = "e2e/containers.rs"]
 mod containers;
+#[path = "e2e/openrc.rs"]
+mod openrc;
 #[path = "e2e/reproducible.rs"]
 mod reproducible;
 #[path = "e2e/trixie.rs"]

@@ -5,7 +5,7 @@
 
 use super::check;
 use super::raw::SECTIONS;
-use crate::{Base, Bootstrap, ImageSettings, Sign};
+use crate::{Base, Bootstrap, ImageSettings, Init, Sign};
 use anyhow::{bail, Result};
 use std::path::{Path, PathBuf};
 
@@ -259,6 +259,9 @@ impl Overrides {
                     let schemes = ["http://", "https://", "file:/"];
                     d.mirror = Some(checked(check::url(last, &schemes), last)?);
                 }
+                ("base.init", Base::Debian(d)) => {
+                    d.init = Init::parse(last).map_err(|m| anyhow::anyhow!("--{} {last:?}: {m}", flag.name))?;
+                }
                 ("kernel.package", Base::Debian(d)) => {
                     d.kernel = checked(check::package_name(last), last)?;
                 }
@@ -267,7 +270,7 @@ impl Overrides {
                         d.packages.push(checked(check::package_name(v), v)?);
                     }
                 }
-                ("base.suite" | "base.mirror" | "kernel.package" | "packages", _) => {
+                ("base.suite" | "base.mirror" | "base.init" | "kernel.package" | "packages", _) => {
                     debian_only.push(format!("--{}", flag.name));
                 }
                 // A key declared with a tree flag in raw.rs and no arm here: the

@@ -3,7 +3,7 @@
 
 use super::raw::{RawBase, RawFile, RawImage, RawManifest, RawMode, RawUser};
 use super::*;
-use crate::{Debian, Directory, Image, Tarball};
+use crate::{Debian, Directory, Image, Init, Tarball};
 use std::fmt::Write as _;
 use std::ops::Range;
 
@@ -243,6 +243,7 @@ impl Cx<'_> {
                 let services = Services {
                     enable: self.list("services.enable", &s.enable, check::unit_name)?,
                     disable: self.list("services.disable", &s.disable, check::unit_name)?,
+                    openrc: Vec::new(),
                 };
                 if let Some(i) = services
                     .disable
@@ -446,6 +447,7 @@ impl Cx<'_> {
                 ("base.suite", b.suite.as_ref().map(Spanned::span)),
                 ("base.mirror", b.mirror.as_ref().map(Spanned::span)),
                 ("base.components", first(&b.components)),
+                ("base.init", b.init.as_ref().map(Spanned::span)),
                 (
                     "base.repositories",
                     b.repositories
@@ -504,6 +506,14 @@ impl Cx<'_> {
                         })
                     })
                     .transpose()?;
+                let init = b
+                    .init
+                    .as_ref()
+                    .map(|i| {
+                        Init::parse(i.get_ref()).map_err(|m| self.invalid("base.init", i.span(), m))
+                    })
+                    .transpose()?
+                    .unwrap_or_default();
                 let components = match &b.components {
                     Some(c) if c.is_empty() => {
                         return Err(self.invalid(
@@ -558,6 +568,7 @@ impl Cx<'_> {
                     mirror,
                     components,
                     kernel: installs.kernel.map_or(defaults.kernel, |(k, _)| k),
+                    init,
                     packages: installs.packages,
                     repositories,
                 })

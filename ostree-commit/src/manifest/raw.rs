@@ -164,6 +164,10 @@ section! {
         mirror: Option<Str>, "string", "mmdebstrap's (`http://deb.debian.org/debian`)", flag Tree "mirror" "URL" Set;
         /// The archive components enabled from the mirror.
         components: List, "list of strings", "`[\"main\"]`";
+        /// The init system: `systemd`, or `openrc` (OpenRC on sysvinit-core; osbuild's
+        /// dracut module mounts the deployment, and its OpenRC services finalize staged
+        /// upgrades at shutdown and run the health checks).
+        init: Option<Str>, "string", "`\"systemd\"`", flag Tree "init" "INIT" Set;
         /// Extra APT repositories: see `[[base.repositories]]`.
         repositories: Option<Vec<Spanned<RawRepository>>>, "array of tables", "`[]`";
         /// A root filesystem tarball beside the manifest: a tar archive, plain or

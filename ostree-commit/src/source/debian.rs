@@ -10,10 +10,10 @@ use std::fs;
 use std::path::Path;
 use std::process::Command;
 
-/// Packages every bootable tree needs: an init, udev, the ostree boot integration
-/// (prepare-root, finalize-staged, the dracut module) and dracut to build the initramfs.
+/// Packages every bootable tree needs besides its init ([`Init::packages`]): udev, the
+/// ostree boot integration (prepare-root, finalize-staged, the dracut module) and dracut
+/// to build the initramfs.
 const BASE_PACKAGES: &[&str] = &[
-    "systemd-sysv",
     "udev",
     "dbus",
     "ostree",
@@ -22,6 +22,85 @@ const BASE_PACKAGES: &[&str] = &[
     "e2fsprogs",
     "kmod",
     "iproute2",
+];
+
+/// The init system (PID 1) of a Debian base.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Init {
+    /// systemd, with ostree-boot's own units (prepare-root, remount, finalize-staged).
+    #[default]
+    Systemd,
+    /// OpenRC on sysvinit: the deployment is mounted by our dracut module
+    /// (`osbuild-prepare-root`) and finalized by our OpenRC service.
+    OpenRc,
+}
+
+impl Init {
+    /// Every init, for table-driven tests and messages.
+    pub const ALL: [Init; 2] = [Init::Systemd, Init::OpenRc];
+
+    /// The name a manifest and `--init` use.
+    pub fn name(self) -> &'static str {
+        match self {
+            Init::Systemd => "systemd",
+            Init::OpenRc => "openrc",
+        }
+    }
+
+    /// The init named `name`; the error lists the choices.
+    pub fn parse(name: &str) -> Result<Init, String> {
+        Init::ALL
+            .into_iter()
+            .find(|i| i.name() == name)
+            .ok_or_else(|| {
+                let names: Vec<&str> = Init::ALL.iter().map(|i| i.name()).collect();
+                format!("init {name:?} is not known: use one of {}", names.join(", "))
+            })
+    }
+
+    /// The packages that make it PID 1, with what brings the network up under it
+    /// (systemd-networkd is part of systemd; OpenRC runs ifupdown's DHCP).
+    pub fn packages(self) -> &'static [&'static str] {
+        match self {
+            Init::Systemd => &["systemd-sysv"],
+            Init::OpenRc => &["sysvinit-core", "openrc", "ifupdown", "isc-dhcp-client"],
+        }
+    }
+
+    /// The dracut module that mounts the deployment from the initramfs: ostree's own
+    /// needs systemd in the initramfs.
+    pub fn dracut_module(self) -> &'static str {
+        match self {
+            Init::Systemd => "ostree",
+            Init::OpenRc => OPENRC_DRACUT_MODULE,
+        }
+    }
+}
+
+/// Our dracut module for initramfs images without systemd.
+const OPENRC_DRACUT_MODULE: &str = "osbuild-prepare-root";
+
+/// Its files under /usr/lib/dracut/modules.d/98osbuild-prepare-root.
+const OPENRC_DRACUT_FILES: &[(&str, &str)] = &[
+    (
+        "module-setup.sh",
+        "#!/bin/bash\n\
+         # osbuild: mount the ostree deployment from an initramfs without systemd, where\n\
+         # ostree's own module cannot run: ostree-prepare-root on the root before switch_root.\n\
+         check() {\n    [[ -x /usr/lib/ostree/ostree-prepare-root ]] || return 1\n    return 255\n}\n\
+         depends() {\n    return 0\n}\n\
+         install() {\n    inst_binary /usr/lib/ostree/ostree-prepare-root\n    \
+         inst_hook pre-pivot 50 \"$moddir/osbuild-prepare-root.sh\"\n}\n",
+    ),
+    (
+        "osbuild-prepare-root.sh",
+        "#!/bin/sh\n\
+         # osbuild: without systemd nothing mounts the stateroot's /var after switch_root,\n\
+         # so ostree-prepare-root is asked to; it then moves the deployment onto $NEWROOT.\n\
+         mkdir -p /run/ostree\n\
+         : > /run/ostree/initramfs-mount-var\n\
+         /usr/lib/ostree/ostree-prepare-root \"$NEWROOT\" || die \"ostree-prepare-root failed on $NEWROOT\"\n",
+    ),
 ];
 
 /// A Debian suite, with the packages to install.
@@ -35,6 +114,8 @@ pub struct Debian {
     pub components: Vec<String>,
     /// The kernel package.
     pub kernel: String,
+    /// The init system.
+    pub init: Init,
     /// Packages beyond the kernel and the base set.
     pub packages: Vec<String>,
     /// Extra APT repositories, used while packages are installed and left configured in
@@ -49,6 +130,7 @@ impl Default for Debian {
             mirror: None,
             components: vec!["main".into()],
             kernel: "linux-image-cloud-amd64".into(),
+            init: Init::default(),
             packages: Vec::new(),
             repositories: Vec::new(),
         }
@@ -56,11 +138,12 @@ impl Default for Debian {
 }
 
 impl Debian {
-    /// The complete package list given to mmdebstrap: the kernel, the base set, then the
-    /// extra packages sorted, each once (apt installs a set: the order changes nothing,
-    /// and so must not change the base cache's key).
+    /// The complete package list given to mmdebstrap: the kernel, the init, the base set,
+    /// then the extra packages sorted, each once (apt installs a set: the order changes
+    /// nothing, and so must not change the base cache's key).
     pub fn package_list(&self) -> Vec<String> {
         let mut pkgs = vec![self.kernel.clone()];
+        pkgs.extend(self.init.packages().iter().map(|s| s.to_string()));
         pkgs.extend(BASE_PACKAGES.iter().map(|s| s.to_string()));
         let mut extra: Vec<&String> = self.packages.iter().filter(|p| !pkgs.contains(p)).collect();
         extra.sort();
@@ -103,16 +186,41 @@ impl Debian {
                 shell_quote(&stanza)
             ));
         }
+        if self.init == Init::OpenRc {
+            // Before the kernel's postinst runs dracut: our module, and a conf read after
+            // ostree-boot's, which asks for ostree's module and systemd (neither can be
+            // installed here, and the kernel's install would fail) and so is undone.
+            let dir = format!("/usr/lib/dracut/modules.d/98{OPENRC_DRACUT_MODULE}");
+            let mut hook = format!("--setup-hook=mkdir -p \"$1\"{dir} \"$1\"/etc/dracut.conf.d");
+            for (name, content) in OPENRC_DRACUT_FILES {
+                hook += &format!(
+                    " && printf '%s' {} > \"$1\"{dir}/{name} && chmod 755 \"$1\"{dir}/{name}",
+                    shell_quote(content)
+                );
+            }
+            hook += &format!(
+                " && printf '%s' {} > \"$1\"/etc/dracut.conf.d/zz-osbuild-openrc.conf",
+                shell_quote(&format!(
+                    "# osbuild: an OpenRC tree has no systemd for its initramfs, so\n\
+                     # {OPENRC_DRACUT_MODULE} mounts the deployment, not ostree's module.\n\
+                     add_dracutmodules=\"${{add_dracutmodules// ostree / }}\"\n\
+                     add_dracutmodules=\"${{add_dracutmodules// systemd / }}\"\n\
+                     add_dracutmodules+=\" {OPENRC_DRACUT_MODULE} \"\n"
+                ))
+            );
+            cmd.arg(hook);
+        }
         // dracut needs /proc, /sys and /dev, which mmdebstrap mounts only while hooks run.
-        // The distro initramfs is host-only at best: rebuild it generic, with the ostree
-        // module that ostree-boot ships. --reproducible clamps the archive's times to
+        // The distro initramfs is host-only at best: rebuild it generic, with the module
+        // that mounts the deployment. --reproducible clamps the archive's times to
         // SOURCE_DATE_EPOCH (inherited through chroot) and sorts its entries.
-        cmd.arg(
-            "--customize-hook=for m in \"$1\"/usr/lib/modules/*; do k=${m##*/}; \
-             chroot \"$1\" dracut --no-hostonly --force --reproducible -a ostree \
+        cmd.arg(format!(
+            "--customize-hook=for m in \"$1\"/usr/lib/modules/*; do k=${{m##*/}}; \
+             chroot \"$1\" dracut --no-hostonly --force --reproducible -a {} \
              --kver \"$k\" \"/usr/lib/modules/$k/initramfs.img\" || exit 1; \
              rm -f \"$1/boot/initrd.img-$k\"; done",
-        )
+            self.init.dracut_module()
+        ))
         .arg(&self.suite)
         .arg(dir);
         if let Some(mirror) = &self.mirror {
