@@ -42,6 +42,19 @@ pub struct OpenRcService {
 /// The OpenRC services: the same jobs as the systemd units, at the same moments.
 pub fn openrc_services() -> Vec<OpenRcService> {
     vec![
+        // What systemd-tmpfiles-setup.service does: /var is seeded from the tree's
+        // factory copy (tmpfiles.d), before anything that writes there (dhclient's
+        // leases under `networking`) starts.
+        OpenRcService {
+            name: "osbuild-tmpfiles",
+            runlevel: "sysinit",
+            script: "#!/sbin/openrc-run\n\
+                     description=\"Create the files tmpfiles.d names, /var's content among them\"\n\n\
+                     depend() {\n\tafter mountall mountall-bootclean\n\tbefore networking bootmisc\n}\n\n\
+                     start() {\n\tebegin \"Creating tmpfiles.d's files\"\n\
+                     \t/usr/bin/systemd-tmpfiles --create --remove --boot --exclude-prefix=/dev\n\teend $?\n}\n"
+                .to_string(),
+        },
         OpenRcService {
             name: "osbuild-ssh-keygen",
             runlevel: "default",
@@ -53,15 +66,17 @@ pub fn openrc_services() -> Vec<OpenRcService> {
                 .to_string(),
         },
         // What osbuild-grow-root, osbuild-boot-menu, osbuild-health and osbuild-boot-good
-        // do under systemd, last in the boot: the health checks decide whether this boot
-        // is good, or reboot / roll back.
+        // do under systemd, late in the boot: the health checks decide whether this boot
+        // is good, or reboot / roll back. Not `after *`: gendepends.sh lets the shell
+        // expand the `*` (to / 's entries on a device), and Debian 12's OpenRC 0.45
+        // then corrupts its heap while caching the dependencies, and starts nothing.
         OpenRcService {
             name: "osbuild-boot",
             runlevel: "default",
             script: format!(
                 "#!/sbin/openrc-run\n\
                  description=\"osbuild at boot: grow the root, update the boot menu, run the health checks, mark the boot good\"\n\n\
-                 depend() {{\n\tafter *\n}}\n\n\
+                 depend() {{\n\tafter networking sshd rc.local\n}}\n\n\
                  start() {{\n\
                  \tebegin \"Growing the root partition to fill the disk\"\n\t{GROW_ROOT_BIN}\n\teend $? || true\n\
                  \tebegin \"Updating the boot menu\"\n\t{BOOT_MENU_BIN}\n\teend $? || true\n\
@@ -239,9 +254,9 @@ mod tests {
             assert!(s.script.starts_with("#!/sbin/openrc-run\n"), "{}", s.name);
             assert!(s.script.contains("\ndepend() {\n"), "{}", s.name);
             assert!(s.script.contains("\nstart() {\n"), "{}", s.name);
-            // Debian's OpenRC: `default` at boot, `off` at shutdown (there is no
-            // `shutdown` runlevel in its inittab's path).
-            assert!(["default", "off"].contains(&s.runlevel), "{}", s.name);
+            // Debian's OpenRC: `sysinit` and `default` at boot, `off` at shutdown
+            // (there is no `shutdown` runlevel in its inittab's path).
+            assert!(["sysinit", "default", "off"].contains(&s.runlevel), "{}", s.name);
         }
         let finalize = services
             .iter()
@@ -250,6 +265,10 @@ mod tests {
         assert_eq!(finalize.runlevel, "off");
         assert!(finalize.script.contains("before sendsigs umountnfs umountfs umountroot"));
         assert!(finalize.script.contains(BOOT_MENU_BIN));
+        // A `*` in depend() is expanded by the shell (see osbuild-boot).
+        for s in &services {
+            assert!(!s.script.contains(" *\n"), "{}: {}", s.name, s.script);
+        }
     }
 
     /// The health checks run after multi-user.target and gate boot-complete.target; a

@@ -277,10 +277,16 @@ fn configure(spec: &Bootstrap, dir: &Path) -> Result<()> {
         )?;
     }
     // ostree-prepare-root mounts / and /sysroot; nothing else needs mounting.
-    write(
-        &etc.join("fstab"),
-        "# The root filesystem is mounted by ostree-prepare-root.\n",
-    )?;
+    let mut fstab = "# The root filesystem is mounted by ostree-prepare-root.\n".to_string();
+    if dir.join("usr/sbin/openrc-run").exists() || dir.join("sbin/openrc-run").exists() {
+        // Debian's mountall.sh runs `mount -o remount /usr` with /usr's fstab options.
+        // Without a line, mount takes the read-only bind's options and remounts the
+        // filesystem under it, so / and /var turn read-only too; `rbind` keeps the
+        // remount to the bind mount itself (`bind` alone does not, in util-linux 2.38).
+        fstab += "# /usr is prepare-root's read-only bind mount: remounting it must stay a bind remount.\n\
+                  /usr /usr none rbind,ro,noauto 0 0\n";
+    }
+    write(&etc.join("fstab"), &fstab)?;
     // An empty machine-id makes systemd generate one on each device's first boot.
     write(&etc.join("machine-id"), "")?;
     let network = etc.join("systemd/network");

@@ -428,7 +428,7 @@ mod tests {
             root,
             &Services {
                 enable: vec!["hello.service".into(), "nginx.service".into()],
-                disable: Vec::new(),
+                ..Services::default()
             },
         )
         .unwrap_err();
@@ -445,7 +445,7 @@ mod tests {
             root,
             &Services {
                 enable: vec!["hello.service".into()],
-                disable: Vec::new(),
+                ..Services::default()
             },
         )
         .unwrap();

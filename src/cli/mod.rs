@@ -964,6 +964,7 @@ mod tests {
             ("--mirror", "deb.debian.org"),
             ("--kernel", "Linux"),
             ("--package", "jq,Emacs"),
+            ("--init", "runit"),
         ] {
             let cli = parse(&["osbuild", "bootstrap", "--output", "t", flag, value]).unwrap();
             let Command::Bootstrap(a) = cli.verb() else {
@@ -972,6 +973,36 @@ mod tests {
             let err = a.tree.bootstrap(None).unwrap_err().to_string();
             assert!(err.starts_with(&format!("{flag} ")), "{err}");
         }
+    }
+
+    #[test]
+    fn an_openrc_tree_gets_the_openrc_services_instead_of_the_units() {
+        let cli = parse(&["osbuild", "bootstrap", "--output", "t", "--init", "openrc"]).unwrap();
+        let Command::Bootstrap(a) = cli.verb() else {
+            panic!("{cli:?}")
+        };
+        let spec = a.tree.bootstrap(None).unwrap();
+        let ostree_commit::Base::Debian(debian) = &spec.base else {
+            panic!("{spec:?}")
+        };
+        assert_eq!(debian.init, ostree_commit::Init::OpenRc);
+        assert!(spec.services.enable.is_empty(), "{:?}", spec.services);
+        assert!(spec
+            .services
+            .openrc
+            .contains(&("ostree-finalize-staged".into(), "off".into())));
+        for service in &spec.services.openrc {
+            let path = PathBuf::from("/etc/init.d").join(&service.0);
+            assert!(spec.files.iter().any(|f| f.path == path && f.mode == 0o755), "{path:?}");
+        }
+        // And a systemd tree gets the units, no OpenRC service.
+        let cli = parse(&["osbuild", "bootstrap", "--output", "t"]).unwrap();
+        let Command::Bootstrap(a) = cli.verb() else {
+            panic!("{cli:?}")
+        };
+        let spec = a.tree.bootstrap(None).unwrap();
+        assert!(spec.services.openrc.is_empty());
+        assert!(spec.services.enable.contains(&"osbuild-health.service".to_string()));
     }
 
     #[test]

@@ -137,6 +137,7 @@ fn docs_list_each_keys_flag() {
             "overlays",
             "base.suite",
             "base.mirror",
+            "base.init",
             "base.image",
             "kernel.package"
         ]
@@ -251,6 +252,7 @@ fn docs_example_sets_every_key_and_loads() {
             mirror: Some("http://deb.debian.org/debian".into()),
             components: vec!["main".into(), "contrib".into()],
             kernel: "linux-image-cloud-amd64".into(),
+            init: crate::Init::Systemd,
             packages: vec!["openssh-server".into(), "curl".into(), "vim-tiny".into()],
             repositories: vec![AptRepository {
                 sources: AptSources::OneLine(
@@ -601,6 +603,8 @@ fn invalid_values_name_key_line_and_column() {
         (format!("version = \"{{date}}-{{time}}\"\n{MINIMAL}"), "version", 1, 11),
         (format!("packages = [\"vim\", \"Emacs\"]\n{MINIMAL}"), "packages[1]", 1, 20),
         (format!("{MINIMAL}suite = \"Trixie\"\n"), "base.suite", 4, 9),
+        (format!("{MINIMAL}init = \"runit\"\n"), "base.init", 4, 8),
+        ("name = \"edge\"\nref = \"{name}\"\n[base]\ndirectory = \"rootfs\"\ninit = \"openrc\"\n".to_string(), "base.init", 5, 8),
         (format!("{MINIMAL}mirror = \"deb.debian.org\"\n"), "base.mirror", 4, 10),
         (format!("{MINIMAL}components = []\n"), "base.components", 2, 1),
         ("name = \"edge\"\n[base]\ndistro = \"ubuntu\"\n".to_string(), "base.distro", 3, 10),

@@ -59,11 +59,20 @@ impl Init {
     }
 
     /// The packages that make it PID 1, with what brings the network up under it
-    /// (systemd-networkd is part of systemd; OpenRC runs ifupdown's DHCP).
+    /// (systemd-networkd is part of systemd; OpenRC runs ifupdown's DHCP) and what
+    /// creates /var's content at boot (tmpfiles.d).
     pub fn packages(self) -> &'static [&'static str] {
         match self {
             Init::Systemd => &["systemd-sysv"],
-            Init::OpenRc => &["sysvinit-core", "openrc", "ifupdown", "isc-dhcp-client"],
+            // systemd-tmpfiles without systemd: it seeds /var from the tree's
+            // factory copy at boot, as on a systemd tree.
+            Init::OpenRc => &[
+                "sysvinit-core",
+                "openrc",
+                "systemd-standalone-tmpfiles",
+                "ifupdown",
+                "isc-dhcp-client",
+            ],
         }
     }
 
@@ -437,6 +446,43 @@ mod tests {
             ..Debian::default()
         };
         assert!(none.check().is_err());
+    }
+
+    #[test]
+    fn each_init_gets_its_packages_and_initramfs_module() {
+        for init in Init::ALL {
+            assert_eq!(Init::parse(init.name()), Ok(init));
+            let debian = Debian {
+                init,
+                ..Debian::default()
+            };
+            let line = cmd::display(&debian.mmdebstrap(Path::new("/t"), None));
+            let include = format!("--include=linux-image-cloud-amd64,{},udev,", init.packages().join(","));
+            assert!(line.contains(&include), "{line}");
+            assert!(line.contains(&format!(" -a {} ", init.dracut_module())), "{line}");
+            let ours = line.contains("98osbuild-prepare-root");
+            assert_eq!(ours, init == Init::OpenRc, "{line}");
+        }
+        // The systemd line is the one bases were cached under before OpenRC existed.
+        let line = cmd::display(&Debian::default().mmdebstrap(Path::new("/t"), None));
+        assert!(line.contains("--include=linux-image-cloud-amd64,systemd-sysv,udev,dbus,"));
+        assert!(!line.contains("zz-osbuild-openrc.conf"));
+        let err = Init::parse("runit").unwrap_err();
+        assert!(err.contains("systemd, openrc"), "{err}");
+    }
+
+    #[test]
+    fn the_openrc_dracut_conf_drops_ostree_and_systemd() {
+        let line = cmd::display(
+            &Debian {
+                init: Init::OpenRc,
+                ..Debian::default()
+            }
+            .mmdebstrap(Path::new("/t"), None),
+        );
+        assert!(line.contains("${add_dracutmodules// ostree / }"), "{line}");
+        assert!(line.contains("${add_dracutmodules// systemd / }"), "{line}");
+        assert!(line.contains("inst_hook pre-pivot 50"), "{line}");
     }
 
     #[test]

@@ -119,8 +119,9 @@ fn openrc_boots_upgrades_and_finalizes_at_shutdown() -> Result<()> {
         "usr/etc/runlevels/default/osbuild-boot",
         "usr/etc/network/interfaces.d/osbuild-dhcp",
     ] {
+        // Runlevel entries are absolute links, into the tree rather than this host.
         anyhow::ensure!(
-            rootfs.join(path).exists(),
+            fs::symlink_metadata(rootfs.join(path)).is_ok(),
             "the OpenRC tree has no {path}"
         );
     }
@@ -170,6 +171,14 @@ fn openrc_boots_upgrades_and_finalizes_at_shutdown() -> Result<()> {
                     "/ostree/deploy/debian/var",
                 ),
                 ("usr-ro", "touch /usr/x 2>&1", "Read-only file system"),
+                // ...and only /usr: mountall.sh's remount of /usr left the rest writable.
+                (
+                    "rw",
+                    "touch /var/x /etc/x /sysroot/x && echo writable",
+                    "writable",
+                ),
+                // /var was seeded from the tree's factory copy (systemd-tmpfiles).
+                ("var-seeded", "test -d /var/lib/dhcp && echo seeded", "seeded"),
                 ("network", "ip -4 addr", "10.0.2.15"),
                 // The boot service ends with the health checks and marks the boot good.
                 (
