@@ -256,14 +256,20 @@ mod tests {
             assert!(s.script.contains("\nstart() {\n"), "{}", s.name);
             // Debian's OpenRC: `sysinit` and `default` at boot, `off` at shutdown
             // (there is no `shutdown` runlevel in its inittab's path).
-            assert!(["sysinit", "default", "off"].contains(&s.runlevel), "{}", s.name);
+            assert!(
+                ["sysinit", "default", "off"].contains(&s.runlevel),
+                "{}",
+                s.name
+            );
         }
         let finalize = services
             .iter()
             .find(|s| s.name == "ostree-finalize-staged")
             .expect("the finalize service");
         assert_eq!(finalize.runlevel, "off");
-        assert!(finalize.script.contains("before sendsigs umountnfs umountfs umountroot"));
+        assert!(finalize
+            .script
+            .contains("before sendsigs umountnfs umountfs umountroot"));
         assert!(finalize.script.contains(BOOT_MENU_BIN));
         // A `*` in depend() is expanded by the shell (see osbuild-boot).
         for s in &services {

@@ -993,7 +993,10 @@ mod tests {
             .contains(&("ostree-finalize-staged".into(), "off".into())));
         for service in &spec.services.openrc {
             let path = PathBuf::from("/etc/init.d").join(&service.0);
-            assert!(spec.files.iter().any(|f| f.path == path && f.mode == 0o755), "{path:?}");
+            assert!(
+                spec.files.iter().any(|f| f.path == path && f.mode == 0o755),
+                "{path:?}"
+            );
         }
         // And a systemd tree gets the units, no OpenRC service.
         let cli = parse(&["osbuild", "bootstrap", "--output", "t"]).unwrap();
@@ -1002,7 +1005,10 @@ mod tests {
         };
         let spec = a.tree.bootstrap(None).unwrap();
         assert!(spec.services.openrc.is_empty());
-        assert!(spec.services.enable.contains(&"osbuild-health.service".to_string()));
+        assert!(spec
+            .services
+            .enable
+            .contains(&"osbuild-health.service".to_string()));
     }
 
     #[test]
@@ -1100,6 +1106,7 @@ mod tests {
             let value = match flag.key.as_str() {
                 "base.mirror" => "http://mirror.example/debian",
                 "base.image" => "docker://registry.example/xy:1",
+                "base.init" => "openrc",
                 _ => "xy",
             };
             let arg = format!("--{}={value}", flag.name);

@@ -260,7 +260,8 @@ impl Overrides {
                     d.mirror = Some(checked(check::url(last, &schemes), last)?);
                 }
                 ("base.init", Base::Debian(d)) => {
-                    d.init = Init::parse(last).map_err(|m| anyhow::anyhow!("--{} {last:?}: {m}", flag.name))?;
+                    d.init = Init::parse(last)
+                        .map_err(|m| anyhow::anyhow!("--{} {last:?}: {m}", flag.name))?;
                 }
                 ("kernel.package", Base::Debian(d)) => {
                     d.kernel = checked(check::package_name(last), last)?;

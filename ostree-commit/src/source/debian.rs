@@ -54,7 +54,10 @@ impl Init {
             .find(|i| i.name() == name)
             .ok_or_else(|| {
                 let names: Vec<&str> = Init::ALL.iter().map(|i| i.name()).collect();
-                format!("init {name:?} is not known: use one of {}", names.join(", "))
+                format!(
+                    "init {name:?} is not known: use one of {}",
+                    names.join(", ")
+                )
             })
     }
 
@@ -457,9 +460,15 @@ mod tests {
                 ..Debian::default()
             };
             let line = cmd::display(&debian.mmdebstrap(Path::new("/t"), None));
-            let include = format!("--include=linux-image-cloud-amd64,{},udev,", init.packages().join(","));
+            let include = format!(
+                "--include=linux-image-cloud-amd64,{},udev,",
+                init.packages().join(",")
+            );
             assert!(line.contains(&include), "{line}");
-            assert!(line.contains(&format!(" -a {} ", init.dracut_module())), "{line}");
+            assert!(
+                line.contains(&format!(" -a {} ", init.dracut_module())),
+                "{line}"
+            );
             let ours = line.contains("98osbuild-prepare-root");
             assert_eq!(ours, init == Init::OpenRc, "{line}");
         }

@@ -86,7 +86,10 @@ post = ["enable-report.sh"]
 fn write_manifest(dir: &Path) -> Result<PathBuf> {
     fs::create_dir_all(dir)?;
     let script = dir.join("enable-report.sh");
-    fs::write(&script, "#!/bin/sh\nset -e\nrc-update add osbuild-report default\n")?;
+    fs::write(
+        &script,
+        "#!/bin/sh\nset -e\nrc-update add osbuild-report default\n",
+    )?;
     cmd::run(Command::new("chmod").arg("755").arg(&script))?;
     let manifest = dir.join("osbuild.toml");
     fs::write(&manifest, manifest_text())?;
