@@ -140,6 +140,16 @@ pub struct Owner {
     pub group: Option<String>,
 }
 
+impl Owner {
+    /// `root:root`, the owner of files that do not say otherwise.
+    pub fn root() -> Owner {
+        Owner {
+            user: "root".into(),
+            group: Some("root".into()),
+        }
+    }
+}
+
 /// A login user created in the image.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct User {

@@ -302,10 +302,7 @@ impl TreeArgs {
                     String::from_utf8(content).context("a generated completion is not UTF-8")?,
                 ),
                 mode: 0o644,
-                owner: ostree_commit::Owner {
-                    user: "root".into(),
-                    group: Some("root".into()),
-                },
+                owner: ostree_commit::Owner::root(),
             });
         }
         spec.files.extend(device_files()?);
@@ -317,10 +314,7 @@ impl TreeArgs {
                     path: PathBuf::from("/etc/init.d").join(service.name),
                     content: ostree_commit::FileContent::Inline(service.script),
                     mode: 0o755,
-                    owner: ostree_commit::Owner {
-                        user: "root".into(),
-                        group: Some("root".into()),
-                    },
+                    owner: ostree_commit::Owner::root(),
                 });
                 spec.services
                     .openrc
@@ -373,10 +367,7 @@ fn device_files() -> Result<Vec<ostree_commit::ImageFile>> {
                 }
             },
             mode: f.mode,
-            owner: ostree_commit::Owner {
-                user: "root".into(),
-                group: Some("root".into()),
-            },
+            owner: ostree_commit::Owner::root(),
         })
         .collect())
 }

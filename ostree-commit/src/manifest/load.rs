@@ -681,10 +681,7 @@ impl Cx<'_> {
                 Some(m) => self.mode(&key("mode"), m)?,
             };
             let owner = match &f.owner {
-                None => Owner {
-                    user: "root".into(),
-                    group: Some("root".into()),
-                },
+                None => Owner::root(),
                 Some(o) => {
                     let (user, group) = match o.get_ref().split_once(':') {
                         Some((u, g)) => (u, Some(g)),
