@@ -278,7 +278,7 @@ fn configure(spec: &Bootstrap, dir: &Path) -> Result<()> {
     }
     // ostree-prepare-root mounts / and /sysroot; nothing else needs mounting.
     let mut fstab = "# The root filesystem is mounted by ostree-prepare-root.\n".to_string();
-    if dir.join("usr/sbin/openrc-run").exists() || dir.join("sbin/openrc-run").exists() {
+    if has_sbin(dir, "openrc-run") {
         // Debian's mountall.sh runs `mount -o remount /usr` with /usr's fstab options.
         // Without a line, mount takes the read-only bind's options and remounts the
         // filesystem under it, so / and /var turn read-only too; `rbind` keeps the
@@ -301,7 +301,7 @@ fn configure(spec: &Bootstrap, dir: &Path) -> Result<()> {
     {
         // Without systemd-networkd (an OpenRC tree), ifupdown does the same at boot; a
         // base with neither brings its own network setup.
-        if dir.join("usr/sbin/ifup").exists() || dir.join("sbin/ifup").exists() {
+        if has_sbin(dir, "ifup") {
             let conf = etc.join("network/interfaces.d/osbuild-dhcp");
             fs::create_dir_all(conf.parent().unwrap_or(&etc))
                 .with_context(|| format!("creating the directory of {}", conf.display()))?;
@@ -323,6 +323,13 @@ fn configure(spec: &Bootstrap, dir: &Path) -> Result<()> {
     )
     .context("enabling systemd-networkd")?;
     Ok(())
+}
+
+/// Whether the tree has the system command `name`, merged /usr or not.
+fn has_sbin(dir: &Path, name: &str) -> bool {
+    ["usr/sbin", "sbin"]
+        .iter()
+        .any(|d| dir.join(d).join(name).exists())
 }
 
 fn write(path: &Path, content: &str) -> Result<()> {
