@@ -178,6 +178,13 @@ impl ProgressFd {
         self.write(event);
     }
 
+    /// Write the last progress event of a task, however soon after the one before: a
+    /// reader's last word on the task must say where it ended.
+    pub fn send_last(&mut self, event: &ProgressEvent) {
+        self.last = Some(std::time::Instant::now());
+        self.write(event);
+    }
+
     fn write(&mut self, event: &ProgressEvent) {
         use std::io::Write;
         if let Ok(mut line) = serde_json::to_string(event) {

@@ -42,6 +42,82 @@ pub fn create_archive(path: &Path) -> Result<ostree::Repo> {
     Ok(repo)
 }
 
+/// The file of object `name` in an archive repository, relative to the repository
+/// (`objects/XX/REST.filez` for a file); `None` for kinds an archive repository does not
+/// store as loose files.
+pub fn object_path(name: &ostree::ObjectName) -> Option<String> {
+    let ext = match name.object_type() {
+        ostree::ObjectType::File => "filez",
+        ostree::ObjectType::DirTree => "dirtree",
+        ostree::ObjectType::DirMeta => "dirmeta",
+        ostree::ObjectType::Commit => "commit",
+        ostree::ObjectType::CommitMeta => "commitmeta",
+        _ => return None,
+    };
+    let c = name.checksum();
+    Some(format!("objects/{}/{}.{ext}", c.get(..2)?, c.get(2..)?))
+}
+
+/// Read ahead, in the background, what a static delta from `commit` reads first: all of
+/// its directory objects, and the header of each of its files (where the delta finds
+/// their sizes). `files` are the checksums of those files when the caller knows them
+/// (they are then read beside the directories); else they come from `commit`'s
+/// directories. Best effort, never waited for: errors are ignored, and the caller goes on
+/// while the disk works (on a cold cache a delta otherwise waits for one read at a time).
+pub fn prefetch_for_delta(path: &Path, commit: &str, files: Vec<String>) {
+    const THREADS: usize = 8;
+    let path = path.to_path_buf();
+    let commit = commit.to_string();
+    let known = !files.is_empty();
+    let files = std::sync::Arc::new(std::sync::Mutex::new(files));
+    let headers = {
+        let (path, files) = (path.clone(), files.clone());
+        move || loop {
+            let Some(sum) = files.lock().ok().and_then(|mut f| f.pop()) else {
+                return;
+            };
+            let name = ostree::ObjectName::new(&sum, ostree::ObjectType::File);
+            let Some(rel) = object_path(&name) else {
+                continue;
+            };
+            if let Ok(f) = std::fs::File::open(path.join(rel)) {
+                let _ = rustix::fs::fadvise(
+                    &f,
+                    0,
+                    std::num::NonZeroU64::new(4096),
+                    rustix::fs::Advice::WillNeed,
+                );
+            }
+        }
+    };
+    let walk_headers = headers.clone();
+    std::thread::spawn(move || {
+        let Ok(repo) = open(&path) else { return };
+        let Ok(reached) = repo.traverse_commit(&commit, -1, gio::Cancellable::NONE) else {
+            return;
+        };
+        if !known {
+            if let Ok(mut f) = files.lock() {
+                f.extend(
+                    reached
+                        .iter()
+                        .filter(|n| n.object_type() == ostree::ObjectType::File)
+                        .map(|n| n.checksum().to_string()),
+                );
+            }
+            for _ in 1..THREADS {
+                std::thread::spawn(walk_headers.clone());
+            }
+            walk_headers();
+        }
+    });
+    if known {
+        for _ in 0..THREADS {
+            std::thread::spawn(headers.clone());
+        }
+    }
+}
+
 /// A ref moving to a new commit.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RefMove {

@@ -128,14 +128,13 @@ fn report<T>(
     branch: &str,
     work: impl FnOnce() -> T,
 ) -> T {
-    let done = std::sync::atomic::AtomicBool::new(false);
+    // Dropped when the work ends, which wakes the reporter at once.
+    let (stop, stopped) = std::sync::mpsc::channel::<()>();
     std::thread::scope(|s| {
-        s.spawn(|| {
+        s.spawn(move || {
             use std::sync::atomic::Ordering::Relaxed;
             let mut last = false;
-            while !last {
-                // One more round after the work ends, so the last event says 100%.
-                last = done.load(Relaxed);
+            loop {
                 let (bytes, bytes_total) = (
                     counts.bytes_done.load(Relaxed),
                     counts.bytes_total.load(Relaxed),
@@ -145,7 +144,7 @@ fn report<T>(
                     counts.files_total.load(Relaxed),
                 );
                 if let Some(events) = events.as_deref_mut() {
-                    events.send(&ProgressEvent::ProgressBytes {
+                    let event = ProgressEvent::ProgressBytes {
                         task: "commit".into(),
                         description: format!("Committing to {branch}"),
                         id: branch.to_string(),
@@ -155,7 +154,12 @@ fn report<T>(
                         steps_cached: counts.files_cached.load(Relaxed),
                         steps,
                         steps_total,
-                    });
+                    };
+                    if last {
+                        events.send_last(&event);
+                    } else {
+                        events.send(&event);
+                    }
                 }
                 if last {
                     break;
@@ -165,11 +169,15 @@ fn report<T>(
                     "{steps}/{steps_total} files, {} unchanged",
                     counts.files_cached.load(Relaxed)
                 ));
-                std::thread::sleep(std::time::Duration::from_millis(200));
+                // One more round after the work ends, so the last event says 100%.
+                last = !matches!(
+                    stopped.recv_timeout(std::time::Duration::from_millis(200)),
+                    Err(std::sync::mpsc::RecvTimeoutError::Timeout)
+                );
             }
         });
         let out = work();
-        done.store(true, std::sync::atomic::Ordering::Relaxed);
+        drop(stop);
         out
     })
 }
@@ -230,24 +238,21 @@ fn write(
     let counts = WriteProgress::default();
     let jobs = std::thread::available_parallelism().map_or(1, usize::from);
 
+    let parent_sizes = writer::ParentSizes::of(repo, parent.as_deref());
     repo.prepare_transaction(cancellable)
         .context("starting a repository transaction")?;
     let mut saved_cache = None;
     let result = (|| -> Result<Option<String>> {
         let written = report(&progress, &counts, events, &opts.branch, || {
-            std::thread::scope(|s| {
-                // The static delta from the parent reads all of the parent's directory
-                // objects: read them now, beside the scan of the tree, so that they are
-                // in the page cache when the delta is made.
-                if let Some(parent) = &parent {
-                    s.spawn(|| {
-                        if let Ok(r) = repo::open(repo_path) {
-                            let _ = r.traverse_commit(parent, -1, cancellable);
-                        }
-                    });
-                }
-                writer::write_tree(repo_path, repo, tree, jobs, &counts, cache)
-            })
+            // The static delta from the parent reads all of the parent's directories
+            // and the header of each of its files (the cache knows most of them): read
+            // them from now on, beside the scan of the tree, so that they are in the page
+            // cache when the delta is made (a cold re-commit spent most of its time
+            // waiting for them).
+            if let Some(parent) = &parent {
+                repo::prefetch_for_delta(repo_path, parent, cache.checksums());
+            }
+            writer::write_tree(repo_path, repo, tree, jobs, &counts, cache, &parent_sizes)
         })
         .with_context(|| format!("writing {} into the repository", tree.display()))?;
         let root = written.root;
@@ -358,12 +363,15 @@ fn write(
             .map(|s| (s.key_ids.clone(), s.homedir.clone())),
     };
     let published = std::time::Instant::now();
-    let made = repo::publish(repo, &moves, &publish, &mut |m| eprintln!("{m}"))?;
+    let made = std::thread::scope(|s| {
+        // Saved once the commit's objects have landed (its entries name objects the repo
+        // now has), beside the deltas, which take one core.
+        if let Some(cache) = &saved_cache {
+            s.spawn(|| cache.save());
+        }
+        repo::publish(repo, &moves, &publish, &mut |m| eprintln!("{m}"))
+    })?;
     tracing::debug!("deltas, ref and summary in {:?}", published.elapsed());
-    // Saved once the commit has landed: its entries name objects the repo now has.
-    if let Some(cache) = &saved_cache {
-        cache.save();
-    }
     progress.finish(format!("Committed {checksum} to {}", opts.branch));
     let deltas = made
         .into_iter()

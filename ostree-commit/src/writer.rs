@@ -99,6 +99,12 @@ impl ChecksumCache {
         ChecksumCache { path, entries }
     }
 
+    /// The distinct checksums it holds.
+    pub(crate) fn checksums(&self) -> Vec<String> {
+        let set: std::collections::HashSet<&String> = self.entries.values().collect();
+        set.into_iter().cloned().collect()
+    }
+
     /// Write the cache (a temporary file renamed into place). Failing to is a warning.
     pub(crate) fn save(&self) {
         let Some(path) = &self.path else { return };
@@ -297,6 +303,47 @@ fn scan_dir(path: &Path, meta: fs::Metadata, scan: &mut Scan) -> Result<DirEntry
     Ok(dir)
 }
 
+/// Read the directories and inodes under `tree` into the kernel's caches with `threads`
+/// threads, until `stop` is set. Errors are the scan's to report: here they are skipped.
+fn warm_inodes(tree: &Path, threads: usize, stop: &AtomicBool) {
+    let queue = Mutex::new((vec![tree.to_path_buf()], 0usize));
+    let wake = std::sync::Condvar::new();
+    std::thread::scope(|s| {
+        for _ in 0..threads.max(1) {
+            s.spawn(|| loop {
+                let dir = {
+                    let mut q = queue.lock().unwrap_or_else(|e| e.into_inner());
+                    loop {
+                        if stop.load(Ordering::Relaxed) {
+                            return;
+                        }
+                        if let Some(d) = q.0.pop() {
+                            q.1 += 1;
+                            break d;
+                        }
+                        // Nothing queued and no one listing: the walk is over.
+                        if q.1 == 0 {
+                            wake.notify_all();
+                            return;
+                        }
+                        q = wake.wait(q).unwrap_or_else(|e| e.into_inner());
+                    }
+                };
+                let mut subdirs = Vec::new();
+                for entry in fs::read_dir(&dir).into_iter().flatten().flatten() {
+                    if entry.metadata().is_ok_and(|m| m.is_dir()) {
+                        subdirs.push(entry.path());
+                    }
+                }
+                let mut q = queue.lock().unwrap_or_else(|e| e.into_inner());
+                q.0.extend(subdirs);
+                q.1 -= 1;
+                wake.notify_all();
+            });
+        }
+    });
+}
+
 fn xattrs_variant(xattrs: &Xattrs) -> glib::Variant {
     xattrs.to_variant()
 }
@@ -359,7 +406,9 @@ fn write_files(
     let failed = AtomicBool::new(false);
     let results = Mutex::new(Vec::with_capacity(todo.len()));
     std::thread::scope(|s| -> Result<()> {
-        let workers: Vec<_> = (0..jobs.max(1))
+        // No more workers than files: each worker's transaction ends with an fsync of
+        // every object directory, also when it wrote nothing.
+        let workers: Vec<_> = (0..jobs.max(1).min(todo.len()))
             .map(|_| {
                 s.spawn(|| -> Result<()> {
                     let repo = osbuild_core::repo::open_archive(repo_path)?;
@@ -453,6 +502,37 @@ fn hex_bytes(hex: &str) -> Result<Vec<u8>> {
         .collect()
 }
 
+/// The object sizes the parent commit recorded (`ostree.sizes`), as (archived, unpacked)
+/// bytes by checksum. A complete commit's objects are all in the repository (what
+/// `ostree fsck` checks), so these need neither a lookup nor a read.
+#[derive(Debug, Default)]
+pub(crate) struct ParentSizes {
+    files: HashMap<String, (u64, u64)>,
+    dirtrees: HashMap<String, (u64, u64)>,
+}
+
+impl ParentSizes {
+    /// Those of `parent`; none if it is partial (objects may be missing) or records none.
+    pub(crate) fn of(repo: &ostree::Repo, parent: Option<&str>) -> ParentSizes {
+        let mut out = ParentSizes::default();
+        let Some((commit, state)) = parent.and_then(|p| repo.load_commit(p).ok()) else {
+            return out;
+        };
+        if state.contains(ostree::RepoCommitState::PARTIAL) {
+            return out;
+        }
+        for e in ostree::commit_get_object_sizes(&commit).unwrap_or_default() {
+            let map = match e.objtype() {
+                ostree::ObjectType::File => &mut out.files,
+                ostree::ObjectType::DirTree => &mut out.dirtrees,
+                _ => continue,
+            };
+            map.insert(e.checksum().to_string(), (e.archived(), e.unpacked()));
+        }
+        out
+    }
+}
+
 /// Write the objects of `tree` into `repo` (an archive repository at `repo_path`, in a
 /// transaction the caller prepared for the directories) with `jobs` parallel writers,
 /// skipping the files `cache` knows.
@@ -463,13 +543,22 @@ pub(crate) fn write_tree(
     jobs: usize,
     progress: &WriteProgress,
     mut cache: ChecksumCache,
+    parent: &ParentSizes,
 ) -> Result<Written> {
     let cancellable = gio::Cancellable::NONE;
     let root_meta = fs::symlink_metadata(tree)
         .with_context(|| format!("reading the metadata of {}", tree.display()))?;
     let started = std::time::Instant::now();
     let mut scan = Scan::default();
-    let root = scan_dir(tree, root_meta, &mut scan)?;
+    // The scan is one walk in order; beside it, threads that only list and stat read the
+    // tree's directories and inodes from disk ahead of it, several requests at a time.
+    let done = AtomicBool::new(false);
+    let root = std::thread::scope(|s| {
+        s.spawn(|| warm_inodes(tree, 8, &done));
+        let root = scan_dir(tree, root_meta, &mut scan);
+        done.store(true, Ordering::Relaxed);
+        root
+    })?;
     tracing::debug!(
         "scanned {} files in {:?}",
         scan.files.len(),
@@ -491,11 +580,16 @@ pub(crate) fn write_tree(
             progress.bytes_done.fetch_add(size, Ordering::Relaxed);
             continue;
         }
-        // The object's size doubles as the check that the repo has it (one stat).
+        // The object's size doubles as the check that the repo has it: the parent
+        // commit's record, else one stat.
         let known = cache.entries.get(&f.key).and_then(|sum| {
-            repo.query_object_storage_size(ostree::ObjectType::File, sum, cancellable)
-                .ok()
-                .map(|archived| (sum.clone(), archived))
+            let archived = match parent.files.get(sum) {
+                Some(&(archived, _)) => Some(archived),
+                None => repo
+                    .query_object_storage_size(ostree::ObjectType::File, sum, cancellable)
+                    .ok(),
+            };
+            archived.map(|a| (sum.clone(), a))
         });
         match known {
             Some((sum, archived)) => {
@@ -567,6 +661,13 @@ pub(crate) fn write_tree(
         if sum.is_empty() || sizes.contains_key(&sum) {
             continue;
         }
+        if let Some(&(archived, unpacked)) = parent.dirtrees.get(&sum) {
+            sizes.insert(
+                sum.clone(),
+                size_entry(&sum, archived, unpacked, ostree::ObjectType::DirTree)?,
+            );
+            continue;
+        }
         let len = repo
             .load_variant(ostree::ObjectType::DirTree, &sum)
             .with_context(|| format!("reading back the directory object {sum}"))?
@@ -593,7 +694,14 @@ pub(crate) fn write_tree(
             size_entry(sum, archived, unpacked, ostree::ObjectType::File)?,
         );
     }
-    let sizes = sizes.into_values().collect::<Vec<_>>().to_variant();
+    // `aay`, each entry built from its bytes at once (`Vec<u8>::to_variant` makes a
+    // variant per byte, which took a quarter of a second here).
+    let sizes = glib::Variant::array_from_iter_with_type(
+        glib::VariantTy::BYTE_STRING,
+        sizes
+            .values()
+            .map(|e| glib::Variant::array_from_fixed_array(e.as_slice())),
+    );
     tracing::debug!("sizes gathered after {:?}", started.elapsed());
     Ok(Written {
         root: root_file,

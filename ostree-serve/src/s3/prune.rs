@@ -76,20 +76,6 @@ pub fn parse_grace(text: &str) -> Result<Duration, String> {
     Ok(Duration::from_secs(n.saturating_mul(unit)))
 }
 
-/// The object file of an archive repository for `name`.
-fn object_key(name: &ostree::ObjectName) -> Option<String> {
-    let ext = match name.object_type() {
-        ostree::ObjectType::File => "filez",
-        ostree::ObjectType::DirTree => "dirtree",
-        ostree::ObjectType::DirMeta => "dirmeta",
-        ostree::ObjectType::Commit => "commit",
-        ostree::ObjectType::CommitMeta => "commitmeta",
-        _ => return None,
-    };
-    let c = name.checksum();
-    Some(format!("objects/{}/{}.{ext}", c.get(..2)?, c.get(2..)?))
-}
-
 /// What the bucket must keep: every key a kept commit needs, and the delta directories
 /// (`deltas/XX/REST`) to kept commits.
 #[derive(Debug, Default)]
@@ -120,8 +106,9 @@ fn needed(repo_path: &Path, keep: usize) -> Result<Needed> {
         let reached = repo
             .traverse_commit(commit, 0, gio::Cancellable::NONE)
             .with_context(|| format!("listing what commit {commit} reaches"))?;
-        out.keys.extend(reached.iter().filter_map(object_key));
-        out.keys.extend(object_key(&ostree::ObjectName::new(
+        out.keys
+            .extend(reached.iter().filter_map(repo::object_path));
+        out.keys.extend(repo::object_path(&ostree::ObjectName::new(
             commit.as_str(),
             ostree::ObjectType::CommitMeta,
         )));
