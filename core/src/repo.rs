@@ -69,6 +69,10 @@ pub fn prefetch_for_delta(path: &Path, commit: &str, files: Vec<String>) {
     let path = path.to_path_buf();
     let commit = commit.to_string();
     let known = !files.is_empty();
+    // In checksum order, one objects/XX directory after another: their files lie close
+    // together on disk, so the reads merge.
+    let mut files = files;
+    files.sort_unstable_by(|a, b| b.cmp(a));
     let files = std::sync::Arc::new(std::sync::Mutex::new(files));
     let headers = {
         let (path, files) = (path.clone(), files.clone());
@@ -104,6 +108,7 @@ pub fn prefetch_for_delta(path: &Path, commit: &str, files: Vec<String>) {
                         .filter(|n| n.object_type() == ostree::ObjectType::File)
                         .map(|n| n.checksum().to_string()),
                 );
+                f.sort_unstable_by(|a, b| b.cmp(a));
             }
             for _ in 1..THREADS {
                 std::thread::spawn(walk_headers.clone());

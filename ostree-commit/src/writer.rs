@@ -236,12 +236,28 @@ fn ns(secs: i64, nsec: i64) -> i128 {
     i128::from(secs) * 1_000_000_000 + i128::from(nsec)
 }
 
-fn scan_dir(path: &Path, meta: fs::Metadata, scan: &mut Scan) -> Result<DirEntry> {
-    let mut dir = DirEntry {
+/// One entry of a directory, as read from disk.
+struct Listed {
+    name: String,
+    path: PathBuf,
+    meta: fs::Metadata,
+    /// For a symlink, its target; None for a file or directory.
+    target: Option<String>,
+    /// For a file or symlink (a directory's are in its own [`Listing`]).
+    xattrs: Xattrs,
+}
+
+/// What one directory holds, in `read_dir`'s order, and its own xattrs.
+struct Listing {
+    xattrs: Xattrs,
+    entries: Vec<Listed>,
+}
+
+/// Read one directory: its xattrs, and each entry's metadata, symlink target and xattrs.
+fn list_dir(path: &Path) -> Result<Listing> {
+    let mut listing = Listing {
         xattrs: read_xattrs(path)?,
-        meta,
-        dirs: BTreeMap::new(),
-        files: BTreeMap::new(),
+        entries: Vec::new(),
     };
     let entries =
         fs::read_dir(path).with_context(|| format!("reading directory {}", path.display()))?;
@@ -252,22 +268,20 @@ fn scan_dir(path: &Path, meta: fs::Metadata, scan: &mut Scan) -> Result<DirEntry
         let meta = fs::symlink_metadata(&child)
             .with_context(|| format!("reading the metadata of {}", child.display()))?;
         let kind = meta.file_type();
-        if kind.is_dir() {
-            let sub = scan_dir(&child, meta, scan)?;
-            dir.dirs.insert(name, sub);
-            continue;
-        }
-        let target = if kind.is_symlink() {
+        let (target, xattrs) = if kind.is_dir() {
+            (None, Vec::new())
+        } else if kind.is_symlink() {
             let t = fs::read_link(&child)
                 .with_context(|| format!("reading the symlink {}", child.display()))?;
-            Some(t.to_str().map(str::to_string).with_context(|| {
+            let t = t.to_str().map(str::to_string).with_context(|| {
                 format!(
                     "{}: the symlink's target is not UTF-8: OSTree cannot store it",
                     child.display()
                 )
-            })?)
+            })?;
+            (Some(t), read_xattrs(&child)?)
         } else if kind.is_file() {
-            None
+            (None, read_xattrs(&child)?)
         } else {
             bail!(
                 "{}: a device node, socket or FIFO cannot be committed (OSTree stores files, \
@@ -275,7 +289,108 @@ fn scan_dir(path: &Path, meta: fs::Metadata, scan: &mut Scan) -> Result<DirEntry
                 child.display()
             );
         };
-        let xattrs = read_xattrs(&child)?;
+        listing.entries.push(Listed {
+            name,
+            path: child,
+            meta,
+            target,
+            xattrs,
+        });
+    }
+    Ok(listing)
+}
+
+/// List every directory under `tree` (itself included) with `threads` threads: a cold
+/// tree costs one disk read per inode, and several at once keep the disk busy. The first
+/// error stops the walk.
+fn list_tree(tree: &Path, threads: usize) -> Result<HashMap<PathBuf, Listing>> {
+    struct Walk {
+        queue: Vec<PathBuf>,
+        busy: usize,
+        done: HashMap<PathBuf, Listing>,
+        error: Option<anyhow::Error>,
+    }
+    let walk = Mutex::new(Walk {
+        queue: vec![tree.to_path_buf()],
+        busy: 0,
+        done: HashMap::new(),
+        error: None,
+    });
+    let wake = std::sync::Condvar::new();
+    let lock = || walk.lock().unwrap_or_else(|e| e.into_inner());
+    std::thread::scope(|s| {
+        for _ in 0..threads.max(1) {
+            s.spawn(|| loop {
+                let dir = {
+                    let mut w = lock();
+                    loop {
+                        if w.error.is_some() {
+                            return;
+                        }
+                        if let Some(d) = w.queue.pop() {
+                            w.busy += 1;
+                            break d;
+                        }
+                        // Nothing queued and no one listing: the walk is over.
+                        if w.busy == 0 {
+                            wake.notify_all();
+                            return;
+                        }
+                        w = wake.wait(w).unwrap_or_else(|e| e.into_inner());
+                    }
+                };
+                let listed = list_dir(&dir);
+                let mut w = lock();
+                w.busy -= 1;
+                match listed {
+                    Ok(listing) => {
+                        w.queue.extend(
+                            listing
+                                .entries
+                                .iter()
+                                .filter(|e| e.meta.is_dir())
+                                .map(|e| e.path.clone()),
+                        );
+                        w.done.insert(dir, listing);
+                    }
+                    Err(e) => {
+                        w.error.get_or_insert(e);
+                    }
+                }
+                wake.notify_all();
+            });
+        }
+    });
+    let w = walk.into_inner().unwrap_or_else(|e| e.into_inner());
+    match w.error {
+        Some(e) => Err(e),
+        None => Ok(w.done),
+    }
+}
+
+/// Build the tree of `path` from the listings, numbering its files in `scan`.
+fn scan_dir(
+    path: &Path,
+    meta: fs::Metadata,
+    listings: &mut HashMap<PathBuf, Listing>,
+    scan: &mut Scan,
+) -> Result<DirEntry> {
+    let listing = listings
+        .remove(path)
+        .with_context(|| format!("directory {} was not listed", path.display()))?;
+    let mut dir = DirEntry {
+        xattrs: listing.xattrs,
+        meta,
+        dirs: BTreeMap::new(),
+        files: BTreeMap::new(),
+    };
+    for e in listing.entries {
+        if e.meta.is_dir() {
+            let sub = scan_dir(&e.path, e.meta, listings, scan)?;
+            dir.dirs.insert(e.name, sub);
+            continue;
+        }
+        let meta = e.meta;
         let key = CacheKey {
             dev: meta.dev(),
             ino: meta.ino(),
@@ -285,63 +400,22 @@ fn scan_dir(path: &Path, meta: fs::Metadata, scan: &mut Scan) -> Result<DirEntry
             mode: meta.mode(),
             uid: meta.uid(),
             gid: meta.gid(),
-            xattrs: xattrs_digest(&xattrs),
+            xattrs: xattrs_digest(&e.xattrs),
         };
         let index = scan.files.len();
         let first = *scan.inodes.entry((key.dev, key.ino)).or_insert(index);
         scan.same_as.push(first);
         scan.files.push(FileEntry {
-            path: child,
+            path: e.path,
             meta,
-            target,
-            xattrs,
+            target: e.target,
+            xattrs: e.xattrs,
             key,
             checksum: None,
         });
-        dir.files.insert(name, index);
+        dir.files.insert(e.name, index);
     }
     Ok(dir)
-}
-
-/// Read the directories and inodes under `tree` into the kernel's caches with `threads`
-/// threads, until `stop` is set. Errors are the scan's to report: here they are skipped.
-fn warm_inodes(tree: &Path, threads: usize, stop: &AtomicBool) {
-    let queue = Mutex::new((vec![tree.to_path_buf()], 0usize));
-    let wake = std::sync::Condvar::new();
-    std::thread::scope(|s| {
-        for _ in 0..threads.max(1) {
-            s.spawn(|| loop {
-                let dir = {
-                    let mut q = queue.lock().unwrap_or_else(|e| e.into_inner());
-                    loop {
-                        if stop.load(Ordering::Relaxed) {
-                            return;
-                        }
-                        if let Some(d) = q.0.pop() {
-                            q.1 += 1;
-                            break d;
-                        }
-                        // Nothing queued and no one listing: the walk is over.
-                        if q.1 == 0 {
-                            wake.notify_all();
-                            return;
-                        }
-                        q = wake.wait(q).unwrap_or_else(|e| e.into_inner());
-                    }
-                };
-                let mut subdirs = Vec::new();
-                for entry in fs::read_dir(&dir).into_iter().flatten().flatten() {
-                    if entry.metadata().is_ok_and(|m| m.is_dir()) {
-                        subdirs.push(entry.path());
-                    }
-                }
-                let mut q = queue.lock().unwrap_or_else(|e| e.into_inner());
-                q.0.extend(subdirs);
-                q.1 -= 1;
-                wake.notify_all();
-            });
-        }
-    });
 }
 
 fn xattrs_variant(xattrs: &Xattrs) -> glib::Variant {
@@ -550,15 +624,8 @@ pub(crate) fn write_tree(
         .with_context(|| format!("reading the metadata of {}", tree.display()))?;
     let started = std::time::Instant::now();
     let mut scan = Scan::default();
-    // The scan is one walk in order; beside it, threads that only list and stat read the
-    // tree's directories and inodes from disk ahead of it, several requests at a time.
-    let done = AtomicBool::new(false);
-    let root = std::thread::scope(|s| {
-        s.spawn(|| warm_inodes(tree, 8, &done));
-        let root = scan_dir(tree, root_meta, &mut scan);
-        done.store(true, Ordering::Relaxed);
-        root
-    })?;
+    let mut listings = list_tree(tree, 8)?;
+    let root = scan_dir(tree, root_meta, &mut listings, &mut scan)?;
     tracing::debug!(
         "scanned {} files in {:?}",
         scan.files.len(),
