@@ -83,14 +83,19 @@ post = ["enable-report.sh"]
     )
 }
 
+/// Write an executable script.
+fn write_script(path: &Path, text: &str) -> Result<()> {
+    fs::write(path, text)?;
+    cmd::run(Command::new("chmod").arg("755").arg(path))?;
+    Ok(())
+}
+
 fn write_manifest(dir: &Path) -> Result<PathBuf> {
     fs::create_dir_all(dir)?;
-    let script = dir.join("enable-report.sh");
-    fs::write(
-        &script,
+    write_script(
+        &dir.join("enable-report.sh"),
         "#!/bin/sh\nset -e\nrc-update add osbuild-report default\n",
     )?;
-    cmd::run(Command::new("chmod").arg("755").arg(&script))?;
     let manifest = dir.join("osbuild.toml");
     fs::write(&manifest, manifest_text())?;
     Ok(manifest)
@@ -264,11 +269,10 @@ fn fall_back(
     anyhow::ensure!(set.contains("TRIES-SET"), "setting the tries: {set}");
     let check = tree.join("usr/lib/osbuild/health.d/50-broken");
     fs::create_dir_all(check.parent().context("path")?)?;
-    fs::write(
+    write_script(
         &check,
         "#!/bin/sh\necho 'this update is broken' >&2\nexit 1\n",
     )?;
-    cmd::run(Command::new("chmod").arg("755").arg(&check))?;
     let release = tree.join("usr/lib/osbuild-example/release");
     fs::remove_file(&release)?;
     fs::write(&release, "openrc-3\n")?;
