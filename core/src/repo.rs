@@ -64,61 +64,63 @@ pub fn object_path(name: &ostree::ObjectName) -> Option<String> {
 /// (they are then read beside the directories); else they come from `commit`'s
 /// directories. Best effort, never waited for: errors are ignored, and the caller goes on
 /// while the disk works (on a cold cache a delta otherwise waits for one read at a time).
-pub fn prefetch_for_delta(path: &Path, commit: &str, files: Vec<String>) {
+pub fn prefetch_for_delta(path: &Path, commit: &str, mut files: Vec<String>) {
     const THREADS: usize = 8;
-    let path = path.to_path_buf();
-    let commit = commit.to_string();
     let known = !files.is_empty();
     // In checksum order, one objects/XX directory after another: their files lie close
     // together on disk, so the reads merge.
-    let mut files = files;
     files.sort_unstable_by(|a, b| b.cmp(a));
-    let files = std::sync::Arc::new(std::sync::Mutex::new(files));
-    let headers = {
-        let (path, files) = (path.clone(), files.clone());
-        move || loop {
-            let Some(sum) = files.lock().ok().and_then(|mut f| f.pop()) else {
-                return;
-            };
-            let name = ostree::ObjectName::new(&sum, ostree::ObjectType::File);
-            let Some(rel) = object_path(&name) else {
-                continue;
-            };
-            if let Ok(f) = std::fs::File::open(path.join(rel)) {
-                let _ = rustix::fs::fadvise(
-                    &f,
-                    0,
-                    std::num::NonZeroU64::new(4096),
-                    rustix::fs::Advice::WillNeed,
-                );
+    let queue = std::sync::Arc::new(std::sync::Mutex::new(files));
+    let start_readers = {
+        let (path, queue) = (path.to_path_buf(), queue.clone());
+        move || {
+            for _ in 0..THREADS {
+                let (path, queue) = (path.clone(), queue.clone());
+                std::thread::spawn(move || read_file_headers(&path, &queue));
             }
         }
     };
-    let walk_headers = headers.clone();
+    if known {
+        start_readers.clone()();
+    }
+    let (path, commit) = (path.to_path_buf(), commit.to_string());
     std::thread::spawn(move || {
         let Ok(repo) = open(&path) else { return };
         let Ok(reached) = repo.traverse_commit(&commit, -1, gio::Cancellable::NONE) else {
             return;
         };
-        if !known {
-            if let Ok(mut f) = files.lock() {
-                f.extend(
-                    reached
-                        .iter()
-                        .filter(|n| n.object_type() == ostree::ObjectType::File)
-                        .map(|n| n.checksum().to_string()),
-                );
-                f.sort_unstable_by(|a, b| b.cmp(a));
-            }
-            for _ in 1..THREADS {
-                std::thread::spawn(walk_headers.clone());
-            }
-            walk_headers();
+        if known {
+            return;
         }
+        if let Ok(mut q) = queue.lock() {
+            q.extend(
+                reached
+                    .iter()
+                    .filter(|n| n.object_type() == ostree::ObjectType::File)
+                    .map(|n| n.checksum().to_string()),
+            );
+            q.sort_unstable_by(|a, b| b.cmp(a));
+        }
+        start_readers();
     });
-    if known {
-        for _ in 0..THREADS {
-            std::thread::spawn(headers.clone());
+}
+
+/// Take file checksums from the end of `queue` (sorted backwards, so they come in order)
+/// until it is empty, and have the kernel read the first page of each object into the
+/// page cache.
+fn read_file_headers(path: &Path, queue: &std::sync::Mutex<Vec<String>>) {
+    while let Some(sum) = queue.lock().ok().and_then(|mut q| q.pop()) {
+        let name = ostree::ObjectName::new(&sum, ostree::ObjectType::File);
+        let Some(rel) = object_path(&name) else {
+            continue;
+        };
+        if let Ok(f) = std::fs::File::open(path.join(rel)) {
+            let _ = rustix::fs::fadvise(
+                &f,
+                0,
+                std::num::NonZeroU64::new(4096),
+                rustix::fs::Advice::WillNeed,
+            );
         }
     }
 }
