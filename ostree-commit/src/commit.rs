@@ -7,6 +7,7 @@ use osbuild_core::fsutil::Staging;
 use osbuild_core::glib::{self, prelude::*};
 use osbuild_core::progress::{Progress, ProgressEvent, ProgressFd};
 use osbuild_core::{gio, ostree, repo};
+use std::collections::HashMap;
 use std::path::Path;
 
 /// Options for one commit.
@@ -74,35 +75,47 @@ pub fn commit(repo_path: &Path, tree: &Path, opts: &CommitOptions) -> Result<Com
     let result = (|| {
         validate_ref(&opts.branch)?;
         let info = layout::validate(tree)?;
-        let cache = ChecksumCache::load(repo_path);
-        if repo_path.exists() {
-            let repo = repo::open_archive(repo_path)?;
-            write(
-                &repo,
-                repo_path,
-                tree,
-                opts,
-                &info.kver,
-                cache,
-                events.as_mut(),
-            )
-        } else {
-            // A new repository appears only once it holds the commit.
-            let staging = Staging::new(repo_path)?;
-            let repo = repo::create_archive(staging.path())?;
-            let commit = write(
-                &repo,
-                staging.path(),
-                tree,
-                opts,
-                &info.kver,
-                cache,
-                events.as_mut(),
-            )?;
-            drop(repo);
-            staging.commit()?;
-            Ok(commit)
-        }
+        std::thread::scope(|s| {
+            // The tree is listed (one cold read per inode) while the cache loads and the
+            // repository opens.
+            let listing = s.spawn(|| writer::list_tree(tree, 8));
+            let listing = || {
+                listing
+                    .join()
+                    .unwrap_or_else(|_| Err(anyhow::anyhow!("listing {} panicked", tree.display())))
+            };
+            let cache = ChecksumCache::load(repo_path);
+            if repo_path.exists() {
+                let repo = repo::open_archive(repo_path)?;
+                write(
+                    &repo,
+                    repo_path,
+                    tree,
+                    listing,
+                    opts,
+                    &info.kver,
+                    cache,
+                    events.as_mut(),
+                )
+            } else {
+                // A new repository appears only once it holds the commit.
+                let staging = Staging::new(repo_path)?;
+                let repo = repo::create_archive(staging.path())?;
+                let commit = write(
+                    &repo,
+                    staging.path(),
+                    tree,
+                    listing,
+                    opts,
+                    &info.kver,
+                    cache,
+                    events.as_mut(),
+                )?;
+                drop(repo);
+                staging.commit()?;
+                Ok(commit)
+            }
+        })
     })();
     if let Some(events) = &mut events {
         events.send(&ProgressEvent::End {
@@ -203,10 +216,12 @@ fn commit_time() -> Result<u64> {
     }
 }
 
+#[allow(clippy::too_many_arguments)]
 fn write(
     repo: &ostree::Repo,
     repo_path: &Path,
     tree: &Path,
+    listing: impl FnOnce() -> Result<writer::TreeListing>,
     opts: &CommitOptions,
     kver: &str,
     cache: ChecksumCache,
@@ -252,7 +267,16 @@ fn write(
             if let Some(parent) = &parent {
                 repo::prefetch_for_delta(repo_path, parent, cache.checksums());
             }
-            writer::write_tree(repo_path, repo, tree, jobs, &counts, cache, &parent_sizes)
+            writer::write_tree(
+                repo_path,
+                repo,
+                tree,
+                listing,
+                jobs,
+                &counts,
+                cache,
+                &parent_sizes,
+            )
         })
         .with_context(|| format!("writing {} into the repository", tree.display()))?;
         let root = written.root;
@@ -363,20 +387,31 @@ fn write(
             .map(|s| (s.key_ids.clone(), s.homedir.clone())),
     };
     let published = std::time::Instant::now();
-    let made = std::thread::scope(|s| {
+    let (made, changed) = std::thread::scope(|s| {
         // Saved once the commit's objects have landed (its entries name objects the repo
         // now has), beside the deltas, which take one core.
         if let Some(cache) = &saved_cache {
             s.spawn(|| cache.save());
         }
-        repo::publish(repo, &moves, &publish, &mut |m| eprintln!("{m}"))
-    })?;
+        // What each delta's report compares it with, also beside them.
+        let changed = s.spawn(|| {
+            let Ok(repo) = repo::open_archive(repo_path) else {
+                return HashMap::new();
+            };
+            let froms = parent.iter().chain(&publish.delta_from);
+            froms
+                .map(|from| (from.clone(), changed_bytes(&repo, from, &checksum)))
+                .collect::<HashMap<_, _>>()
+        });
+        let made = repo::publish(repo, &moves, &publish, &mut |m| eprintln!("{m}"));
+        (made, changed.join().unwrap_or_default())
+    });
     tracing::debug!("deltas, ref and summary in {:?}", published.elapsed());
     progress.finish(format!("Committed {checksum} to {}", opts.branch));
-    let deltas = made
+    let deltas = made?
         .into_iter()
         .map(|d| Delta {
-            changed_bytes: changed_bytes(repo, &d.from, &checksum),
+            changed_bytes: changed.get(&d.from).copied().flatten(),
             from: d.from,
             bytes: d.bytes,
         })

@@ -300,10 +300,13 @@ fn list_dir(path: &Path) -> Result<Listing> {
     Ok(listing)
 }
 
+/// Every directory of a tree, as [`list_tree`] read it.
+pub(crate) struct TreeListing(HashMap<PathBuf, Listing>);
+
 /// List every directory under `tree` (itself included) with `threads` threads: a cold
 /// tree costs one disk read per inode, and several at once keep the disk busy. The first
 /// error stops the walk.
-fn list_tree(tree: &Path, threads: usize) -> Result<HashMap<PathBuf, Listing>> {
+pub(crate) fn list_tree(tree: &Path, threads: usize) -> Result<TreeListing> {
     struct Walk {
         queue: Vec<PathBuf>,
         busy: usize,
@@ -364,7 +367,7 @@ fn list_tree(tree: &Path, threads: usize) -> Result<HashMap<PathBuf, Listing>> {
     let w = walk.into_inner().unwrap_or_else(|e| e.into_inner());
     match w.error {
         Some(e) => Err(e),
-        None => Ok(w.done),
+        None => Ok(TreeListing(w.done)),
     }
 }
 
@@ -609,11 +612,14 @@ impl ParentSizes {
 
 /// Write the objects of `tree` into `repo` (an archive repository at `repo_path`, in a
 /// transaction the caller prepared for the directories) with `jobs` parallel writers,
-/// skipping the files `cache` knows.
+/// skipping the files `cache` knows. `listing` waits for the tree's [`list_tree`], which
+/// the caller started early.
+#[allow(clippy::too_many_arguments)]
 pub(crate) fn write_tree(
     repo_path: &Path,
     repo: &ostree::Repo,
     tree: &Path,
+    listing: impl FnOnce() -> Result<TreeListing>,
     jobs: usize,
     progress: &WriteProgress,
     mut cache: ChecksumCache,
@@ -624,7 +630,7 @@ pub(crate) fn write_tree(
         .with_context(|| format!("reading the metadata of {}", tree.display()))?;
     let started = std::time::Instant::now();
     let mut scan = Scan::default();
-    let mut listings = list_tree(tree, 8)?;
+    let TreeListing(mut listings) = listing()?;
     let root = scan_dir(tree, root_meta, &mut listings, &mut scan)?;
     tracing::debug!(
         "scanned {} files in {:?}",
