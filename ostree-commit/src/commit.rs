@@ -85,36 +85,27 @@ pub fn commit(repo_path: &Path, tree: &Path, opts: &CommitOptions) -> Result<Com
                     .unwrap_or_else(|_| Err(anyhow::anyhow!("listing {} panicked", tree.display())))
             };
             let cache = ChecksumCache::load(repo_path);
-            if repo_path.exists() {
-                let repo = repo::open_archive(repo_path)?;
-                write(
-                    &repo,
-                    repo_path,
-                    tree,
-                    listing,
-                    opts,
-                    &info.kver,
-                    cache,
-                    events.as_mut(),
+            let (repo, path, staging) = if repo_path.exists() {
+                (
+                    repo::open_archive(repo_path)?,
+                    repo_path.to_path_buf(),
+                    None,
                 )
             } else {
                 // A new repository appears only once it holds the commit.
                 let staging = Staging::new(repo_path)?;
                 let repo = repo::create_archive(staging.path())?;
-                let commit = write(
-                    &repo,
-                    staging.path(),
-                    tree,
-                    listing,
-                    opts,
-                    &info.kver,
-                    cache,
-                    events.as_mut(),
-                )?;
-                drop(repo);
+                (repo, staging.path().to_path_buf(), Some(staging))
+            };
+            let (kver, events) = (&info.kver, events.as_mut());
+            let commit = write(&repo, &path, tree, listing, opts, kver, cache, events);
+            // Closed before a failed new repository's staging directory is removed.
+            drop(repo);
+            let commit = commit?;
+            if let Some(staging) = staging {
                 staging.commit()?;
-                Ok(commit)
             }
+            Ok(commit)
         })
     })();
     if let Some(events) = &mut events {
