@@ -41,6 +41,10 @@ struct BootArgs {
     /// Guest memory in MiB.
     #[arg(long, value_name = "MIB", default_value_t = 1024)]
     memory: u32,
+    /// Virtual CPUs. Under TCG each is a host thread: give 1 where guests share the
+    /// host's cores.
+    #[arg(long, value_name = "N", default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..=64))]
+    cpus: u32,
 }
 
 impl BootArgs {
@@ -55,7 +59,8 @@ impl BootArgs {
         Ok(VmConfig::new(image)
             .uefi(uefi)
             .secure_boot(self.secure_boot)
-            .memory_mib(self.memory))
+            .memory_mib(self.memory)
+            .cpus(self.cpus))
     }
 }
 

@@ -28,6 +28,7 @@ use osbuild_testing::guest::{
 };
 use osbuild_testing::helpers::{free_port, osbuild_bin, workspace_root};
 use osbuild_testing::vm::{Vm, VmConfig};
+use osbuild_testing::GUEST_CPUS;
 use osbuild_testing::{require, Need};
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -239,6 +240,7 @@ fn bootstrap_commit_serve_image_boot_upgrade() -> Result<()> {
     let mut vm = t.time("first boot to marker", || {
         boot_into(
             VmConfig::new(&image)
+                .cpus(GUEST_CPUS)
                 .log(work.path().join("boot1.log"))
                 .forward(fortune_port, 8090)
                 .forward(ssh_port, 22),
@@ -292,7 +294,9 @@ fn bootstrap_commit_serve_image_boot_upgrade() -> Result<()> {
 
     let mut vm = t.time("boot after upgrade", || {
         boot_into(
-            VmConfig::new(&image).log(work.path().join("boot2.log")),
+            VmConfig::new(&image)
+                .cpus(GUEST_CPUS)
+                .log(work.path().join("boot2.log")),
             &c2,
             "2",
         )
@@ -560,6 +564,7 @@ fn boot_and_upgrade(v: &Variant, m: &Matrix) -> Result<()> {
     let uefi = v.uefi || v.firmware == Firmware::Uefi;
     let config = |n: u32| {
         VmConfig::new(&image)
+            .cpus(GUEST_CPUS)
             .uefi(uefi)
             .secure_boot(v.secure_boot)
             .log(dir.join(format!("{}-boot{n}.log", v.name)))
@@ -666,9 +671,9 @@ const VM_TEST_ROW: &str = "syslinux-bios-mbr";
 /// The ref of the broken update `osbuild vm test` switches to.
 const BROKEN_BRANCH: &str = "sampleos/broken/x86_64";
 /// The power cuts `osbuild vm test` makes during the upgrade, and as many during the
-/// finalization of a staged deployment: one of each, as each costs about two TCG minutes
-/// (a boot and an `ostree fsck` on the device); five of each were run by hand.
-const POWER_CUTS: u32 = 1;
+/// finalization of a staged deployment: each costs about a TCG minute (a boot and an
+/// `ostree fsck` on the device).
+const POWER_CUTS: u32 = 5;
 
 /// `osbuild vm test` on the row's image, with power cuts: every step passes, and the
 /// table names c2 and the broken commit where the story says.
@@ -687,6 +692,8 @@ fn vm_test(v: &Variant, m: &Matrix, image: &Path, repo: &Path, port: u16) -> Res
                 v.firmware.name(),
                 "--power-cuts",
                 &POWER_CUTS.to_string(),
+                "--cpus",
+                &GUEST_CPUS.to_string(),
             ])
             .arg("--log")
             .arg(m.dir.join(format!("{}-vm-test.log", v.name))),
@@ -822,6 +829,7 @@ fn boot_live(v: &Variant, dir: &Path, image: &Path, c1: &str) -> Result<()> {
         let firmware = if uefi { "uefi" } else { "bios" };
         let start = Instant::now();
         let config = VmConfig::new(image)
+            .cpus(GUEST_CPUS)
             .uefi(uefi)
             .log(dir.join(format!("{}-{firmware}.log", v.name)));
         check_live(config, &format!("{} ({firmware})", v.name), c1)
@@ -922,6 +930,7 @@ fn unsigned_kernel_is_refused(dir: &Path, tree: &Path) -> Result<()> {
     ])?;
     let mut vm = Vm::boot(
         VmConfig::new(&image)
+            .cpus(GUEST_CPUS)
             .secure_boot(true)
             .log(dir.join("unsigned-boot.log")),
     )?;

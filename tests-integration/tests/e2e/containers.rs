@@ -18,6 +18,7 @@ use osbuild_testing::helpers::{
     free_port, osbuild_bin, output, run, workspace_root, Daemon, PODMAN_ARGS,
 };
 use osbuild_testing::vm::VmConfig;
+use osbuild_testing::GUEST_CPUS;
 use osbuild_testing::{require, Need};
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -278,7 +279,9 @@ fn a_containerfile_becomes_a_booting_commit() -> Result<()> {
     })?;
     let mut vm = t.time("boot to marker", || {
         boot_into(
-            VmConfig::new(&image).log(w.join("boot.log")),
+            VmConfig::new(&image)
+                .cpus(GUEST_CPUS)
+                .log(w.join("boot.log")),
             &commit,
             "container",
         )

@@ -16,6 +16,7 @@ use osbuild_testing::fixture::{self, Key};
 use osbuild_testing::guest::{boot_into, check_all, osbuild, shell_ready, Timings};
 use osbuild_testing::helpers::{output, workspace_root};
 use osbuild_testing::vm::VmConfig;
+use osbuild_testing::GUEST_CPUS;
 use osbuild_testing::{require, Need};
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -151,7 +152,9 @@ fn trixie_with_backports_boots() -> Result<()> {
 
     let mut vm = t.time("boot to marker", || {
         boot_into(
-            VmConfig::new(&image).log(work.path().join("boot.log")),
+            VmConfig::new(&image)
+                .cpus(GUEST_CPUS)
+                .log(work.path().join("boot.log")),
             &commit,
             "trixie",
         )
