@@ -29,3 +29,8 @@ pub use need::{require, Need};
 /// there a one-CPU guest booted and ran `ostree fsck` for 20-25 % less CPU time than a
 /// two-CPU one (TCG pays for every cross-CPU interrupt and for the vCPUs' contention).
 pub const GUEST_CPUS: u32 = 1;
+
+/// How the tests boot `image`: [`vm::VmConfig::new`] with [`GUEST_CPUS`].
+pub fn guest_config(image: impl AsRef<std::path::Path>) -> vm::VmConfig {
+    vm::VmConfig::new(image.as_ref()).cpus(GUEST_CPUS)
+}

@@ -28,7 +28,7 @@ use osbuild_testing::guest::{
 };
 use osbuild_testing::helpers::{free_port, osbuild_bin, workspace_root};
 use osbuild_testing::vm::{Vm, VmConfig};
-use osbuild_testing::GUEST_CPUS;
+use osbuild_testing::{guest_config, GUEST_CPUS};
 use osbuild_testing::{require, Need};
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -239,8 +239,7 @@ fn bootstrap_commit_serve_image_boot_upgrade() -> Result<()> {
     let ssh_port = free_port();
     let mut vm = t.time("first boot to marker", || {
         boot_into(
-            VmConfig::new(&image)
-                .cpus(GUEST_CPUS)
+            guest_config(&image)
                 .log(work.path().join("boot1.log"))
                 .forward(fortune_port, 8090)
                 .forward(ssh_port, 22),
@@ -294,9 +293,7 @@ fn bootstrap_commit_serve_image_boot_upgrade() -> Result<()> {
 
     let mut vm = t.time("boot after upgrade", || {
         boot_into(
-            VmConfig::new(&image)
-                .cpus(GUEST_CPUS)
-                .log(work.path().join("boot2.log")),
+            guest_config(&image).log(work.path().join("boot2.log")),
             &c2,
             "2",
         )
@@ -563,8 +560,7 @@ fn boot_and_upgrade(v: &Variant, m: &Matrix) -> Result<()> {
     }
     let uefi = v.uefi || v.firmware == Firmware::Uefi;
     let config = |n: u32| {
-        VmConfig::new(&image)
-            .cpus(GUEST_CPUS)
+        guest_config(&image)
             .uefi(uefi)
             .secure_boot(v.secure_boot)
             .log(dir.join(format!("{}-boot{n}.log", v.name)))
@@ -829,8 +825,7 @@ fn boot_live(v: &Variant, dir: &Path, image: &Path, c1: &str) -> Result<()> {
     for uefi in [false, true] {
         let firmware = if uefi { "uefi" } else { "bios" };
         let start = Instant::now();
-        let config = VmConfig::new(image)
-            .cpus(GUEST_CPUS)
+        let config = guest_config(image)
             .uefi(uefi)
             .log(dir.join(format!("{}-{firmware}.log", v.name)));
         check_live(config, &format!("{} ({firmware})", v.name), c1)
@@ -930,8 +925,7 @@ fn unsigned_kernel_is_refused(dir: &Path, tree: &Path) -> Result<()> {
         image.to_str().context("path")?,
     ])?;
     let mut vm = Vm::boot(
-        VmConfig::new(&image)
-            .cpus(GUEST_CPUS)
+        guest_config(&image)
             .secure_boot(true)
             .log(dir.join("unsigned-boot.log")),
     )?;

@@ -14,11 +14,10 @@
 use anyhow::{Context, Result};
 use osbuild_core::cmd;
 use osbuild_testing::guest::{boot_into, check_all, osbuild, shell_ready, Timings};
+use osbuild_testing::guest_config;
 use osbuild_testing::helpers::{
     free_port, osbuild_bin, output, run, workspace_root, Daemon, PODMAN_ARGS,
 };
-use osbuild_testing::vm::VmConfig;
-use osbuild_testing::GUEST_CPUS;
 use osbuild_testing::{require, Need};
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -279,9 +278,7 @@ fn a_containerfile_becomes_a_booting_commit() -> Result<()> {
     })?;
     let mut vm = t.time("boot to marker", || {
         boot_into(
-            VmConfig::new(&image)
-                .cpus(GUEST_CPUS)
-                .log(w.join("boot.log")),
+            guest_config(&image).log(w.join("boot.log")),
             &commit,
             "container",
         )

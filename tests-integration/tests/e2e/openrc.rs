@@ -15,8 +15,7 @@ use osbuild_testing::fixture::{self, Key};
 use osbuild_testing::guest::{
     boot_into, check_all, commit, osbuild, probe, serve, shell_ready, Timings,
 };
-use osbuild_testing::vm::VmConfig;
-use osbuild_testing::GUEST_CPUS;
+use osbuild_testing::guest_config;
 use osbuild_testing::{require, Need};
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -159,9 +158,7 @@ fn openrc_boots_upgrades_and_finalizes_at_shutdown() -> Result<()> {
 
     let mut vm = t.time("boot to marker", || {
         boot_into(
-            VmConfig::new(&image)
-                .cpus(GUEST_CPUS)
-                .log(work.path().join("boot1.log")),
+            guest_config(&image).log(work.path().join("boot1.log")),
             &c1,
             "openrc-1",
         )
@@ -228,9 +225,7 @@ fn openrc_boots_upgrades_and_finalizes_at_shutdown() -> Result<()> {
 
     let mut vm = t.time("boot after upgrade", || {
         boot_into(
-            VmConfig::new(&image)
-                .cpus(GUEST_CPUS)
-                .log(work.path().join("boot2.log")),
+            guest_config(&image).log(work.path().join("boot2.log")),
             &c2,
             "openrc-2",
         )
@@ -284,11 +279,7 @@ fn fall_back(
     let bad = commit(repo, BRANCH, tree, Some("3"))?;
     super::upgrade_and_reboot(&mut vm)?;
     drop(vm);
-    let mut vm = osbuild_testing::vm::Vm::boot(
-        VmConfig::new(image)
-            .cpus(GUEST_CPUS)
-            .log(dir.join("boot3.log")),
-    )?;
+    let mut vm = osbuild_testing::vm::Vm::boot(guest_config(image).log(dir.join("boot3.log")))?;
     vm.wait_for(
         "osbuild-health: health checks failed (/usr/lib/osbuild/health.d/50-broken)",
         Duration::from_secs(300),
@@ -296,9 +287,7 @@ fn fall_back(
     vm.wait_exit(Duration::from_secs(300))?;
     drop(vm);
     let mut vm = boot_into(
-        VmConfig::new(image)
-            .cpus(GUEST_CPUS)
-            .log(dir.join("boot4.log")),
+        guest_config(image).log(dir.join("boot4.log")),
         good,
         "openrc-2",
     )

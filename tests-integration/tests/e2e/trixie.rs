@@ -14,9 +14,8 @@ use anyhow::{Context, Result};
 use osbuild_core::cmd;
 use osbuild_testing::fixture::{self, Key};
 use osbuild_testing::guest::{boot_into, check_all, osbuild, shell_ready, Timings};
+use osbuild_testing::guest_config;
 use osbuild_testing::helpers::{output, workspace_root};
-use osbuild_testing::vm::VmConfig;
-use osbuild_testing::GUEST_CPUS;
 use osbuild_testing::{require, Need};
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -152,9 +151,7 @@ fn trixie_with_backports_boots() -> Result<()> {
 
     let mut vm = t.time("boot to marker", || {
         boot_into(
-            VmConfig::new(&image)
-                .cpus(GUEST_CPUS)
-                .log(work.path().join("boot.log")),
+            guest_config(&image).log(work.path().join("boot.log")),
             &commit,
             "trixie",
         )
