@@ -59,29 +59,38 @@ pub fn object_path(name: &ostree::ObjectName) -> Option<String> {
 }
 
 /// Read ahead, in the background, what a static delta from `commit` reads first: all of
-/// its directory objects, and the header of each of its files (where the delta finds
-/// their sizes). `files` are the checksums of those files when the caller knows them
-/// (they are then read beside the directories); else they come from `commit`'s
-/// directories. Best effort, never waited for: errors are ignored, and the caller goes on
-/// while the disk works (on a cold cache a delta otherwise waits for one read at a time).
-pub fn prefetch_for_delta(path: &Path, commit: &str, mut files: Vec<String>) {
+/// its directory objects, then the header of each of its files (where the delta finds
+/// their sizes). `known` names them when the caller knows them (`dirtrees` from the
+/// commit's `ostree.sizes`, `files` in the order the delta reads them); else they come
+/// from `commit`'s directories. Best effort, never waited for: errors are ignored, and
+/// the caller goes on while the disk works (on a cold cache a delta otherwise waits for
+/// one read at a time).
+pub fn prefetch_for_delta(path: &Path, commit: &str, known: Option<DeltaReads>) {
     const THREADS: usize = 8;
-    let known = !files.is_empty();
-    // In checksum order, one objects/XX directory after another: their files lie close
-    // together on disk, so the reads merge.
-    files.sort_unstable_by(|a, b| b.cmp(a));
-    let queue = std::sync::Arc::new(std::sync::Mutex::new(files));
+    let queue = std::sync::Arc::new(std::sync::Mutex::new(std::collections::VecDeque::new()));
     let start_readers = {
         let (path, queue) = (path.to_path_buf(), queue.clone());
         move || {
             for _ in 0..THREADS {
                 let (path, queue) = (path.clone(), queue.clone());
-                std::thread::spawn(move || read_file_headers(&path, &queue));
+                std::thread::spawn(move || read_object_heads(&path, &queue));
             }
         }
     };
-    if known {
-        start_readers.clone()();
+    if let Some(known) = known {
+        if let Ok(mut q) = queue.lock() {
+            let dirs = known
+                .dirtrees
+                .iter()
+                .map(|c| (c, ostree::ObjectType::DirTree));
+            let files = known.files.iter().map(|c| (c, ostree::ObjectType::File));
+            q.extend(
+                dirs.chain(files)
+                    .filter_map(|(c, t)| object_path(&ostree::ObjectName::new(c, t))),
+            );
+        }
+        start_readers();
+        return;
     }
     let (path, commit) = (path.to_path_buf(), commit.to_string());
     std::thread::spawn(move || {
@@ -89,36 +98,42 @@ pub fn prefetch_for_delta(path: &Path, commit: &str, mut files: Vec<String>) {
         let Ok(reached) = repo.traverse_commit(&commit, -1, gio::Cancellable::NONE) else {
             return;
         };
-        if known {
-            return;
-        }
+        let mut files: Vec<String> = reached
+            .iter()
+            .filter(|n| n.object_type() == ostree::ObjectType::File)
+            .filter_map(object_path)
+            .collect();
+        // One objects/XX directory after another.
+        files.sort_unstable();
         if let Ok(mut q) = queue.lock() {
-            q.extend(
-                reached
-                    .iter()
-                    .filter(|n| n.object_type() == ostree::ObjectType::File)
-                    .map(|n| n.checksum().to_string()),
-            );
-            q.sort_unstable_by(|a, b| b.cmp(a));
+            q.extend(files);
         }
         start_readers();
     });
 }
 
-/// Take file checksums from the end of `queue` (sorted backwards, so they come in order)
-/// until it is empty, and have the kernel read the first page of each object into the
-/// page cache.
-fn read_file_headers(path: &Path, queue: &std::sync::Mutex<Vec<String>>) {
-    while let Some(sum) = queue.lock().ok().and_then(|mut q| q.pop()) {
-        let name = ostree::ObjectName::new(&sum, ostree::ObjectType::File);
-        let Some(rel) = object_path(&name) else {
-            continue;
-        };
-        if let Ok(f) = std::fs::File::open(path.join(rel)) {
+/// What a static delta from a commit reads first, for [`prefetch_for_delta`].
+#[derive(Debug, Clone, Default)]
+pub struct DeltaReads {
+    /// The checksums of the commit's directory trees.
+    pub dirtrees: Vec<String>,
+    /// The checksums of its files, in the order the delta reads them.
+    pub files: Vec<String>,
+}
+
+/// Take object paths from the front of `queue` until it is empty, and have the kernel
+/// read each directory tree, and the first page of each file, into the page cache.
+fn read_object_heads(path: &Path, queue: &std::sync::Mutex<std::collections::VecDeque<String>>) {
+    // Only on a core nothing else wants: the caller's own work comes first.
+    let tid = rustix::thread::gettid();
+    let _ = rustix::process::setpriority_process(Some(tid), 19);
+    while let Some(rel) = queue.lock().ok().and_then(|mut q| q.pop_front()) {
+        if let Ok(f) = std::fs::File::open(path.join(&rel)) {
+            let len = if rel.ends_with(".dirtree") { 0 } else { 4096 };
             let _ = rustix::fs::fadvise(
                 &f,
                 0,
-                std::num::NonZeroU64::new(4096),
+                std::num::NonZeroU64::new(len),
                 rustix::fs::Advice::WillNeed,
             );
         }

@@ -256,7 +256,13 @@ fn write(
             // cache when the delta is made (a cold re-commit spent most of its time
             // waiting for them).
             if let Some(parent) = &parent {
-                repo::prefetch_for_delta(repo_path, parent, cache.checksums());
+                let known = repo::DeltaReads {
+                    dirtrees: parent_sizes.dirtrees(),
+                    files: cache.checksums(),
+                };
+                let known =
+                    (!known.dirtrees.is_empty() && !known.files.is_empty()).then_some(known);
+                repo::prefetch_for_delta(repo_path, parent, known);
             }
             writer::write_tree(
                 repo_path,

@@ -14,7 +14,7 @@ use anyhow::{bail, Context, Result};
 use osbuild_core::gio::prelude::*;
 use osbuild_core::glib::{self, translate::IntoGlib};
 use osbuild_core::{gio, ostree};
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fs;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
@@ -75,6 +75,9 @@ struct CacheKey {
 pub(crate) struct ChecksumCache {
     path: Option<PathBuf>,
     entries: HashMap<CacheKey, String>,
+    /// The keys in the order of the file: that in which a static delta from the commit
+    /// last written reads its files (see [`delta_order`]).
+    order: Vec<CacheKey>,
 }
 
 impl ChecksumCache {
@@ -88,28 +91,41 @@ impl ChecksumCache {
     /// cache: a bad one costs time, never correctness).
     pub(crate) fn load(repo: &Path) -> ChecksumCache {
         let path = Self::path_for(repo);
-        let mut entries = HashMap::new();
-        if let Some(text) = path.as_ref().and_then(|p| fs::read_to_string(p).ok()) {
+        let mut cache = ChecksumCache {
+            path,
+            ..Default::default()
+        };
+        if let Some(text) = cache.path.as_ref().and_then(|p| fs::read_to_string(p).ok()) {
             for line in text.lines() {
                 if let Some((key, sum)) = parse_line(line) {
-                    entries.insert(key, sum);
+                    if cache.entries.insert(key.clone(), sum).is_none() {
+                        cache.order.push(key);
+                    }
                 }
             }
         }
-        ChecksumCache { path, entries }
+        cache
     }
 
-    /// The distinct checksums it holds.
+    /// The distinct checksums it holds, in the order of the file.
     pub(crate) fn checksums(&self) -> Vec<String> {
-        let set: std::collections::HashSet<&String> = self.entries.values().collect();
-        set.into_iter().cloned().collect()
+        let mut seen = std::collections::HashSet::new();
+        self.order
+            .iter()
+            .filter_map(|k| self.entries.get(k))
+            .filter(|sum| seen.insert(sum.as_str()))
+            .cloned()
+            .collect()
     }
 
     /// Write the cache (a temporary file renamed into place). Failing to is a warning.
     pub(crate) fn save(&self) {
         let Some(path) = &self.path else { return };
         let mut text = String::with_capacity(self.entries.len() * 160);
-        for (k, sum) in &self.entries {
+        for k in &self.order {
+            let Some(sum) = self.entries.get(k) else {
+                continue;
+            };
             text.push_str(&format!(
                 "{} {} {} {} {} {} {} {} {:016x} {sum}\n",
                 k.dev, k.ino, k.size, k.mtime_ns, k.ctime_ns, k.mode, k.uid, k.gid, k.xattrs
@@ -421,6 +437,28 @@ fn scan_dir(
     Ok(dir)
 }
 
+/// The keys of the tree's files in the order a static delta from its commit reads their
+/// objects (libostree's walk: a directory's files by name, then its subdirectories by
+/// name, depth first). Saved in this order, the cache tells the next commit in which
+/// order to read the parent's objects ahead of the delta, which then finds each one
+/// already read instead of waiting for the last of them.
+fn delta_order(root: &DirEntry, scan: &Scan) -> Vec<CacheKey> {
+    fn walk(dir: &DirEntry, scan: &Scan, seen: &mut HashSet<usize>, out: &mut Vec<CacheKey>) {
+        for &index in dir.files.values() {
+            let first = scan.same_as[index];
+            if seen.insert(first) {
+                out.push(scan.files[first].key.clone());
+            }
+        }
+        for sub in dir.dirs.values() {
+            walk(sub, scan, seen, out);
+        }
+    }
+    let mut out = Vec::with_capacity(scan.files.len());
+    walk(root, scan, &mut HashSet::new(), &mut out);
+    out
+}
+
 fn xattrs_variant(xattrs: &Xattrs) -> glib::Variant {
     xattrs.to_variant()
 }
@@ -469,6 +507,10 @@ fn write_file(repo: &ostree::Repo, f: &FileEntry) -> Result<String> {
         .with_context(|| format!("writing {} into the repository", f.path.display()))?;
     Ok(sum.to_hex())
 }
+
+/// Up to this many bytes of new files are written one after another on the caller's
+/// handle: compressing them takes less than starting parallel writers would.
+const SERIAL_WRITE_BYTES: u64 = 1 << 20;
 
 /// Write `files` (indexes into `scan.files`) with `jobs` workers, each on its own handle
 /// of the repository at `repo_path` and in its own transaction, committed when it ends.
@@ -589,6 +631,11 @@ pub(crate) struct ParentSizes {
 }
 
 impl ParentSizes {
+    /// The checksums of the parent's directory trees.
+    pub(crate) fn dirtrees(&self) -> Vec<String> {
+        self.dirtrees.keys().cloned().collect()
+    }
+
     /// Those of `parent`; none if it is partial (objects may be missing) or records none.
     pub(crate) fn of(repo: &ostree::Repo, parent: Option<&str>) -> ParentSizes {
         let mut out = ParentSizes::default();
@@ -683,7 +730,25 @@ pub(crate) fn write_tree(
     );
     // Big files first, so that no worker is left with one at the end.
     todo.sort_by_key(|&i| std::cmp::Reverse(scan.files[i].meta.size()));
-    for (index, sum) in write_files(repo_path, &scan, &todo, jobs, progress)? {
+    let todo_bytes: u64 = todo.iter().map(|&i| scan.files[i].meta.size()).sum();
+    let written = if todo_bytes <= SERIAL_WRITE_BYTES {
+        // A few small files (the usual re-commit): written here, in the caller's
+        // transaction, rather than by workers each opening a repository handle and
+        // ending a transaction of its own (a syncfs and an fsync per object directory).
+        let mut written = Vec::with_capacity(todo.len());
+        for &index in &todo {
+            let f = &scan.files[index];
+            written.push((index, write_file(repo, f)?));
+            progress.files_done.fetch_add(1, Ordering::Relaxed);
+            progress
+                .bytes_done
+                .fetch_add(f.meta.size(), Ordering::Relaxed);
+        }
+        written
+    } else {
+        write_files(repo_path, &scan, &todo, jobs, progress)?
+    };
+    for (index, sum) in written {
         scan.files[index].checksum = Some(sum);
     }
     // Hard links share the first link's object; every file is done now.
@@ -706,6 +771,7 @@ pub(crate) fn write_tree(
         Ordering::Relaxed,
     );
     cache.entries = entries;
+    cache.order = delta_order(&root, &scan);
 
     tracing::debug!("files written after {:?}", started.elapsed());
     // The directories, through libostree's MutableTree.
@@ -859,6 +925,37 @@ mod tests {
     }
 
     #[test]
+    fn delta_order_is_libostree_walk_order() {
+        // libostree's commit walk: a directory's files by name, then its directories by
+        // name, depth first; a hard link's object once, where it is first met.
+        let dir = tempfile::tempdir().unwrap();
+        let t = dir.path();
+        for d in ["d", "c", "c/sub"] {
+            fs::create_dir(t.join(d)).unwrap();
+        }
+        for f in ["b", "a", "d/z", "c/y", "c/sub/x", "c/w"] {
+            fs::write(t.join(f), f).unwrap();
+        }
+        fs::hard_link(t.join("a"), t.join("d/link-to-a")).unwrap();
+        let TreeListing(mut listings) = list_tree(t, 2).unwrap();
+        let mut scan = Scan::default();
+        let root = scan_dir(
+            t,
+            fs::symlink_metadata(t).unwrap(),
+            &mut listings,
+            &mut scan,
+        )
+        .unwrap();
+        let ino = |f: &str| fs::symlink_metadata(t.join(f)).unwrap().ino();
+        let got: Vec<u64> = delta_order(&root, &scan).iter().map(|k| k.ino).collect();
+        let want: Vec<u64> = ["a", "b", "c/w", "c/y", "c/sub/x", "d/z"]
+            .iter()
+            .map(|f| ino(f))
+            .collect();
+        assert_eq!(got, want);
+    }
+
+    #[test]
     fn cache_lines_round_trip_and_bad_lines_are_skipped() {
         let dir = tempfile::tempdir().unwrap();
         let repo = dir.path().join("repo");
@@ -875,6 +972,7 @@ mod tests {
             xattrs: u64::MAX,
         };
         cache.entries.insert(key.clone(), "a".repeat(64));
+        cache.order.push(key.clone());
         cache.save();
         let path = ChecksumCache::path_for(&repo).unwrap();
         assert_eq!(path, dir.path().join(".repo.osbuild-checksums"));
@@ -883,6 +981,7 @@ mod tests {
         fs::write(&path, text).unwrap();
         let back = ChecksumCache::load(&repo);
         assert_eq!(back.entries.len(), 1);
+        assert_eq!(back.checksums(), vec!["a".repeat(64)]);
         assert_eq!(
             back.entries.get(&key).map(String::as_str),
             Some("a".repeat(64).as_str())
