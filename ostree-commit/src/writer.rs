@@ -109,7 +109,7 @@ impl ChecksumCache {
 
     /// The distinct checksums it holds, in the order of the file.
     pub(crate) fn checksums(&self) -> Vec<String> {
-        let mut seen = std::collections::HashSet::new();
+        let mut seen = HashSet::new();
         self.order
             .iter()
             .filter_map(|k| self.entries.get(k))
@@ -508,6 +508,22 @@ fn write_file(repo: &ostree::Repo, f: &FileEntry) -> Result<String> {
     Ok(sum.to_hex())
 }
 
+/// Write file `index` of `scan` and count it as done.
+fn write_counted(
+    repo: &ostree::Repo,
+    scan: &Scan,
+    index: usize,
+    progress: &WriteProgress,
+) -> Result<String> {
+    let f = &scan.files[index];
+    let sum = write_file(repo, f)?;
+    progress.files_done.fetch_add(1, Ordering::Relaxed);
+    progress
+        .bytes_done
+        .fetch_add(f.meta.size(), Ordering::Relaxed);
+    Ok(sum)
+}
+
 /// Up to this many bytes of new files are written one after another on the caller's
 /// handle: compressing them takes less than starting parallel writers would.
 const SERIAL_WRITE_BYTES: u64 = 1 << 20;
@@ -544,13 +560,7 @@ fn write_files(
                             let Some(&index) = todo.get(i) else {
                                 return Ok(());
                             };
-                            let f = &scan.files[index];
-                            let sum = write_file(&repo, f)?;
-                            progress.files_done.fetch_add(1, Ordering::Relaxed);
-                            progress
-                                .bytes_done
-                                .fetch_add(f.meta.size(), Ordering::Relaxed);
-                            mine.push((index, sum));
+                            mine.push((index, write_counted(&repo, scan, index, progress)?));
                         }
                     })();
                     if let Err(e) = run {
@@ -735,16 +745,9 @@ pub(crate) fn write_tree(
         // A few small files (the usual re-commit): written here, in the caller's
         // transaction, rather than by workers each opening a repository handle and
         // ending a transaction of its own (a syncfs and an fsync per object directory).
-        let mut written = Vec::with_capacity(todo.len());
-        for &index in &todo {
-            let f = &scan.files[index];
-            written.push((index, write_file(repo, f)?));
-            progress.files_done.fetch_add(1, Ordering::Relaxed);
-            progress
-                .bytes_done
-                .fetch_add(f.meta.size(), Ordering::Relaxed);
-        }
-        written
+        todo.iter()
+            .map(|&index| Ok((index, write_counted(repo, &scan, index, progress)?)))
+            .collect::<Result<Vec<_>>>()?
     } else {
         write_files(repo_path, &scan, &todo, jobs, progress)?
     };
