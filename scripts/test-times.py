@@ -6,6 +6,10 @@ slowest first, with the total. Exits 1 if a test failed.
 
 Tests that reported `SKIPPED <name>: <why>` (osbuild_testing::require) are listed as
 skipped rather than ok.
+
+With `--show-output`, passed tests' output comes in their events too: the boot matrix's
+lines `matrix: ROW: … in Ns` and the power-cut row's `osbuild vm test` table are printed
+after the table, to show which rows to move when balancing the matrix's tests.
 """
 import json
 import re
@@ -14,11 +18,29 @@ import sys
 RUNNING = re.compile(r"^\s*Running\s.*/deps/([^/]+?)-[0-9a-f]+\)\s*$")
 DOCTESTS = re.compile(r"^\s*Doc-tests\s+(\S+)")
 SKIPPED = re.compile(r"^SKIPPED (\S+): (.*)$")
+ROW = re.compile(r"^matrix: .* in \d+s$")
 
 binary = "?"
 results = []  # (name, seconds, result)
 failures = []  # (name, output)
 skipped = {}  # test name -> why
+rows = []  # (test name, the boot matrix's timing lines)
+
+
+def matrix_lines(captured):
+    """The row timings and `osbuild vm test` tables in a test's output."""
+    lines, table = [], False
+    for line in captured.splitlines():
+        if line.startswith("matrix: ") and line.endswith("osbuild vm test:"):
+            table = True
+            lines.append(line)
+        elif table:
+            table = bool(line.strip()) and not line.startswith("serial console")
+            if table:
+                lines.append("    " + line)
+        elif ROW.match(line):
+            lines.append(line)
+    return lines
 
 
 def out(line):
@@ -61,6 +83,9 @@ for raw in sys.stdin:
             out(f"test {name} ... ignored")
             continue
         results.append((name, secs, result))
+        found = matrix_lines(event.get("stdout", "") or "")
+        if found:
+            rows.append((name, found))
         out(f"test {name} ... {result} ({secs:.2f}s)")
         if ev == "failed":
             captured = event.get("stdout", "")
@@ -92,6 +117,10 @@ for _, _, r in results:
     counts[r] = counts.get(r, 0) + 1
 summary = ", ".join(f"{n} {r}" for r, n in sorted(counts.items()))
 out(f"{'total':<{width}}  {total:>9.2f}  {len(results)} tests: {summary}")
+for name, found in rows:
+    out(f"\n{name}:")
+    for line in found:
+        out(f"    {line}")
 for (b, n), why in sorted(skipped.items()):
     out(f"skipped {b} :: {n}: {why}")
 sys.exit(1 if failures else 0)

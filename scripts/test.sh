@@ -12,14 +12,15 @@ bash scripts/install-deps.sh
 export PATH="$HOME/.cargo/bin:$PATH"
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets -- -D warnings
-# libtest's JSON events carry each test's time; RUSTC_BOOTSTRAP lets a stable toolchain
-# accept the unstable flags. stderr is merged so the report knows which binary runs and
-# which tests were skipped; everything else passes through unchanged.
+# libtest's JSON events carry each test's time, and with --show-output passed tests' output
+# (the report picks the boot matrix's row times from it); RUSTC_BOOTSTRAP lets a stable
+# toolchain accept the unstable flags. stderr is merged so the report knows which binary
+# runs and which tests were skipped; everything else passes through unchanged.
 set +e
 # The end-to-end suite installs the fortune teller into SampleOS, and every tree gets the
 # boot menu generator (osbuild-admin's osbuild-boot-menu).
 cargo build -p fortuneteller -p osbuild-admin
-RUSTC_BOOTSTRAP=1 cargo test --workspace --no-fail-fast -- --test-threads=2 \
+RUSTC_BOOTSTRAP=1 cargo test --workspace --no-fail-fast -- --test-threads=2 --show-output \
     -Z unstable-options --format json --report-time 2>&1 | python3 scripts/test-times.py
 status=("${PIPESTATUS[@]}")
 set -e
