@@ -71,7 +71,8 @@ fi
 # the tests need and which builds in a fraction of the release build's time.
 GARAGE_VERSION=2.5.0
 garage_bin="${CARGO_HOME:-$HOME/.cargo}/bin/garage"
-if ! "$garage_bin" --version 2>/dev/null | grep -q "v$GARAGE_VERSION"; then
+# A cargo-installed build says `garage cargo:2.5.0 [features: …]`; a release, `garage v2.5.0`.
+if ! "$garage_bin" --version 2>/dev/null | grep -Eq "(v|cargo:)$GARAGE_VERSION( |$)"; then
   echo "Building garage $GARAGE_VERSION (cargo install; once)"
   cargo install garage --version "$GARAGE_VERSION" --locked --debug \
     --no-default-features --features lmdb,bundled-libs --quiet
