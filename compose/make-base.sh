@@ -32,6 +32,12 @@ for tool in mmdebstrap podman; do
   }
 done
 
+# One at a time: two runs at once would both build and race to tag the image (the test
+# suite's compose and container tests may start it together).
+lock="${TMPDIR:-/tmp}/osbuild-make-base.lock"
+exec 9>"$lock"
+flock 9
+
 if ((!force)) && podman image exists "$image"; then
   echo "make-base.sh: $image exists; nothing to do (--force rebuilds it)"
   exit 0

@@ -20,9 +20,45 @@ set +e
 # The end-to-end suite installs the fortune teller into SampleOS, and every tree gets the
 # boot menu generator (osbuild-admin's osbuild-boot-menu).
 cargo build -p fortuneteller -p osbuild-admin
-RUSTC_BOOTSTRAP=1 cargo test --workspace --no-fail-fast -- --test-threads=2 --show-output \
-    -Z unstable-options --format json --report-time 2>&1 | python3 scripts/test-times.py
-status=("${PIPESTATUS[@]}")
+# Every test binary first, so that the two runs below share one build.
+RUSTC_BOOTSTRAP=1 cargo test --workspace --no-run
+built=$?
+logs=target/test-logs
+rm -rf "$logs" && mkdir -p "$logs"
+# The end-to-end binary (two VMs at a time, about fifty minutes) runs beside everything
+# else: the other tests use about one core of two for six minutes, waiting on servers,
+# pushes and kills, and the first end-to-end tests leave a core idle while they
+# bootstrap their tree. Each run's stream is saved for the report and shown as it comes.
+tests() {
+    local name=$1
+    shift
+    RUSTC_BOOTSTRAP=1 cargo test --no-fail-fast "$@" -- --test-threads=2 --show-output \
+        -Z unstable-options --format json --report-time 2>&1 |
+        tee "$logs/$name.jsonl" | python3 scripts/test-times.py --live
+    echo "${PIPESTATUS[0]}" > "$logs/$name.status"
+}
+# The same workspace-wide selection for every run, so that features resolve as for the
+# build above and nothing is compiled twice.
+others=$(cargo metadata --no-deps --format-version 1 | python3 -c '
+import json, sys
+for p in json.load(sys.stdin)["packages"]:
+    for t in p["targets"]:
+        if "test" in t["kind"] and t["name"] != "e2e":
+            print("--test", t["name"])')
+tests e2e --workspace --test e2e &
+e2e=$!
+# shellcheck disable=SC2086 # one word per flag and name
+tests rest --workspace --lib --bins $others
+tests doc --workspace --doc
+wait "$e2e"
+python3 scripts/test-times.py --report "$logs"/{rest,doc,e2e}.jsonl
+reported=$?
+cargo_status=0
+for f in "$logs"/*.status; do
+    [ "$(cat "$f")" -eq 0 ] || cargo_status=1
+done
+[ "$built" -eq 0 ] || cargo_status=1
+status=("$cargo_status" "$reported")
 set -e
 # Signing in tests starts a gpg-agent per throwaway GPG home (osbuild_testing::gpg): stop
 # them with their homes.
@@ -31,6 +67,7 @@ for home in target/tmp/gpg-*/home*; do
 done
 rm -rf target/tmp/gpg-*
 if [ "${status[0]}" -ne 0 ] || [ "${status[1]}" -ne 0 ]; then
-    echo "test.sh: tests failed (cargo test exit ${status[0]}, report exit ${status[1]})" >&2
+    echo "test.sh: tests failed (cargo test exit ${status[0]}, report exit ${status[1]}) after ${SECONDS}s" >&2
     exit 1
 fi
+echo "test.sh: passed in ${SECONDS}s"

@@ -88,7 +88,8 @@ struct TestArgs {
     max_boots: u32,
     /// Cut the power (kill qemu) N times at random moments of `osbuild admin upgrade`, and
     /// N times during the shutdown that finalizes a staged deployment; after each, the
-    /// device must boot a good deployment and pass `ostree fsck`.
+    /// device must boot a good deployment, and after the last of each kind pass
+    /// `ostree fsck`.
     #[arg(long, value_name = "N", default_value_t = 0)]
     power_cuts: u32,
     /// Append every boot's serial console to FILE [default: IMAGE.vm-test.log].

@@ -667,9 +667,9 @@ const VM_TEST_ROW: &str = "syslinux-bios-mbr";
 /// The ref of the broken update `osbuild vm test` switches to.
 const BROKEN_BRANCH: &str = "sampleos/broken/x86_64";
 /// The power cuts `osbuild vm test` makes during the upgrade, and as many during the
-/// finalization of a staged deployment: five of each. Each costs about two minutes of a
-/// core in the suite (a boot and an `ostree fsck` on the device): this row takes about
-/// half an hour.
+/// finalization of a staged deployment: five of each. Each costs about a minute and a half
+/// of a core in the suite (mostly the boot after it; `ostree fsck` runs after the last of
+/// each kind): this row takes about twenty-five minutes.
 const POWER_CUTS: u32 = 5;
 
 /// `osbuild vm test` on the row's image, with power cuts: every step passes, and the
