@@ -994,7 +994,8 @@ fn matrix_parts_hold_every_row_once() {
     );
 }
 
-/// Boot, upgrade and reboot the matrix `rows`, from a commit and an upgrade of its own.
+/// Boot, upgrade and reboot the matrix `rows`, from the commits every part shares
+/// ([`matrix_commits`]), served from hard-linked copies of their own.
 fn boot_matrix(rows: &[&str]) -> Result<()> {
     if !require(&[
         Need::Root,
@@ -1020,25 +1021,19 @@ fn boot_matrix(rows: &[&str]) -> Result<()> {
         .prefix("matrix-")
         .tempdir_in(env!("CARGO_TARGET_TMPDIR"))?;
     let rootfs = rootfs(work.path())?;
-    let tree = work.path().join("tree");
-    cmd::run(Command::new("cp").arg("-al").arg(&rootfs).arg(&tree))?;
-    let release = tree.join("usr/lib/osbuild-example/release");
-    fs::write(&release, "1\n")?;
-    // One try rather than three: each failed boot costs a minute under TCG (the countdown
-    // is the same comparisons for every count).
-    let tries = tree.join("usr/lib/osbuild/boot-tries");
-    fs::create_dir_all(tries.parent().context("parent")?)?;
-    fs::write(&tries, format!("{TRIES}\n"))?;
-    // Images are made from `first` (c1); the devices upgrade from `second` (c1, then c2).
+    let (commits, c1, c2) = matrix_commits(&rootfs)?;
+    let tree = commits.join("tree");
+    // Hard-linked copies: libostree adds files and renames over them, never writes in place.
     let first = work.path().join("first");
     let second = work.path().join("second");
-    let commit = |repo: &Path, version: &str| commit(repo, BRANCH, &tree, Some(version));
-    let c1 = commit(&first, "1")?;
-    cmd::run(Command::new("cp").arg("-a").arg(&first).arg(&second))?;
-    fs::remove_file(&release)?;
-    fs::write(&release, "2\n")?;
-    let c2 = commit(&second, "2")?;
-    anyhow::ensure!(c1 != c2, "both commits are {c1}");
+    for (from, to) in [("first", &first), ("second", &second)] {
+        cmd::run(
+            Command::new("cp")
+                .arg("-al")
+                .arg(commits.join(from))
+                .arg(to),
+        )?;
+    }
     let (_first_server, first_port) = serve(&first)?;
     let (_second_server, second_port) = serve(&second)?;
     let (unhealthy, panics) = bad_updates(work.path(), &tree)?;
@@ -1112,6 +1107,59 @@ fn boot_matrix(rows: &[&str]) -> Result<()> {
         failed.join("\n")
     );
     Ok(())
+}
+
+/// What every part of the matrix starts from, made once (the first part to get here makes
+/// it, the others wait) and kept while SampleOS's fixture is unchanged: `tree` (SampleOS
+/// with release 2 and [`TRIES`] tries), `first` holding c1 (release 1) and `second` c1 and
+/// then c2 (release 2). Returns its directory, c1 and c2. Two commits of SampleOS and a copy
+/// of the repository cost each part about a minute of a core.
+fn matrix_commits(rootfs: &Path) -> Result<(PathBuf, String, String)> {
+    let key = Key::new("matrix")
+        .text(&rootfs.display().to_string())
+        .text(&format!("tries {TRIES}; release 1 then 2"));
+    let dir = fixture::cached(
+        &Path::new(env!("CARGO_TARGET_TMPDIR")).join("fixtures"),
+        "matrix",
+        key,
+        |dest| {
+            let tmp = dest.with_extension("partial");
+            let _ = fs::remove_dir_all(&tmp);
+            fs::create_dir_all(&tmp)?;
+            let tree = tmp.join("tree");
+            cmd::run(Command::new("cp").arg("-al").arg(rootfs).arg(&tree))?;
+            // New files, not writes through the hard links into SampleOS's fixture.
+            let release = tree.join("usr/lib/osbuild-example/release");
+            fs::write(&release, "1\n")?;
+            // One try rather than three: each failed boot costs a minute under TCG (the
+            // countdown is the same comparisons for every count).
+            let tries = tree.join("usr/lib/osbuild/boot-tries");
+            fs::create_dir_all(tries.parent().context("parent")?)?;
+            fs::write(&tries, format!("{TRIES}\n"))?;
+            // Images are made from `first` (c1); the devices upgrade from `second` (c1,
+            // then c2).
+            let (first, second) = (tmp.join("first"), tmp.join("second"));
+            let c1 = commit(&first, BRANCH, &tree, Some("1"))?;
+            cmd::run(Command::new("cp").arg("-a").arg(&first).arg(&second))?;
+            fs::remove_file(&release)?;
+            fs::write(&release, "2\n")?;
+            let c2 = commit(&second, BRANCH, &tree, Some("2"))?;
+            anyhow::ensure!(c1 != c2, "both commits are {c1}");
+            fs::write(tmp.join("c1"), &c1)?;
+            fs::write(tmp.join("c2"), &c2)?;
+            fs::rename(&tmp, dest)?;
+            Ok(())
+        },
+    )?;
+    let read = |name: &str| -> Result<String> {
+        let path = dir.join(name);
+        Ok(fs::read_to_string(&path)
+            .with_context(|| format!("reading {}", path.display()))?
+            .trim()
+            .to_string())
+    };
+    let (c1, c2) = (read("c1")?, read("c2")?);
+    Ok((dir, c1, c2))
 }
 
 /// The tries the matrix's trees configure (`/usr/lib/osbuild/boot-tries`).
