@@ -17,12 +17,14 @@ cargo clippy --workspace --all-targets -- -D warnings
 # toolchain accept the unstable flags. stderr is merged so the report knows which binary
 # runs and which tests were skipped; everything else passes through unchanged.
 set +e
-# The end-to-end suite installs the fortune teller into SampleOS, and every tree gets the
-# boot menu generator (osbuild-admin's osbuild-boot-menu).
-cargo build -p fortuneteller -p osbuild-admin
-# Every test binary first, so that the two runs below share one build.
+# Every test binary first, so that the runs below share one build.
 RUSTC_BOOTSTRAP=1 cargo test --workspace --no-run
 built=$?
+# The end-to-end suite installs the fortune teller into SampleOS, and every tree gets the
+# boot menu generator (osbuild-admin's osbuild-boot-menu). Built after the tests with the
+# same RUSTC_BOOTSTRAP (cargo rebuilds everything when it changes): most dependencies are
+# then built already (30 s here, against about a minute and a half before).
+RUSTC_BOOTSTRAP=1 cargo build -p fortuneteller -p osbuild-admin || built=1
 logs=target/test-logs
 rm -rf "$logs" && mkdir -p "$logs"
 # The end-to-end binary (two VMs at a time, about fifty minutes) runs beside everything
