@@ -23,7 +23,7 @@ built=$?
 # The end-to-end suite installs the fortune teller into SampleOS, and every tree gets the
 # boot menu generator (osbuild-admin's osbuild-boot-menu). Built after the tests with the
 # same RUSTC_BOOTSTRAP (cargo rebuilds everything when it changes): most dependencies are
-# then built already (30 s here, against about a minute and a half before).
+# then built already (30 s on 2 cores after the test build, measured from an empty target/).
 RUSTC_BOOTSTRAP=1 cargo build -p fortuneteller -p osbuild-admin || built=1
 logs=target/test-logs
 rm -rf "$logs" && mkdir -p "$logs"
