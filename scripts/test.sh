@@ -55,12 +55,10 @@ tests doc --workspace --doc
 wait "$e2e"
 python3 scripts/test-times.py --report "$logs"/{rest,doc,e2e}.jsonl
 reported=$?
-cargo_status=0
+cargo_status=$built
 for f in "$logs"/*.status; do
     [ "$(cat "$f")" -eq 0 ] || cargo_status=1
 done
-[ "$built" -eq 0 ] || cargo_status=1
-status=("$cargo_status" "$reported")
 set -e
 # Signing in tests starts a gpg-agent per throwaway GPG home (osbuild_testing::gpg): stop
 # them with their homes.
@@ -68,8 +66,8 @@ for home in target/tmp/gpg-*/home*; do
     [ -d "$home" ] && gpgconf --homedir "$home" --kill gpg-agent || true
 done
 rm -rf target/tmp/gpg-*
-if [ "${status[0]}" -ne 0 ] || [ "${status[1]}" -ne 0 ]; then
-    echo "test.sh: tests failed (cargo test exit ${status[0]}, report exit ${status[1]}) after ${SECONDS}s" >&2
+if [ "$cargo_status" -ne 0 ] || [ "$reported" -ne 0 ]; then
+    echo "test.sh: tests failed (cargo test exit $cargo_status, report exit $reported) after ${SECONDS}s" >&2
     exit 1
 fi
 echo "test.sh: passed in ${SECONDS}s"

@@ -1113,7 +1113,7 @@ fn boot_matrix(rows: &[&str]) -> Result<()> {
 /// it, the others wait) and kept while SampleOS's fixture is unchanged: `tree` (SampleOS
 /// with release 2 and [`TRIES`] tries), `first` holding c1 (release 1) and `second` c1 and
 /// then c2 (release 2). Returns its directory, c1 and c2. Two commits of SampleOS and a copy
-/// of the repository cost each part about a minute of a core.
+/// of the repository cost each part under a minute of a core.
 fn matrix_commits(rootfs: &Path) -> Result<(PathBuf, String, String)> {
     let key = Key::new("matrix")
         .text(&rootfs.display().to_string())
