@@ -66,14 +66,3 @@ if ! command -v cargo >/dev/null 2>&1; then
   fi
 fi
 
-# Garage, the S3 store the publishing tests run on loopback (crates.io; not in Debian).
-# Built once and reused while its version matches: a debug build with LMDB only, which
-# the tests need and which builds in a fraction of the release build's time.
-GARAGE_VERSION=2.5.0
-garage_bin="${CARGO_HOME:-$HOME/.cargo}/bin/garage"
-# A cargo-installed build says `garage cargo:2.5.0 [features: …]`; a release, `garage v2.5.0`.
-if ! "$garage_bin" --version 2>/dev/null | grep -Eq "(v|cargo:)$GARAGE_VERSION( |$)"; then
-  echo "Building garage $GARAGE_VERSION (cargo install; once)"
-  cargo install garage --version "$GARAGE_VERSION" --locked --debug \
-    --no-default-features --features lmdb,bundled-libs --quiet
-fi

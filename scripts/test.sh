@@ -10,6 +10,12 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/install-deps.sh
 export PATH="$HOME/.cargo/bin:$PATH"
+# Garage (for the S3 tests) builds beside the lints and the build below: each one's last
+# crates build one at a time and leave a core idle. Its log is shown if it fails.
+mkdir -p target
+bash scripts/install-garage.sh > target/install-garage.log 2>&1 &
+garage=$!
+trap 'kill "$garage" 2>/dev/null || true' EXIT
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets -- -D warnings
 # libtest's JSON events carry each test's time, and with --show-output passed tests' output
@@ -17,14 +23,18 @@ cargo clippy --workspace --all-targets -- -D warnings
 # toolchain accept the unstable flags. stderr is merged so the report knows which binary
 # runs and which tests were skipped; everything else passes through unchanged.
 set +e
-# Every test binary first, so that the runs below share one build.
-RUSTC_BOOTSTRAP=1 cargo test --workspace --no-run
+# Every test binary and every program first, in one build that the runs below share
+# (cargo test finds nothing to compile after it). The end-to-end suite installs the
+# fortune teller into SampleOS, and every tree gets osbuild-admin's boot menu generator:
+# built here with the workspace's features, not with `-p`, which would build their
+# dependencies again with other features.
+RUSTC_BOOTSTRAP=1 cargo build --workspace --all-targets
 built=$?
-# The end-to-end suite installs the fortune teller into SampleOS, and every tree gets the
-# boot menu generator (osbuild-admin's osbuild-boot-menu). Built after the tests with the
-# same RUSTC_BOOTSTRAP (cargo rebuilds everything when it changes): most dependencies are
-# then built already (30 s on 2 cores after the test build, measured from an empty target/).
-RUSTC_BOOTSTRAP=1 cargo build -p fortuneteller -p osbuild-admin || built=1
+if ! wait "$garage"; then
+    echo "test.sh: building garage failed:" >&2
+    cat target/install-garage.log >&2
+    built=1
+fi
 logs=target/test-logs
 rm -rf "$logs" && mkdir -p "$logs"
 # The end-to-end binary (two VMs at a time, about fifty minutes) runs beside everything

@@ -52,8 +52,8 @@ impl Garage {
     /// Start `nodes` nodes under `dir` with the given replication factor, lay them out,
     /// and create [`BUCKET`] (served as a website) with a key allowed to read and write it.
     pub fn start(dir: &Path, nodes: usize, replication: usize) -> Result<Garage> {
-        let bin =
-            binary().context("garage is not installed (scripts/install-deps.sh builds it)")?;
+        let bin = binary()
+            .context("garage is not installed (bash scripts/install-garage.sh builds it)")?;
         // One secret for the cluster: the nodes authenticate each other with it.
         let secret: String = (0..32)
             .map(|i| format!("{:02x}", (i * 37 + 11) % 256))
@@ -64,10 +64,13 @@ impl Garage {
             fs::create_dir_all(&node_dir)?;
             let (rpc_port, s3_port, web_port) = (free_port(), free_port(), free_port());
             let config = node_dir.join("garage.toml");
+            // No block compression: an archive repository's objects are zlib-compressed
+            // already, and zstd over them (at -O0 in the tests' debug build) only costs CPU.
             fs::write(
                 &config,
                 format!(
                     "metadata_dir = \"{d}/meta\"\ndata_dir = \"{d}/data\"\ndb_engine = \"lmdb\"\n\
+                     compression_level = \"none\"\n\
                      replication_factor = {replication}\n\
                      rpc_bind_addr = \"127.0.0.1:{rpc_port}\"\nrpc_public_addr = \"127.0.0.1:{rpc_port}\"\n\
                      rpc_secret = \"{secret}\"\n\n\

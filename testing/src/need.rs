@@ -90,7 +90,7 @@ impl Need {
             Need::Ostree => tool("ostree", "ostree"),
             Need::Skopeo => tool("skopeo", "skopeo"),
             Need::Garage => crate::garage::binary().is_none().then(|| {
-                "garage is not installed (scripts/install-deps.sh builds it with cargo install)"
+                "garage is not installed (scripts/install-garage.sh builds it with cargo install)"
                     .to_string()
             }),
             Need::DockerRegistry => tool("docker-registry", "docker-registry"),
@@ -185,7 +185,7 @@ pub fn require(needs: &[Need]) -> bool {
     let test = thread.name().unwrap_or("<unnamed test>");
     let why = missing.join("; ");
     if in_ci() {
-        panic!("{test}: {why}; CI=true runs every test, so this is a failure (bash scripts/install-deps.sh installs everything)");
+        panic!("{test}: {why}; CI=true runs every test, so this is a failure (bash scripts/install-deps.sh installs everything, and scripts/install-garage.sh Garage)");
     }
     // Written to the real stderr: libtest captures eprintln! but not this.
     let _ = writeln!(std::io::stderr(), "SKIPPED {test}: {why}");
