@@ -25,10 +25,10 @@ for tool in ostree bc curl python3; do
   command -v "$tool" >/dev/null || { echo "$tool is missing: run scripts/install-deps.sh" >&2; exit 1; }
 done
 # The store is a release build of Garage, as operators run it (the tests' debug build,
-# from scripts/install-deps.sh, spends several times the CPU per object and would time
+# from scripts/install-garage.sh, spends several times the CPU per object and would time
 # the store rather than the tools). Built once per version under target/, ~25 minutes on
 # 2 cores; GARAGE=path/to/garage to use another.
-GARAGE_VERSION=$(sed -n 's/^GARAGE_VERSION=//p' "$ROOT/scripts/install-deps.sh")
+GARAGE_VERSION=$(sed -n 's/^GARAGE_VERSION=//p' "$ROOT/scripts/install-garage.sh")
 if [ -z "${GARAGE:-}" ]; then
   GARAGE=$ROOT/target/bench-garage-$GARAGE_VERSION/bin/garage
   if ! [ -x "$GARAGE" ]; then
