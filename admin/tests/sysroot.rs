@@ -8,8 +8,15 @@ use osbuild_testing::{require, Need};
 use std::fs;
 use std::path::Path;
 use std::process::Command;
+use std::sync::Mutex;
 
 const BRANCH: &str = "os/x86_64";
+
+/// Held by each test: libostree pulls in one process, one at a time. Once, with both
+/// tests pulling from `file://` remotes at the same moment, one pull waited forever on
+/// its main loop with no work left (ostree#605: local pulls that stall); a device runs
+/// one upgrade at a time anyway (the sysroot lock).
+static ONE_PULL_AT_A_TIME: Mutex<()> = Mutex::new(());
 
 /// A tree libostree can deploy, at version `version`, with `extra` bytes of random data.
 fn commit(remote: &Path, dir: &Path, version: &str, extra: usize) -> String {
@@ -84,6 +91,9 @@ fn deployed(
 
 #[test]
 fn status_upgrade_and_rollback_on_an_image_sysroot() {
+    let _serial = ONE_PULL_AT_A_TIME
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
     if !require(&[Need::Root, Need::Ostree]) {
         return;
     }
@@ -214,6 +224,9 @@ fn status_upgrade_and_rollback_on_an_image_sysroot() {
 /// how much is missing.
 #[test]
 fn upgrade_refuses_a_full_boot() {
+    let _serial = ONE_PULL_AT_A_TIME
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
     if !require(&[Need::Root, Need::Ostree]) {
         return;
     }
