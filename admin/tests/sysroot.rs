@@ -8,7 +8,7 @@ use osbuild_testing::{require, Need};
 use std::fs;
 use std::path::Path;
 use std::process::Command;
-use std::sync::Mutex;
+use std::sync::{Mutex, MutexGuard};
 
 const BRANCH: &str = "os/x86_64";
 
@@ -17,6 +17,13 @@ const BRANCH: &str = "os/x86_64";
 /// its main loop with no work left (ostree#605: local pulls that stall); a device runs
 /// one upgrade at a time anyway (the sysroot lock).
 static ONE_PULL_AT_A_TIME: Mutex<()> = Mutex::new(());
+
+fn one_pull_at_a_time() -> MutexGuard<'static, ()> {
+    // A test that failed while holding it leaves nothing the next one depends on.
+    ONE_PULL_AT_A_TIME
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
 
 /// A tree libostree can deploy, at version `version`, with `extra` bytes of random data.
 fn commit(remote: &Path, dir: &Path, version: &str, extra: usize) -> String {
@@ -91,9 +98,7 @@ fn deployed(
 
 #[test]
 fn status_upgrade_and_rollback_on_an_image_sysroot() {
-    let _serial = ONE_PULL_AT_A_TIME
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner());
+    let _serial = one_pull_at_a_time();
     if !require(&[Need::Root, Need::Ostree]) {
         return;
     }
@@ -224,9 +229,7 @@ fn status_upgrade_and_rollback_on_an_image_sysroot() {
 /// how much is missing.
 #[test]
 fn upgrade_refuses_a_full_boot() {
-    let _serial = ONE_PULL_AT_A_TIME
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner());
+    let _serial = one_pull_at_a_time();
     if !require(&[Need::Root, Need::Ostree]) {
         return;
     }

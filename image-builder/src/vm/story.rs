@@ -184,7 +184,6 @@ pub fn run(story: &Story) -> Result<Report> {
             boot: 0,
         },
         timeout: story.boot_timeout,
-        boots: 0,
         shutdown: None,
         finalize: None,
     };
@@ -362,7 +361,6 @@ struct Device {
     config: VmConfig,
     guest: Guest,
     timeout: Duration,
-    boots: u32,
     /// How long the last reboot took from `systemctl reboot` to qemu's exit.
     shutdown: Option<Duration>,
     /// How long the last finalization at shutdown took, where the console showed it.
@@ -414,8 +412,7 @@ enum Boot {
 impl Device {
     /// Boot once, until root logs in or qemu exits (a reboot).
     fn boot(&mut self) -> Result<Boot> {
-        self.boots += 1;
-        self.guest.new_boot(self.boots);
+        self.guest.next_boot();
         let mut vm = Vm::boot(self.config.clone())?;
         let deadline = Instant::now() + self.timeout;
         loop {
@@ -430,7 +427,7 @@ impl Device {
                     "boot {}: root could not log in over SSH within {:?}; the image needs an SSH \
                      server (openssh-server) and systemd >= 252, which installs the test's key \
                      from the credential ssh.authorized_keys.root",
-                    self.boots, self.timeout
+                    self.guest.boot, self.timeout
                 )));
             }
             // Each second of a boot is a second of the test: a login is tried every one.
@@ -447,7 +444,7 @@ impl Device {
             }
             Boot::Exited(vm) => Err(vm.error(&format!(
                 "boot {}: the device rebooted or powered off before root could log in",
-                self.boots
+                self.guest.boot
             ))),
         }
     }
@@ -758,7 +755,7 @@ struct Guest {
     port: u16,
     /// Where the shared connections' sockets go: `{control}-{boot}`.
     control: PathBuf,
-    /// Which boot the commands go to.
+    /// Which boot the commands go to, counted from 1 (0 before the first).
     boot: u32,
 }
 
@@ -771,9 +768,9 @@ impl Drop for Guest {
 impl Guest {
     /// The next commands go to a new boot: a new connection, on a socket of its own (the
     /// last boot's connection ends when its qemu does; it is told to go all the same).
-    fn new_boot(&mut self, boot: u32) {
+    fn next_boot(&mut self) {
         self.disconnect();
-        self.boot = boot;
+        self.boot += 1;
     }
 
     /// Close this boot's shared connection, if it is open.
