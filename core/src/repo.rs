@@ -58,67 +58,61 @@ pub fn object_path(name: &ostree::ObjectName) -> Option<String> {
     Some(format!("objects/{}/{}.{ext}", c.get(..2)?, c.get(2..)?))
 }
 
-/// Read ahead, in the background, what a static delta from `commit` reads first: all of
+/// Read ahead, in the background, what a static delta from a commit reads first: all of
 /// its directory objects, then the header of each of its files (where the delta finds
-/// their sizes). `known` names them when the caller knows them (`dirtrees` from the
-/// commit's `ostree.sizes`, `files` in the order the delta reads them); else they come
-/// from `commit`'s directories. Best effort, never waited for: errors are ignored, and
-/// the caller goes on while the disk works (on a cold cache a delta otherwise waits for
-/// one read at a time).
-pub fn prefetch_for_delta(path: &Path, commit: &str, known: Option<DeltaReads>) {
-    const THREADS: usize = 8;
-    let queue = std::sync::Arc::new(std::sync::Mutex::new(std::collections::VecDeque::new()));
-    let start_readers = {
-        let (path, queue) = (path.to_path_buf(), queue.clone());
-        move || {
-            for _ in 0..THREADS {
-                let (path, queue) = (path.clone(), queue.clone());
-                std::thread::spawn(move || read_object_heads(&path, &queue));
-            }
-        }
-    };
-    if let Some(known) = known {
-        if let Ok(mut q) = queue.lock() {
-            let dirs = known
-                .dirtrees
-                .iter()
-                .map(|c| (c, ostree::ObjectType::DirTree));
-            let files = known.files.iter().map(|c| (c, ostree::ObjectType::File));
-            q.extend(
-                dirs.chain(files)
-                    .filter_map(|(c, t)| object_path(&ostree::ObjectName::new(c, t))),
-            );
-        }
-        start_readers();
-        return;
-    }
-    let (path, commit) = (path.to_path_buf(), commit.to_string());
+/// their sizes). Best effort, never waited for: errors are ignored, and the caller goes
+/// on while the disk works (on a cold cache a delta otherwise waits for one read at a
+/// time, and the disk serves many at once).
+pub fn prefetch_for_delta(path: &Path, reads: DeltaReads) {
+    const THREADS: usize = 32;
+    let path = path.to_path_buf();
     std::thread::spawn(move || {
-        let Ok(repo) = open(&path) else { return };
-        let Ok(reached) = repo.traverse_commit(&commit, -1, gio::Cancellable::NONE) else {
-            return;
+        let paths: Vec<String> = match reads {
+            DeltaReads::Known { dirtrees, files } => {
+                let dirs = dirtrees.iter().map(|c| (c, ostree::ObjectType::DirTree));
+                let files = files.iter().map(|c| (c, ostree::ObjectType::File));
+                dirs.chain(files)
+                    .filter_map(|(c, t)| object_path(&ostree::ObjectName::new(c, t)))
+                    .collect()
+            }
+            DeltaReads::Walk(commit) => {
+                let Ok(repo) = open(&path) else { return };
+                let Ok(reached) = repo.traverse_commit(&commit, -1, gio::Cancellable::NONE) else {
+                    return;
+                };
+                let mut files: Vec<String> = reached
+                    .iter()
+                    .filter(|n| n.object_type() == ostree::ObjectType::File)
+                    .filter_map(object_path)
+                    .collect();
+                // One objects/XX directory after another.
+                files.sort_unstable();
+                files
+            }
         };
-        let mut files: Vec<String> = reached
-            .iter()
-            .filter(|n| n.object_type() == ostree::ObjectType::File)
-            .filter_map(object_path)
-            .collect();
-        // One objects/XX directory after another.
-        files.sort_unstable();
-        if let Ok(mut q) = queue.lock() {
-            q.extend(files);
+        let queue = std::sync::Arc::new(std::sync::Mutex::new(std::collections::VecDeque::from(
+            paths,
+        )));
+        for _ in 0..THREADS {
+            let (path, queue) = (path.clone(), queue.clone());
+            std::thread::spawn(move || read_object_heads(&path, &queue));
         }
-        start_readers();
     });
 }
 
 /// What a static delta from a commit reads first, for [`prefetch_for_delta`].
-#[derive(Debug, Clone, Default)]
-pub struct DeltaReads {
-    /// The checksums of the commit's directory trees.
-    pub dirtrees: Vec<String>,
-    /// The checksums of its files, in the order the delta reads them.
-    pub files: Vec<String>,
+#[derive(Debug, Clone)]
+pub enum DeltaReads {
+    /// Known to the caller (from a cache): the checksums of the commit's directory
+    /// trees, and of its files in the order the delta reads them.
+    Known {
+        /// Directory trees.
+        dirtrees: Vec<String>,
+        /// Files.
+        files: Vec<String>,
+    },
+    /// Found by walking this commit's directories.
+    Walk(String),
 }
 
 /// Take object paths from the front of `queue` until it is empty, and have the kernel
@@ -208,14 +202,17 @@ pub fn publish(
                 }
                 Err(e) => warn(&format!("warning: no static delta {from}-{}: {e}", m.new)),
             }
+            tracing::debug!("static delta {from}-{} made", m.new);
         }
     }
     for m in moves {
         repo.set_ref_immediate(None, &m.name, Some(&m.new), cancellable)
             .with_context(|| format!("updating ref {} to {}", m.name, m.new))?;
     }
+    tracing::debug!("refs moved");
     if opts.summary && !moves.is_empty() {
         write_summary(repo, opts.sign_summary.as_ref())?;
+        tracing::debug!("summary written");
     }
     Ok(made)
 }

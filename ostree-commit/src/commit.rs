@@ -75,6 +75,7 @@ pub fn commit(repo_path: &Path, tree: &Path, opts: &CommitOptions) -> Result<Com
     let result = (|| {
         validate_ref(&opts.branch)?;
         let info = layout::validate(tree)?;
+        tracing::debug!("layout checked");
         std::thread::scope(|s| {
             // The tree is listed (one cold read per inode) while the cache loads and the
             // repository opens.
@@ -84,7 +85,17 @@ pub fn commit(repo_path: &Path, tree: &Path, opts: &CommitOptions) -> Result<Com
                     .join()
                     .unwrap_or_else(|_| Err(anyhow::anyhow!("listing {} panicked", tree.display())))
             };
-            let cache = ChecksumCache::load(repo_path);
+            // The checksum cache loads beside too, and starts reading ahead what the
+            // static delta from the commit it was saved for will read.
+            let cache = s.spawn(|| {
+                let cache = ChecksumCache::load(repo_path);
+                tracing::debug!("checksum cache loaded");
+                if let Some(reads) = cache.delta_reads() {
+                    repo::prefetch_for_delta(repo_path, reads);
+                }
+                cache
+            });
+            let cache = || cache.join().unwrap_or_default();
             let (repo, path, staging) = if repo_path.exists() {
                 (
                     repo::open_archive(repo_path)?,
@@ -97,6 +108,7 @@ pub fn commit(repo_path: &Path, tree: &Path, opts: &CommitOptions) -> Result<Com
                 let repo = repo::create_archive(staging.path())?;
                 (repo, staging.path().to_path_buf(), Some(staging))
             };
+            tracing::debug!("repository opened");
             let (kver, events) = (&info.kver, events.as_mut());
             let commit = write(&repo, &path, tree, listing, opts, kver, cache, events);
             // Closed before a failed new repository's staging directory is removed.
@@ -215,7 +227,7 @@ fn write(
     listing: impl FnOnce() -> Result<writer::TreeListing>,
     opts: &CommitOptions,
     kver: &str,
-    cache: ChecksumCache,
+    cache: impl FnOnce() -> ChecksumCache,
     events: Option<&mut ProgressFd>,
 ) -> Result<Commit> {
     let cancellable = gio::Cancellable::NONE;
@@ -245,24 +257,21 @@ fn write(
     let jobs = std::thread::available_parallelism().map_or(1, usize::from);
 
     let parent_sizes = writer::ParentSizes::of(repo, parent.as_deref());
+    tracing::debug!("parent's sizes read");
     repo.prepare_transaction(cancellable)
         .context("starting a repository transaction")?;
+    tracing::debug!("transaction started");
     let mut saved_cache = None;
     let result = (|| -> Result<Option<String>> {
         let written = report(&progress, &counts, events, &opts.branch, || {
             // The static delta from the parent reads all of the parent's directories
-            // and the header of each of its files (the cache knows most of them): read
-            // them from now on, beside the scan of the tree, so that they are in the page
-            // cache when the delta is made (a cold re-commit spent most of its time
-            // waiting for them).
-            if let Some(parent) = &parent {
-                let known = repo::DeltaReads {
-                    dirtrees: parent_sizes.dirtrees(),
-                    files: cache.checksums(),
-                };
-                let known =
-                    (!known.dirtrees.is_empty() && !known.files.is_empty()).then_some(known);
-                repo::prefetch_for_delta(repo_path, parent, known);
+            // and the header of each of its files: read them from now on, beside the
+            // scan of the tree, so that they are in the page cache when the delta is made
+            // (a cold re-commit spent most of its time waiting for them). A cache
+            // started that as it loaded; without one, the parent's tree says what to read.
+            let cache = cache();
+            if let (Some(parent), true) = (&parent, cache.is_empty()) {
+                repo::prefetch_for_delta(repo_path, repo::DeltaReads::Walk(parent.clone()));
             }
             writer::write_tree(
                 repo_path,

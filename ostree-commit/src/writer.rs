@@ -78,7 +78,19 @@ pub(crate) struct ChecksumCache {
     /// The keys in the order of the file: that in which a static delta from the commit
     /// last written reads its files (see [`delta_order`]).
     order: Vec<CacheKey>,
+    /// Directory tree checksums of the commit last written, by [`Fingerprint`]: an
+    /// unchanged directory is taken whole from the parent instead of being serialized,
+    /// checksummed and looked up again (see [`mark_unchanged`]).
+    dirs: HashMap<Fingerprint, String>,
 }
+
+/// A digest of everything a directory's dirtree object holds: its files' names and
+/// content checksums, its subdirectories' names, fingerprints, owners, modes and xattrs
+/// (their dirmeta). Equal fingerprints give equal dirtrees.
+type Fingerprint = [u8; 32];
+
+/// Cache lines of directories start with this; a file's line starts with a number.
+const DIR_LINE: &str = "dir";
 
 impl ChecksumCache {
     /// Where the cache of the repository at `repo` lives.
@@ -97,7 +109,9 @@ impl ChecksumCache {
         };
         if let Some(text) = cache.path.as_ref().and_then(|p| fs::read_to_string(p).ok()) {
             for line in text.lines() {
-                if let Some((key, sum)) = parse_line(line) {
+                if let Some((fp, sum)) = parse_dir_line(line) {
+                    cache.dirs.insert(fp, sum);
+                } else if let Some((key, sum)) = parse_line(line) {
                     if cache.entries.insert(key.clone(), sum).is_none() {
                         cache.order.push(key);
                     }
@@ -118,6 +132,24 @@ impl ChecksumCache {
             .collect()
     }
 
+    /// Whether it knows no file.
+    pub(crate) fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// What a static delta from the commit it was saved for reads (its directories and
+    /// files, in the delta's order); `None` for an empty cache.
+    pub(crate) fn delta_reads(&self) -> Option<osbuild_core::repo::DeltaReads> {
+        if self.is_empty() {
+            return None;
+        }
+        let dirtrees: HashSet<&String> = self.dirs.values().collect();
+        Some(osbuild_core::repo::DeltaReads::Known {
+            dirtrees: dirtrees.into_iter().cloned().collect(),
+            files: self.checksums(),
+        })
+    }
+
     /// Write the cache (a temporary file renamed into place). Failing to is a warning.
     pub(crate) fn save(&self) {
         let Some(path) = &self.path else { return };
@@ -131,12 +163,28 @@ impl ChecksumCache {
                 k.dev, k.ino, k.size, k.mtime_ns, k.ctime_ns, k.mode, k.uid, k.gid, k.xattrs
             ));
         }
+        for (fp, sum) in &self.dirs {
+            text.push_str(&format!("{DIR_LINE} {} {sum}\n", osbuild_core::hex(fp)));
+        }
         let tmp = path.with_extension("tmp");
         if let Err(e) = fs::write(&tmp, text).and_then(|()| fs::rename(&tmp, path)) {
             let _ = fs::remove_file(&tmp);
             tracing::warn!("could not save the checksum cache {}: {e}", path.display());
         }
     }
+}
+
+fn parse_dir_line(line: &str) -> Option<(Fingerprint, String)> {
+    let mut f = line.split(' ');
+    if f.next()? != DIR_LINE {
+        return None;
+    }
+    let (fp, sum) = (f.next()?, f.next()?);
+    if f.next().is_some() || sum.len() != 64 {
+        return None;
+    }
+    let fp: Fingerprint = hex_bytes(fp).ok()?.try_into().ok()?;
+    Some((fp, sum.to_string()))
 }
 
 fn parse_line(line: &str) -> Option<(CacheKey, String)> {
@@ -179,6 +227,11 @@ struct DirEntry {
     dirs: BTreeMap<String, DirEntry>,
     /// Indexes into the scan's files.
     files: BTreeMap<String, usize>,
+    /// Its [`Fingerprint`], once its files' checksums are known.
+    fingerprint: Fingerprint,
+    /// Its dirtree, when it is the parent commit's, unchanged (and so are all the
+    /// directories under it).
+    unchanged: Option<String>,
 }
 
 #[derive(Default)]
@@ -402,6 +455,8 @@ fn scan_dir(
         meta,
         dirs: BTreeMap::new(),
         files: BTreeMap::new(),
+        fingerprint: [0; 32],
+        unchanged: None,
     };
     for e in listing.entries {
         if e.meta.is_dir() {
@@ -435,6 +490,63 @@ fn scan_dir(
         dir.files.insert(e.name, index);
     }
     Ok(dir)
+}
+
+/// Fingerprint every directory under `dir` (itself included), bottom up, and mark those
+/// whose fingerprint `known` maps to a dirtree of the parent commit, with every directory
+/// under them marked too: those are the parent's, whole. The parent is complete, so its
+/// dirtrees are all in the repository.
+fn mark_unchanged(
+    dir: &mut DirEntry,
+    scan: &Scan,
+    known: &HashMap<Fingerprint, String>,
+    parent: &ParentSizes,
+) -> Result<()> {
+    use sha2::Digest;
+    let mut h = sha2::Sha256::new();
+    let mut put = |b: &[u8]| {
+        h.update((b.len() as u64).to_le_bytes());
+        h.update(b);
+    };
+    put(b"osbuild dirtree 1");
+    put(&(dir.files.len() as u64).to_le_bytes());
+    for (name, &index) in &dir.files {
+        put(name.as_bytes());
+        let sum = scan.files[index].checksum.as_deref();
+        put(sum.context("a file's checksum is known")?.as_bytes());
+    }
+    let mut all_unchanged = true;
+    put(&(dir.dirs.len() as u64).to_le_bytes());
+    for (name, sub) in dir.dirs.iter_mut() {
+        mark_unchanged(sub, scan, known, parent)?;
+        all_unchanged &= sub.unchanged.is_some();
+        put(name.as_bytes());
+        put(&sub.fingerprint);
+        put(&sub.meta.uid().to_le_bytes());
+        put(&sub.meta.gid().to_le_bytes());
+        put(&sub.meta.mode().to_le_bytes());
+        put(&(sub.xattrs.len() as u64).to_le_bytes());
+        for (n, v) in &sub.xattrs {
+            put(n);
+            put(v);
+        }
+    }
+    dir.fingerprint = h.finalize().into();
+    dir.unchanged = known
+        .get(&dir.fingerprint)
+        .filter(|sum| all_unchanged && parent.dirtrees.contains_key(*sum))
+        .cloned();
+    Ok(())
+}
+
+/// The fingerprints and dirtrees of `dir` and every directory under it, all unchanged.
+fn unchanged_below(dir: &DirEntry, out: &mut Vec<(Fingerprint, String)>) {
+    if let Some(sum) = &dir.unchanged {
+        out.push((dir.fingerprint, sum.clone()));
+    }
+    for sub in dir.dirs.values() {
+        unchanged_below(sub, out);
+    }
 }
 
 /// The keys of the tree's files in the order a static delta from its commit reads their
@@ -622,6 +734,40 @@ fn size_entry(
     Ok(buf)
 }
 
+/// An `ostree.sizes` entry as [`size_entry`] (and libostree) writes it: checksum,
+/// archived and unpacked size, object type (a file's when absent, as in older commits).
+fn read_size_entry(b: &[u8]) -> Option<(String, u64, u64, ostree::ObjectType)> {
+    let (sum, mut rest) = (b.get(..32)?, b.get(32..)?);
+    let archived = read_varint(&mut rest)?;
+    let unpacked = read_varint(&mut rest)?;
+    let objtype = match rest {
+        [] => ostree::ObjectType::File,
+        // The types a commit's tree holds; others are not looked up.
+        [t] => [
+            ostree::ObjectType::File,
+            ostree::ObjectType::DirTree,
+            ostree::ObjectType::DirMeta,
+        ]
+        .into_iter()
+        .find(|o| o.into_glib() == i32::from(*t))?,
+        _ => return None,
+    };
+    Some((osbuild_core::hex(sum), archived, unpacked, objtype))
+}
+
+/// Unsigned LEB128 from the front of `b`, which moves past it.
+fn read_varint(b: &mut &[u8]) -> Option<u64> {
+    let mut v = 0u64;
+    for (i, &byte) in b.iter().enumerate().take(10) {
+        v |= u64::from(byte & 0x7f) << (7 * i);
+        if byte & 0x80 == 0 {
+            *b = &b[i + 1..];
+            return Some(v);
+        }
+    }
+    None
+}
+
 fn hex_bytes(hex: &str) -> Result<Vec<u8>> {
     if hex.len() != 64 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
         bail!("{hex:?} is not a SHA-256 checksum");
@@ -641,11 +787,6 @@ pub(crate) struct ParentSizes {
 }
 
 impl ParentSizes {
-    /// The checksums of the parent's directory trees.
-    pub(crate) fn dirtrees(&self) -> Vec<String> {
-        self.dirtrees.keys().cloned().collect()
-    }
-
     /// Those of `parent`; none if it is partial (objects may be missing) or records none.
     pub(crate) fn of(repo: &ostree::Repo, parent: Option<&str>) -> ParentSizes {
         let mut out = ParentSizes::default();
@@ -655,13 +796,22 @@ impl ParentSizes {
         if state.contains(ostree::RepoCommitState::PARTIAL) {
             return out;
         }
-        for e in ostree::commit_get_object_sizes(&commit).unwrap_or_default() {
-            let map = match e.objtype() {
+        // Read here rather than through `commit_get_object_sizes`, whose entries, copied
+        // into Rust one by one, took 30-40 ms of a 1 s re-commit.
+        let sizes = glib::VariantDict::new(Some(&commit.child_value(0)))
+            .lookup_value("ostree.sizes", Some(glib::VariantTy::BYTE_STRING_ARRAY));
+        for entry in sizes.iter().flat_map(|s| s.iter()) {
+            let Some((sum, archived, unpacked, objtype)) =
+                entry.fixed_array::<u8>().ok().and_then(read_size_entry)
+            else {
+                continue;
+            };
+            let map = match objtype {
                 ostree::ObjectType::File => &mut out.files,
                 ostree::ObjectType::DirTree => &mut out.dirtrees,
                 _ => continue,
             };
-            map.insert(e.checksum().to_string(), (e.archived(), e.unpacked()));
+            map.insert(sum, (archived, unpacked));
         }
         out
     }
@@ -688,7 +838,7 @@ pub(crate) fn write_tree(
     let started = std::time::Instant::now();
     let mut scan = Scan::default();
     let TreeListing(mut listings) = listing()?;
-    let root = scan_dir(tree, root_meta, &mut listings, &mut scan)?;
+    let mut root = scan_dir(tree, root_meta, &mut listings, &mut scan)?;
     tracing::debug!(
         "scanned {} files in {:?}",
         scan.files.len(),
@@ -775,20 +925,26 @@ pub(crate) fn write_tree(
     );
     cache.entries = entries;
     cache.order = delta_order(&root, &scan);
+    mark_unchanged(&mut root, &scan, &cache.dirs, parent)?;
 
     tracing::debug!("files written after {:?}", started.elapsed());
-    // The directories, through libostree's MutableTree.
+    // The directories, through libostree's MutableTree; those unchanged since the parent
+    // are the parent's, taken whole (libostree neither loads nor writes them again).
     let mut sizes: BTreeMap<String, Vec<u8>> = BTreeMap::new();
     let mut dirmetas: HashMap<(u32, u32, u32, u64), String> = HashMap::new();
     let mtree = ostree::MutableTree::new();
     let mut subtrees = Vec::new();
+    let mut unchanged = Vec::new();
     fill(
         repo,
         &root,
         &mtree,
         &scan,
         &mut dirmetas,
-        &mut subtrees,
+        &mut Filled {
+            subtrees: &mut subtrees,
+            unchanged: &mut unchanged,
+        },
         &mut sizes,
     )?;
     let root_file = repo
@@ -796,10 +952,23 @@ pub(crate) fn write_tree(
         .context("writing the tree's directories")?
         .downcast::<ostree::RepoFile>()
         .map_err(|_| anyhow::anyhow!("libostree returned a root that is not a RepoFile"))?;
-    subtrees.push(mtree);
-    tracing::debug!("directories written after {:?}", started.elapsed());
-    for t in &subtrees {
-        let sum = t.contents_checksum().to_string();
+    subtrees.push((root.fingerprint, mtree));
+    tracing::debug!(
+        "directories written after {:?} ({} unchanged)",
+        started.elapsed(),
+        unchanged.len()
+    );
+    let mut dirtrees: Vec<(Fingerprint, String)> = subtrees
+        .iter()
+        .map(|(fp, t)| (*fp, t.contents_checksum().to_string()))
+        .collect();
+    dirtrees.extend(unchanged);
+    cache.dirs = dirtrees
+        .iter()
+        .filter(|(_, sum)| !sum.is_empty())
+        .cloned()
+        .collect();
+    for (_, sum) in dirtrees {
         if sum.is_empty() || sizes.contains_key(&sum) {
             continue;
         }
@@ -853,16 +1022,17 @@ pub(crate) fn write_tree(
 }
 
 /// Fill `mtree` from `dir`: its files' checksums, its subdirectories, and its dirmeta
-/// object (written once per distinct owner, mode and xattrs).
+/// object (written once per distinct owner, mode and xattrs). True when `dir` is the
+/// parent's, unchanged, and `mtree` was made its dirtree instead.
 fn fill(
     repo: &ostree::Repo,
     dir: &DirEntry,
     mtree: &ostree::MutableTree,
     scan: &Scan,
     dirmetas: &mut HashMap<(u32, u32, u32, u64), String>,
-    subtrees: &mut Vec<ostree::MutableTree>,
+    filled: &mut Filled,
     sizes: &mut BTreeMap<String, Vec<u8>>,
-) -> Result<()> {
+) -> Result<bool> {
     let key = (
         dir.meta.uid(),
         dir.meta.gid(),
@@ -894,6 +1064,12 @@ fn fill(
             sum
         }
     };
+    if let Some(sum) = &dir.unchanged {
+        if mtree.fill_empty_from_dirtree(repo, sum, &meta_sum) {
+            unchanged_below(dir, filled.unchanged);
+            return Ok(true);
+        }
+    }
     mtree.set_metadata_checksum(&meta_sum);
     for (name, &index) in &dir.files {
         let sum = scan.files[index].checksum.as_deref().unwrap_or_default();
@@ -905,10 +1081,18 @@ fn fill(
         let child = mtree
             .ensure_dir(name)
             .with_context(|| format!("adding the directory {name}"))?;
-        fill(repo, sub, &child, scan, dirmetas, subtrees, sizes)?;
-        subtrees.push(child);
+        if !fill(repo, sub, &child, scan, dirmetas, filled, sizes)? {
+            filled.subtrees.push((sub.fingerprint, child));
+        }
     }
-    Ok(())
+    Ok(false)
+}
+
+/// What [`fill`] did with each directory: filled it (its tree, written later by
+/// `write_mtree`), or took it whole from the parent (its dirtree, and those under it).
+struct Filled<'a> {
+    subtrees: &'a mut Vec<(Fingerprint, ostree::MutableTree)>,
+    unchanged: &'a mut Vec<(Fingerprint, String)>,
 }
 
 #[cfg(test)]
@@ -918,13 +1102,61 @@ mod tests {
     #[test]
     fn varints_are_leb128() {
         let mut b = Vec::new();
-        for v in [0u64, 1, 127, 128, 300, u64::from(u32::MAX)] {
+        let values = [0u64, 1, 127, 128, 300, u64::from(u32::MAX), u64::MAX];
+        for v in values {
             push_varint(&mut b, v);
         }
         assert_eq!(
-            b,
+            b[..12],
             [0, 1, 0x7f, 0x80, 0x01, 0xac, 0x02, 0xff, 0xff, 0xff, 0xff, 0x0f]
         );
+        let mut rest = b.as_slice();
+        for v in values {
+            assert_eq!(read_varint(&mut rest), Some(v));
+        }
+        assert!(rest.is_empty());
+        assert_eq!(read_varint(&mut [0x80u8].as_slice()), None);
+    }
+
+    #[test]
+    fn size_entries_read_back_as_libostree_reads_them() {
+        let sum = "ab".repeat(32);
+        for (t, archived, unpacked) in [
+            (ostree::ObjectType::File, 123_456_789, 987_654_321),
+            (ostree::ObjectType::DirTree, 300, 300),
+            (ostree::ObjectType::DirMeta, 0, 0),
+        ] {
+            let entry = size_entry(&sum, archived, unpacked, t).unwrap();
+            assert_eq!(
+                read_size_entry(&entry),
+                Some((sum.clone(), archived, unpacked, t))
+            );
+            let theirs = glib::Variant::array_from_iter_with_type(
+                glib::VariantTy::BYTE_STRING,
+                [glib::Variant::array_from_fixed_array(entry.as_slice())],
+            );
+            let meta = glib::VariantDict::new(None);
+            meta.insert_value("ostree.sizes", &theirs);
+            let commit = glib::Variant::tuple_from_iter([meta.end()]);
+            let parsed = ostree::commit_get_object_sizes(&commit).unwrap();
+            assert_eq!(parsed[0].checksum().as_str(), sum);
+            assert_eq!(
+                (
+                    parsed[0].archived(),
+                    parsed[0].unpacked(),
+                    parsed[0].objtype()
+                ),
+                (archived, unpacked, t)
+            );
+        }
+        // An entry of an older commit has no type: a file's.
+        let mut old = hex_bytes(&sum).unwrap();
+        old.extend([5, 6]);
+        assert_eq!(
+            read_size_entry(&old),
+            Some((sum.clone(), 5, 6, ostree::ObjectType::File))
+        );
+        assert_eq!(read_size_entry(&old[..31]), None);
     }
 
     #[test]
@@ -956,6 +1188,98 @@ mod tests {
             .map(|f| ino(f))
             .collect();
         assert_eq!(got, want);
+    }
+
+    /// The tree at `t`, scanned, its files' checksums made up from their content, and
+    /// marked against the parent directories `known` and `parent` name.
+    fn marked(t: &Path, known: &HashMap<Fingerprint, String>, parent: &ParentSizes) -> DirEntry {
+        let TreeListing(mut listings) = list_tree(t, 2).unwrap();
+        let mut scan = Scan::default();
+        let meta = fs::symlink_metadata(t).unwrap();
+        let mut root = scan_dir(t, meta, &mut listings, &mut scan).unwrap();
+        for f in &mut scan.files {
+            let data = fs::read(&f.path).unwrap();
+            f.checksum = Some(osbuild_core::hex(<sha2::Sha256 as sha2::Digest>::digest(
+                &data,
+            )));
+        }
+        mark_unchanged(&mut root, &scan, known, parent).unwrap();
+        root
+    }
+
+    /// Every directory's fingerprint, each given a made-up dirtree checksum, as a
+    /// parent commit would hold them.
+    fn as_parent(root: &DirEntry) -> (HashMap<Fingerprint, String>, ParentSizes) {
+        fn walk(d: &DirEntry, known: &mut HashMap<Fingerprint, String>) {
+            known.insert(d.fingerprint, osbuild_core::hex(d.fingerprint));
+            d.dirs.values().for_each(|s| walk(s, known));
+        }
+        let mut known = HashMap::new();
+        walk(root, &mut known);
+        let mut parent = ParentSizes::default();
+        for sum in known.values() {
+            parent.dirtrees.insert(sum.clone(), (0, 0));
+        }
+        (known, parent)
+    }
+
+    fn unchanged(root: &DirEntry, path: &str) -> bool {
+        let mut d = root;
+        for part in path.split('/').filter(|p| !p.is_empty()) {
+            d = &d.dirs[part];
+        }
+        d.unchanged.is_some()
+    }
+
+    #[test]
+    fn only_the_directories_a_change_reaches_are_filled_again() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let t = dir.path();
+        for d in ["a/deep/er", "a/side", "b"] {
+            fs::create_dir_all(t.join(d)).unwrap();
+        }
+        for f in ["a/deep/er/f", "a/side/g", "b/h", "top"] {
+            fs::write(t.join(f), f).unwrap();
+        }
+        let (known, parent) = as_parent(&marked(t, &HashMap::new(), &ParentSizes::default()));
+
+        // Nothing changed: all of it is the parent's, the root too.
+        let root = marked(t, &known, &parent);
+        for path in ["", "a", "a/deep", "a/deep/er", "a/side", "b"] {
+            assert!(unchanged(&root, path), "{path:?}");
+        }
+
+        // A file deep down: it and its ancestors are filled again, nothing else.
+        fs::write(t.join("a/deep/er/f"), "other").unwrap();
+        let root = marked(t, &known, &parent);
+        for (path, want) in [
+            ("", false),
+            ("a", false),
+            ("a/deep", false),
+            ("a/deep/er", false),
+            ("a/side", true),
+            ("b", true),
+        ] {
+            assert_eq!(unchanged(&root, path), want, "{path:?}");
+        }
+        fs::write(t.join("a/deep/er/f"), "a/deep/er/f").unwrap();
+
+        // A directory's mode is in its parent's dirtree (which names its dirmeta).
+        fs::set_permissions(t.join("a/side"), fs::Permissions::from_mode(0o700)).unwrap();
+        let root = marked(t, &known, &parent);
+        for (path, want) in [
+            ("", false),
+            ("a", false),
+            ("a/side", true),
+            ("a/deep", true),
+        ] {
+            assert_eq!(unchanged(&root, path), want, "{path:?}");
+        }
+
+        // A dirtree the parent commit lacks (pruned, or another commit's) is not trusted.
+        let root = marked(t, &known, &ParentSizes::default());
+        assert!(!unchanged(&root, "b"));
     }
 
     #[test]

@@ -177,6 +177,122 @@ fn a_rewritten_file_is_committed_again_and_unchanged_ones_are_not_read() {
     assert_eq!(root_of(&repo, &again.checksum), second_root);
 }
 
+/// `ostree commit` of `tree` into a fresh archive repo at `repo`: its root.
+fn ostree_root(repo: &Path, tree: &Path) -> (String, String) {
+    let r = format!("--repo={}", repo.display());
+    let _ = fs::remove_dir_all(repo);
+    run(Command::new("ostree").args(["init", "--mode=archive", &r]));
+    let t = run(Command::new("ostree").args([
+        "commit",
+        &r,
+        "--branch",
+        BRANCH,
+        &format!("--tree=dir={}", tree.display()),
+    ]));
+    root_of(repo, &t)
+}
+
+#[test]
+fn re_commits_take_unchanged_directories_whole_and_get_the_changed_ones_right() {
+    if !require(&[Need::Root, Need::Ostree]) {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let tree = dir.path().join("tree");
+    varied_tree(&tree);
+    let repo = dir.path().join("repo");
+    let theirs = dir.path().join("theirs");
+    commit(&repo, &tree, &options()).unwrap();
+    let cache = dir.path().join(".repo.osbuild-checksums");
+    assert!(
+        fs::read_to_string(&cache).unwrap().contains("\ndir "),
+        "the cache records directories"
+    );
+    let xattr = |path: &Path, value: &[u8]| {
+        rustix::fs::lsetxattr(path, "user.x", value, rustix::fs::XattrFlags::empty()).unwrap()
+    };
+    // Each change, deep or shallow, to what a directory's dirtree or dirmeta holds; after
+    // each, osbuild's re-commit must have the root `ostree commit` gives the same tree.
+    type Change = Box<dyn Fn(&Path)>;
+    let changes: Vec<(&str, Change)> = vec![
+        (
+            "a deep file rewritten",
+            Box::new(|t: &Path| fs::write(t.join("usr/share/dé jà/vu.txt"), b"new").unwrap()),
+        ),
+        (
+            "a file added",
+            Box::new(|t: &Path| fs::write(t.join("usr/lib/empty-dir/new"), b"n").unwrap()),
+        ),
+        (
+            "a file removed",
+            Box::new(|t: &Path| fs::remove_file(t.join("usr/lib/empty-dir/new")).unwrap()),
+        ),
+        (
+            "a directory's mode",
+            Box::new(|t: &Path| {
+                fs::set_permissions(
+                    t.join("usr/lib/empty-dir"),
+                    fs::Permissions::from_mode(0o750),
+                )
+                .unwrap()
+            }),
+        ),
+        (
+            "a directory's owner",
+            Box::new(|t: &Path| {
+                rustix::fs::chown(
+                    t.join("usr/lib/empty-dir"),
+                    Some(rustix::fs::Uid::from_raw(7)),
+                    None,
+                )
+                .unwrap()
+            }),
+        ),
+        (
+            "a directory's xattr",
+            Box::new(move |t: &Path| xattr(&t.join("usr/lib/private"), b"1")),
+        ),
+        (
+            "the same xattr, another value",
+            Box::new(move |t: &Path| xattr(&t.join("usr/lib/private"), b"2")),
+        ),
+        (
+            "a directory renamed",
+            Box::new(|t: &Path| {
+                fs::rename(t.join("usr/lib/private"), t.join("usr/lib/renamed")).unwrap()
+            }),
+        ),
+        (
+            "an empty directory added",
+            Box::new(|t: &Path| fs::create_dir(t.join("usr/share/dé jà/empty")).unwrap()),
+        ),
+        (
+            "a directory emptied of its subdirectory",
+            Box::new(|t: &Path| fs::remove_dir(t.join("usr/share/dé jà/empty")).unwrap()),
+        ),
+        (
+            "a symlink retargeted",
+            Box::new(|t: &Path| {
+                fs::remove_file(t.join("usr/bin/dangling")).unwrap();
+                symlink("/elsewhere", t.join("usr/bin/dangling")).unwrap();
+            }),
+        ),
+    ];
+    for (what, change) in &changes {
+        change(&tree);
+        let ours = commit(&repo, &tree, &options()).unwrap();
+        assert!(!ours.unchanged, "{what}: a change, so a commit");
+        assert_eq!(
+            root_of(&repo, &ours.checksum),
+            ostree_root(&theirs, &tree),
+            "{what}"
+        );
+    }
+    // Nothing changed: the root is the parent's, so no commit.
+    assert!(commit(&repo, &tree, &options()).unwrap().unchanged);
+    run(Command::new("ostree").args(["fsck", &format!("--repo={}", repo.display())]));
+}
+
 #[test]
 fn progress_fd_gets_json_lines_from_start_to_end() {
     if !require(&[Need::Ostree]) {

@@ -773,6 +773,7 @@ fn init_logging() {
 /// ended with; an error is for the caller to print.
 pub fn run(cli: Cli) -> Result<ExitCode> {
     init_logging();
+    tracing::debug!("started");
     match cli.command {
         Command::Bootstrap(a) => {
             let manifest = a.manifest.load()?;
