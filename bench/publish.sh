@@ -1,15 +1,18 @@
 #!/usr/bin/env bash
 # Measures `osbuild publish` against `rclone sync` (Debian's rclone, what operators use)
 # and `aws s3 sync` (Debian's awscli), side by side in one run: each publishes the same
-# archive repository to the same Garage on loopback, under a prefix of its own,
+# archive repository to Garage on loopback,
 #   1. fresh: the repository of one commit of the bootstrapped tree (~430 MB), to an
 #      empty prefix;
 #   2. one file changed: the same repository after a second commit that changes one file
 #      (with its static delta).
 # Goal: osbuild <= 0.5x rclone's time in both. Every tool gets 8 parallel transfers and
-# its fastest usual S3 flags (rclone --fast-list --checksum: no HEAD per object). Reports
-# the time, the requests Garage served (counted in its request log) and the bytes sent
-# (the sizes of the files PUT), and the time ratios to rclone.
+# its fastest usual S3 flags (rclone --fast-list --checksum: no HEAD per object), and a
+# Garage of its own, empty at its start (Garage stores a block once, so a tool following
+# another would find the data written). Runs ROUNDS rounds (default 3) and reports, as
+# medians, the time, the requests Garage served (counted in its request log) and the
+# bytes sent (the sizes of the files PUT), the CPU of the tool and of Garage, and the
+# time ratios to rclone.
 #
 # Needs root (the page cache is dropped before each run) and cargo (a release build of
 # Garage is made once), and installs rclone and awscli if missing. Work files under
@@ -51,58 +54,83 @@ TREE=$ROOT/target/bench-commit/tree
 
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 
-echo "== starting Garage on loopback" >&2
-rm -rf "$WORK/garage"
-mkdir -p "$WORK/garage"
-RPC=$(free_port) S3=$(free_port)
-cat >"$WORK/garage/garage.toml" <<EOF
+# Garage stores each block once, by its hash: a tool that publishes after another to the
+# same store finds the data already written and only adds references. So each tool
+# publishes to a Garage of its own, started empty (one node, default configuration).
+GARAGE_PID=""
+stop_garage() {
+  if [ -n "$GARAGE_PID" ]; then
+    kill "$GARAGE_PID" 2>/dev/null || true
+    wait "$GARAGE_PID" 2>/dev/null || true
+  fi
+  GARAGE_PID=""
+}
+trap stop_garage EXIT
+g() { "$GARAGE" -c "$WORK/garage/garage.toml" "$@"; }
+start_garage() {
+  stop_garage
+  rm -rf "$WORK/garage"
+  mkdir -p "$WORK/garage"
+  local rpc s3 key
+  rpc=$(free_port) s3=$(free_port)
+  cat >"$WORK/garage/garage.toml" <<TOML
 metadata_dir = "$WORK/garage/meta"
 data_dir = "$WORK/garage/data"
 db_engine = "lmdb"
 replication_factor = 1
-rpc_bind_addr = "127.0.0.1:$RPC"
-rpc_public_addr = "127.0.0.1:$RPC"
+rpc_bind_addr = "127.0.0.1:$rpc"
+rpc_public_addr = "127.0.0.1:$rpc"
 rpc_secret = "$(od -An -tx1 -N32 /dev/urandom | tr -d ' \n')"
 
 [s3_api]
 s3_region = "garage"
-api_bind_addr = "127.0.0.1:$S3"
+api_bind_addr = "127.0.0.1:$s3"
 root_domain = ".s3.garage.localhost"
-EOF
-LOG=$WORK/garage/requests.log
-g() { "$GARAGE" -c "$WORK/garage/garage.toml" "$@"; }
-# Started directly (not through g), so that $! is Garage itself, whose CPU time is read.
-RUST_LOG=garage_api_common=info,garage=warn "$GARAGE" -c "$WORK/garage/garage.toml" server >"$LOG" 2>&1 &
-GARAGE_PID=$!
-trap 'kill $GARAGE_PID 2>/dev/null || true' EXIT
-for _ in $(seq 100); do
-  curl -s "http://127.0.0.1:$S3" >/dev/null && break
-  sleep 0.1
-done
-g layout assign -z dc1 -c 10G "$(g node id -q | cut -d@ -f1)" >/dev/null
-g layout apply --version 1 >/dev/null
-g bucket create bench >/dev/null
-KEY=$(g key create bench)
-export AWS_ACCESS_KEY_ID=$(echo "$KEY" | awk '/Key ID:/ {print $3}')
-export AWS_SECRET_ACCESS_KEY=$(echo "$KEY" | awk '/Secret key:/ {print $3}')
+TOML
+  LOG=$WORK/garage/requests.log
+  # Started directly (not through g), so that $! is Garage itself, whose CPU time is read.
+  RUST_LOG=garage_api_common=info,garage=warn "$GARAGE" -c "$WORK/garage/garage.toml" server >"$LOG" 2>&1 &
+  GARAGE_PID=$!
+  for _ in $(seq 100); do
+    curl -s "http://127.0.0.1:$s3" >/dev/null && break
+    sleep 0.1
+  done
+  g layout assign -z dc1 -c 10G "$(g node id -q | cut -d@ -f1)" >/dev/null
+  g layout apply --version 1 >/dev/null
+  g bucket create bench >/dev/null
+  key=$(g key create bench)
+  AWS_ACCESS_KEY_ID=$(echo "$key" | awk '/Key ID:/ {print $3}')
+  AWS_SECRET_ACCESS_KEY=$(echo "$key" | awk '/Secret key:/ {print $3}')
+  export AWS_ACCESS_KEY_ID AWS_SECRET_ACCESS_KEY
+  g bucket allow --read --write --owner bench --key bench >/dev/null
+  ENDPOINT=http://127.0.0.1:$s3
+  # rclone, configured by environment.
+  export RCLONE_CONFIG_GARAGE_TYPE=s3 RCLONE_CONFIG_GARAGE_PROVIDER=Other \
+    RCLONE_CONFIG_GARAGE_ENDPOINT=$ENDPOINT RCLONE_CONFIG_GARAGE_REGION=garage \
+    RCLONE_CONFIG_GARAGE_ACCESS_KEY_ID=$AWS_ACCESS_KEY_ID \
+    RCLONE_CONFIG_GARAGE_SECRET_ACCESS_KEY=$AWS_SECRET_ACCESS_KEY \
+    RCLONE_CONFIG_GARAGE_FORCE_PATH_STYLE=true
+}
 export AWS_REGION=garage AWS_DEFAULT_REGION=garage
-g bucket allow --read --write --owner bench --key bench >/dev/null
-ENDPOINT=http://127.0.0.1:$S3
-
-# rclone and the AWS CLI, configured by environment and file, 8 transfers each.
-export RCLONE_CONFIG_GARAGE_TYPE=s3 RCLONE_CONFIG_GARAGE_PROVIDER=Other \
-  RCLONE_CONFIG_GARAGE_ENDPOINT=$ENDPOINT RCLONE_CONFIG_GARAGE_REGION=garage \
-  RCLONE_CONFIG_GARAGE_ACCESS_KEY_ID=$AWS_ACCESS_KEY_ID \
-  RCLONE_CONFIG_GARAGE_SECRET_ACCESS_KEY=$AWS_SECRET_ACCESS_KEY \
-  RCLONE_CONFIG_GARAGE_FORCE_PATH_STYLE=true
+# The AWS CLI's 8 transfers.
+mkdir -p "$WORK"
 export AWS_CONFIG_FILE=$WORK/aws-config
 printf '[default]\ns3 =\n  max_concurrent_requests = 8\n' >"$AWS_CONFIG_FILE"
 unset AWS_CA_BUNDLE
 
-REPO=$WORK/repo
-rm -rf "$REPO" "$WORK/.repo.osbuild-checksums"
+# REPO1: one commit of the tree. REPO2: the same repository after a second commit that
+# changes one file (with its static delta). Each run publishes REPO1 to an empty bucket
+# (fresh), then REPO2 over it (one file changed).
+REPO1=$WORK/repo1 REPO2=$WORK/repo2
+rm -rf "$REPO1" "$REPO2" "$WORK/.repo1.osbuild-checksums" "$WORK/.repo2.osbuild-checksums"
 echo "== committing the tree" >&2
-"$OSBUILD" commit --repo "$REPO" --branch bench --tree "$TREE" >/dev/null
+"$OSBUILD" commit --repo "$REPO1" --branch bench --tree "$TREE" >/dev/null
+cp -a "$REPO1" "$REPO2"
+changed=$TREE/usr/share/doc/bench-publish-changed
+date +%s.%N >"$changed"
+echo "== committing the one-file change" >&2
+"$OSBUILD" commit --repo "$REPO2" --branch bench --tree "$TREE" >/dev/null
+rm -f "$changed"
 
 # Reads Garage's request log lines of one run on stdin; prints "seconds requests bytes",
 # bytes being the sizes of the repository files PUT under the run's prefix.
@@ -125,11 +153,11 @@ PY
 # CPU seconds (user + system) Garage has used so far.
 garage_cpu() { awk -v hz="$(getconf CLK_TCK)" '{ print ($14 + $15) / hz }' "/proc/$GARAGE_PID/stat"; }
 
-# run NAME PREFIX CMD…: time one publish; print "seconds requests bytes client-cpu
-# server-cpu" (CPU seconds of the tool and of Garage during the run).
+# run NAME PREFIX REPO CMD…: time one publish of REPO; print "seconds requests bytes
+# client-cpu server-cpu" (CPU seconds of the tool and of Garage during the run).
 run() {
-  local name=$1 prefix=$2 start end lines cpu0 cpu1 client
-  shift 2
+  local name=$1 prefix=$2 repo=$3 start end lines cpu0 cpu1 client
+  shift 3
   lines=$(wc -l <"$LOG")
   cold
   echo "== $name" >&2
@@ -141,44 +169,58 @@ run() {
   cpu1=$(garage_cpu)
   client=$(awk '{ print $1 + $2 }' "$WORK/$name.cpu")
   sleep 0.5
-  echo "$(tail -n +"$((lines + 1))" "$LOG" | python3 "$WORK/count.py" "$REPO" "$prefix" "$(echo "$end - $start" | bc)") $client $(echo "$cpu1 - $cpu0" | bc)"
+  echo "$(tail -n +"$((lines + 1))" "$LOG" | python3 "$WORK/count.py" "$repo" "$prefix" "$(echo "$end - $start" | bc)") $client $(echo "$cpu1 - $cpu0" | bc)"
 }
 
-publish() { run "$1-$2" "$1" "${@:3}"; }
-osbuild_p() { publish osbuild "$1" "$OSBUILD" publish --repo "$REPO" --to s3://bench/osbuild --endpoint "$ENDPOINT" --jobs 8; }
-rclone_p() { publish rclone "$1" rclone sync --fast-list --checksum --transfers 8 --checkers 8 "$REPO" garage:bench/rclone; }
-aws_p() { publish aws "$1" aws --endpoint-url "$ENDPOINT" s3 sync --only-show-errors "$REPO" s3://bench/aws; }
+# Every tool gets 8 parallel transfers and its fastest usual S3 flags.
+osbuild_p() { run "osbuild-$1" osbuild "$2" "$OSBUILD" publish --repo "$2" --to s3://bench/osbuild --endpoint "$ENDPOINT" --jobs 8; }
+rclone_p() { run "rclone-$1" rclone "$2" rclone sync --fast-list --checksum --transfers 8 --checkers 8 "$2" garage:bench/rclone; }
+aws_p() { run "aws-$1" aws "$2" aws --endpoint-url "$ENDPOINT" s3 sync --only-show-errors "$2" s3://bench/aws; }
 
-rclone_p fresh >"$WORK/result"
-read -r r_fresh_t r_fresh_n r_fresh_b r_fresh_c r_fresh_s <"$WORK/result"
-aws_p fresh >"$WORK/result"
-read -r a_fresh_t a_fresh_n a_fresh_b a_fresh_c a_fresh_s <"$WORK/result"
-osbuild_p fresh >"$WORK/result"
-read -r o_fresh_t o_fresh_n o_fresh_b o_fresh_c o_fresh_s <"$WORK/result"
+# Several rounds, as this machine's speed drifts from one minute to the next; the table
+# gives each column's median over the rounds.
+ROUNDS=${ROUNDS:-3}
+TOOLS="rclone aws osbuild"
+rm -f "$WORK"/*.results
+for r in $(seq "$ROUNDS"); do
+  for tool in $TOOLS; do
+    echo "== round $r: $tool, on an empty Garage" >&2
+    start_garage
+    "${tool}_p" fresh "$REPO1" >>"$WORK/$tool-fresh.results"
+    "${tool}_p" one "$REPO2" >>"$WORK/$tool-one.results"
+  done
+done
+stop_garage
 
-changed=$TREE/usr/share/doc/bench-publish-changed
-date +%s.%N >"$changed"
-echo "== committing the one-file change" >&2
-"$OSBUILD" commit --repo "$REPO" --branch bench --tree "$TREE" >/dev/null
-rm -f "$changed"
-rclone_p one >"$WORK/result"
-read -r r_one_t r_one_n r_one_b r_one_c r_one_s <"$WORK/result"
-aws_p one >"$WORK/result"
-read -r a_one_t a_one_n a_one_b a_one_c a_one_s <"$WORK/result"
-osbuild_p one >"$WORK/result"
-read -r o_one_t o_one_n o_one_b o_one_c o_one_s <"$WORK/result"
+median() { # FILE COLUMN -> the median of that column over the rounds
+  awk -v c="$2" '{print $c}' "$1" | sort -g |
+    awk '{v[NR]=$1} END {print (NR % 2) ? v[(NR+1)/2] : (v[NR/2] + v[NR/2+1]) / 2}'
+}
+medians() { # TOOL KIND -> "seconds requests bytes tool-cpu garage-cpu"
+  local f=$WORK/$1-$2.results
+  echo "$(median "$f" 1) $(median "$f" 2) $(median "$f" 3) $(median "$f" 4) $(median "$f" 5)"
+}
 
-size=$(du -sm --apparent-size "$REPO" | cut -f1)
-files=$(find "$REPO" -type f | wc -l)
-printf '\nrepository: %s MB, %s files; %s (%s) on loopback, one node; %s cores\n\n' "$size" "$files" \
-  "$("$GARAGE" --version | head -n1)" "$GARAGE" "$(nproc)"
-printf '%-32s %9s %9s %9s %11s %11s %7s\n' "publish" "time (s)" "requests" "MB sent" "tool CPU s" "Garage CPU" "ratio"
+size=$(du -sm --apparent-size "$REPO1" | cut -f1)
+files=$(find "$REPO1" -type f | wc -l)
+printf '\nrepository: %s MB, %s files; %s (%s) on loopback, one node, empty at each tool'"'"'s start; %s cores\n' \
+  "$size" "$files" "$("$GARAGE" --version | head -n1)" "$GARAGE" "$(nproc)"
+printf '\nseconds, round by round:\n'
+for kind in fresh one; do
+  for tool in $TOOLS; do
+    printf '  %-6s %-8s %s\n' "$kind" "$tool" "$(awk '{printf "%.2f ", $1}' "$WORK/$tool-$kind.results")"
+  done
+done
+printf '\n%-32s %9s %9s %9s %11s %11s %7s\n' "publish (medians of $ROUNDS)" "time (s)" "requests" "MB sent" "tool CPU s" "Garage CPU" "ratio"
 row() { # LABEL SECONDS REQUESTS BYTES TOOL-CPU GARAGE-CPU BASE [NOTE]
   printf '%-32s %9.2f %9d %9.1f %11.1f %11.1f %7.2f   %s\n' "$1" "$2" "$3" "$(echo "$4 / 1048576" | bc -l)" "$5" "$6" "$(echo "$2 / $7" | bc -l)" "${8:-}"
 }
-row "fresh: rclone sync" "$r_fresh_t" "$r_fresh_n" "$r_fresh_b" "$r_fresh_c" "$r_fresh_s" "$r_fresh_t"
-row "fresh: aws s3 sync" "$a_fresh_t" "$a_fresh_n" "$a_fresh_b" "$a_fresh_c" "$a_fresh_s" "$r_fresh_t"
-row "fresh: osbuild publish" "$o_fresh_t" "$o_fresh_n" "$o_fresh_b" "$o_fresh_c" "$o_fresh_s" "$r_fresh_t" "(goal <= 0.50 of rclone)"
-row "one file changed: rclone sync" "$r_one_t" "$r_one_n" "$r_one_b" "$r_one_c" "$r_one_s" "$r_one_t"
-row "one file changed: aws s3 sync" "$a_one_t" "$a_one_n" "$a_one_b" "$a_one_c" "$a_one_s" "$r_one_t"
-row "one file changed: osbuild" "$o_one_t" "$o_one_n" "$o_one_b" "$o_one_c" "$o_one_s" "$r_one_t" "(goal <= 0.50 of rclone)"
+for kind in fresh one; do
+  label=$([ "$kind" = fresh ] && echo "fresh" || echo "one file changed")
+  read -r r_t r_n r_b r_c r_s <<<"$(medians rclone "$kind")"
+  read -r a_t a_n a_b a_c a_s <<<"$(medians aws "$kind")"
+  read -r o_t o_n o_b o_c o_s <<<"$(medians osbuild "$kind")"
+  row "$label: rclone sync" "$r_t" "$r_n" "$r_b" "$r_c" "$r_s" "$r_t"
+  row "$label: aws s3 sync" "$a_t" "$a_n" "$a_b" "$a_c" "$a_s" "$r_t"
+  row "$label: osbuild publish" "$o_t" "$o_n" "$o_b" "$o_c" "$o_s" "$r_t" "(goal <= 0.50 of rclone)"
+done
