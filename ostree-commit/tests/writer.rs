@@ -93,6 +93,21 @@ fn root_of(repo: &Path, rev: &str) -> (String, String) {
     )
 }
 
+/// `ostree commit` of `tree` into a fresh archive repo at `repo`: its root.
+fn ostree_root(repo: &Path, tree: &Path) -> (String, String) {
+    let r = format!("--repo={}", repo.display());
+    let _ = fs::remove_dir_all(repo);
+    run(Command::new("ostree").args(["init", "--mode=archive", &r]));
+    let t = run(Command::new("ostree").args([
+        "commit",
+        &r,
+        "--branch",
+        BRANCH,
+        &format!("--tree=dir={}", tree.display()),
+    ]));
+    root_of(repo, &t)
+}
+
 #[test]
 fn same_root_as_ostree_commit() {
     if !require(&[Need::Root, Need::Ostree]) {
@@ -105,16 +120,7 @@ fn same_root_as_ostree_commit() {
     let c = commit(&ours, &tree, &options()).unwrap();
 
     let theirs = dir.path().join("theirs");
-    let r = format!("--repo={}", theirs.display());
-    run(Command::new("ostree").args(["init", "--mode=archive", &r]));
-    let t = run(Command::new("ostree").args([
-        "commit",
-        &r,
-        "--branch",
-        BRANCH,
-        &format!("--tree=dir={}", tree.display()),
-    ]));
-    assert_eq!(root_of(&ours, &c.checksum), root_of(&theirs, &t));
+    assert_eq!(root_of(&ours, &c.checksum), ostree_root(&theirs, &tree));
     run(Command::new("ostree").args(["fsck", &format!("--repo={}", ours.display())]));
 
     // The sizes: libostree reads them, and they name every object of the tree.
@@ -175,21 +181,6 @@ fn a_rewritten_file_is_committed_again_and_unchanged_ones_are_not_read() {
     assert!(objects.exists());
     run(Command::new("ostree").args(["fsck", &r]));
     assert_eq!(root_of(&repo, &again.checksum), second_root);
-}
-
-/// `ostree commit` of `tree` into a fresh archive repo at `repo`: its root.
-fn ostree_root(repo: &Path, tree: &Path) -> (String, String) {
-    let r = format!("--repo={}", repo.display());
-    let _ = fs::remove_dir_all(repo);
-    run(Command::new("ostree").args(["init", "--mode=archive", &r]));
-    let t = run(Command::new("ostree").args([
-        "commit",
-        &r,
-        "--branch",
-        BRANCH,
-        &format!("--tree=dir={}", tree.display()),
-    ]));
-    root_of(repo, &t)
 }
 
 #[test]
