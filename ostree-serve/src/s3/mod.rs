@@ -212,7 +212,6 @@ const LISTERS: usize = 16;
 /// The files under `tops` (top-level names) of the repository, relative to it, with their
 /// stage; what is not published is left out. What each top holds is listed in parallel.
 fn walk(repo: &Path, tops: &[&str]) -> Result<Vec<(String, Stage, std::fs::Metadata)>> {
-    let mut found = Vec::new();
     let mut below = Vec::new();
     for top in tops {
         let path = repo.join(top);
@@ -225,7 +224,7 @@ fn walk(repo: &Path, tops: &[&str]) -> Result<Vec<(String, Stage, std::fs::Metad
                     below.push(Path::new(top).join(entry.file_name()));
                 }
             }
-            Ok(_) => found.extend(walk_from(repo, vec![PathBuf::from(top)])?),
+            Ok(_) => below.push(PathBuf::from(top)),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
             Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
         }
@@ -237,7 +236,7 @@ fn walk(repo: &Path, tops: &[&str]) -> Result<Vec<(String, Stage, std::fs::Metad
                 s.spawn(|| {
                     let mut mine = Vec::new();
                     while let Some(rel) = below.get(next.fetch_add(1, Ordering::Relaxed)) {
-                        mine.extend(walk_from(repo, vec![rel.clone()])?);
+                        mine.extend(walk_from(repo, rel.clone())?);
                     }
                     Ok(mine)
                 })
@@ -255,16 +254,17 @@ fn walk(repo: &Path, tops: &[&str]) -> Result<Vec<(String, Stage, std::fs::Metad
             })
             .collect()
     });
+    let mut found = Vec::new();
     for mine in listed {
         found.extend(mine?);
     }
     Ok(found)
 }
 
-/// The publishable files at and below `starts` (relative to the repository), one by one.
-fn walk_from(repo: &Path, starts: Vec<PathBuf>) -> Result<Vec<(String, Stage, std::fs::Metadata)>> {
+/// The publishable files at and below `start` (relative to the repository), one by one.
+fn walk_from(repo: &Path, start: PathBuf) -> Result<Vec<(String, Stage, std::fs::Metadata)>> {
     let mut found = Vec::new();
-    let mut stack = starts;
+    let mut stack = vec![start];
     while let Some(rel) = stack.pop() {
         let path = repo.join(&rel);
         let meta = match std::fs::symlink_metadata(&path) {
