@@ -26,7 +26,7 @@ done
 
 if [ -z "${OSBUILD:-}" ]; then
   echo "== building osbuild" >&2
-  (cd "$ROOT" && cargo build --quiet --release --bin osbuild --bin osbuild-boot-menu)
+  (cd "$ROOT" && cargo build --quiet --release -p osbuild -p osbuild-admin)
   OSBUILD=$ROOT/target/release/osbuild
 fi
 

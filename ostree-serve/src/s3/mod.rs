@@ -28,7 +28,7 @@ use osbuild_core::progress::{human_bytes, Progress, ProgressEvent, ProgressFd, P
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
 /// Cache-Control of what never changes under its name.
@@ -325,6 +325,63 @@ fn scan(repo: &Path) -> Result<Vec<Item>> {
     Ok(items)
 }
 
+/// How far ahead of the uploads the kernel is asked to read the repository's files.
+const READ_AHEAD: u64 = 64 << 20;
+
+/// Asks the kernel to read phase A's files into the page cache in upload order, at most
+/// [`READ_AHEAD`] bytes ahead of the uploads, so that each upload's read is a copy from
+/// memory (measured: a third less CPU for the client than reading each file in tokio's
+/// blocking pool, and the two cores are what a fresh publish is bound by). Stops when
+/// dropped.
+struct ReadAhead {
+    uploaded: Arc<AtomicU64>,
+    stop: Arc<AtomicBool>,
+}
+
+impl ReadAhead {
+    fn start(repo: &Path, items: &[Item]) -> Self {
+        let files: Vec<(PathBuf, u64)> = items
+            .iter()
+            .filter(|i| i.content.is_none())
+            .map(|i| (repo.join(&i.rel), i.size))
+            .collect();
+        let uploaded = Arc::new(AtomicU64::new(0));
+        let stop = Arc::new(AtomicBool::new(false));
+        let (done, stopped) = (uploaded.clone(), stop.clone());
+        std::thread::spawn(move || {
+            let mut hinted = 0u64;
+            for (path, size) in files {
+                while hinted > done.load(Ordering::Relaxed) + READ_AHEAD {
+                    if stopped.load(Ordering::Relaxed) {
+                        return;
+                    }
+                    std::thread::sleep(std::time::Duration::from_millis(1));
+                }
+                if stopped.load(Ordering::Relaxed) {
+                    return;
+                }
+                // A hint: the upload reads the file whether or not it came in.
+                if let Ok(file) = std::fs::File::open(&path) {
+                    let _ = rustix::fs::fadvise(&file, 0, None, rustix::fs::Advice::WillNeed);
+                }
+                hinted += size;
+            }
+        });
+        ReadAhead { uploaded, stop }
+    }
+
+    /// `bytes` more of the files were uploaded.
+    fn advance(&self, bytes: u64) {
+        self.uploaded.fetch_add(bytes, Ordering::Relaxed);
+    }
+}
+
+impl Drop for ReadAhead {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+}
+
 /// What the bucket holds under the prefix: key (relative to the prefix) -> (size, ETag).
 type Inventory = HashMap<String, (u64, Option<String>)>;
 
@@ -488,8 +545,10 @@ pub fn publish(repo: &Path, opts: &S3Options) -> Result<Published> {
         let _ = scanned.send(scan(&scan_repo));
     });
     let store = Arc::new(client(opts)?);
+    // A thread per core, as tokio's default; more only switched between (measured).
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(opts.jobs.clamp(1, 4))
+        .worker_threads(opts.jobs.min(cores))
         .enable_all()
         .build()
         .context("starting the uploader's runtime")?;
@@ -555,10 +614,11 @@ async fn upload(
     let data = match &item.content {
         Some(c) => c.as_ref().clone(),
         None => {
+            // Read in place: [`ReadAhead`] has the file in the page cache by now, and
+            // handing each read to tokio's blocking pool cost more in thread wake-ups
+            // than the read itself.
             let path = repo.join(&item.rel);
-            tokio::fs::read(&path)
-                .await
-                .with_context(|| format!("reading {}", path.display()))?
+            std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?
         }
     };
     let mut attributes = Attributes::new();
@@ -600,6 +660,7 @@ async fn run(
             present += 1;
         }
     }
+    let read_ahead = ReadAhead::start(repo, &todo);
     let total_bytes: u64 = todo.iter().map(|i| i.size).sum();
     let total = todo.len() as u64;
     let progress = Progress::counter(format!("Publishing to {}", opts.to));
@@ -648,6 +709,7 @@ async fn run(
         }))
         .buffer_unordered(opts.jobs);
         while let Some(size) = uploads.try_next().await? {
+            read_ahead.advance(size);
             done.fetch_add(1, Ordering::Relaxed);
             done_bytes.fetch_add(size, Ordering::Relaxed);
             report(&mut events);
