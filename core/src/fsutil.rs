@@ -1,4 +1,4 @@
-//! Filesystem helpers for "write to a temp path, rename at the end".
+//! Filesystem helpers: "write to a temp path, rename at the end", and read-ahead hints.
 
 use anyhow::{Context, Result};
 use std::path::{Path, PathBuf};
@@ -92,6 +92,20 @@ pub fn remove_all(path: &Path) -> Result<()> {
         std::fs::remove_file(path)
     }
     .with_context(|| format!("removing {}", path.display()))
+}
+
+/// Ask the kernel to read the first `len` bytes of the file at `path` (all of it when
+/// `len` is 0) into the page cache, without waiting for the disk. A hint: a file that
+/// cannot be opened is skipped, and whoever reads it later gets the error.
+pub fn read_ahead(path: &Path, len: u64) {
+    if let Ok(file) = std::fs::File::open(path) {
+        let _ = rustix::fs::fadvise(
+            &file,
+            0,
+            std::num::NonZeroU64::new(len),
+            rustix::fs::Advice::WillNeed,
+        );
+    }
 }
 
 #[cfg(test)]

@@ -122,15 +122,8 @@ fn read_object_heads(path: &Path, queue: &std::sync::Mutex<std::collections::Vec
     let tid = rustix::thread::gettid();
     let _ = rustix::process::setpriority_process(Some(tid), 19);
     while let Some(rel) = queue.lock().ok().and_then(|mut q| q.pop_front()) {
-        if let Ok(f) = std::fs::File::open(path.join(&rel)) {
-            let len = if rel.ends_with(".dirtree") { 0 } else { 4096 };
-            let _ = rustix::fs::fadvise(
-                &f,
-                0,
-                std::num::NonZeroU64::new(len),
-                rustix::fs::Advice::WillNeed,
-            );
-        }
+        let len = if rel.ends_with(".dirtree") { 0 } else { 4096 };
+        crate::fsutil::read_ahead(&path.join(&rel), len);
     }
 }
 

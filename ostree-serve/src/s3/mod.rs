@@ -360,10 +360,7 @@ impl ReadAhead {
                 if stopped.load(Ordering::Relaxed) {
                     return;
                 }
-                // A hint: the upload reads the file whether or not it came in.
-                if let Ok(file) = std::fs::File::open(&path) {
-                    let _ = rustix::fs::fadvise(&file, 0, None, rustix::fs::Advice::WillNeed);
-                }
+                osbuild_core::fsutil::read_ahead(&path, 0);
                 hinted += size;
             }
         });
