@@ -6,6 +6,7 @@
 pub mod accounts;
 pub mod cmd;
 pub mod fsutil;
+pub mod parallel;
 pub mod progress;
 pub mod repo;
 pub mod time;

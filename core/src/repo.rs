@@ -90,13 +90,22 @@ pub fn prefetch_for_delta(path: &Path, reads: DeltaReads) {
                 files
             }
         };
-        let queue = std::sync::Arc::new(std::sync::Mutex::new(std::collections::VecDeque::from(
-            paths,
-        )));
-        for _ in 0..THREADS {
-            let (path, queue) = (path.clone(), queue.clone());
-            std::thread::spawn(move || read_object_heads(&path, &queue));
-        }
+        let _ = crate::parallel::share(
+            &paths,
+            THREADS,
+            || {
+                // Only on a core nothing else wants: the caller's own work comes first.
+                let tid = rustix::thread::gettid();
+                let _ = rustix::process::setpriority_process(Some(tid), 19);
+                Ok(())
+            },
+            |(), rel| {
+                let len = if rel.ends_with(".dirtree") { 0 } else { 4096 };
+                crate::fsutil::read_ahead(&path.join(rel), len);
+                Ok(())
+            },
+            |(), _| Ok(()),
+        );
     });
 }
 
@@ -113,18 +122,6 @@ pub enum DeltaReads {
     },
     /// Found by walking this commit's directories.
     Walk(String),
-}
-
-/// Take object paths from the front of `queue` until it is empty, and have the kernel
-/// read each directory tree, and the first page of each file, into the page cache.
-fn read_object_heads(path: &Path, queue: &std::sync::Mutex<std::collections::VecDeque<String>>) {
-    // Only on a core nothing else wants: the caller's own work comes first.
-    let tid = rustix::thread::gettid();
-    let _ = rustix::process::setpriority_process(Some(tid), 19);
-    while let Some(rel) = queue.lock().ok().and_then(|mut q| q.pop_front()) {
-        let len = if rel.ends_with(".dirtree") { 0 } else { 4096 };
-        crate::fsutil::read_ahead(&path.join(&rel), len);
-    }
 }
 
 /// A ref moving to a new commit.

@@ -18,7 +18,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fs;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 
 /// The extended attributes of a file, in libostree's canonical form: names sorted, each
@@ -649,62 +649,29 @@ fn write_files(
     jobs: usize,
     progress: &WriteProgress,
 ) -> Result<Vec<(usize, String)>> {
-    let next = AtomicUsize::new(0);
-    let failed = AtomicBool::new(false);
-    let results = Mutex::new(Vec::with_capacity(todo.len()));
-    std::thread::scope(|s| -> Result<()> {
-        // No more workers than files: each worker's transaction ends with an fsync of
-        // every object directory, also when it wrote nothing.
-        let workers: Vec<_> = (0..jobs.max(1).min(todo.len()))
-            .map(|_| {
-                s.spawn(|| -> Result<()> {
-                    let repo = osbuild_core::repo::open_archive(repo_path)?;
-                    let cancellable = gio::Cancellable::NONE;
-                    repo.prepare_transaction(cancellable)
-                        .context("starting a repository transaction")?;
-                    let mut mine = Vec::new();
-                    let run = (|| -> Result<()> {
-                        loop {
-                            if failed.load(Ordering::Relaxed) {
-                                return Ok(());
-                            }
-                            let i = next.fetch_add(1, Ordering::Relaxed);
-                            let Some(&index) = todo.get(i) else {
-                                return Ok(());
-                            };
-                            mine.push((index, write_counted(&repo, scan, index, progress)?));
-                        }
-                    })();
-                    if let Err(e) = run {
-                        failed.store(true, Ordering::Relaxed);
-                        let _ = repo.abort_transaction(cancellable);
-                        return Err(e);
-                    }
-                    repo.commit_transaction(cancellable)
-                        .context("completing the transaction of the tree's files")?;
-                    results
-                        .lock()
-                        .map_err(|_| anyhow::anyhow!("a commit worker panicked"))?
-                        .extend(mine);
-                    Ok(())
-                })
-            })
-            .collect();
-        let mut first_error = None;
-        for w in workers {
-            let r = w
-                .join()
-                .map_err(|_| anyhow::anyhow!("a commit worker panicked"))
-                .and_then(|r| r);
-            if let (Err(e), None) = (r, &first_error) {
-                first_error = Some(e);
+    // No more workers than files: each worker's transaction ends with an fsync of every
+    // object directory, also when it wrote nothing.
+    let cancellable = gio::Cancellable::NONE;
+    osbuild_core::parallel::share(
+        todo,
+        jobs,
+        || {
+            let repo = osbuild_core::repo::open_archive(repo_path)?;
+            repo.prepare_transaction(cancellable)
+                .context("starting a repository transaction")?;
+            Ok(repo)
+        },
+        |repo, &index| Ok((index, write_counted(repo, scan, index, progress)?)),
+        |repo, ok| {
+            if ok {
+                repo.commit_transaction(cancellable)
+                    .context("completing the transaction of the tree's files")?;
+            } else {
+                let _ = repo.abort_transaction(cancellable);
             }
-        }
-        first_error.map_or(Ok(()), Err)
-    })?;
-    results
-        .into_inner()
-        .map_err(|_| anyhow::anyhow!("a commit worker panicked"))
+            Ok(())
+        },
+    )
 }
 
 /// Unsigned LEB128, as libostree writes the sizes in `ostree.sizes`.

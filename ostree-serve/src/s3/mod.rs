@@ -229,36 +229,8 @@ fn walk(repo: &Path, tops: &[&str]) -> Result<Vec<(String, Stage, std::fs::Metad
             Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
         }
     }
-    let next = std::sync::atomic::AtomicUsize::new(0);
-    let listed: Vec<Result<Vec<_>>> = std::thread::scope(|s| {
-        let listers: Vec<_> = (0..LISTERS.min(below.len()))
-            .map(|_| {
-                s.spawn(|| {
-                    let mut mine = Vec::new();
-                    while let Some(rel) = below.get(next.fetch_add(1, Ordering::Relaxed)) {
-                        mine.extend(walk_from(repo, rel.clone())?);
-                    }
-                    Ok(mine)
-                })
-            })
-            .collect();
-        listers
-            .into_iter()
-            .map(|l| {
-                l.join().unwrap_or_else(|_| {
-                    Err(anyhow::anyhow!(
-                        "listing {}: a thread panicked",
-                        repo.display()
-                    ))
-                })
-            })
-            .collect()
-    });
-    let mut found = Vec::new();
-    for mine in listed {
-        found.extend(mine?);
-    }
-    Ok(found)
+    let listed = osbuild_core::parallel::map(&below, LISTERS, |rel| walk_from(repo, rel.clone()))?;
+    Ok(listed.into_iter().flatten().collect())
 }
 
 /// The publishable files at and below `start` (relative to the repository), one by one.
