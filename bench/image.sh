@@ -7,7 +7,7 @@
 # auto) is timed too. Prints each time and image size (allocated and apparent) and the
 # ratios to the seed's. Goal: make-image at most 0.5x the seed's time. It also prints how
 # much of the seed's time is its `ostree pull` + `ostree admin deploy`, which make-image does
-# as well (87-88 % on these machines, so the goal is out of reach of any flow that deploys).
+# as well (84-88 % on these machines, so the goal is out of reach of any flow that deploys).
 #
 # Needs root, mmdebstrap (the first run bootstraps a small tree; later runs reuse the
 # cache), ostree, extlinux. Work files under target/bench-image.
