@@ -168,11 +168,7 @@ pub fn prune(repo: &Path, opts: &S3Options, prune: &PruneOptions) -> Result<Prun
     );
     let needed = needed(repo, prune.keep)?;
     let store = client(opts)?;
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(opts.jobs.clamp(1, 4))
-        .enable_all()
-        .build()
-        .context("starting the pruner's runtime")?;
+    let runtime = super::runtime("the pruner")?;
     runtime.block_on(run(repo, opts, prune, &needed, &store))
 }
 
